@@ -1,0 +1,65 @@
+"""The PyTorch path of the grouped BatchNorm: the reference the Triton kernels must match.
+
+Statistics are pooled over `stat_groups` contiguous groups of channels:
+stat_groups == C is ordinary per-channel BatchNorm, stat_groups == 1 pools one
+mean and one variance over all of N*C*H*W.
+
+We reuse `F.batch_norm` on an (N, G, C/G*H*W) view. For G == C it computes
+exactly what per-channel BatchNorm does; for G < C it is the "view trick",
+exact but slow on a GPU (that slowness is why the Triton path exists).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def torch_grouped_batch_norm(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    *,
+    use_batch_stats: bool,
+    momentum: float | None,
+    eps: float,
+    stat_groups: int,
+) -> Tensor:
+    """Grouped BatchNorm in plain PyTorch.
+
+    x is (N, C, H, W) in any layout; weight/bias are per channel (C,) or None;
+    running_mean/var are (stat_groups,) fp32 or None. With use_batch_stats the
+    running buffers are updated in place (unbiased variance); momentum=None means
+    a cumulative average with factor 1/num_batches_tracked, read on the device.
+    Returns y in x's dtype and memory format.
+    """
+    batch, channels, height, width = x.shape
+    was_channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    # Statistics in fp32 even for half inputs, as the Triton kernels do (float64 stays float64).
+    compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    grouped = x.to(compute_dtype).reshape(batch, stat_groups, -1)
+
+    updates_running = use_batch_stats and running_mean is not None
+    if updates_running and momentum is None:
+        # F.batch_norm wants a Python float; 1/num_batches_tracked would need a host sync.
+        factor = 1.0 / num_batches_tracked.to(torch.float32)
+        with torch.no_grad():
+            count = grouped.shape[0] * grouped.shape[2]
+            var, mean = torch.var_mean(grouped, dim=(0, 2), correction=0)
+            running_mean.lerp_(mean, factor)
+            running_var.lerp_(var * (count / max(count - 1, 1)), factor)
+        y = F.batch_norm(grouped, None, None, None, None, True, 0.0, eps)
+    else:
+        y = F.batch_norm(grouped, running_mean, running_var, None, None,
+                         use_batch_stats, momentum or 0.0, eps)
+
+    y = y.reshape(batch, channels, height, width)
+    if weight is not None:
+        y = y * weight.view(1, channels, 1, 1)
+    if bias is not None:
+        y = y + bias.view(1, channels, 1, 1)
+    y = y.to(x.dtype)
+    return y.contiguous(memory_format=torch.channels_last) if was_channels_last else y

@@ -1,0 +1,166 @@
+"""`BatchNorm2d` with a choice of statistic grouping, API-compatible with `torch.nn.BatchNorm2d`.
+
+- stat_groups=None (or C): per-channel statistics, the correct BatchNorm.
+- stat_groups=1: one mean/variance over N*C*H*W, the "shared" mistake.
+- anything in between pools contiguous groups of C/stat_groups channels.
+
+Buffers and parameter names match `nn.BatchNorm2d` (weight, bias, running_mean,
+running_var, num_batches_tracked), so a per-channel checkpoint loads into the
+stock layer and back. The computation goes to the PyTorch path or the Triton
+kernels, chosen by `backend`.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from bnexp.norm.functional import torch_grouped_batch_norm
+
+BACKENDS = ("auto", "torch", "triton")
+_warned_fallback = False
+
+
+def _triton_status() -> tuple[bool, str]:
+    try:
+        from bnexp.norm.triton_function import triton_status
+    except Exception as error:  # an ImportError, or a broken Triton install
+        return False, f"bnexp.norm.triton_function failed to import: {error!r}"
+    return triton_status()
+
+
+def resolve_backend(requested: str, x: Tensor) -> str:
+    """Pick 'torch' or 'triton' for this input; Triton only runs CUDA tensors."""
+    global _warned_fallback
+    if requested == "torch" or (requested == "auto" and not x.is_cuda):
+        return "torch"
+    if requested == "triton" and not x.is_cuda:
+        raise ValueError(
+            f"backend='triton' needs a CUDA tensor, got one on {x.device}. "
+            "Use backend='auto' (Triton on CUDA, PyTorch elsewhere) or backend='torch'.")
+    usable, reason = _triton_status()
+    if usable:
+        return "triton"
+    if requested == "triton":
+        raise RuntimeError(f"backend='triton' was requested but Triton is not usable: {reason}. "
+                           "Install a working triton, or use backend='auto' or 'torch'.")
+    if not _warned_fallback:
+        warnings.warn(f"bnexp BatchNorm2d: Triton is not usable ({reason}); falling back to the "
+                      "PyTorch path, which is much slower for grouped/shared statistics.", stacklevel=3)
+        _warned_fallback = True
+    return "torch"
+
+
+class BatchNorm2d(nn.Module):
+    """BatchNorm over (N, C, H, W) with statistics pooled over `stat_groups` channel groups.
+
+    Extra arguments beyond `nn.BatchNorm2d`:
+      stat_groups: number of statistic groups (divides num_features); None means per-channel.
+      affine_per_channel: if False, one gamma/beta per statistic group instead of per channel.
+      backend: 'auto' (Triton for CUDA tensors, PyTorch otherwise), 'torch' or 'triton'.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
+                 *, stat_groups: int | None = None, affine_per_channel: bool = True,
+                 backend: str = "auto", layer_name: str | None = None):
+        super().__init__()
+        stat_groups = num_features if stat_groups is None else int(stat_groups)
+        if num_features < 1:
+            raise ValueError(f"num_features must be positive, got {num_features}")
+        if stat_groups < 1 or num_features % stat_groups:
+            raise ValueError(
+                f"stat_groups={stat_groups} must divide num_features={num_features} "
+                f"(each group pools num_features/stat_groups contiguous channels); "
+                f"pick a divisor of {num_features}, e.g. 1 (shared) or {num_features} (per-channel).")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.stat_groups = stat_groups
+        self.affine_per_channel = affine_per_channel
+        self.backend = backend
+        # Set by the model builder, so errors can say which layer failed.
+        self.layer_name = layer_name
+        factory = {"device": device, "dtype": dtype}
+        affine_size = num_features if affine_per_channel else stat_groups
+        if affine:
+            self.weight = nn.Parameter(torch.ones(affine_size, **factory))
+            self.bias = nn.Parameter(torch.zeros(affine_size, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            buffers = {"device": device, "dtype": dtype or torch.float32}
+            self.register_buffer("running_mean", torch.zeros(stat_groups, **buffers))
+            self.register_buffer("running_var", torch.ones(stat_groups, **buffers))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}, stat_groups={self.stat_groups}, "
+                f"affine_per_channel={self.affine_per_channel}, backend={self.backend!r}")
+
+    def _describe(self) -> str:
+        return f"BatchNorm2d layer '{self.layer_name}'" if self.layer_name else "BatchNorm2d layer"
+
+    def _check_input(self, x: Tensor, use_batch_stats: bool) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"{self._describe()} expects 4-D input (N, C, H, W), got {x.dim()}-D "
+                             f"shape {tuple(x.shape)}. Use it after a Conv2d, or reshape the input.")
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{self._describe()} was built for {self.num_features} channels but got input with "
+                f"{x.shape[1]} channels (shape {tuple(x.shape)}). Build it with "
+                f"num_features={x.shape[1]}, the out_channels of the layer before it.")
+        values_per_statistic = x.numel() // self.stat_groups
+        if use_batch_stats and values_per_statistic <= 1:
+            raise ValueError(
+                f"{self._describe()} got one value per statistic in training (input shape "
+                f"{tuple(x.shape)}, stat_groups={self.stat_groups}), so the batch variance is undefined. "
+                "Use a batch size above 1, or call .eval() to use the running statistics.")
+
+    def _per_channel_affine(self) -> tuple[Tensor | None, Tensor | None]:
+        if not self.affine or self.affine_per_channel:
+            return self.weight, self.bias
+        channels_per_group = self.num_features // self.stat_groups
+        return (self.weight.repeat_interleave(channels_per_group),
+                self.bias.repeat_interleave(channels_per_group))
+
+    def forward(self, x: Tensor) -> Tensor:
+        use_batch_stats = self.training or not self.track_running_stats
+        self._check_input(x, use_batch_stats)
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)  # in place on the device: no host sync
+        updates_running = self.training and self.track_running_stats
+        weight, bias = self._per_channel_affine()
+        arguments = (x, weight, bias,
+                     self.running_mean if (updates_running or not use_batch_stats) else None,
+                     self.running_var if (updates_running or not use_batch_stats) else None,
+                     self.num_batches_tracked if updates_running else None)
+        options = dict(use_batch_stats=use_batch_stats, momentum=self.momentum, eps=self.eps,
+                       stat_groups=self.stat_groups)
+        if resolve_backend(self.backend, x) == "triton":
+            from bnexp.norm.triton_function import triton_grouped_batch_norm
+            return triton_grouped_batch_norm(*arguments, **options)
+        return torch_grouped_batch_norm(*arguments, **options)
