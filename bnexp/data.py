@@ -1,0 +1,284 @@
+"""CIFAR-10 sources, all handing the trainer uint8 tensors, plus on-device batching and augmentation.
+
+Sources:
+- cifar10:        torchvision's CIFAR10 with download=True (the path real users take).
+- cifar10_folder: a {train,test}/<class>/*.jpg|png tree, or a .tar/.tar.gz/.tar.xz archive of one.
+                  Decoded once, in parallel, and cached atomically as uint8 arrays.
+- synthetic:      random images with CIFAR's shapes (class-dependent colour, so it is learnable).
+
+A whole split lives as one (N, 3, 32, 32) uint8 tensor on the training device; augmentation
+(random crop with padding, horizontal flip) runs there a batch at a time, with no per-image Python.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz")
+CACHE_FORMAT_VERSION = 1
+
+
+class DatasetError(RuntimeError):
+    """A dataset that is missing or unreadable; the message says how to fix it."""
+
+
+@dataclass
+class Split:
+    images: Tensor  # (N, 3, 32, 32) uint8
+    labels: Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def subset(self, size: int | None, seed: int) -> "Split":
+        """A fixed random subset (the same for every variant), or the whole split when size is None."""
+        if size is None or size >= len(self):
+            return self
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:size]
+        return Split(self.images[order], self.labels[order])
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    source: str  # said in summaries and reports: original CIFAR-10, the JPEG copy, or synthetic
+
+
+def how_to_fix(path) -> str:
+    return (f"Fix it by one of: (1) data=cifar10 data.data_dir=<dir> on a machine with network, to download "
+            f"CIFAR-10; (2) data=cifar10_folder data.path=<folder or .tar.xz archive of "
+            f"{{train,test}}/<class>/*.jpg> (e.g. ../shared/data/cifar10-jpeg.tar.xz); "
+            f"(3) data=synthetic for random images. (path: {path})")
+
+
+# ---------------------------------------------------------------- torchvision CIFAR-10
+
+def load_torchvision_cifar10(data_dir: str, download: bool) -> Dataset:
+    import torchvision
+
+    def load(train: bool) -> Split:
+        try:
+            dataset = torchvision.datasets.CIFAR10(root=data_dir, train=train, download=download)
+        except Exception as error:  # no network, a corrupt file, a missing dir
+            raise DatasetError(f"Could not load CIFAR-10 into {data_dir!r} with torchvision "
+                               f"(download={download}): {error}. {how_to_fix(data_dir)}") from error
+        images = torch.from_numpy(np.ascontiguousarray(dataset.data)).permute(0, 3, 1, 2).contiguous()
+        return Split(images, torch.tensor(dataset.targets, dtype=torch.int64))
+
+    return Dataset(load(True), load(False), source="CIFAR-10 (original, torchvision)")
+
+
+# ---------------------------------------------------------------- image folder / archive
+
+def _decode_image(encoded: bytes) -> np.ndarray:
+    from PIL import Image
+    with Image.open(io.BytesIO(encoded)) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if array.shape != (32, 32, 3):
+        raise ValueError(f"expected a 32x32 image, got {array.shape}")
+    return array
+
+
+def _list_encoded_images(path: Path) -> dict[str, list[tuple[str, bytes]]]:
+    """Map 'train'/'test' to (class name, encoded bytes) pairs, from a folder or an archive."""
+    found: dict[str, list[tuple[str, bytes]]] = {"train": [], "test": []}
+
+    def file_entry(relative_parts: tuple[str, ...]):
+        # Accept <root>/{train,test}/<class>/<file> with any number of leading folders.
+        for index, part in enumerate(relative_parts[:-2]):
+            if part in found and len(relative_parts) - index == 3:
+                return part, relative_parts[index + 1]
+        return None
+
+    if path.is_dir():
+        for file in sorted(path.rglob("*")):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                entry = file_entry(file.relative_to(path).parts)
+                if entry:
+                    found[entry[0]].append((entry[1], file.read_bytes()))
+    else:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                    entry = file_entry(Path(member.name).parts)
+                    if entry:
+                        found[entry[0]].append((entry[1], archive.extractfile(member).read()))
+    for split in found:
+        found[split].sort(key=lambda pair: pair[0])
+    return found
+
+
+def _source_fingerprint(path: Path) -> str:
+    """Identifies the source's current contents cheaply: path, size and mtime of the archive or of every file."""
+    digest = hashlib.sha256(str(path.resolve()).encode())
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _decode_split(pairs: list[tuple[str, bytes]], class_names: list[str], workers: int) -> Split:
+    encoded = [data for _, data in pairs]
+    if workers > 1 and len(encoded) > 1000:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            arrays = list(pool.map(_decode_image, encoded, chunksize=512))
+    else:
+        arrays = [_decode_image(data) for data in encoded]
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([class_names.index(name) for name, _ in pairs], dtype=torch.int64)
+    return Split(images, labels)
+
+
+def load_image_folder(path: str, cache_dir: str, workers: int | None = None) -> Dataset:
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise DatasetError(f"Dataset path {str(source)!r} does not exist. {how_to_fix(source)}")
+    if source.is_file() and not source.name.endswith(ARCHIVE_SUFFIXES):
+        raise DatasetError(f"{str(source)!r} is a file but not a .tar/.tar.gz/.tar.xz archive. {how_to_fix(source)}")
+    fingerprint = _source_fingerprint(source)
+    cache_file = Path(cache_dir).expanduser() / f"{source.name.split('.')[0]}-{fingerprint}.npz"
+    description = f"CIFAR-10 JPEG copy ({source.name})" if "jpeg" in source.name.lower() else \
+        f"image folder ({source.name})"
+    if cache_file.exists():
+        try:
+            with np.load(cache_file) as cached:
+                if int(cached["format_version"]) == CACHE_FORMAT_VERSION:
+                    return Dataset(Split(torch.from_numpy(cached["train_images"]), torch.from_numpy(cached["train_labels"])),
+                                   Split(torch.from_numpy(cached["test_images"]), torch.from_numpy(cached["test_labels"])),
+                                   source=description)
+        except Exception:
+            pass  # a corrupt or old cache is simply rebuilt
+    try:
+        encoded = _list_encoded_images(source)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise DatasetError(f"Could not read {str(source)!r}: {error}. {how_to_fix(source)}") from error
+    if not encoded["train"] or not encoded["test"]:
+        raise DatasetError(f"{str(source)!r} holds no images under train/<class>/ and test/<class>/ "
+                           f"(found {len(encoded['train'])} train, {len(encoded['test'])} test). {how_to_fix(source)}")
+    class_names = sorted({name for name, _ in encoded["train"]})
+    workers = workers or min(16, os.cpu_count() or 1)
+    try:
+        train = _decode_split(encoded["train"], class_names, workers)
+        test = _decode_split(encoded["test"], class_names, workers)
+    except Exception as error:
+        raise DatasetError(f"Could not decode the images in {str(source)!r}: {error}. {how_to_fix(source)}") from error
+
+    # Write to a temporary name, then rename: a killed run never leaves half a cache.
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(temporary, format_version=CACHE_FORMAT_VERSION, train_images=train.images.numpy(),
+             train_labels=train.labels.numpy(), test_images=test.images.numpy(), test_labels=test.labels.numpy(),
+             class_names=json.dumps(class_names))
+    os.replace(temporary, cache_file)
+    return Dataset(train, test, source=description)
+
+
+# ---------------------------------------------------------------- synthetic
+
+def make_synthetic(train_size: int, test_size: int, seed: int, num_classes: int = 10) -> Dataset:
+    """Noise plus a per-class colour and stripe pattern: CIFAR's shapes, learnable in a few steps."""
+    generator = torch.Generator().manual_seed(seed)
+    class_colours = torch.rand(num_classes, 3, 1, 1, generator=generator) * 160 + 48
+    class_stripes = torch.randint(1, 6, (num_classes,), generator=generator)
+
+    def split(size: int) -> Split:
+        labels = torch.randint(0, num_classes, (size,), generator=generator)
+        noise = torch.randn(size, 3, 32, 32, generator=generator) * 40
+        rows = torch.arange(32).view(1, 1, 32, 1)
+        stripes = ((rows // class_stripes[labels].view(-1, 1, 1, 1)) % 2) * 40
+        images = (class_colours[labels] + noise + stripes).clamp(0, 255).to(torch.uint8)
+        return Split(images, labels)
+
+    return Dataset(split(train_size), split(test_size), source="synthetic")
+
+
+# ---------------------------------------------------------------- entry point
+
+def load_dataset(data_cfg, seed: int) -> Dataset:
+    """Build the configured source, then cut the configured subsets (fixed by data.subset_seed, not the run seed)."""
+    name = data_cfg.name
+    if name == "cifar10":
+        dataset = load_torchvision_cifar10(data_cfg.data_dir, data_cfg.get("download", True))
+    elif name == "cifar10_folder":
+        if not data_cfg.get("path"):
+            raise DatasetError(f"data=cifar10_folder needs data.path. {how_to_fix(None)}")
+        dataset = load_image_folder(data_cfg.path, data_cfg.data_dir, data_cfg.get("decode_workers"))
+    elif name == "synthetic":
+        dataset = make_synthetic(data_cfg.get("train_size") or 50_000, data_cfg.get("test_size") or 10_000, seed)
+    else:
+        raise DatasetError(f"unknown data source {name!r}: use data=cifar10, data=cifar10_folder or data=synthetic")
+    subset_seed = data_cfg.get("subset_seed", 0)
+    return Dataset(dataset.train.subset(data_cfg.get("train_size"), subset_seed),
+                   dataset.test.subset(data_cfg.get("test_size"), subset_seed + 1), dataset.source)
+
+
+# ---------------------------------------------------------------- on-device batches
+
+def normalize(images_uint8: Tensor, dtype=torch.float32) -> Tensor:
+    mean = torch.tensor(CIFAR10_MEAN, device=images_uint8.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    std = torch.tensor(CIFAR10_STD, device=images_uint8.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    return (images_uint8.to(dtype) - mean) / std
+
+
+def augment(images: Tensor, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Random crop (reflect padding) and horizontal flip for a whole batch, on the batch's device."""
+    batch, _, height, width = images.shape
+    device = images.device
+    if pad > 0:
+        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="reflect")
+        shift_y = torch.randint(0, 2 * pad + 1, (batch, 1, 1), device=device, generator=generator)
+        shift_x = torch.randint(0, 2 * pad + 1, (batch, 1, 1), device=device, generator=generator)
+        rows = torch.arange(height, device=device).view(1, height, 1) + shift_y
+        cols = torch.arange(width, device=device).view(1, 1, width) + shift_x
+        batch_index = torch.arange(batch, device=device).view(batch, 1, 1)
+        # Advanced indexing gathers every image's window at once: (B, H, W, C) -> (B, C, H, W).
+        images = padded.permute(0, 2, 3, 1)[batch_index, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        flip_mask = torch.rand(batch, device=device, generator=generator) < 0.5
+        images = torch.where(flip_mask.view(batch, 1, 1, 1), images.flip(3), images)
+    return images
+
+
+class TrainBatches:
+    """Shuffled full batches of a device-resident split, augmented on the device."""
+
+    def __init__(self, split: Split, batch_size: int, pad: int, flip: bool, seed: int):
+        self.split, self.batch_size, self.pad, self.flip = split, batch_size, pad, flip
+        self.generator = torch.Generator(device=split.images.device).manual_seed(seed)
+        if len(split) < batch_size:
+            raise ValueError(f"train split has {len(split)} images, fewer than train.batch_size={batch_size}; "
+                             "lower the batch size or raise data.train_size")
+
+    def __len__(self) -> int:
+        return len(self.split) // self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(len(self.split), device=self.split.images.device, generator=self.generator)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            indices = order[start:start + self.batch_size]
+            images = augment(self.split.images[indices], self.pad, self.flip, self.generator)
+            yield images, self.split.labels[indices]
+
+
+def eval_batches(split: Split, batch_size: int):
+    for start in range(0, len(split), batch_size):
+        yield split.images[start:start + batch_size], split.labels[start:start + batch_size]

@@ -1,0 +1,170 @@
+"""CIFAR CNNs built around a norm factory, so every variant applies to every model.
+
+A norm factory maps a channel count to a module (our BatchNorm2d in some mode,
+stock nn.BatchNorm2d, or nn.Identity for no normalisation). When there is no
+normalisation the convs get biases, since nothing else would shift activations.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+
+from bnexp.norm import BatchNorm2d
+
+NormFactory = Callable[[int], nn.Module]
+
+NORM_KINDS = ("per_channel", "grouped", "shared", "none", "torch")
+
+
+def make_norm_factory(norm: str, stat_groups: int | None = None, affine_per_channel: bool = True,
+                      backend: str = "auto") -> NormFactory:
+    """Return channels -> norm module for one of NORM_KINDS."""
+    if norm == "per_channel":
+        return lambda channels: BatchNorm2d(channels, backend=backend)
+    if norm == "grouped":
+        if not stat_groups:
+            raise ValueError("norm 'grouped' needs stat_groups, e.g. variant.stat_groups=8")
+        return lambda channels: BatchNorm2d(channels, stat_groups=stat_groups,
+                                            affine_per_channel=affine_per_channel, backend=backend)
+    if norm == "shared":
+        return lambda channels: BatchNorm2d(channels, stat_groups=1,
+                                            affine_per_channel=affine_per_channel, backend=backend)
+    if norm == "none":
+        return lambda channels: nn.Identity()
+    if norm == "torch":
+        return lambda channels: nn.BatchNorm2d(channels)
+    raise ValueError(f"unknown norm kind {norm!r}; expected one of {NORM_KINDS}")
+
+
+def scaled_width(channels: int, width: float) -> int:
+    """Scale a channel count, keeping it a multiple of 8 so stat_groups in {1, 2, 4, 8} always divide it."""
+    return max(8, int(round(channels * width / 8)) * 8)
+
+
+def conv3x3(in_channels: int, out_channels: int, with_bias: bool, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=with_bias)
+
+
+class ConvGroup(nn.Module):
+    """conv -> pool -> norm -> act -> conv -> norm -> act: one stage of the fast net (no residual)."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm_factory: NormFactory, with_bias: bool):
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, with_bias)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = norm_factory(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels, with_bias)
+        self.norm2 = norm_factory(out_channels)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+class FastNet(nn.Module):
+    """A fast CIFAR net in the spirit of airbench: a stem, three conv groups (64/256/256), a linear head."""
+
+    def __init__(self, norm_factory: NormFactory, with_bias: bool, width: float = 1.0,
+                 group_channels=(64, 256, 256), stem_channels: int = 32, num_classes: int = 10):
+        super().__init__()
+        stem = scaled_width(stem_channels, width)
+        self.stem = nn.Sequential(conv3x3(3, stem, with_bias), norm_factory(stem), nn.GELU())
+        widths = [stem] + [scaled_width(c, width) for c in group_channels]
+        self.groups = nn.Sequential(*[ConvGroup(widths[i], widths[i + 1], norm_factory, with_bias)
+                                      for i in range(len(group_channels))])
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(widths[-1], num_classes, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pool(self.groups(self.stem(x))).flatten(1))
+
+
+VGG11_PLAN = (64, "pool", 128, "pool", 256, 256, "pool", 512, 512, "pool", 512, 512, "pool")
+
+
+class PlainVGG(nn.Module):
+    """A VGG-style stack of conv-norm-ReLU with no skip connections: where normalisation matters most."""
+
+    def __init__(self, norm_factory: NormFactory, with_bias: bool, width: float = 1.0,
+                 plan=VGG11_PLAN, num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 3
+        for item in plan:
+            if item == "pool":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            out_channels = scaled_width(int(item), width)
+            layers += [conv3x3(in_channels, out_channels, with_bias), norm_factory(out_channels),
+                       nn.ReLU(inplace=True)]
+            in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm_factory: NormFactory,
+                 with_bias: bool):
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, with_bias, stride)
+        self.norm1 = norm_factory(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels, with_bias)
+        self.norm2 = norm_factory(out_channels)
+        self.act = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=with_bias),
+                norm_factory(out_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act(self.norm1(self.conv1(x)))
+        return self.act(self.norm2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """The CIFAR ResNet-18 (3x3 stem, no initial max-pool)."""
+
+    def __init__(self, norm_factory: NormFactory, with_bias: bool, width: float = 1.0, num_classes: int = 10):
+        super().__init__()
+        stage_widths = [scaled_width(c, width) for c in (64, 128, 256, 512)]
+        self.stem = nn.Sequential(conv3x3(3, stage_widths[0], with_bias), norm_factory(stage_widths[0]),
+                                  nn.ReLU(inplace=True))
+        blocks: list[nn.Module] = []
+        in_channels = stage_widths[0]
+        for stage, out_channels in enumerate(stage_widths):
+            for block in range(2):
+                stride = 2 if stage > 0 and block == 0 else 1
+                blocks.append(BasicBlock(in_channels, out_channels, stride, norm_factory, with_bias))
+                in_channels = out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+MODELS = {"airbench": FastNet, "vgg": PlainVGG, "resnet18": ResNet18}
+
+
+def name_norm_layers(model: nn.Module) -> None:
+    """Tell each bnexp norm layer its module path, so its errors can name it."""
+    for name, module in model.named_modules():
+        if isinstance(module, BatchNorm2d):
+            module.layer_name = name
+
+
+def build_model(model_name: str, variant_norm: str, *, width: float = 1.0, stat_groups: int | None = None,
+                affine_per_channel: bool = True, backend: str = "auto", num_classes: int = 10) -> nn.Module:
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODELS)} (model=<name>)")
+    norm_factory = make_norm_factory(variant_norm, stat_groups, affine_per_channel, backend)
+    model = MODELS[model_name](norm_factory, with_bias=variant_norm == "none", width=width,
+                               num_classes=num_classes)
+    name_norm_layers(model)
+    return model

@@ -1,0 +1,78 @@
+"""Where a run's numbers go. Every sink has the same three calls: log_step, log_epoch, finish.
+
+LocalSink always runs and owns the run directory's files:
+  config.yaml     the resolved config
+  metrics.jsonl   one JSON object per logged step ("kind": "step") and per epoch ("kind": "epoch")
+  summary.json    written atomically: "running" at the start, the final status at the end
+Other sinks (W&B) are added beside it, never instead of it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+def _finite_or_none(value):
+    """JSON has no NaN/inf; a diverged loss is recorded as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2, default=str, allow_nan=False))
+    os.replace(temporary, path)
+
+
+def clean_record(record: dict) -> dict:
+    return {key: _finite_or_none(value) for key, value in record.items()}
+
+
+class LocalSink:
+    def __init__(self, run_dir: str | os.PathLike, resolved_config_yaml: str, initial_summary: dict):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(resolved_config_yaml)
+        self.summary_path = self.run_dir / "summary.json"
+        # Line-buffered, so a killed run keeps every line logged before the kill.
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        write_json_atomic(self.summary_path, clean_record(initial_summary))
+
+    def log_step(self, record: dict) -> None:
+        self._metrics.write(json.dumps(clean_record({"kind": "step", **record})) + "\n")
+
+    def log_epoch(self, record: dict) -> None:
+        self._metrics.write(json.dumps(clean_record({"kind": "epoch", **record})) + "\n")
+
+    def finish(self, summary: dict) -> None:
+        self._metrics.flush()
+        self._metrics.close()
+        write_json_atomic(self.summary_path, clean_record(summary))
+
+
+class SinkGroup:
+    """Fans every call out to several sinks; the local one comes first, so it is written even if another fails."""
+
+    def __init__(self, sinks: list):
+        self.sinks = sinks
+
+    def log_step(self, record: dict) -> None:
+        for sink in self.sinks:
+            sink.log_step(record)
+
+    def log_epoch(self, record: dict) -> None:
+        for sink in self.sinks:
+            sink.log_epoch(record)
+
+    def finish(self, summary: dict) -> None:
+        errors = []
+        for sink in self.sinks:
+            try:
+                sink.finish(summary)
+            except Exception as error:  # one sink failing must not stop the others from closing
+                errors.append(error)
+        if errors:
+            raise errors[0]

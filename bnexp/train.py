@@ -1,0 +1,31 @@
+"""`python -m bnexp.train +variant=<name> [overrides]`: one run, written to the Hydra output dir."""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from bnexp.data import DatasetError
+from bnexp.trainer import train
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
+    try:
+        summary = train(cfg, run_dir)
+    except (DatasetError, ValueError) as error:
+        # A user error: say what and how to fix, not a traceback. The run dir keeps a 'failed' summary.
+        print(f"bnexp.train: error: {error}\n(run dir: {run_dir})", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return  # one bad job must not abort the rest of a multirun
+        sys.exit(2)
+    print(f"bnexp.train: {summary['status']} | best test acc {summary['best_test_acc']} | run dir {run_dir}")
+
+
+if __name__ == "__main__":
+    main()

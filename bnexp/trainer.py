@@ -1,0 +1,245 @@
+"""The training loop: one run of one variant, from config to run directory.
+
+The step does no host syncs: losses and accuracy counts stay on the device and are
+read back every `train.log_every` steps (the divergence check happens then too).
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from bnexp.data import TrainBatches, eval_batches, load_dataset, normalize
+from bnexp.models import build_model
+from bnexp.sinks import LocalSink, SinkGroup
+
+
+class RunInterrupted(Exception):
+    """SIGTERM/SIGINT arrived: stop, but still close the logs and write the summary."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda was requested but CUDA is not available; use device=auto or device=cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def build_optimizer(model: torch.nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:
+    # No weight decay on norm affine parameters and biases (1-D tensors), as is usual for BN nets.
+    decayed = [p for p in model.parameters() if p.ndim > 1]
+    not_decayed = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decayed, "weight_decay": optim_cfg.weight_decay},
+              {"params": not_decayed, "weight_decay": 0.0}]
+    if optim_cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+                               nesterov=optim_cfg.nesterov)
+    if optim_cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
+    raise ValueError(f"unknown optimizer {optim_cfg.name!r}; use optim=sgd or optim=adamw")
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_frac: float, schedule: str) -> float:
+    """Linear warmup from 0, then cosine or linear decay to 0."""
+    warmup_steps = max(1, int(round(total_steps * warmup_frac)))
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1 - progress
+    raise ValueError(f"unknown schedule {schedule!r}; use optim.schedule=cosine or linear")
+
+
+@torch.no_grad()
+def evaluate(model, split, batch_size: int, autocast, memory_format) -> tuple[float, float]:
+    model.eval()
+    loss_sum = torch.zeros((), device=split.images.device)
+    correct = torch.zeros((), device=split.images.device, dtype=torch.long)
+    for images, labels in eval_batches(split, batch_size):
+        with autocast():
+            logits = model(normalize(images).contiguous(memory_format=memory_format))
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+    model.train()
+    return loss_sum.item() / len(split), correct.item() / len(split)
+
+
+def global_grad_norm(parameters) -> torch.Tensor:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def run_summary_base(cfg: DictConfig, data_source: str | None) -> dict:
+    return {"status": "running", "variant": cfg.variant.name, "model": cfg.model.name,
+            "lr": float(cfg.optim.lr), "seed": int(cfg.seed), "data_source": data_source,
+            "final_test_acc": None, "best_test_acc": None, "epochs_done": 0, "steps_done": 0,
+            "wall_time_s": 0.0, "images_per_s": None, "diverged_step": None, "error": None}
+
+
+def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dict:
+    """Train one run; returns its summary (also written to run_dir/summary.json).
+
+    A diverged run is a result (status 'diverged'); an exception or a kill is
+    recorded as 'failed' with the error, then re-raised.
+    """
+    started = time.perf_counter()
+    summary = run_summary_base(cfg, None)
+    sinks = SinkGroup([LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary)] + (extra_sinks or []))
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        _train_loop(cfg, sinks, summary)
+    except BaseException as error:
+        summary["status"] = "failed"
+        summary["error"] = ("killed: " if isinstance(error, (RunInterrupted, KeyboardInterrupt)) else "") + \
+            f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        summary["wall_time_s"] = round(time.perf_counter() - started, 3)
+        sinks.finish(summary)
+    return summary
+
+
+def _raise_interrupted(signum, frame):
+    raise RunInterrupted(f"received signal {signum}")
+
+
+def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    dataset = load_dataset(cfg.data, cfg.seed)
+    summary["data_source"] = dataset.source
+    train_split, test_split = dataset.train.to(device), dataset.test.to(device)
+
+    on_cuda = device.type == "cuda"
+    memory_format = torch.channels_last if (on_cuda and cfg.train.channels_last) else torch.contiguous_format
+    model = build_model(cfg.model.name, cfg.variant.norm, width=cfg.model.width,
+                        stat_groups=cfg.variant.stat_groups, affine_per_channel=cfg.variant.affine_per_channel,
+                        backend=cfg.variant.backend)
+    model = model.to(device, memory_format=memory_format)
+    step_model = torch.compile(model) if cfg.train.compile else model
+    parameters = [p for p in model.parameters() if p.requires_grad]
+
+    def autocast():
+        # bf16 matmuls/convs on CUDA; the norm layer computes its statistics in fp32 regardless.
+        return torch.autocast("cuda", dtype=torch.bfloat16) if (on_cuda and cfg.train.amp) else nullcontext()
+
+    batches = TrainBatches(train_split, cfg.train.batch_size, cfg.train.augment_pad, cfg.train.augment_flip,
+                           seed=cfg.seed)
+    optimizer = build_optimizer(model, cfg.optim)
+    total_steps = cfg.train.epochs * len(batches)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    log_every = max(1, int(cfg.train.log_every))
+
+    # Device-side buffers, read back once per log interval.
+    window_losses = torch.zeros(log_every, device=device)
+    epoch_loss_sum = torch.zeros((), device=device)
+    epoch_correct = torch.zeros((), device=device, dtype=torch.long)
+    grad_norm_at_log_step = torch.zeros((), device=device)
+    initial_loss = None
+    step = 0
+    best_test_acc = None
+    images_seen_time = 0.0
+
+    progress = tqdm(total=total_steps, unit="step", dynamic_ncols=True, mininterval=1.0,
+                    desc=f"{cfg.variant.name}/{cfg.model.name} lr={cfg.optim.lr}")
+    try:
+        for epoch in range(cfg.train.epochs):
+            epoch_started = time.perf_counter()
+            epoch_steps = 0
+            for images, labels in batches:
+                lr_now = lr_multiplier(step, total_steps, cfg.optim.warmup_frac, cfg.optim.schedule)
+                for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base_lr * lr_now
+                with autocast():
+                    logits = step_model(normalize(images).contiguous(memory_format=memory_format))
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                slot = step % log_every
+                if slot == 0:
+                    grad_norm_at_log_step = global_grad_norm(parameters)
+                optimizer.step()
+
+                detached_loss = loss.detach()
+                window_losses[slot] = detached_loss
+                epoch_loss_sum += detached_loss
+                epoch_correct += (logits.argmax(1) == labels).sum()
+                step += 1
+                epoch_steps += 1
+                progress.update(1)
+
+                if slot == log_every - 1 or step == total_steps:
+                    # The one host sync per interval: losses of the window, and the grad norm.
+                    losses = window_losses[:slot + 1].tolist()
+                    first_step_of_window = step - (slot + 1)
+                    if initial_loss is None:
+                        initial_loss = losses[0]
+                    diverged_at = _first_divergent_step(losses, first_step_of_window, initial_loss,
+                                                        cfg.divergence.loss_factor)
+                    window_loss = sum(losses) / len(losses)
+                    sinks.log_step({"step": first_step_of_window, "epoch": epoch + epoch_steps / len(batches),
+                                    "train/loss": window_loss, "train/lr": base_lrs[0] * lr_multiplier(
+                                        first_step_of_window, total_steps, cfg.optim.warmup_frac,
+                                        cfg.optim.schedule),
+                                    "grad_norm/global": grad_norm_at_log_step.item()})
+                    progress.set_postfix(loss=f"{window_loss:.3f}", refresh=False)
+                    summary["steps_done"] = step
+                    if diverged_at is not None:
+                        summary.update(status="diverged", diverged_step=diverged_at, epochs_done=epoch)
+                        progress.write(f"diverged at step {diverged_at}: loss {max(losses, key=_badness):.4g} "
+                                       f"(initial {initial_loss:.4g}, limit x{cfg.divergence.loss_factor})")
+                        return
+
+            if on_cuda:
+                torch.cuda.synchronize()
+            train_seconds = time.perf_counter() - epoch_started
+            images_seen_time += train_seconds
+            images_per_s = epoch_steps * cfg.train.batch_size / train_seconds
+            test_loss, test_acc = evaluate(step_model, test_split, cfg.train.eval_batch_size, autocast, memory_format)
+            train_loss = epoch_loss_sum.item() / epoch_steps
+            train_acc = epoch_correct.item() / (epoch_steps * cfg.train.batch_size)
+            epoch_loss_sum.zero_(), epoch_correct.zero_()
+            best_test_acc = test_acc if best_test_acc is None else max(best_test_acc, test_acc)
+            sinks.log_epoch({"epoch": epoch + 1, "step": step, "train/loss": train_loss, "train/acc": train_acc,
+                             "test/loss": test_loss, "test/acc": test_acc, "train/images_per_s": images_per_s})
+            progress.write(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} "
+                           f"| test loss {test_loss:.4f} acc {test_acc:.4f} | {images_per_s:.0f} img/s")
+            summary.update(epochs_done=epoch + 1, steps_done=step, final_test_acc=test_acc,
+                           best_test_acc=best_test_acc,
+                           images_per_s=round(step * cfg.train.batch_size / images_seen_time, 1))
+            if not math.isfinite(train_loss):
+                summary.update(status="diverged", diverged_step=step)
+                return
+        summary["status"] = "finished"
+    finally:
+        progress.close()
+
+
+def _badness(loss: float) -> float:
+    return math.inf if not math.isfinite(loss) else loss
+
+
+def _first_divergent_step(losses: list[float], first_step: int, initial_loss: float, loss_factor: float):
+    for offset, loss in enumerate(losses):
+        if not math.isfinite(loss) or loss > loss_factor * initial_loss:
+            return first_step + offset
+    return None

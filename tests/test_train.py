@@ -1,0 +1,97 @@
+"""End-to-end runs: every variant trains a few steps and leaves complete run files."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bnexp.data import DatasetError
+from bnexp.trainer import train
+from tests.helpers import TINY_RUN, compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+SUMMARY_FIELDS = {"status", "variant", "model", "lr", "seed", "data_source", "final_test_acc", "best_test_acc",
+                  "epochs_done", "steps_done", "wall_time_s", "images_per_s", "diverged_step", "error"}
+
+
+def read_metrics(run_dir: Path):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "step"], [r for r in records if r["kind"] == "epoch"]
+
+
+@pytest.mark.parametrize("variant", ["correct_bn", "shared_bn", "grouped_bn", "no_bn", "torch_bn"])
+def test_each_variant_runs_and_writes_files(variant, tmp_path):
+    cfg = compose_config([f"+variant={variant}", *TINY_RUN])
+    summary = train(cfg, str(tmp_path))
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert SUMMARY_FIELDS <= set(on_disk)
+    assert on_disk["status"] == "finished" and on_disk["variant"] == variant
+    assert on_disk["steps_done"] == 4 and on_disk["epochs_done"] == 1
+    assert 0.0 <= on_disk["final_test_acc"] <= 1.0 and on_disk["images_per_s"] > 0
+    assert (tmp_path / "config.yaml").read_text().count(f"name: {variant}") == 1
+    steps, epochs = read_metrics(tmp_path)
+    assert [r["step"] for r in steps] == [0, 2]  # one record per log interval
+    for record in steps:
+        assert {"train/loss", "train/lr", "grad_norm/global", "epoch"} <= set(record)
+        assert record["grad_norm/global"] > 0 and math.isfinite(record["train/loss"])
+    assert len(epochs) == 1
+    assert {"train/loss", "train/acc", "test/loss", "test/acc", "train/images_per_s"} <= set(epochs[0])
+
+
+def test_same_seed_reproduces_the_run(tmp_path):
+    cfg = compose_config(["+variant=shared_bn", *TINY_RUN, "seed=5"])
+    first = train(cfg, str(tmp_path / "a"))
+    second = train(cfg, str(tmp_path / "b"))
+    assert read_metrics(tmp_path / "a")[0] == read_metrics(tmp_path / "b")[0]
+    assert first["final_test_acc"] == second["final_test_acc"]
+
+
+def test_huge_lr_is_recorded_as_diverged(tmp_path):
+    cfg = compose_config(["+variant=no_bn", *TINY_RUN, "data.train_size=640", "optim.lr=1e4",
+                          "optim.warmup_frac=0", "train.epochs=2"])
+    summary = train(cfg, str(tmp_path))
+    assert summary["status"] == "diverged"
+    assert isinstance(summary["diverged_step"], int) and 0 < summary["diverged_step"] < 20
+    assert json.loads((tmp_path / "summary.json").read_text())["diverged_step"] == summary["diverged_step"]
+    assert read_metrics(tmp_path)[0]  # the metrics up to the divergence are kept
+
+
+def test_missing_dataset_is_a_clear_error_and_a_failed_summary(tmp_path):
+    cfg = compose_config(["data=cifar10_folder", f"data.path={tmp_path / 'nowhere.tar.xz'}", *TINY_RUN[1:]])
+    with pytest.raises(DatasetError, match=r"does not exist.*data=cifar10.*data=synthetic"):
+        train(cfg, str(tmp_path / "run"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "does not exist" in summary["error"]
+
+
+def test_cli_runs_and_reports_errors_without_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ok = subprocess.run([sys.executable, "-m", "bnexp.train", "+variant=grouped_bn", "variant.stat_groups=2",
+                         *TINY_RUN, f"hydra.run.dir={tmp_path / 'ok'}"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "ok" / "summary.json").read_text())["status"] == "finished"
+    assert "step/s" in ok.stderr or "s/step" in ok.stderr  # the progress bar shows a rate
+
+    bad = subprocess.run([sys.executable, "-m", "bnexp.train", "data=cifar10_folder",
+                          f"data.path={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'bad'}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2
+    assert "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.xz")
+def test_short_run_on_the_jpeg_archive(tmp_path_factory):
+    cache_dir = tmp_path_factory.mktemp("cache")
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = compose_config(["data=cifar10_folder", f"data.path={SHARED_ARCHIVE}", f"data.data_dir={cache_dir}",
+                          *TINY_RUN[1:], "data.train_size=512", "data.test_size=256"])
+    summary = train(cfg, str(run_dir))
+    assert summary["status"] == "finished" and "JPEG" in summary["data_source"]
+    assert summary["steps_done"] == 8
+    assert list(cache_dir.glob("*.npz"))  # decoded once, cached
