@@ -1,0 +1,377 @@
+"""Triton backend of the grouped BatchNorm functional (see CONTRACT.md for the signature).
+
+Public:
+    triton_grouped_batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked, *,
+                              use_batch_stats, momentum, eps, stat_groups) -> Tensor
+    triton_status() -> (ok, reason)      can Triton run kernels on CUDA tensors here?
+
+Structure (three torch.library custom ops, so torch.compile sees opaque nodes with fake impls, no graph break):
+    bnexp::grouped_bn_stats      batch mean / invstd per group from x.detach(); updates the running buffers in
+                                 place (a mutating op, hence no autograd formula of its own)
+    bnexp::grouped_bn_normalize  y = (x - mean) * invstd * weight + bias; its autograd formula delivers the FULL
+                                 BatchNorm gradient (including the paths through the batch statistics, when
+                                 use_batch_stats) by calling
+    bnexp::grouped_bn_backward   dx, dweight, dbias
+Splitting stats from normalize is what lets the running-stat mutation and autograd coexist: torch.library refuses
+an autograd formula on a mutating op.
+
+Importing this module imports triton; bnexp.norm's layer imports it lazily. Set TRITON_INTERPRET=1 before the
+import to run the kernels on CPU tensors (the tests do this when there is no GPU).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+try:  # keep the module importable without triton so triton_status() can explain what is missing
+    import triton
+
+    from bnexp.norm import triton_kernels as _k
+
+    _IMPORT_ERROR: Optional[str] = None
+except Exception as exc:  # pragma: no cover - depends on the environment
+    triton = None
+    _k = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+__all__ = ["triton_grouped_batch_norm", "triton_status"]
+
+# Test hooks (not part of the API). _POISON_OUTPUTS fills every buffer the kernels must write (outputs and
+# workspaces) with NaN first, so an element a kernel forgets to write fails the comparison. _TUNING overrides
+# the tile size (elements) and the target number of programs, so small test shapes still exercise multi-tile
+# loops and split reductions.
+_POISON_OUTPUTS = False
+_TUNING: dict = {"tile": None, "programs": None}
+
+_NUM_WARPS_STREAM = 8
+_NUM_WARPS_FINALIZE = 4
+
+
+def triton_status() -> tuple[bool, str]:
+    """(True, "") when Triton kernels can run on CUDA tensors in this process, else (False, why not)."""
+    if _IMPORT_ERROR is not None:
+        return False, f"triton import failed: {_IMPORT_ERROR}"
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return False, "TRITON_INTERPRET is set: kernels run in the interpreter on CPU tensors only"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device visible to torch"
+    if torch.version.hip is not None:
+        return False, "ROCm build: these kernels are only tested on CUDA"
+    try:
+        from triton.runtime import driver
+
+        driver.active.get_current_target()
+    except Exception as exc:  # pragma: no cover - depends on the driver
+        return False, f"triton has no usable CUDA driver: {type(exc).__name__}: {exc}"
+    return True, ""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Host-side planning
+# ----------------------------------------------------------------------------------------------------------
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, (int(v) - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _target_programs(device: torch.device) -> int:
+    if _TUNING.get("programs"):
+        return int(_TUNING["programs"])
+    if device.type == "cuda":
+        # a few resident programs per SM: enough bytes in flight, and the whole grid is resident so the
+        # reverse walk of the second pass finds the first pass's last tiles in L2
+        return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 4  # interpreter: keep it small
+
+
+def _supported_layout(x: Tensor) -> bool:
+    return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _canonical_view(x: Tensor) -> tuple[int, int, int, int, int]:
+    """(M, HW, s_n, s_hw, s_c): element (m, c) at (m // HW) * s_n + (m % HW) * s_hw + c * s_c.
+
+    (N, H, W) are folded into M positions; when n and hw merge into one stride (channels_last, H*W == 1, N == 1)
+    HW becomes 1 and the kernel needs no division at all.
+    """
+    n, _, h, w = x.shape
+    s_n, s_c, s_h, s_w = x.stride()
+    hw = h * w
+    if h == 1:
+        s_hw = s_w
+    elif w == 1:
+        s_hw = s_h
+    else:
+        assert s_h == w * s_w, "H and W must be mergeable (NCHW or channels_last)"
+        s_hw = s_w
+    m = n * hw
+    if hw == 1:
+        return m, 1, s_n, 0, s_c
+    if n == 1 or s_n == hw * s_hw:
+        return m, 1, s_hw, 0, s_c
+    return m, hw, s_n, s_hw, s_c
+
+
+class _Plan:
+    """Tile sizes and the split of the M positions over programs, shared by all streaming kernels of a call."""
+
+    def __init__(self, x: Tensor):
+        c = x.shape[1]
+        self.C = c
+        self.M, self.HW, self.s_n, self.s_hw, self.s_c = _canonical_view(x)
+        tile = int(_TUNING.get("tile") or 4096)
+        # length of the contiguous run along m (decides how many channels a tile needs for wide accesses)
+        if self.HW == 1:
+            run_m = self.M if self.s_n == 1 else 1
+        else:
+            run_m = self.HW if self.s_hw == 1 else 1
+        if self.s_c == 1 and c > 1:  # channels are the contiguous axis
+            block_c = min(_next_pow2(c), 64, tile)
+        else:
+            block_c = min(_next_pow2(c), _next_pow2(-(-128 // min(run_m, 128))), tile)
+        block_m = min(max(tile // block_c, 1), _next_pow2(self.M))
+        block_c = min(_next_pow2(c), max(block_c, tile // block_m))  # small M: widen along channels
+        self.BLOCK_M, self.BLOCK_C = block_m, block_c
+        self.c_blocks = -(-c // block_c)
+        m_tiles = -(-self.M // block_m)
+        splits = min(m_tiles, max(1, -(-_target_programs(x.device) // self.c_blocks)))
+        self.TILES = -(-m_tiles // splits)
+        self.SPLITS = -(-m_tiles // self.TILES)
+        self.CHUNK = self.TILES * block_m
+        self.grid = (self.c_blocks, self.SPLITS)
+        self.USE_INT64 = x.numel() >= 2**31 - 1 or max(x.stride()) * max(x.shape) >= 2**31 - 1
+
+    def stream_args(self):
+        return (self.M, self.C)
+
+    def finalize_blocks(self, cg: int) -> tuple[int, int]:
+        block_s = min(_next_pow2(self.SPLITS), 128)
+        block_cg = min(_next_pow2(cg), max(1, 2048 // block_s))
+        return block_s, block_cg
+
+
+def _new(shape, like: Tensor, dtype=torch.float32) -> Tensor:
+    t = torch.empty(shape, device=like.device, dtype=dtype)
+    if _POISON_OUTPUTS:
+        t.fill_(float("nan"))
+    return t
+
+
+def _empty_like(x: Tensor) -> Tensor:
+    t = torch.empty_like(x)  # x is NCHW- or channels_last-contiguous: same strides
+    if _POISON_OUTPUTS:
+        t.fill_(float("nan"))
+    return t
+
+
+def _as_layout(x: Tensor) -> Tensor:
+    return x if _supported_layout(x) else x.contiguous()
+
+
+def _match_strides(t: Tensor, like: Tensor) -> Tensor:
+    if t.stride() == like.stride():
+        return t
+    return torch.empty_like(like, dtype=t.dtype).copy_(t)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Custom ops
+# ----------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("bnexp::grouped_bn_stats", mutates_args=("running_mean", "running_var"))
+def _stats_op(
+    x: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    num_batches_tracked: Optional[Tensor],
+    momentum: Optional[float],
+    eps: float,
+    stat_groups: int,
+) -> tuple[Tensor, Tensor]:
+    x = _as_layout(x)
+    plan = _Plan(x)
+    g = int(stat_groups)
+    cg = plan.C // g
+    part_mean = _new((plan.SPLITS, plan.C), x)
+    part_m2 = _new((plan.SPLITS, plan.C), x)
+    mean = _new((g,), x)
+    invstd = _new((g,), x)
+    _k.bn_stats_partial_kernel[plan.grid](
+        x, part_mean, part_m2, plan.M, plan.C, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
+        HW=plan.HW, BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
+        num_warps=_NUM_WARPS_STREAM,
+    )
+    has_running = running_mean is not None and running_var is not None
+    from_nbt = has_running and momentum is None
+    if from_nbt and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    block_s, block_cg = plan.finalize_blocks(cg)
+    _k.bn_stats_finalize_kernel[(g,)](
+        part_mean, part_m2, mean, invstd,
+        running_mean if has_running else mean,
+        running_var if has_running else invstd,
+        num_batches_tracked if from_nbt else mean,
+        plan.M, plan.C, cg, plan.SPLITS, plan.CHUNK,
+        float(momentum) if (has_running and momentum is not None) else 0.0, float(eps),
+        HAS_RUNNING=has_running, MOMENTUM_FROM_NBT=from_nbt,
+        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=_NUM_WARPS_FINALIZE,
+    )
+    return mean, invstd
+
+
+@_stats_op.register_fake
+def _stats_fake(x, running_mean, running_var, num_batches_tracked, momentum, eps, stat_groups):
+    g = int(stat_groups)
+    return x.new_empty((g,), dtype=torch.float32), x.new_empty((g,), dtype=torch.float32)
+
+
+@torch.library.custom_op("bnexp::grouped_bn_normalize", mutates_args=())
+def _normalize_op(
+    x: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    use_batch_stats: bool,
+    stat_groups: int,
+) -> Tensor:
+    x = _as_layout(x)
+    plan = _Plan(x)
+    cg = plan.C // int(stat_groups)
+    y = _empty_like(x)
+    _k.bn_normalize_kernel[plan.grid](
+        x, y, mean, invstd,
+        weight if weight is not None else mean,
+        bias if bias is not None else mean,
+        plan.M, plan.C, cg, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
+        HW=plan.HW, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
+        num_warps=_NUM_WARPS_STREAM,
+    )
+    return y
+
+
+@_normalize_op.register_fake
+def _normalize_fake(x, mean, invstd, weight, bias, use_batch_stats, stat_groups):
+    return torch.empty_like(_as_layout(x))
+
+
+@torch.library.custom_op("bnexp::grouped_bn_backward", mutates_args=())
+def _backward_op(
+    grad_y: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    weight: Optional[Tensor],
+    use_batch_stats: bool,
+    stat_groups: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    x = _as_layout(x)
+    dy = _match_strides(grad_y, x)
+    plan = _Plan(x)
+    g = int(stat_groups)
+    cg = plan.C // g
+    part_dy = _new((plan.SPLITS, plan.C), x)
+    part_dyx = _new((plan.SPLITS, plan.C), x)
+    dweight = _new((plan.C,), x)
+    dbias = _new((plan.C,), x)
+    coef_a = _new((g,), x)
+    coef_b = _new((g,), x)
+    dx = _empty_like(x)
+    common = dict(HW=plan.HW, BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
+                  num_warps=_NUM_WARPS_STREAM)
+    _k.bn_backward_reduce_kernel[plan.grid](
+        x, dy, mean, invstd, part_dy, part_dyx,
+        plan.M, plan.C, cg, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES, **common,
+    )
+    block_s, block_cg = plan.finalize_blocks(cg)
+    _k.bn_backward_finalize_kernel[(g,)](
+        part_dy, part_dyx, weight if weight is not None else mean, dweight, dbias, coef_a, coef_b,
+        plan.M, plan.C, cg, plan.SPLITS,
+        HAS_WEIGHT=weight is not None, BATCH_STATS=bool(use_batch_stats),
+        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=_NUM_WARPS_FINALIZE,
+    )
+    _k.bn_backward_dx_kernel[plan.grid](
+        x, dy, dx, mean, invstd, weight if weight is not None else mean, coef_a, coef_b,
+        plan.M, plan.C, cg, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
+        HAS_WEIGHT=weight is not None, **common,
+    )
+    return dx, dweight, dbias
+
+
+@_backward_op.register_fake
+def _backward_fake(grad_y, x, mean, invstd, weight, use_batch_stats, stat_groups):
+    c = x.shape[1]
+    return (torch.empty_like(_as_layout(x)), x.new_empty((c,), dtype=torch.float32),
+            x.new_empty((c,), dtype=torch.float32))
+
+
+def _normalize_setup_context(ctx, inputs, output):
+    x, mean, invstd, weight, bias, use_batch_stats, stat_groups = inputs
+    ctx.save_for_backward(x, mean, invstd, weight)
+    ctx.use_batch_stats = use_batch_stats
+    ctx.stat_groups = stat_groups
+    ctx.weight_dtype = weight.dtype if weight is not None else None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _normalize_backward(ctx, grad_y):
+    x, mean, invstd, weight = ctx.saved_tensors
+    dx, dweight, dbias = torch.ops.bnexp.grouped_bn_backward(
+        grad_y, x, mean, invstd, weight, ctx.use_batch_stats, ctx.stat_groups)
+    need = ctx.needs_input_grad
+    # mean / invstd were computed from x.detach() (or are running buffers): their influence on the loss is
+    # already inside dx, so they get no gradient of their own
+    return (
+        dx if need[0] else None,
+        None,
+        None,
+        dweight.to(ctx.weight_dtype) if need[3] else None,
+        dbias.to(ctx.bias_dtype) if need[4] else None,
+        None,
+        None,
+    )
+
+
+_normalize_op.register_autograd(_normalize_backward, setup_context=_normalize_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public functional
+# ----------------------------------------------------------------------------------------------------------
+def triton_grouped_batch_norm(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    num_batches_tracked: Optional[Tensor],
+    *,
+    use_batch_stats: bool,
+    momentum: Optional[float],
+    eps: float,
+    stat_groups: int,
+) -> Tensor:
+    """Grouped BatchNorm with Triton kernels; same signature and semantics as torch_grouped_batch_norm.
+
+    x: (N, C, H, W) fp32/fp16/bf16, NCHW or channels_last (other strides are copied to contiguous first).
+    Statistics over groups of C // stat_groups consecutive channels; running buffers (G,) updated in place
+    when use_batch_stats (momentum, or 1 / num_batches_tracked read on device when momentum is None).
+    Returns y in x's dtype and memory format.
+    """
+    if use_batch_stats:
+        mean, invstd = torch.ops.bnexp.grouped_bn_stats(
+            x.detach(), running_mean, running_var, num_batches_tracked, momentum, float(eps), int(stat_groups))
+    else:
+        mean = running_mean.detach().float().clone()  # later in-place updates must not touch saved stats
+        invstd = torch.rsqrt(running_var.float() + eps)
+    return torch.ops.bnexp.grouped_bn_normalize(
+        x, mean, invstd, weight, bias, bool(use_batch_stats), int(stat_groups))
