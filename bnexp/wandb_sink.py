@@ -1,0 +1,311 @@
+"""Weights & Biases metrics sink (same interface as the local sink: log_step, log_epoch, finish).
+
+This is the only module that imports `wandb`, and it is imported only when `logger=wandb`, so
+`logger=none` runs work without wandb installed. The local sink always writes the run directory as
+well; W&B is a second copy for dashboards, never the only one.
+
+Mode (`logger.mode`):
+- auto: WANDB_MODE if set, else online when credentials exist (WANDB_API_KEY or a netrc entry for the
+  W&B host), else offline with a one-line hint that `wandb sync <dir>` uploads the run later.
+- online / offline / disabled: as requested. If an online init fails or times out (no network), the
+  run falls back to offline instead of hanging or crashing.
+
+Keys keep the trainer's prefixes (train/, test/, grad_norm/, param_norm/, update_ratio/, act/, bn/).
+Step-level keys use `step` as their x-axis, epoch-level keys use `epoch`. An epoch-level train/ key
+that also exists per step (train/loss) is logged as train/epoch_<name> so each key has one x-axis.
+"""
+from __future__ import annotations
+
+import math
+import netrc
+import os
+import struct
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlparse
+
+import wandb
+
+# Prefixes that only ever appear in step records / epoch records; defined once with a glob.
+STEP_ONLY_PREFIXES = ("grad_norm/", "param_norm/", "update_ratio/", "act/", "bn/")
+EPOCH_ONLY_PREFIXES = ("test/",)
+RESERVED_KEYS = ("kind", "step", "epoch")
+
+
+def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    try:
+        value = cfg.get(key, default)
+    except AttributeError:
+        value = getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def has_wandb_credentials() -> bool:
+    """True if an API key is available without prompting: WANDB_API_KEY or a netrc entry for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    netrc_paths = [os.environ.get("NETRC"), os.path.expanduser("~/.netrc"), os.path.expanduser("~/_netrc")]
+    for path in filter(None, netrc_paths):
+        if not os.path.isfile(path):
+            continue
+        try:
+            if netrc.netrc(path).authenticators(host):
+                return True
+        except (netrc.NetrcParseError, OSError):
+            continue
+    return False
+
+
+def resolve_wandb_mode(requested: str | None) -> tuple[str, str | None]:
+    """(mode, reason) for wandb.init; reason is set when auto mode picked offline."""
+    requested = str(requested or "auto").lower()
+    if requested in ("online", "offline", "disabled"):
+        return requested, None
+    if requested != "auto":
+        raise ValueError(f"logger.mode must be auto|online|offline|disabled, got {requested!r}")
+    env_mode = os.environ.get("WANDB_MODE", "").lower()
+    if env_mode:
+        return {"dryrun": "offline", "run": "online"}.get(env_mode, env_mode), None
+    if os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes"):
+        return "disabled", None
+    if has_wandb_credentials():
+        return "online", None
+    return "offline", "no W&B credentials found"
+
+
+def _plain(value: Any) -> Any:
+    """Python scalars for wandb (numpy/torch scalars have .item())."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            return value
+    return value
+
+
+class WandbSink:
+    """Mirror of the local sink that streams records to one W&B run per training job."""
+
+    def __init__(self, cfg: Any, run_dir: str | os.PathLike):
+        from omegaconf import DictConfig, OmegaConf
+
+        self.run_dir = Path(run_dir)
+        logger_cfg = _cfg_get(cfg, "logger")
+        variant_name = _cfg_get(_cfg_get(cfg, "variant"), "name", "variant")
+        model_name = _cfg_get(_cfg_get(cfg, "model"), "name", "model")
+        data_name = _cfg_get(_cfg_get(cfg, "data"), "name", None)
+        lr = _cfg_get(_cfg_get(cfg, "optim"), "lr", None)
+        seed = _cfg_get(cfg, "seed", None)
+
+        config_dict = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+        tags = [str(t) for t in (_cfg_get(logger_cfg, "tags", []) or [])]
+        tags += [str(t) for t in (variant_name, model_name, data_name) if t and str(t) not in tags]
+
+        mode, reason = resolve_wandb_mode(_cfg_get(logger_cfg, "mode", "auto"))
+        # Keep W&B's files inside the Hydra run dir (next to metrics.jsonl) unless WANDB_DIR says otherwise.
+        wandb_dir = Path(os.environ.get("WANDB_DIR") or self.run_dir)
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+
+        init_kwargs = dict(
+            project=str(_cfg_get(logger_cfg, "project", "bnexp")),
+            entity=_cfg_get(logger_cfg, "entity", None),
+            group=str(variant_name),
+            job_type=str(model_name),
+            name=_cfg_get(logger_cfg, "run_name", None) or f"{variant_name}-{model_name}-lr{lr}-seed{seed}",
+            tags=tags,
+            config=config_dict,
+            dir=str(wandb_dir),
+            # One W&B run per Hydra multirun job, even though jobs share the process.
+            reinit="finish_previous",
+            settings=wandb.Settings(
+                init_timeout=float(_cfg_get(logger_cfg, "init_timeout", 30)),
+                console=str(_cfg_get(logger_cfg, "console", "off")),
+            ),
+        )
+        try:
+            self.run = wandb.init(mode=mode, **init_kwargs)
+        except Exception as error:  # noqa: BLE001 - any init failure must not cost the local run
+            if mode != "online":
+                raise
+            print(f"[bnexp] wandb online init failed ({type(error).__name__}: {error}); logging offline", file=sys.stderr)
+            mode, reason = "offline", "online init failed"
+            self.run = wandb.init(mode=mode, **init_kwargs)
+        self.mode = mode
+        if mode == "offline":
+            offline_dir = Path(self.run.dir).parent  # run.dir is <offline-run-dir>/files
+            print(f"[bnexp] wandb offline ({reason or 'requested'}); upload later with: wandb sync {offline_dir}")
+
+        self._defined_keys: set[str] = set()
+        self._step_keys: set[str] = set()
+        self._define_axes()
+        self._finished = False
+
+    # ------------------------------------------------------------------ metric axes
+    def _define_axes(self) -> None:
+        self.run.define_metric("step")
+        self.run.define_metric("epoch")
+        for prefix in STEP_ONLY_PREFIXES:
+            self.run.define_metric(prefix + "*", step_metric="step")
+        for prefix in EPOCH_ONLY_PREFIXES:
+            self.run.define_metric(prefix + "*", step_metric="epoch")
+        # Best and last test accuracy both land in the run summary (W&B tables/sorting use it).
+        self.run.define_metric("test/acc", step_metric="epoch", summary="max,last")
+
+    def _define_key(self, key: str, step_metric: str) -> None:
+        """Give keys outside the glob prefixes (e.g. train/*) their x-axis on first appearance."""
+        if key in self._defined_keys or key.startswith(STEP_ONLY_PREFIXES + EPOCH_ONLY_PREFIXES):
+            return
+        self.run.define_metric(key, step_metric=step_metric)
+        self._defined_keys.add(key)
+
+    # ------------------------------------------------------------------ sink interface
+    def log_step(self, record: Mapping[str, Any]) -> None:
+        payload = {"step": int(record["step"])}
+        if "epoch" in record:
+            payload["epoch"] = _plain(record["epoch"])
+        for key, value in record.items():
+            if key in RESERVED_KEYS:
+                continue
+            value = _plain(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._step_keys.add(key)
+                self._define_key(key, "step")
+                payload[key] = value
+        self.run.log(payload)
+
+    def log_epoch(self, record: Mapping[str, Any]) -> None:
+        payload = {"epoch": _plain(record["epoch"])}
+        if "step" in record:
+            payload["step"] = int(record["step"])
+        for key, value in record.items():
+            if key in RESERVED_KEYS:
+                continue
+            value = _plain(value)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if key in self._step_keys or key in ("train/loss", "train/lr"):
+                # Same name already plotted per step: give the epoch value its own key (one x-axis per key).
+                prefix, _, leaf = key.rpartition("/")
+                key = f"{prefix}/epoch_{leaf}" if prefix else f"epoch_{leaf}"
+            self._define_key(key, "epoch")
+            payload[key] = value
+        self.run.log(payload)
+
+    def finish(self, summary: Mapping[str, Any] | None = None) -> None:
+        """Write the final summary and close the run; safe to call twice (exception paths)."""
+        if self._finished:
+            return
+        self._finished = True
+        status = str((summary or {}).get("status", "finished"))
+        try:
+            if summary:
+                self.run.summary.update({key: _json_safe(value) for key, value in summary.items()})
+        finally:
+            self.run.finish(exit_code=1 if status == "failed" else 0)
+
+    def __enter__(self) -> "WandbSink":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish({"status": "failed"} if exc_type else None)
+
+
+def _json_safe(value: Any) -> Any:
+    """Summary values W&B can store: non-finite floats become None (as in summary.json readers)."""
+    value = _plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------- offline run reader
+def iter_offline_run_records(wandb_file: str | os.PathLike) -> Iterator[Any]:
+    """Decode the protobuf records of a `run-<id>.wandb` transaction log (for tests and debugging).
+
+    The file is a 7-byte header (":W&B", magic, version) followed by a LevelDB-style log: 32 KiB blocks
+    of chunks, each with a 7-byte header (crc32, little-endian length, type FULL/FIRST/MIDDLE/LAST).
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    block_size, header_size = 32768, 7
+    data = Path(wandb_file).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{wandb_file} is not a W&B transaction log")
+    position, partial = 7, b""
+    while position + header_size <= len(data):
+        left_in_block = block_size - position % block_size
+        if left_in_block < header_size:  # block trailer padding
+            position += left_in_block
+            continue
+        _crc, length, chunk_type = struct.unpack("<IHB", data[position : position + header_size])
+        position += header_size
+        chunk = data[position : position + length]
+        position += length
+        if chunk_type == 0:  # zero padding at the end of a block / file
+            continue
+        if chunk_type == 1:
+            payload = chunk
+        elif chunk_type == 2:
+            partial = chunk
+            continue
+        elif chunk_type == 3:
+            partial += chunk
+            continue
+        else:
+            payload, partial = partial + chunk, b""
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        yield record
+
+
+def read_offline_run(offline_run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Config, history rows, final summary and run metadata of an offline run dir, decoded from its .wandb file."""
+    import json
+
+    (wandb_file,) = Path(offline_run_dir).glob("run-*.wandb")
+    config: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    metrics: list[Any] = []
+    run_info: dict[str, Any] = {}
+    exit_code = None
+
+    def apply_update(target: dict[str, Any], item: Any) -> None:
+        path = list(item.nested_key) or [item.key]
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = json.loads(item.value_json)
+
+    for record in iter_offline_run_records(wandb_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            run_info = {"run_id": run.run_id, "project": run.project, "group": run.run_group,
+                        "job_type": run.job_type, "name": run.display_name, "tags": list(run.tags)}
+            for item in run.config.update:
+                apply_update(config, item)
+        elif kind == "config":
+            for item in record.config.update:
+                apply_update(config, item)
+        elif kind == "history":
+            row: dict[str, Any] = {}
+            for item in record.history.item:
+                apply_update(row, item)
+            history.append(row)
+        elif kind == "summary":
+            for item in record.summary.update:
+                apply_update(summary, item)
+        elif kind == "metric":
+            metrics.append(record.metric)
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    return {"run": run_info, "config": config, "history": history, "summary": summary,
+            "metrics": metrics, "exit_code": exit_code}

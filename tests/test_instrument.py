@@ -1,0 +1,235 @@
+"""StabilityProbe: its numbers must match a direct recomputation, and it must only work on measure steps."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bnexp.instrument import StabilityProbe, steps_to_accuracy
+from bnexp.norm import BatchNorm2d
+
+
+class TinyNet(nn.Module):
+    """Conv -> torch BN -> conv -> grouped bnexp BN -> linear: both norm flavours, biases and no-bias layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = BatchNorm2d(8, stat_groups=2, backend="torch")
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def make_batch(seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(6, 3, 8, 8, generator=generator) * 2 + 0.5, torch.randint(0, 10, (6,), generator=generator)
+
+
+def train_steps(model, probe, steps, lr=0.1, on_step=None, edit_grads=None):
+    """The trainer's call protocol; `on_step(step, loss)` sees the state between backward and optimiser step,
+    `edit_grads(step)` may change the gradients before the probe reads them."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for step in range(steps):
+        inputs, targets = make_batch(step)
+        probe.before_forward(step)
+        loss = nn.functional.cross_entropy(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if edit_grads is not None:
+            edit_grads(step)
+        probe.after_backward(step)
+        if on_step is not None:
+            on_step(step, loss)
+        optimizer.step()
+        probe.after_optimizer_step(step)
+        probe.record_loss(step, loss.detach())
+
+
+def direct_layer_norm(tensors):
+    return math.sqrt(sum(torch.linalg.vector_norm(t).item() ** 2 for t in tensors))
+
+
+def test_grad_param_and_update_norms_match_direct_computation():
+    torch.manual_seed(0)
+    model = TinyNet()
+    probe = StabilityProbe(model, {"every": 1})
+    layers = {"conv1": model.conv1, "bn1": model.bn1, "conv2": model.conv2, "bn2": model.bn2, "head": model.head}
+    expected = {}
+
+    def capture(step, _loss):
+        expected["grad"] = {n: direct_layer_norm([p.grad for p in m.parameters()]) for n, m in layers.items()}
+        expected["global"] = direct_layer_norm([p.grad for p in model.parameters()])
+        expected["param"] = {n: direct_layer_norm([p.detach() for p in m.parameters()]) for n, m in layers.items()}
+        expected["before"] = {n: [p.detach().clone() for p in m.parameters()] for n, m in layers.items()}
+
+    train_steps(model, probe, steps=1, on_step=capture)
+    (record,) = probe.readback()
+
+    assert set(probe.layer_names) == set(layers)
+    assert record["step"] == 0
+    assert record["grad_norm/global"] == pytest.approx(expected["global"], rel=1e-5)
+    for name, module in layers.items():
+        assert record[f"grad_norm/{name}"] == pytest.approx(expected["grad"][name], rel=1e-5)
+        assert record[f"param_norm/{name}"] == pytest.approx(expected["param"][name], rel=1e-5)
+        update = direct_layer_norm([p.detach() - b for p, b in zip(module.parameters(), expected["before"][name])])
+        assert record[f"update_ratio/{name}"] == pytest.approx(update / expected["param"][name], rel=1e-4)
+
+
+def test_activation_statistics_match_direct_computation():
+    torch.manual_seed(1)
+    model = TinyNet()
+    probe = StabilityProbe(model, {"every": 1})
+    captured = {}
+
+    # Our own hooks see the same inputs plus the running stats before this batch updates them.
+    def capture_input(name):
+        def hook(module, inputs):
+            captured[name] = (inputs[0].detach().clone(), module.running_mean.clone(), module.running_var.clone())
+        return hook
+
+    def capture_output(name):
+        def hook(_module, _inputs, output):
+            captured[name + ".out"] = output.detach().clone()
+        return hook
+
+    for name in ("bn1", "bn2"):
+        getattr(model, name).register_forward_pre_hook(capture_input(name))
+    for name in ("conv1", "bn1", "conv2", "bn2", "head"):
+        getattr(model, name).register_forward_hook(capture_output(name))
+
+    train_steps(model, probe, steps=3)  # later steps: running stats differ from the batch stats
+    record = probe.readback()[-1]
+
+    for name, groups in (("bn1", 8), ("bn2", 2)):
+        x, running_mean, running_var = captured[name]
+        channel_mean = x.mean(dim=(0, 2, 3))
+        channel_var = x.var(dim=(0, 2, 3), unbiased=False)
+        assert record[f"bn/{name}/mean_mean"] == pytest.approx(channel_mean.mean().item(), abs=1e-5)
+        assert record[f"bn/{name}/mean_min"] == pytest.approx(channel_mean.min().item(), rel=1e-5)
+        assert record[f"bn/{name}/mean_max"] == pytest.approx(channel_mean.max().item(), rel=1e-5)
+        assert record[f"bn/{name}/var_mean"] == pytest.approx(channel_var.mean().item(), rel=1e-5)
+        assert record[f"bn/{name}/var_min"] == pytest.approx(channel_var.min().item(), rel=1e-5)
+        assert record[f"bn/{name}/var_max"] == pytest.approx(channel_var.max().item(), rel=1e-5)
+
+        grouped = x.reshape(x.shape[0], groups, -1)  # contiguous channel groups, as the layer pools them
+        group_mean = grouped.transpose(0, 1).reshape(groups, -1).mean(1)
+        group_var = grouped.transpose(0, 1).reshape(groups, -1).var(1, unbiased=False)
+        assert running_mean.numel() == groups
+        mean_gap = ((running_mean - group_mean).abs() / (group_var + 1e-5).sqrt()).mean().item()
+        var_logratio = ((running_var + 1e-5) / (group_var + 1e-5)).log().abs().mean().item()
+        assert record[f"bn/{name}/running_mean_gap"] == pytest.approx(mean_gap, rel=1e-4)
+        assert record[f"bn/{name}/running_var_logratio"] == pytest.approx(var_logratio, rel=1e-4)
+
+    for name in ("conv1", "bn1", "conv2", "bn2", "head"):
+        output = captured[name + ".out"]
+        assert record[f"act/{name}/rms"] == pytest.approx(output.square().mean().sqrt().item(), rel=1e-5)
+
+
+def test_interval_respected_and_hooks_only_armed_on_measure_steps():
+    model = TinyNet()
+    probe = StabilityProbe(model, {"every": 3})
+    hook_counts = []
+
+    def count_hooks(step, _loss):
+        hook_counts.append(len(model.bn1._forward_pre_hooks) + len(model.conv1._forward_hooks))
+
+    original_forward = model.forward
+    hooks_during_forward = {}
+
+    def spying_forward(x):
+        hooks_during_forward[len(hooks_during_forward)] = len(model.bn1._forward_pre_hooks)
+        return original_forward(x)
+
+    model.forward = spying_forward
+    train_steps(model, probe, steps=10, on_step=count_hooks)
+    records = probe.readback()
+
+    assert [r["step"] for r in records] == [0, 3, 6, 9]
+    assert [probe.is_measure_step(s) for s in range(4)] == [True, False, False, True]
+    # Hooks exist only during a measure step's forward, and are gone once backward is done.
+    assert [hooks_during_forward[s] for s in range(10)] == [1 if s % 3 == 0 else 0 for s in range(10)]
+    assert hook_counts == [0] * 10
+    for record in records:
+        assert "grad_norm/global" in record and "bn/bn2/var_mean" in record and "update_ratio/head" in record
+    assert probe.readback() == []  # everything was handed over once
+
+
+def test_every_zero_measures_nothing_but_still_tracks_loss():
+    model = TinyNet()
+    probe = StabilityProbe(model, {"every": 0})
+    train_steps(model, probe, steps=4)
+    assert probe.readback() == []
+    summary = probe.summary()
+    assert summary["max_grad_norm"] is None and summary["init_grad_norms"] == {}
+    assert summary["train_loss_auc"] is not None and math.isfinite(summary["train_loss_auc"])
+
+
+def test_readback_is_one_host_transfer(monkeypatch):
+    model = TinyNet()
+    probe = StabilityProbe(model, {"every": 2})
+    train_steps(model, probe, steps=6)
+
+    transfers = []
+    original_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: transfers.append(1) or original_tolist(self))
+    records = probe.readback()
+    assert [r["step"] for r in records] == [0, 2, 4]
+    assert len(transfers) == 1
+
+
+def test_loss_spikes_auc_and_summary():
+    model = TinyNet()
+    probe = StabilityProbe(model, {"every": 5, "loss_spike_factor": 3.0, "loss_window": 8, "acc_targets": [0.5, 0.9]})
+    losses = [1.0] * 20 + [10.0] + [1.0] * 5 + [2.5]  # one spike at step 20; 2.5 < 3 x median is not a spike
+    for step, value in enumerate(losses):
+        probe.record_loss(step, torch.tensor(value))
+    train_steps(model, probe, steps=11)  # grad history at steps 0, 5, 10 (loss stats keep accumulating)
+
+    summary = probe.summary({100: 0.4, 200: 0.55, 300: 0.52})
+    assert summary["loss_spikes"] == 1
+    assert summary["first_loss_spike_step"] == 20
+    assert summary["steps_to_acc"] == {"0.5": 200, "0.9": None}
+
+    history = {r: v for r, v in probe._global_grad_norm_by_step.items()}
+    assert sorted(history) == [0, 5, 10]
+    assert summary["max_grad_norm"] == pytest.approx(max(history.values()))
+    assert summary["max_grad_norm_step"] == max(history, key=history.get)
+    assert summary["grad_norm_ratio_first_last"] == pytest.approx(history[0] / history[10])
+    assert set(summary["init_grad_norms"]) == set(probe.layer_names)
+    assert summary["max_grad_norm_layer"] in probe.layer_names
+    assert summary["train_loss_auc"] > 0
+
+
+def test_steps_to_accuracy_accepts_pairs_and_unsorted_input():
+    assert steps_to_accuracy([(30, 0.8), (10, 0.6)], [0.5, 0.7, 0.9]) == {"0.5": 10, "0.7": 30, "0.9": None}
+    assert steps_to_accuracy(None, [0.5]) == {"0.5": None}
+
+
+def test_non_finite_gradients_do_not_break_the_summary():
+    model = TinyNet()
+    probe = StabilityProbe(model, {"every": 1})
+
+    def poison(step):
+        if step == 1:
+            model.head.weight.grad.fill_(float("nan"))
+
+    train_steps(model, probe, steps=2, lr=0.0, edit_grads=poison)
+    records = probe.readback()
+    assert math.isnan(records[1]["grad_norm/global"]) and math.isnan(records[1]["grad_norm/head"])
+    summary = probe.summary()
+    assert summary["max_grad_norm"] == pytest.approx(records[0]["grad_norm/global"])
+    assert summary["grad_norm_ratio_first_last"] is None
+
+
+def test_compiled_model_wrapper_keeps_layer_names():
+    model = TinyNet()
+    wrapped = nn.Module()
+    wrapped._orig_mod = model  # what torch.compile's OptimizedModule exposes
+    probe = StabilityProbe(wrapped, {"every": 1})
+    assert probe.layer_names == ["conv1", "bn1", "conv2", "bn2", "head"]

@@ -1,0 +1,165 @@
+"""WandbSink in offline mode: what lands in the offline run, mode selection, and one W&B run per job."""
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+wandb = pytest.importorskip("wandb")
+
+from bnexp import wandb_sink  # noqa: E402
+from bnexp.wandb_sink import WandbSink, read_offline_run, resolve_wandb_mode  # noqa: E402
+
+
+@pytest.fixture
+def offline_env(tmp_path, monkeypatch):
+    """No credentials, no network: W&B must run offline into tmp_path."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    return tmp_path / "wandb_dir"
+
+
+def make_cfg(variant="shared_bn", lr=0.1, seed=1):
+    return OmegaConf.create(
+        {
+            "variant": {"name": variant, "norm": "shared"},
+            "model": {"name": "airbench", "width": 0.25},
+            "data": {"name": "synthetic"},
+            "optim": {"name": "sgd", "lr": lr},
+            "seed": seed,
+            "lr_copy": "${optim.lr}",  # to_container(resolve=True): W&B sees resolved values
+            "logger": {"name": "wandb", "project": "bnexp-test", "mode": "auto", "tags": ["unit"]},
+        }
+    )
+
+
+def offline_runs(wandb_dir: Path) -> list[Path]:
+    return sorted((wandb_dir / "wandb").glob("offline-run-*"))
+
+
+def log_short_run(sink, steps=3):
+    for step in range(steps):
+        sink.log_step({"kind": "step", "step": step, "epoch": step / steps, "train/loss": 2.0 - 0.1 * step,
+                       "train/lr": 0.1, "grad_norm/global": 1.0 + step, "grad_norm/layers.0.conv": 0.5})
+    sink.log_epoch({"kind": "epoch", "epoch": 1, "step": steps, "train/loss": 1.9, "train/acc": 0.3,
+                    "test/loss": 1.8, "test/acc": 0.31, "train/images_per_s": 100.0})
+
+
+def test_offline_run_holds_config_metrics_and_summary(offline_env, tmp_path):
+    sink = WandbSink(make_cfg(), tmp_path / "run")
+    log_short_run(sink)
+    sink.finish({"status": "finished", "best_test_acc": 0.31, "steps_to_acc": {"0.5": None},
+                 "max_grad_norm": 3.0, "init_grad_norms": {"layers.0.conv": 0.5}})
+
+    (run_dir,) = offline_runs(offline_env)
+    run = read_offline_run(run_dir)
+    assert run["run"]["project"] == "bnexp-test"
+    assert run["run"]["group"] == "shared_bn" and run["run"]["job_type"] == "airbench"
+    assert {"unit", "shared_bn", "airbench", "synthetic"} <= set(run["run"]["tags"])
+    assert run["config"]["optim"]["lr"] == 0.1 and run["config"]["lr_copy"] == 0.1
+    assert run["config"]["variant"]["name"] == "shared_bn"
+
+    step_rows = [row for row in run["history"] if "grad_norm/global" in row]
+    assert [row["step"] for row in step_rows] == [0, 1, 2]
+    assert all("grad_norm/layers.0.conv" in row for row in step_rows)
+    epoch_row = run["history"][-1]
+    # The per-epoch train loss gets its own key, so train/loss keeps one x-axis (step).
+    assert epoch_row["epoch"] == 1 and epoch_row["train/epoch_loss"] == 1.9 and "train/loss" not in epoch_row
+
+    summary = run["summary"]
+    assert summary["status"] == "finished" and summary["best_test_acc"] == 0.31
+    assert summary["steps_to_acc"] == {"0.5": None} and summary["init_grad_norms"] == {"layers.0.conv": 0.5}
+    assert summary["test/acc"]["max"] == 0.31
+    assert run["exit_code"] == 0
+
+    axes = {m.name or m.glob_name: m.step_metric for m in run["metrics"]}
+    assert axes["grad_norm/*"] == "step" and axes["test/*"] == "epoch"
+    assert axes["train/loss"] == "step" and axes["train/acc"] == "epoch" and axes["train/epoch_loss"] == "epoch"
+
+
+def test_two_sinks_in_one_process_make_two_runs(offline_env, tmp_path):
+    """Hydra multirun runs jobs in one process: each job must get its own, finished W&B run."""
+    for seed in (1, 2):
+        sink = WandbSink(make_cfg(seed=seed), tmp_path / f"job{seed}")
+        log_short_run(sink, steps=2)
+        sink.finish({"status": "finished", "seed": seed})
+    runs = [read_offline_run(path) for path in offline_runs(offline_env)]
+    assert len(runs) == 2
+    assert len({run["run"]["run_id"] for run in runs}) == 2
+    assert sorted(run["summary"]["seed"] for run in runs) == [1, 2]
+    assert all(run["exit_code"] == 0 for run in runs)
+
+
+def test_exception_still_finishes_the_run_as_failed(offline_env, tmp_path):
+    with pytest.raises(RuntimeError):
+        with WandbSink(make_cfg(), tmp_path / "run") as sink:
+            log_short_run(sink, steps=1)
+            raise RuntimeError("boom mid-run")
+    (run_dir,) = offline_runs(offline_env)
+    run = read_offline_run(run_dir)
+    assert run["exit_code"] == 1 and run["summary"]["status"] == "failed"
+    assert wandb.run is None  # nothing left open for the next job
+
+
+def test_wandb_dir_defaults_to_the_run_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    sink = WandbSink(make_cfg(), tmp_path / "run")
+    sink.finish({"status": "finished"})
+    assert len(offline_runs(tmp_path / "run")) == 1
+
+
+def test_mode_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DISABLED", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+    assert resolve_wandb_mode("auto") == ("offline", "no W&B credentials found")
+    assert resolve_wandb_mode("disabled") == ("disabled", None)
+    assert resolve_wandb_mode("online") == ("online", None)
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password secret-key\n")
+    assert resolve_wandb_mode("auto") == ("online", None)
+    (tmp_path / ".netrc").unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_wandb_mode("auto") == ("online", None)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert resolve_wandb_mode("auto") == ("offline", None)
+    with pytest.raises(ValueError):
+        resolve_wandb_mode("sometimes")
+
+
+def test_failed_online_init_falls_back_to_offline(tmp_path, monkeypatch):
+    """No network: an online init that errors (or times out) must not cost the run."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    real_init = wandb.init
+    modes = []
+
+    def init_without_network(*args, mode=None, **kwargs):
+        modes.append(mode)
+        if mode == "online":
+            raise wandb.errors.CommError("network unreachable (simulated)")
+        return real_init(*args, mode=mode, **kwargs)
+
+    monkeypatch.setattr(wandb_sink.wandb, "init", init_without_network)
+    cfg = make_cfg()
+    cfg.logger.mode = "online"
+    sink = WandbSink(cfg, tmp_path / "run")
+    log_short_run(sink, steps=1)
+    sink.finish({"status": "finished"})
+    assert modes == ["online", "offline"] and sink.mode == "offline"
+    assert len(offline_runs(tmp_path / "wandb_dir")) == 1
+
+
+def test_disabled_mode_logs_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    cfg = make_cfg()
+    cfg.logger.mode = "disabled"
+    sink = WandbSink(cfg, tmp_path / "run")
+    log_short_run(sink, steps=1)
+    sink.finish({"status": "finished"})
+    assert offline_runs(tmp_path / "wandb_dir") == []
+    assert os.environ.get("WANDB_MODE") is None
