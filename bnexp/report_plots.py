@@ -1,0 +1,238 @@
+"""Plots for the results report (matplotlib, Agg backend: no display on the training machines).
+
+Each plot function returns a PlotResult; when the runs lack the data a plot needs (older runs without
+instrumentation, no metrics.jsonl) it returns path=None with a note that the report prints instead.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+from bnexp.rundirs import as_float, read_metrics  # noqa: E402
+
+if TYPE_CHECKING:
+    from bnexp.report import GroupStats, RunRecord
+
+LAYER_PREFIX = "grad_norm/"
+GLOBAL_KEY = "grad_norm/global"
+
+
+@dataclass
+class PlotResult:
+    title: str
+    path: Path | None
+    caption: str = ""
+    note: str = ""
+
+
+def _series_name(model: str, variant: str, show_model: bool) -> str:
+    return f"{model}/{variant}" if show_model else variant
+
+
+def _colors(names: list[str]) -> dict[str, Any]:
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {name: palette(i % palette.N) for i, name in enumerate(names)}
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _runs_at_lr(runs: list["RunRecord"], lr: float | None) -> dict[str, list["RunRecord"]]:
+    from bnexp.report import variant_sort_key
+
+    by_variant: dict[str, list] = defaultdict(list)
+    for run in runs:
+        if lr is not None and run.lr is not None and math.isclose(run.lr, lr, rel_tol=1e-9):
+            by_variant[run.variant].append(run)
+    return {v: sorted(by_variant[v], key=lambda r: (r.seed is None, r.seed))
+            for v in sorted(by_variant, key=variant_sort_key)}
+
+
+def plot_accuracy_vs_lr(groups: list["GroupStats"], out_dir: Path) -> PlotResult:
+    title = "Test accuracy vs learning rate"
+    show_model = len({g.model for g in groups}) > 1
+    series: dict[str, list] = defaultdict(list)
+    for group in groups:
+        series[_series_name(group.model, group.variant, show_model)].append(group)
+    if not series:
+        return PlotResult(title, None, note="no runs with an lr")
+    colors = _colors(list(series))
+    figure, axes = plt.subplots(figsize=(8, 5))
+    marked_diverged = False
+    for name, members in series.items():
+        members = sorted(members, key=lambda g: g.lr)
+        lrs = np.array([g.lr for g in members])
+        means = np.array([100 * g.values["final_test_acc_mean"] for g in members])
+        stds = np.array([100 * g.values["final_test_acc_std"] for g in members])
+        axes.errorbar(lrs, means, yerr=np.nan_to_num(stds), marker="o", ms=4, capsize=3, color=colors[name],
+                      label=name)
+        for group, mean in zip(members, means):
+            if group.values["n_diverged"] > 0:
+                # Diverged seeds: a red x at the mean of the surviving seeds, or on the floor when none survived.
+                y = mean if not math.isnan(mean) else 0.0
+                axes.scatter([group.lr], [y], marker="x", s=70, color="red", zorder=5,
+                             label=None if marked_diverged else "≥1 seed diverged")
+                marked_diverged = True
+    axes.set_xscale("log")
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("final test accuracy (%)")
+    axes.set_ylim(bottom=0)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    axes.set_title("mean ± std over non-diverged seeds")
+    path = _save(figure, out_dir / "acc_vs_lr.png")
+    return PlotResult(title, path, "One line per variant; red × marks an lr where at least one seed diverged "
+                                   "(on the x axis when every seed diverged).")
+
+
+def _step_records(run: "RunRecord") -> list[dict]:
+    return [r for r in read_metrics(run.run_dir) if r.get("kind", "step") == "step" and "step" in r]
+
+
+def plot_loss_curves(runs: list["RunRecord"], lr: float | None, out_dir: Path) -> PlotResult:
+    title = f"Training loss at lr={lr:g}" if lr is not None else "Training loss"
+    by_variant = _runs_at_lr(runs, lr)
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray, str]]] = {}
+    for variant, members in by_variant.items():
+        for run in members:
+            points = [(r["step"], as_float(r.get("train/loss"))) for r in _step_records(run)]
+            points = [(s, v) for s, v in points if v is not None and math.isfinite(v) and v > 0]
+            if points:
+                steps, losses = map(np.array, zip(*sorted(points)))
+                curves.setdefault(variant, []).append((steps, losses, run.status))
+    if not curves:
+        return PlotResult(title, None, note=f"no `train/loss` step records in metrics.jsonl at lr={lr}")
+    colors = _colors(list(curves))
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for variant, lines in curves.items():
+        for index, (steps, losses, status) in enumerate(lines):
+            axes.plot(steps, losses, color=colors[variant], alpha=0.8, lw=1.2,
+                      ls="--" if status == "diverged" else "-", label=variant if index == 0 else None)
+            if status == "diverged":
+                axes.scatter([steps[-1]], [losses[-1]], marker="x", color="red", zorder=5)
+    axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel("training loss")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    axes.set_title(f"lr={lr:g}; one line per seed, dashed + red × = diverged")
+    path = _save(figure, out_dir / f"loss_curves_lr{lr:g}.png")
+    return PlotResult(title, path, "Per-step training loss of every seed, one colour per variant.")
+
+
+def _layer_names(records: list[dict]) -> list[str]:
+    names: dict[str, None] = {}
+    for record in records:
+        for key in record:
+            if key.startswith(LAYER_PREFIX) and key != GLOBAL_KEY:
+                names.setdefault(key[len(LAYER_PREFIX):], None)
+    return list(names)
+
+
+def plot_grad_norm_heatmaps(runs: list["RunRecord"], lr: float | None, out_dir: Path) -> PlotResult:
+    title = f"Per-layer gradient norm over training at lr={lr:g}" if lr is not None else "Per-layer gradient norm"
+    panels = []
+    for variant, members in _runs_at_lr(runs, lr).items():
+        for run in members:  # the lowest seed that has per-layer records
+            records = _step_records(run)
+            layers = _layer_names(records)
+            if layers:
+                records = [r for r in records if any(LAYER_PREFIX + n in r for n in layers)]
+                steps = [r["step"] for r in records]
+                matrix = np.array([[as_float(r.get(LAYER_PREFIX + n)) or np.nan for r in records] for n in layers],
+                                  dtype=float)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    matrix = np.log10(np.where(matrix > 0, matrix, np.nan))
+                panels.append((variant, run.seed, layers, steps, matrix))
+                break
+    if not panels:
+        return PlotResult(title, None, note="no per-layer `grad_norm/<layer>` keys in metrics.jsonl "
+                                            "(runs without instrumentation)")
+    finite = np.concatenate([p[4][np.isfinite(p[4])] for p in panels]) if panels else np.array([])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    n_layers = max(len(p[2]) for p in panels)
+    figure, axes_list = plt.subplots(len(panels), 1, squeeze=False, sharex=True, layout="constrained",
+                                     figsize=(10, max(2.0, 0.18 * n_layers + 1.0) * len(panels)))
+    image = None
+    for axes, (variant, seed, layers, steps, matrix) in zip(axes_list[:, 0], panels):
+        image = axes.imshow(matrix, aspect="auto", interpolation="nearest", cmap="viridis", vmin=vmin, vmax=vmax,
+                            extent=(steps[0] - 0.5, steps[-1] + 0.5, len(layers) - 0.5, -0.5))
+        axes.set_yticks(range(len(layers)))
+        axes.set_yticklabels(layers, fontsize=max(4, 8 - n_layers // 15))
+        axes.set_title(f"{variant} (seed {seed})", fontsize=9)
+    axes_list[-1, 0].set_xlabel("step")
+    figure.colorbar(image, ax=axes_list[:, 0].tolist(), label="log10 grad norm", shrink=0.8)
+    figure.savefig(out_dir / f"grad_norm_heatmap_lr{lr:g}.png", dpi=110)
+    plt.close(figure)
+    return PlotResult(title, out_dir / f"grad_norm_heatmap_lr{lr:g}.png",
+                      "log10 of each layer's gradient norm (rows, in model order) over logged steps; one panel "
+                      "per variant, shared colour scale.")
+
+
+def _init_grad_norms(run: "RunRecord") -> dict[str, float]:
+    from_summary = run.summary.get("init_grad_norms")
+    if isinstance(from_summary, dict) and from_summary:
+        return {k: v for k, v in ((k, as_float(v)) for k, v in from_summary.items()) if v is not None}
+    records = _step_records(run)
+    if not records:
+        return {}
+    first = min(records, key=lambda r: r["step"])  # step-0 record as a fallback for older summaries
+    return {k[len(LAYER_PREFIX):]: v for k, v in ((k, as_float(first[k])) for k in first
+                                                  if k.startswith(LAYER_PREFIX) and k != GLOBAL_KEY)
+            if v is not None}
+
+
+def plot_init_grad_norms(runs: list["RunRecord"], out_dir: Path) -> PlotResult:
+    from bnexp.report import variant_sort_key
+
+    title = "Per-layer gradient norm at initialisation"
+    per_variant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    layer_order: dict[str, None] = {}
+    for run in runs:
+        norms = _init_grad_norms(run)
+        for layer, value in norms.items():
+            per_variant[run.variant][layer].append(value)
+            layer_order.setdefault(layer, None)
+    if not per_variant:
+        return PlotResult(title, None, note="no `init_grad_norms` in summary.json and no per-layer grad norms in "
+                                            "the first metrics record")
+    layers = list(layer_order)
+    variants = sorted(per_variant, key=variant_sort_key)
+    colors = _colors(variants)
+    figure, axes = plt.subplots(figsize=(max(8, 0.3 * len(layers) + 3), 5))
+    for variant in variants:
+        means = [np.mean(per_variant[variant][layer]) if per_variant[variant].get(layer) else np.nan
+                 for layer in layers]
+        axes.plot(range(len(layers)), means, marker="o", ms=4, color=colors[variant], label=variant)
+    axes.set_yscale("log")
+    axes.set_xticks(range(len(layers)))
+    axes.set_xticklabels(layers, rotation=70, ha="right", fontsize=7)
+    axes.set_ylabel("grad norm at init (mean over runs)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    path = _save(figure, out_dir / "init_grad_norms.png")
+    return PlotResult(title, path, "Gradient norm of each layer at the first step, averaged over every run of "
+                                   "the variant (all lrs and seeds: at initialisation the lr has not acted yet).")
+
+
+def make_all_plots(runs: list["RunRecord"], groups: list["GroupStats"], out_dir: Path,
+                   shared_lr: float | None) -> list[PlotResult]:
+    return [
+        plot_accuracy_vs_lr(groups, out_dir),
+        plot_loss_curves(runs, shared_lr, out_dir),
+        plot_grad_norm_heatmaps(runs, shared_lr, out_dir),
+        plot_init_grad_norms(runs, out_dir),
+    ]

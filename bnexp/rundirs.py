@@ -1,0 +1,163 @@
+"""Reading and writing the files of a run directory (see CONTRACT: summary.json, metrics.jsonl, config.yaml).
+
+Shared by the sweep runner (which merges failure records into summary.json) and the report (which reads
+everything back). Readers are tolerant: a killed run can leave a half-written metrics line or no summary at all.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import yaml
+
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILES = ("config.yaml", ".hydra/config.yaml")  # trainer's resolved copy first, Hydra's as fallback
+
+# Terminal statuses that a resumed sweep does not redo.
+COMPLETED_STATUSES = ("finished", "diverged")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing, unreadable or not an object."""
+    try:
+        with open(path) as handle:
+            value = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON via a temp file + rename so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as tmp:
+            json.dump(value, tmp, indent=2, sort_keys=False, default=_json_default)
+            tmp.write("\n")
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    # Paths and numpy scalars show up in records; store them as plain JSON values.
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    return read_json(Path(run_dir) / SUMMARY_FILE)
+
+
+def run_status(run_dir: Path) -> str:
+    """finished | diverged | failed | running | missing (no readable summary.json)."""
+    summary = read_summary(run_dir)
+    if summary is None:
+        return "missing"
+    return str(summary.get("status") or "missing")
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's resolved config as a plain dict ({} when neither config file is readable)."""
+    for name in CONFIG_FILES:
+        path = Path(run_dir) / name
+        if path.is_file():
+            try:
+                loaded = yaml.safe_load(path.read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(loaded, dict):
+                return loaded
+    return {}
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All records of metrics.jsonl; skips blank or truncated lines (a killed run can leave one)."""
+    path = Path(run_dir) / METRICS_FILE
+    records: list[dict[str, Any]] = []
+    try:
+        with open(path) as handle:
+            for line in handle:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
+    except OSError:
+        return []
+    return records
+
+
+def is_run_dir(path: Path) -> bool:
+    path = Path(path)
+    return (path / SUMMARY_FILE).is_file() and any((path / name).is_file() for name in CONFIG_FILES)
+
+
+def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
+    """Every run dir at or below the given roots (sweep dirs, Hydra multirun dirs, single runs), deduplicated."""
+    found: dict[Path, None] = {}
+    for root in roots:
+        for run_dir in _walk_run_dirs(Path(root)):
+            found.setdefault(run_dir.resolve(), None)
+    return sorted(found)
+
+
+def _walk_run_dirs(root: Path) -> Iterator[Path]:
+    if is_run_dir(root):
+        yield root
+        return  # a run dir does not contain other runs
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != ".hydra" and not d.startswith(".tmp"))
+        if SUMMARY_FILE in filenames and is_run_dir(Path(dirpath)):
+            dirnames[:] = []
+            yield Path(dirpath)
+
+
+def get_path(mapping: dict[str, Any], dotted_key: str, default: Any = None) -> Any:
+    """mapping['a']['b'] for 'a.b', or default when any level is missing."""
+    node: Any = mapping
+    for part in dotted_key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def as_float(value: Any) -> float | None:
+    """A finite or infinite float, or None for missing / non-numeric / NaN values."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number

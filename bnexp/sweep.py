@@ -1,0 +1,552 @@
+"""Sweep runner: one command runs a grid of training runs, in parallel, resumably.
+
+    python -m bnexp.sweep sweep=lr_stability [sweep.<key>=...] [train overrides...]
+
+The grid (variants x models x lrs x seeds) comes from conf/sweep/<name>.yaml, composed with Hydra's compose API.
+Arguments whose key starts with `sweep` override the sweep config (e.g. `sweep.seeds=[0]`, `sweep.workers=2`,
+`sweep.only_variants=[correct_bn,no_bn]`); every other argument is a train override passed to every run
+(e.g. `data=synthetic model.width=0.25`). Each run is a subprocess
+
+    python -m bnexp.train <overrides> hydra.run.dir=<sweep out_dir>/runs/<run id>
+
+so a crash or kill of one run cannot take the sweep down. The run id is derived deterministically from the run's
+overrides (readable part + hash of all overrides), which is what makes the sweep resumable: a re-run skips runs
+whose summary.json says finished/diverged and redoes running (killed), failed or missing ones.
+Sweep-level bookkeeping goes to <out_dir>/sweep_status.json and <out_dir>/runs.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from bnexp.rundirs import (
+    COMPLETED_STATUSES,
+    read_summary,
+    run_status,
+    write_json_atomic,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+STDERR_TAIL_LINES = 25
+STATUS_FILE = "sweep_status.json"
+RUNS_CSV = "runs.csv"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------------
+
+def _key_of_override(override: str) -> str:
+    """'+variant=x' -> 'variant', '~a.b' -> 'a.b', 'optim.lr=0.1' -> 'optim.lr'."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def split_cli_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """Separate sweep-config overrides (key `sweep` or `sweep.*`) from train overrides (everything else)."""
+    sweep_overrides, train_overrides = [], []
+    for argument in arguments:
+        key = _key_of_override(argument)
+        (sweep_overrides if key == "sweep" or key.startswith("sweep.") else train_overrides).append(argument)
+    return sweep_overrides, train_overrides
+
+
+def compose_sweep_config(sweep_overrides: list[str], config_dir: Path = CONF_DIR) -> DictConfig:
+    """Compose conf/sweep/<name>.yaml (+ overrides) with Hydra; returns the `sweep` node, resolved."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+
+    # A tiny primary config whose only job is to make `sweep=<name>` a mandatory group choice.
+    ConfigStore.instance().store(name="_bnexp_sweep_main", node={"defaults": ["_self_", {"sweep": "???"}]})
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        composed = compose(config_name="_bnexp_sweep_main", overrides=sweep_overrides)
+    sweep_cfg = composed.sweep
+    OmegaConf.resolve(sweep_cfg)
+    return sweep_cfg
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One training run of the grid."""
+    run_id: str
+    variant: str            # label from the sweep config (e.g. grouped_bn_g8)
+    model: str | None       # conf/model choice, None = trainer default
+    lr: float
+    seed: int
+    overrides: tuple[str, ...]
+    run_dir: Path
+
+    def describe(self) -> str:
+        model = f"{self.model} " if self.model else ""
+        return f"{model}{self.variant} lr={self.lr:g} seed={self.seed}"
+
+
+def _merge_overrides(*override_lists: list[str]) -> list[str]:
+    """Concatenate override lists; a later override of the same key replaces an earlier one (Hydra rejects
+    duplicates, and 'the preset says X, my command line says Y' should mean Y)."""
+    merged: dict[str, str] = {}
+    for overrides in override_lists:
+        for override in overrides:
+            key = _key_of_override(override)
+            merged.pop(key, None)  # re-insert so the order reflects the last writer
+            merged[key] = override
+    return list(merged.values())
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def make_run_id(variant: str, model: str | None, lr: float, seed: int, overrides: list[str]) -> str:
+    """Readable grid coordinates + a hash of every override, so any change to the recipe gets a new dir."""
+    digest = hashlib.sha1(json.dumps(sorted(overrides)).encode()).hexdigest()[:8]
+    readable = "_".join(part for part in (model, variant, f"lr{lr:g}", f"seed{seed}") if part)
+    return f"{_safe_name(readable)}_{digest}"
+
+
+def build_jobs(sweep_cfg: DictConfig, cli_train_overrides: list[str]) -> list[SweepJob]:
+    """Expand the grid variants x models x lrs x seeds into jobs (deduplicated, deterministic order)."""
+    variants: dict[str, list[str]] = {
+        str(label): [str(o) for o in (overrides or [])]
+        for label, overrides in OmegaConf.to_container(sweep_cfg.variants).items()
+    }
+    selected = sweep_cfg.get("only_variants")
+    if selected:
+        unknown = [label for label in selected if label not in variants]
+        if unknown:
+            raise ValueError(f"sweep.only_variants names unknown variants {unknown}; known: {list(variants)}")
+        variants = {label: variants[label] for label in selected}
+    models = list(sweep_cfg.get("models") or []) or [None]
+    lrs = [float(lr) for lr in sweep_cfg.lrs]
+    seeds = [int(seed) for seed in sweep_cfg.seeds]
+    common = [str(o) for o in (sweep_cfg.get("train_overrides") or [])]
+
+    grid_keys = {"variant", "model", "optim.lr", "seed"}
+    clashing = [o for o in cli_train_overrides if _key_of_override(o) in grid_keys]
+    if clashing:
+        raise ValueError(f"{clashing} would override grid axes; change the grid instead "
+                         "(sweep.lrs=[...], sweep.seeds=[...], sweep.only_variants=[...], sweep.models=[...])")
+
+    runs_dir = Path(sweep_cfg.out_dir).resolve() / "runs"
+    jobs: dict[str, SweepJob] = {}
+    for label, variant_overrides in variants.items():
+        for model in models:
+            for lr in lrs:
+                for seed in seeds:
+                    grid = [*variant_overrides, *([f"model={model}"] if model else []),
+                            f"optim.lr={lr!r}", f"seed={seed}"]
+                    overrides = _merge_overrides(common, cli_train_overrides, grid)
+                    run_id = make_run_id(label, model, lr, seed, overrides)
+                    jobs.setdefault(run_id, SweepJob(run_id, label, model, lr, seed, tuple(overrides),
+                                                     runs_dir / run_id))
+    return list(jobs.values())
+
+
+def _quote_for_hydra(value: str) -> str:
+    # Hydra parses override values; commas, '=' or spaces in a path would be read as syntax.
+    if re.fullmatch(r"[A-Za-z0-9_./\-]+", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def train_command(job: SweepJob, train_module: str) -> list[str]:
+    return [sys.executable, "-m", train_module, *job.overrides,
+            f"hydra.run.dir={_quote_for_hydra(str(job.run_dir))}"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Devices and child processes
+# ----------------------------------------------------------------------------------------------------------------
+
+def visible_gpu_ids(gpus_setting: Any) -> list[str]:
+    """GPU ids to spread workers over: an explicit list, or (auto) every visible CUDA device; [] means CPU."""
+    if gpus_setting not in (None, "auto"):
+        return [str(g) for g in gpus_setting]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch  # imported lazily: the sweep itself never computes anything
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
+
+
+@dataclass
+class WorkerPlan:
+    count: int
+    gpu_of_worker: list[str | None]
+    threads_per_worker: int
+
+
+def plan_workers(sweep_cfg: DictConfig, n_jobs: int) -> WorkerPlan:
+    gpus = visible_gpu_ids(sweep_cfg.get("gpus", "auto"))
+    workers_setting = sweep_cfg.get("workers", "auto")
+    if workers_setting in (None, "auto"):
+        count = len(gpus) if gpus else 1  # one run per GPU; on CPU one run already uses every core
+    else:
+        count = int(workers_setting)
+    count = max(1, min(count, max(n_jobs, 1)))
+    gpu_of_worker = [gpus[i % len(gpus)] if gpus else None for i in range(count)]
+    threads_setting = sweep_cfg.get("threads_per_worker", "auto")
+    if threads_setting in (None, "auto"):
+        # Split the cores so parallel CPU runs do not oversubscribe each other.
+        threads = max(1, (os.cpu_count() or 1) // count)
+    else:
+        threads = int(threads_setting)
+    return WorkerPlan(count, gpu_of_worker, threads)
+
+
+def _child_env(gpu: str | None, threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["HYDRA_FULL_ERROR"] = "1"  # full traceback in stderr.log, so the recorded error is the real one
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[variable] = str(threads)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def _load_prctl():
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
+
+
+_PRCTL = _load_prctl() if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the forked child before exec: if the sweep process dies (even by SIGKILL) the run gets SIGTERM,
+    # so a killed sweep leaves no orphan writing into a run dir that the next resume will redo.
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+@dataclass
+class JobOutcome:
+    status: str                     # finished | diverged | failed
+    returncode: int | None
+    wall_time_s: float
+    error: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _describe_returncode(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+def record_failure(job: SweepJob, returncode: int | None, reason: str, stderr_tail: str) -> dict[str, Any]:
+    """Merge a failure record into whatever summary.json the run wrote (or create one), atomically."""
+    summary = read_summary(job.run_dir) or {}
+    summary.setdefault("variant", job.variant)
+    summary.setdefault("model", job.model)
+    summary.setdefault("lr", job.lr)
+    summary.setdefault("seed", job.seed)
+    summary["status"] = "failed"
+    summary["error"] = f"{reason}\n{stderr_tail}".strip()
+    summary["returncode"] = returncode
+    summary["sweep_variant"] = job.variant
+    write_json_atomic(job.run_dir / "summary.json", summary)
+    return summary
+
+
+def run_job(job: SweepJob, train_module: str, env: dict[str, str], timeout_s: float | None,
+            register_process) -> JobOutcome:
+    """Run one training subprocess to completion and classify how it ended."""
+    # A redo starts from an empty dir: appending to a killed attempt's metrics.jsonl would mix two runs.
+    if job.run_dir.exists():
+        shutil.rmtree(job.run_dir)
+    job.run_dir.mkdir(parents=True)
+    command = train_command(job, train_module)
+    write_json_atomic(job.run_dir / "sweep_job.json",
+                      {"run_id": job.run_id, "variant": job.variant, "model": job.model, "lr": job.lr,
+                       "seed": job.seed, "overrides": list(job.overrides), "command": command})
+    started = time.monotonic()
+    timed_out = False
+    with open(job.run_dir / "stdout.log", "wb") as stdout, open(job.run_dir / "stderr.log", "wb") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                                   env=env, cwd=os.getcwd(), preexec_fn=_die_with_parent)
+        register_process(process)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        finally:
+            register_process(None)
+    wall_time = time.monotonic() - started
+    returncode = process.returncode
+
+    summary = read_summary(job.run_dir) or {}
+    status = summary.get("status")
+    if not timed_out and status in COMPLETED_STATUSES:
+        # Finished per its own summary; a non-zero exit after that (e.g. in teardown) is only noted.
+        return JobOutcome(status, returncode, wall_time, None, summary)
+    if timed_out:
+        reason = f"timed out after {timeout_s:g} s (sweep.timeout_s)"
+    elif returncode == 0:
+        reason = f"exited with code 0 but summary.json status is {status or 'missing'}"
+    else:
+        reason = _describe_returncode(returncode)
+    tail = _tail(job.run_dir / "stderr.log")
+    last_line = tail.splitlines()[-1].strip() if tail else ""
+    if last_line:
+        reason = f"{reason}: {last_line}"  # the exception message is what a reader of runs.csv needs
+    summary = record_failure(job, returncode, reason, tail)
+    return JobOutcome("failed", returncode, wall_time, summary["error"], summary)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bookkeeping: sweep_status.json and runs.csv
+# ----------------------------------------------------------------------------------------------------------------
+
+RUN_FIELDS = ["run_id", "status", "variant", "model", "lr", "seed", "returncode", "wall_time_s",
+              "final_test_acc", "attempted", "run_dir", "error"]
+
+
+class SweepLedger:
+    """The sweep-level view of every run; only the main thread touches it."""
+
+    def __init__(self, sweep_cfg: DictConfig, jobs: list[SweepJob], out_dir: Path):
+        self.out_dir = out_dir
+        self.name = str(sweep_cfg.name)
+        self.config = OmegaConf.to_container(sweep_cfg)
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.rows: dict[str, dict[str, Any]] = {}
+        for job in jobs:
+            summary = read_summary(job.run_dir) or {}
+            self.rows[job.run_id] = {
+                "run_id": job.run_id, "status": run_status(job.run_dir), "variant": job.variant,
+                "model": job.model, "lr": job.lr, "seed": job.seed, "returncode": summary.get("returncode"),
+                "wall_time_s": summary.get("wall_time_s"), "final_test_acc": summary.get("final_test_acc"),
+                "attempted": False, "run_dir": str(job.run_dir), "error": summary.get("error"),
+                "overrides": list(job.overrides),
+            }
+
+    def mark_running(self, job: SweepJob, worker: int, gpu: str | None) -> None:
+        self.rows[job.run_id].update(status="running", attempted=True, worker=worker, gpu=gpu, error=None,
+                                     returncode=None)
+
+    def mark_done(self, job: SweepJob, outcome: JobOutcome) -> None:
+        self.rows[job.run_id].update(status=outcome.status, returncode=outcome.returncode,
+                                     wall_time_s=round(outcome.wall_time_s, 2), error=outcome.error,
+                                     final_test_acc=outcome.summary.get("final_test_acc"))
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.rows.values():
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        return counts
+
+    def failures(self) -> list[dict[str, Any]]:
+        return [row for row in self.rows.values() if row["status"] not in COMPLETED_STATUSES]
+
+    def save(self, state: str) -> None:
+        write_json_atomic(self.out_dir / STATUS_FILE, {
+            "sweep": self.name, "state": state, "started_at": self.started_at,
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": self.counts(),
+            "config": self.config, "runs": list(self.rows.values())})
+        tmp = self.out_dir / f".{RUNS_CSV}.tmp"
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=RUN_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            for row in self.rows.values():
+                writer.writerow({**row, "error": (row.get("error") or "").splitlines()[0] if row.get("error") else ""})
+        os.replace(tmp, self.out_dir / RUNS_CSV)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scheduling
+# ----------------------------------------------------------------------------------------------------------------
+
+def _progress_text(ledger: SweepLedger, skipped: int) -> str:
+    counts = ledger.counts()
+    done = counts.get("finished", 0) + counts.get("diverged", 0)
+    return (f"done={done} (diverged={counts.get('diverged', 0)}, skipped={skipped}) "
+            f"running={counts.get('running', 0)} failed={counts.get('failed', 0)}")
+
+
+def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bool = False) -> int:
+    """Run (or resume) the sweep; returns the process exit code."""
+    jobs = build_jobs(sweep_cfg, cli_train_overrides)
+    out_dir = Path(sweep_cfg.out_dir).resolve()
+    train_module = str(sweep_cfg.get("train_module") or "bnexp.train")
+    pending = [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
+    skipped = len(jobs) - len(pending)
+
+    if dry_run:
+        for job in jobs:
+            state = "pending" if job in pending else "done (skip)"
+            print(f"[{state}] {' '.join(train_command(job, train_module))}")
+        print(f"{len(jobs)} runs, {len(pending)} to run, {skipped} already done; out_dir={out_dir}")
+        return 0
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ledger = SweepLedger(sweep_cfg, jobs, out_dir)
+    ledger.save("running")
+    plan = plan_workers(sweep_cfg, len(pending))
+    timeout_s = sweep_cfg.get("timeout_s")
+    devices = ", ".join(f"GPU {g}" for g in plan.gpu_of_worker) if plan.gpu_of_worker[0] is not None \
+        else f"CPU, {plan.threads_per_worker} thread(s) each"
+    print(f"sweep {ledger.name}: {len(jobs)} runs ({skipped} already finished/diverged, {len(pending)} to run) "
+          f"with {plan.count} worker(s) [{devices}] -> {out_dir}", flush=True)
+
+    job_queue: queue.Queue[SweepJob] = queue.Queue()
+    for job in pending:
+        job_queue.put(job)
+    events: queue.Queue[tuple] = queue.Queue()
+    stop = threading.Event()
+    live_processes: dict[int, subprocess.Popen | None] = {}
+
+    def worker_loop(index: int) -> None:
+        env = _child_env(plan.gpu_of_worker[index], plan.threads_per_worker)
+        while not stop.is_set():
+            try:
+                job = job_queue.get_nowait()
+            except queue.Empty:
+                return
+            events.put(("start", job, index))
+            try:
+                outcome = run_job(job, train_module, env, timeout_s,
+                                  lambda process: live_processes.__setitem__(index, process))
+            except Exception as error:  # the runner's own failure (e.g. disk full) fails this run, not the sweep
+                outcome = JobOutcome("failed", None, 0.0, f"sweep runner error: {error!r}")
+            events.put(("end", job, outcome))
+
+    threads = [threading.Thread(target=worker_loop, args=(i,), daemon=True, name=f"sweep-worker-{i}")
+               for i in range(plan.count)]
+    # In a log file (no tty) every redraw is a new line, so redraw rarely there.
+    bar = tqdm(total=len(pending), unit="run", desc=ledger.name, dynamic_ncols=True, file=sys.stderr,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, smoothing=0.1)
+    bar.set_postfix_str(_progress_text(ledger, skipped), refresh=False)
+    for thread in threads:
+        thread.start()
+
+    finished_events = 0
+    interrupted = False
+    try:
+        while finished_events < len(pending):
+            try:
+                kind, job, payload = events.get(timeout=1.0)
+            except queue.Empty:
+                if not any(thread.is_alive() for thread in threads) and events.empty():
+                    break  # defensive: workers gone without reporting
+                continue
+            if kind == "start":
+                ledger.mark_running(job, payload, plan.gpu_of_worker[payload])
+            else:
+                finished_events += 1
+                ledger.mark_done(job, payload)
+                accuracy = payload.summary.get("final_test_acc")
+                detail = f" test_acc={accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""
+                if payload.status == "failed":
+                    detail = f" ({(payload.error or '').splitlines()[0] if payload.error else 'no error text'})"
+                bar.write(f"{payload.status:>8}: {job.describe()}{detail} [{payload.wall_time_s:.1f}s] "
+                          f"{job.run_dir}")
+                bar.update(1)
+            bar.set_postfix_str(_progress_text(ledger, skipped), refresh=False)
+            ledger.save("running")
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        bar.write("interrupted: stopping running training processes ...")
+        for process in list(live_processes.values()):
+            if process is not None and process.poll() is None:
+                process.terminate()
+        for thread in threads:
+            thread.join(timeout=60)
+        while not events.empty():  # record whatever the workers reported while stopping
+            kind, job, payload = events.get_nowait()
+            if kind == "end":
+                ledger.mark_done(job, payload)
+    finally:
+        bar.close()
+
+    for row in ledger.rows.values():
+        if row["status"] == "running":  # only possible after an interrupt
+            row.update(status="failed", error="sweep interrupted before the run ended")
+    ledger.save("interrupted" if interrupted else "done")
+
+    failures = ledger.failures()
+    counts = ledger.counts()
+    print(f"sweep {ledger.name}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+          + f" -> {out_dir / STATUS_FILE}")
+    if failures:
+        print(f"{len(failures)} run(s) did not finish; re-run the same command to redo only these:",
+              file=sys.stderr)
+        for row in failures:
+            first_line = (row.get("error") or "").splitlines()[0] if row.get("error") else row["status"]
+            print(f"  - {row['run_id']}: {first_line}\n    see {row['run_dir']}/stderr.log", file=sys.stderr)
+        return 130 if interrupted else 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bnexp.sweep",
+        description="Run a grid of bnexp.train runs. Overrides whose key starts with 'sweep' change the sweep "
+                    "config (conf/sweep/<name>.yaml); all others are passed to every training run.",
+        epilog="example: python -m bnexp.sweep sweep=smoke sweep.workers=2 data=synthetic train.epochs=1")
+    parser.add_argument("overrides", nargs="*", help="sweep=<name>, sweep.<key>=<value>, or train overrides")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the composed sweep config and exit")
+    args = parser.parse_intermixed_args(argv)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    sweep_overrides, train_overrides = split_cli_overrides(args.overrides)
+    try:
+        sweep_cfg = compose_sweep_config(sweep_overrides)
+        if args.print_config:
+            print(OmegaConf.to_yaml(sweep_cfg))
+            return 0
+        return run_sweep(sweep_cfg, train_overrides, dry_run=args.dry_run)
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        # Configuration mistakes: a clear message beats a traceback.
+        print(f"bnexp.sweep: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

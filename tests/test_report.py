@@ -1,0 +1,205 @@
+"""bnexp.report: discovery of run dirs (sweep + Hydra multirun layouts), aggregation numbers, plots, robustness."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bnexp import report
+from bnexp.rundirs import find_run_dirs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["stem.conv", "block1.conv1", "block1.norm1", "head.linear"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run_dir(run_dir: Path, variant: str, lr: float, seed: int, *, status: str = "finished",
+                 final_test_acc: float | None = 0.5, stat_groups: int | None = None, model: str = "airbench",
+                 instrumented: bool = True, hydra_layout: bool = False, data_source: str = "cifar10_folder:jpeg",
+                 steps: int = 6, extra_config: dict | None = None) -> Path:
+    """A run dir as the trainer writes it (CONTRACT), with made-up but internally consistent numbers."""
+    run_dir.mkdir(parents=True)
+    norm = {"grouped_bn": "grouped", "no_bn": "none", "shared_bn": "shared"}.get(variant, "per_channel")
+    config = {"variant": {"name": variant, "norm": norm, "stat_groups": stat_groups},
+              "model": {"name": model, "width": 0.25}, "data": {"name": "cifar10_folder", "train_size": 256},
+              "optim": {"name": "sgd", "lr": lr, "momentum": 0.9}, "train": {"epochs": 1, "batch_size": 64},
+              "seed": seed, **(extra_config or {})}
+    config_path = run_dir / (".hydra/config.yaml" if hydra_layout else "config.yaml")
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config))
+    with open(run_dir / "metrics.jsonl", "w") as metrics:
+        for step in range(steps):
+            record = {"kind": "step", "step": step, "epoch": step / steps, "train/loss": 2.3 / (1 + step * lr),
+                      "train/lr": lr, "grad_norm/global": 1.0 + step}
+            if instrumented:
+                record.update({f"grad_norm/{name}": (index + 1) * (step + 1) * 0.1
+                               for index, name in enumerate(LAYERS)})
+            metrics.write(json.dumps(record) + "\n")
+        metrics.write(json.dumps({"kind": "epoch", "epoch": 1, "step": steps, "test/acc": final_test_acc}) + "\n")
+    summary = {"status": status, "variant": variant, "model": model, "lr": lr, "seed": seed,
+               "data_source": data_source, "final_test_acc": final_test_acc, "best_test_acc": final_test_acc,
+               "epochs_done": 1, "steps_done": steps, "wall_time_s": 3.0, "images_per_s": 100.0,
+               "diverged_step": 3 if status == "diverged" else None, "error": None}
+    if instrumented:
+        summary.update({"max_grad_norm": 10.0 * lr + seed, "max_grad_norm_layer": "head.linear",
+                        "steps_to_acc": {"0.5": 4 + seed if (final_test_acc or 0) >= 0.5 else None, "0.7": None},
+                        "train_loss_auc": 1.0, "grad_norm_ratio_first_last": 0.5,
+                        "init_grad_norms": {name: 0.1 * (i + 1) for i, name in enumerate(LAYERS)}})
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+@pytest.fixture
+def sweep_like_dir(tmp_path: Path) -> Path:
+    """2 variants (one grouped) x 2 lrs x 2 seeds; no_bn diverges at the high lr for one seed."""
+    root = tmp_path / "sweep" / "runs"
+    accs = {("correct_bn", 0.1): (0.80, 0.84), ("correct_bn", 1.0): (0.70, 0.74),
+            ("no_bn", 0.1): (0.60, 0.50), ("no_bn", 1.0): (0.40, None),
+            ("grouped_bn", 0.1): (0.75, 0.77), ("grouped_bn", 1.0): (0.65, 0.66)}
+    for (variant, lr), by_seed in accs.items():
+        for seed, acc in enumerate(by_seed):
+            make_run_dir(root / f"{variant}_lr{lr}_seed{seed}", variant, lr, seed,
+                         status="diverged" if acc is None else "finished", final_test_acc=acc,
+                         stat_groups=8 if variant == "grouped_bn" else None)
+    return tmp_path / "sweep"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), path
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 2000, path
+
+
+def test_report_numbers_equal_per_run_summaries(sweep_like_dir: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    assert report.main([str(sweep_like_dir), "--out", str(out)]) == 0
+    rows = {(r["variant"], float(r["lr"])): r for r in read_csv(out / "summary.csv")}
+    assert set(rows) == {(v, lr) for v in ("correct_bn", "grouped_bn_g8", "no_bn") for lr in (0.1, 1.0)}
+
+    # Recompute every group from the summary.json files themselves.
+    for (variant, lr), row in rows.items():
+        summaries = [json.loads(p.read_text()) for p in sweep_like_dir.rglob("summary.json")]
+        members = [s for s in summaries if s["lr"] == lr and variant.startswith(s["variant"])]
+        finished = [s for s in members if s["status"] == "finished"]
+        accs = [s["final_test_acc"] for s in finished]
+        assert int(row["n_runs"]) == len(members) == 2
+        assert int(row["n_diverged"]) == len(members) - len(finished)
+        assert float(row["frac_diverged"]) == pytest.approx((len(members) - len(finished)) / len(members))
+        assert float(row["final_test_acc_mean"]) == pytest.approx(sum(accs) / len(accs))
+        if len(accs) == 2:
+            assert float(row["final_test_acc_std"]) == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
+        else:
+            assert row["final_test_acc_std"] == ""
+        assert float(row["max_grad_norm"]) == pytest.approx(max(s["max_grad_norm"] for s in members))
+        reached = [s["steps_to_acc"]["0.5"] for s in finished if s["steps_to_acc"]["0.5"] is not None]
+        assert int(row["steps_to_acc_0.5_reached"]) == len(reached)
+        if reached:
+            assert float(row["steps_to_acc_0.5_mean"]) == pytest.approx(sum(reached) / len(reached))
+
+    stable = {r["variant"]: r for r in read_csv(out / "stable_lr.csv")}
+    assert float(stable["correct_bn"]["largest_stable_lr"]) == 1.0
+    assert stable["correct_bn"]["stable_at_top_of_grid"] == "True"
+    assert float(stable["no_bn"]["largest_stable_lr"]) == 0.1
+    assert float(stable["no_bn"]["smallest_unstable_lr"]) == 1.0
+
+    per_run = read_csv(out / "runs.csv")
+    assert len(per_run) == 12
+
+    for name in ("acc_vs_lr.png", "loss_curves_lr1.png", "grad_norm_heatmap_lr1.png", "init_grad_norms.png"):
+        assert_png(out / name)
+    text = (out / "report.md").read_text()
+    for name in ("acc_vs_lr.png", "loss_curves_lr1.png", "grad_norm_heatmap_lr1.png", "init_grad_norms.png"):
+        assert f"]({name})" in text
+    assert "JPEG" in text and "Skipped" not in text
+    assert "| correct_bn | 1 (top of grid) | – |" in text
+    assert (out / "summary.md").read_text().startswith("| variant | lr |")
+
+
+def test_shared_lr_for_curves_is_largest_where_reference_is_stable(sweep_like_dir: Path):
+    groups = report.aggregate(report.discover_runs([sweep_like_dir]))
+    assert report.choose_shared_lr(groups, None) == 1.0
+    assert report.choose_shared_lr(groups, 0.1) == 0.1
+
+
+def test_report_tolerates_old_failed_and_truncated_runs(tmp_path: Path):
+    root = tmp_path / "old"
+    make_run_dir(root / "a", "correct_bn", 0.1, 0, instrumented=False)
+    make_run_dir(root / "b", "no_bn", 0.1, 0, instrumented=False)
+    make_run_dir(root / "c", "no_bn", 0.2, 0, status="failed", final_test_acc=None, instrumented=False)
+    make_run_dir(root / "d", "no_bn", 0.2, 1, status="running", final_test_acc=None, instrumented=False)
+    with open(root / "a" / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"kind": "step", "step": 7, "train/lo')  # a killed run's half-written last line
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert text.count("_Skipped:") == 2  # heatmap and init grad norms need instrumentation
+    assert_png(out / "acc_vs_lr.png")
+    assert_png(out / "loss_curves_lr0.1.png")
+    assert "Runs that did not complete" in text and "(failed)" in text and "(running)" in text
+    stable = {r["variant"]: r for r in read_csv(out / "stable_lr.csv")}
+    assert float(stable["no_bn"]["largest_stable_lr"]) == 0.1  # lr 0.2 never completed: not stable
+
+
+def test_report_warns_when_non_axis_settings_differ(tmp_path: Path):
+    make_run_dir(tmp_path / "runs" / "a", "correct_bn", 0.1, 0, extra_config={"train": {"epochs": 1}})
+    make_run_dir(tmp_path / "runs" / "b", "correct_bn", 0.1, 1, extra_config={"train": {"epochs": 5}})
+    out = tmp_path / "report"
+    report.main([str(tmp_path / "runs"), "--out", str(out)])
+    assert "`train.epochs`: 1, 5" in (out / "report.md").read_text()
+
+
+def test_discovers_hydra_multirun_layout_and_dedupes(tmp_path: Path):
+    multirun = tmp_path / "multirun" / "2026-01-01_00-00-00"
+    for index, (variant, lr) in enumerate([("correct_bn", 0.05), ("shared_bn", 0.05)]):
+        make_run_dir(multirun / f"{index}_+variant={variant},optim.lr={lr}", variant, lr, 0, hydra_layout=True)
+    (multirun / "multirun.yaml").write_text("hydra: {}\n")
+    found = find_run_dirs([tmp_path / "multirun", multirun / "0_+variant=correct_bn,optim.lr=0.05"])
+    assert len(found) == 2
+    runs = report.discover_runs([tmp_path / "multirun"])
+    assert sorted(run.variant for run in runs) == ["correct_bn", "shared_bn"]
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path, capsys):
+    assert report.main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such path" in capsys.readouterr().err
+
+
+def _trainer_available() -> bool:
+    try:
+        import bnexp.train  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _trainer_available(), reason="bnexp.train not importable")
+def test_report_reads_real_hydra_multirun_output(tmp_path: Path):
+    """`python -m bnexp.train -m ...` (Hydra's basic launcher) writes dirs the report understands."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "2"}
+    command = [sys.executable, "-m", "bnexp.train", "-m", "+variant=correct_bn,no_bn", "optim.lr=0.05",
+               "seed=0", "data=synthetic", "data.train_size=128", "data.test_size=64", "model.width=0.125",
+               "train.epochs=1", "train.batch_size=64", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "report"
+    assert report.main([str(tmp_path / "multirun"), "--out", str(out)]) == 0
+    rows = read_csv(out / "runs.csv")
+    assert sorted(r["variant"] for r in rows) == ["correct_bn", "no_bn"]
+    assert all(r["status"] in ("finished", "diverged") for r in rows)
+    for row in rows:
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        acc = summary["final_test_acc"]
+        assert (row["final_test_acc"] == "" and acc is None) or float(row["final_test_acc"]) == pytest.approx(acc)
+    assert_png(out / "acc_vs_lr.png")
