@@ -95,3 +95,16 @@ def test_short_run_on_the_jpeg_archive(tmp_path_factory):
     assert summary["status"] == "finished" and "JPEG" in summary["data_source"]
     assert summary["steps_done"] == 8
     assert list(cache_dir.glob("*.npz"))  # decoded once, cached
+
+
+def test_correct_bn_trains_exactly_like_the_torch_bn_control(tmp_path):
+    """Our per-channel layer changes nothing: same seed, same losses as stock nn.BatchNorm2d."""
+    summaries = {}
+    for variant in ("correct_bn", "torch_bn"):
+        cfg = compose_config([f"+variant={variant}", *TINY_RUN, "train.log_every=1"])
+        summaries[variant] = train(cfg, str(tmp_path / variant))
+    ours, control = (read_metrics(tmp_path / v)[0] for v in ("correct_bn", "torch_bn"))
+    assert len(ours) == len(control) == 4
+    for mine, theirs in zip(ours, control):
+        assert mine["train/loss"] == pytest.approx(theirs["train/loss"], rel=1e-4)
+        assert mine["grad_norm/global"] == pytest.approx(theirs["grad_norm/global"], rel=1e-3)
