@@ -97,14 +97,14 @@ def _supported_layout(x: Tensor) -> bool:
     return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
 
 
-def _canonical_view(x: Tensor) -> tuple[int, int, int, int, int]:
+def _canonical_view(shape, stride) -> tuple[int, int, int, int, int]:
     """(M, HW, s_n, s_hw, s_c): element (m, c) at (m // HW) * s_n + (m % HW) * s_hw + c * s_c.
 
     (N, H, W) are folded into M positions; when n and hw merge into one stride (channels_last, H*W == 1, N == 1)
     HW becomes 1 and the kernel needs no division at all.
     """
-    n, _, h, w = x.shape
-    s_n, s_c, s_h, s_w = x.stride()
+    n, _, h, w = shape
+    s_n, s_c, s_h, s_w = stride
     hw = h * w
     if h == 1:
         s_hw = s_w
@@ -121,14 +121,25 @@ def _canonical_view(x: Tensor) -> tuple[int, int, int, int, int]:
     return m, hw, s_n, s_hw, s_c
 
 
+def _get_plan(x: Tensor) -> "_Plan":
+    # plans are pure functions of shape / strides / device / tuning: cache them (host overhead matters for the
+    # small shapes, where a training step's BatchNorm is launch-bound)
+    return _plan_cached(tuple(x.shape), tuple(x.stride()), x.device, _target_programs(x.device),
+                        int(_TUNING.get("tile") or 4096))
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_cached(shape, stride, device, programs, tile) -> "_Plan":
+    return _Plan(shape, stride, programs, tile)
+
+
 class _Plan:
     """Tile sizes and the split of the M positions over programs, shared by all streaming kernels of a call."""
 
-    def __init__(self, x: Tensor):
-        c = x.shape[1]
+    def __init__(self, shape, stride, programs: int, tile: int):
+        c = shape[1]
         self.C = c
-        self.M, self.HW, self.s_n, self.s_hw, self.s_c = _canonical_view(x)
-        tile = int(_TUNING.get("tile") or 4096)
+        self.M, self.HW, self.s_n, self.s_hw, self.s_c = _canonical_view(shape, stride)
         # length of the contiguous run along m (decides how many channels a tile needs for wide accesses)
         if self.HW == 1:
             run_m = self.M if self.s_n == 1 else 1
@@ -143,15 +154,13 @@ class _Plan:
         self.BLOCK_M, self.BLOCK_C = block_m, block_c
         self.c_blocks = -(-c // block_c)
         m_tiles = -(-self.M // block_m)
-        splits = min(m_tiles, max(1, -(-_target_programs(x.device) // self.c_blocks)))
+        splits = min(m_tiles, max(1, -(-programs // self.c_blocks)))
         self.TILES = -(-m_tiles // splits)
         self.SPLITS = -(-m_tiles // self.TILES)
         self.CHUNK = self.TILES * block_m
         self.grid = (self.c_blocks, self.SPLITS)
-        self.USE_INT64 = x.numel() >= 2**31 - 1 or max(x.stride()) * max(x.shape) >= 2**31 - 1
-
-    def stream_args(self):
-        return (self.M, self.C)
+        numel = math.prod(shape)
+        self.USE_INT64 = numel >= 2**31 - 1 or max(stride) * max(shape) >= 2**31 - 1
 
     def finalize_blocks(self, cg: int) -> tuple[int, int]:
         block_s = min(_next_pow2(self.SPLITS), 128)
@@ -197,7 +206,7 @@ def _stats_op(
     stat_groups: int,
 ) -> tuple[Tensor, Tensor]:
     x = _as_layout(x)
-    plan = _Plan(x)
+    plan = _get_plan(x)
     g = int(stat_groups)
     cg = plan.C // g
     part_mean = _new((plan.SPLITS, plan.C), x)
@@ -244,7 +253,7 @@ def _normalize_op(
     stat_groups: int,
 ) -> Tensor:
     x = _as_layout(x)
-    plan = _Plan(x)
+    plan = _get_plan(x)
     cg = plan.C // int(stat_groups)
     y = _empty_like(x)
     _k.bn_normalize_kernel[plan.grid](
@@ -276,7 +285,7 @@ def _backward_op(
 ) -> tuple[Tensor, Tensor, Tensor]:
     x = _as_layout(x)
     dy = _match_strides(grad_y, x)
-    plan = _Plan(x)
+    plan = _get_plan(x)
     g = int(stat_groups)
     cg = plan.C // g
     part_dy = _new((plan.SPLITS, plan.C), x)
