@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -271,15 +272,29 @@ def _describe_returncode(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
+def _error_headline(stderr_tail: str) -> str:
+    """The line of a stderr tail that says what went wrong: the last exception / 'error:' line, else the last."""
+    lines = [line.strip() for line in stderr_tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.search(r"(Error|Exception|error:|Killed|Traceback)", line):
+            return line
+    return lines[-1] if lines else ""
+
+
 def record_failure(job: SweepJob, returncode: int | None, reason: str, stderr_tail: str) -> dict[str, Any]:
-    """Merge a failure record into whatever summary.json the run wrote (or create one), atomically."""
+    """Merge a failure record into whatever summary.json the run wrote (or create one), atomically.
+    The first line of `error` is '<how it ended>: <what went wrong>'; the stderr tail follows."""
     summary = read_summary(job.run_dir) or {}
     summary.setdefault("variant", job.variant)
     summary.setdefault("model", job.model)
     summary.setdefault("lr", job.lr)
     summary.setdefault("seed", job.seed)
+    own_error = summary.get("error") if summary.get("status") == "failed" else None
+    if own_error:
+        summary["trainer_error"] = own_error  # the trainer's own account, kept verbatim
+    headline = str(own_error).strip().splitlines()[0] if own_error else _error_headline(stderr_tail)
     summary["status"] = "failed"
-    summary["error"] = f"{reason}\n{stderr_tail}".strip()
+    summary["error"] = (f"{reason}: {headline}" if headline else reason) + (f"\n{stderr_tail}" if stderr_tail else "")
     summary["returncode"] = returncode
     summary["sweep_variant"] = job.variant
     write_json_atomic(job.run_dir / "summary.json", summary)
@@ -329,11 +344,7 @@ def run_job(job: SweepJob, train_module: str, env: dict[str, str], timeout_s: fl
         reason = f"exited with code 0 but summary.json status is {status or 'missing'}"
     else:
         reason = _describe_returncode(returncode)
-    tail = _tail(job.run_dir / "stderr.log")
-    last_line = tail.splitlines()[-1].strip() if tail else ""
-    if last_line:
-        reason = f"{reason}: {last_line}"  # the exception message is what a reader of runs.csv needs
-    summary = record_failure(job, returncode, reason, tail)
+    summary = record_failure(job, returncode, reason, _tail(job.run_dir / "stderr.log"))
     return JobOutcome("failed", returncode, wall_time, summary["error"], summary)
 
 
@@ -407,6 +418,28 @@ def _progress_text(ledger: SweepLedger, skipped: int) -> str:
             f"running={counts.get('running', 0)} failed={counts.get('failed', 0)}")
 
 
+class SweepLockedError(RuntimeError):
+    pass
+
+
+def _lock_sweep_dir(out_dir: Path):
+    """An exclusive lock on <out_dir>/sweep.lock: two sweeps on one dir would redo each other's running runs.
+    flock is released by the kernel when the process dies, so a killed sweep never leaves a stale lock."""
+    handle = open(out_dir / "sweep.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise SweepLockedError(f"another sweep (pid {owner}) is running in {out_dir}; wait for it or stop it")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bool = False) -> int:
     """Run (or resume) the sweep; returns the process exit code."""
     jobs = build_jobs(sweep_cfg, cli_train_overrides)
@@ -423,6 +456,10 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         return 0
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_sweep_dir(out_dir)  # noqa: F841  (held until this process exits)
+    # Job statuses are read after taking the lock: another sweep may have just finished some of them.
+    pending = [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
+    skipped = len(jobs) - len(pending)
     ledger = SweepLedger(sweep_cfg, jobs, out_dir)
     ledger.save("running")
     plan = plan_workers(sweep_cfg, len(pending))
@@ -522,6 +559,10 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     return 0
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bnexp.sweep",
@@ -536,13 +577,15 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     sweep_overrides, train_overrides = split_cli_overrides(args.overrides)
+    # SIGTERM (e.g. a batch system stopping the job) takes the same orderly path as Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         sweep_cfg = compose_sweep_config(sweep_overrides)
         if args.print_config:
             print(OmegaConf.to_yaml(sweep_cfg))
             return 0
         return run_sweep(sweep_cfg, train_overrides, dry_run=args.dry_run)
-    except (HydraException, OmegaConfBaseException, ValueError) as error:
+    except (HydraException, OmegaConfBaseException, ValueError, SweepLockedError) as error:
         # Configuration mistakes: a clear message beats a traceback.
         print(f"bnexp.sweep: error: {error}", file=sys.stderr)
         return 2

@@ -110,8 +110,14 @@ def test_sweep_configs_cover_the_issue(tmp_path: Path):
     lrs = sorted(cfg.lrs)
     ratios = [b / a for a, b in zip(lrs, lrs[1:])]
     assert max(ratios) / min(ratios) < 1.01 and lrs[-1] / lrs[0] >= 64  # a wide log grid
-    # every grouped variant must divide the airbench widths (64/256/256 at width 1)
-    assert all(c % g == 0 for g in groups for c in (64, 256))
+    # stat_groups must divide every norm layer's channel count of the sweep's model (airbench, width 1)
+    from bnexp.models import build_model
+    from bnexp.norm import BatchNorm2d
+
+    for stat_groups in groups:
+        model = build_model("airbench", "grouped", width=1.0, stat_groups=stat_groups)
+        widths = [m.num_features for m in model.modules() if isinstance(m, BatchNorm2d)]
+        assert widths and all(c % stat_groups == 0 for c in widths), (stat_groups, widths)
 
 
 def test_gpu_plan_one_worker_per_gpu_and_env(monkeypatch):
@@ -226,6 +232,26 @@ def test_killed_sweep_takes_its_runs_down_and_resumes(tmp_path: Path):
     finished_before = status["counts"]["finished"]
     assert f"{finished_before} already finished/diverged, {3 - finished_before} to run" in result.stdout
     assert read_status(tmp_path)["counts"] == {"finished": 3}
+
+
+def test_second_sweep_on_a_dir_is_refused_and_sigterm_stops_cleanly(tmp_path: Path):
+    arguments = [*FAKE, f"sweep.out_dir={tmp_path}", "sweep.workers=2", "+sweep.variants.slow=['+variant=slow']",
+                 "sweep.only_variants=[slow]"]
+    first = run_sweep_cli(arguments, env_extra={"FAKE_TRAIN_SLEEP": "60"}, background=True)
+    try:
+        wait_for(lambda: (tmp_path / "sweep_status.json").exists()
+                 and read_status(tmp_path)["counts"].get("running") == 2)
+        second = run_sweep_cli(arguments)
+        assert second.returncode == 2 and "another sweep" in second.stderr
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, stderr
+    status = read_status(tmp_path)
+    assert status["state"] == "interrupted" and status["counts"] == {"failed": 2}
+    assert all("SIGTERM" in row["error"] for row in status["runs"])
 
 
 def test_timeout_fails_the_run(tmp_path: Path):
