@@ -367,8 +367,11 @@ class SweepLedger:
         self.rows: dict[str, dict[str, Any]] = {}
         for job in jobs:
             summary = read_summary(job.run_dir) or {}
+            status = run_status(job.run_dir)
             self.rows[job.run_id] = {
-                "run_id": job.run_id, "status": run_status(job.run_dir), "variant": job.variant,
+                # a stale 'running'/'failed' from an earlier sweep is 'pending' until this sweep redoes it
+                "run_id": job.run_id, "status": status if status in COMPLETED_STATUSES else "pending",
+                "previous_status": None if status in COMPLETED_STATUSES else status, "variant": job.variant,
                 "model": job.model, "lr": job.lr, "seed": job.seed, "returncode": summary.get("returncode"),
                 "wall_time_s": summary.get("wall_time_s"), "final_test_acc": summary.get("final_test_acc"),
                 "attempted": False, "run_dir": str(job.run_dir), "error": summary.get("error"),
@@ -553,7 +556,10 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         print(f"{len(failures)} run(s) did not finish; re-run the same command to redo only these:",
               file=sys.stderr)
         for row in failures:
-            first_line = (row.get("error") or "").splitlines()[0] if row.get("error") else row["status"]
+            if row["status"] == "pending":
+                first_line = "not started (sweep interrupted)"
+            else:
+                first_line = (row.get("error") or "").splitlines()[0] if row.get("error") else row["status"]
             print(f"  - {row['run_id']}: {first_line}\n    see {row['run_dir']}/stderr.log", file=sys.stderr)
         return 130 if interrupted else 1
     return 0
