@@ -80,9 +80,12 @@ def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
 class StabilityProbe:
     """Collects stability statistics of one model; see the module docstring for the call protocol."""
 
-    def __init__(self, model: nn.Module, instrument_cfg: Any = None):
+    def __init__(self, model: nn.Module, instrument_cfg: Any = None, global_grad_norm_every: int = 0):
+        """`global_grad_norm_every`: also record just `grad_norm/global` (one fused norm, no per-layer work)
+        every that many steps, e.g. at each log step of the trainer; 0 turns this off."""
         self.model = unwrap_model(model)
         self.every = int(_cfg_get(instrument_cfg, "every", DEFAULT_INSTRUMENT_CFG["every"]))
+        self.global_grad_norm_every = max(0, int(global_grad_norm_every or 0))
         self.loss_spike_factor = float(
             _cfg_get(instrument_cfg, "loss_spike_factor", DEFAULT_INSTRUMENT_CFG["loss_spike_factor"])
         )
@@ -199,7 +202,11 @@ class StabilityProbe:
     def after_backward(self, step: int) -> None:
         # The forward pass is over: later forwards (eval, next step) must not pay for hooks.
         self._remove_hooks()
-        if not self.is_measure_step(step) or not self.params:
+        if not self.params:
+            return
+        if not self.is_measure_step(step):
+            if self.global_grad_norm_every and step % self.global_grad_norm_every == 0:
+                self._record_global_grad_norm_only(step)
             return
         self._current_step = step
 
@@ -223,6 +230,13 @@ class StabilityProbe:
                 # Only a measure step pays for this copy; it is freed after the optimiser step.
                 self._param_snapshot = [p.clone() for p in params]
                 self._param_norms_by_layer = param_norms_by_layer
+
+    def _record_global_grad_norm_only(self, step: int) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            with torch.no_grad():
+                self._current_step = step
+                self._add_values(["grad_norm/global"], _norms(grads).square().sum().sqrt().reshape(1))
 
     def after_optimizer_step(self, step: int) -> None:
         if self._param_snapshot is not None and self._current_step == step:

@@ -76,3 +76,18 @@ class SinkGroup:
                 errors.append(error)
         if errors:
             raise errors[0]
+
+
+def logger_sinks(cfg, run_dir) -> list:
+    """The extra sink chosen with `logger=`: none (local files only) or wandb.
+
+    wandb is imported only here and only when asked for, so logger=none works without it installed.
+    """
+    name = cfg.logger.name
+    if name == "none":
+        return []
+    if name == "wandb":
+        from bnexp.wandb_sink import WandbSink
+
+        return [WandbSink(cfg, run_dir)]
+    raise ValueError(f"unknown logger {name!r}; use logger=none or logger=wandb")

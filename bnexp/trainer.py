@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bnexp.data import TrainBatches, eval_batches, load_dataset, normalize
+from bnexp.instrument import StabilityProbe
 from bnexp.models import build_model
-from bnexp.sinks import LocalSink, SinkGroup
+from bnexp.sinks import LocalSink, SinkGroup, logger_sinks
 
 
 class RunInterrupted(Exception):
@@ -82,11 +83,6 @@ def evaluate(model, split, batch_size: int, autocast, memory_format) -> tuple[fl
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 
-def global_grad_norm(parameters) -> torch.Tensor:
-    grads = [p.grad for p in parameters if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-
 def run_summary_base(cfg: DictConfig, data_source: str | None) -> dict:
     return {"status": "running", "variant": cfg.variant.name, "model": cfg.model.name,
             "lr": float(cfg.optim.lr), "seed": int(cfg.seed), "data_source": data_source,
@@ -105,6 +101,7 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
     sinks = SinkGroup([LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary)] + (extra_sinks or []))
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
+        sinks.sinks.extend(logger_sinks(cfg, run_dir))  # inside the try: a logger failure is a failed run
         _train_loop(cfg, sinks, summary)
     except BaseException as error:
         summary["status"] = "failed"
@@ -136,7 +133,10 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                         backend=cfg.variant.backend)
     model = model.to(device, memory_format=memory_format)
     step_model = torch.compile(model) if cfg.train.compile else model
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    log_every = max(1, int(cfg.train.log_every))
+    # Stability statistics (bnexp/instrument.py); grad_norm/global also at every log step.
+    probe = StabilityProbe(model, cfg.get("instrument"), global_grad_norm_every=log_every)
+    test_acc_by_step = {}
 
     def autocast():
         # bf16 matmuls/convs on CUDA; the norm layer computes its statistics in fp32 regardless.
@@ -147,13 +147,11 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
     optimizer = build_optimizer(model, cfg.optim)
     total_steps = cfg.train.epochs * len(batches)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    log_every = max(1, int(cfg.train.log_every))
 
     # Device-side buffers, read back once per log interval.
     window_losses = torch.zeros(log_every, device=device)
     epoch_loss_sum = torch.zeros((), device=device)
     epoch_correct = torch.zeros((), device=device, dtype=torch.long)
-    grad_norm_at_log_step = torch.zeros((), device=device)
     initial_loss = None
     step = 0
     best_test_acc = None
@@ -169,17 +167,21 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                 lr_now = lr_multiplier(step, total_steps, cfg.optim.warmup_frac, cfg.optim.schedule)
                 for group, base_lr in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base_lr * lr_now
+                probe.before_forward(step)
+                # torch.compile does not follow per-step hooks: activation-measure steps run the eager module.
+                forward_model = model if probe.measures_activations(step) else step_model
                 with autocast():
-                    logits = step_model(normalize(images).contiguous(memory_format=memory_format))
+                    logits = forward_model(normalize(images).contiguous(memory_format=memory_format))
                     loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                probe.after_backward(step)
                 slot = step % log_every
-                if slot == 0:
-                    grad_norm_at_log_step = global_grad_norm(parameters)
                 optimizer.step()
+                probe.after_optimizer_step(step)
 
                 detached_loss = loss.detach()
+                probe.record_loss(step, detached_loss)
                 window_losses[slot] = detached_loss
                 epoch_loss_sum += detached_loss
                 epoch_correct += (logits.argmax(1) == labels).sum()
@@ -196,11 +198,12 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                     diverged_at = _first_divergent_step(losses, first_step_of_window, initial_loss,
                                                         cfg.divergence.loss_factor)
                     window_loss = sum(losses) / len(losses)
-                    sinks.log_step({"step": first_step_of_window, "epoch": epoch + epoch_steps / len(batches),
-                                    "train/loss": window_loss, "train/lr": base_lrs[0] * lr_multiplier(
-                                        first_step_of_window, total_steps, cfg.optim.warmup_frac,
-                                        cfg.optim.schedule),
-                                    "grad_norm/global": grad_norm_at_log_step.item()})
+                    window_record = {"step": first_step_of_window, "epoch": epoch + epoch_steps / len(batches),
+                                     "train/loss": window_loss, "train/lr": base_lrs[0] * lr_multiplier(
+                                         first_step_of_window, total_steps, cfg.optim.warmup_frac,
+                                         cfg.optim.schedule)}
+                    for record in _merge_probe_records(window_record, probe.readback(), len(batches)):
+                        sinks.log_step(record)
                     progress.set_postfix(loss=f"{window_loss:.3f}", refresh=False)
                     summary["steps_done"] = step
                     if diverged_at is not None:
@@ -219,6 +222,7 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
             train_acc = epoch_correct.item() / (epoch_steps * cfg.train.batch_size)
             epoch_loss_sum.zero_(), epoch_correct.zero_()
             best_test_acc = test_acc if best_test_acc is None else max(best_test_acc, test_acc)
+            test_acc_by_step[step] = test_acc
             sinks.log_epoch({"epoch": epoch + 1, "step": step, "train/loss": train_loss, "train/acc": train_acc,
                              "test/loss": test_loss, "test/acc": test_acc, "train/images_per_s": images_per_s})
             progress.write(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} "
@@ -232,6 +236,21 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
         summary["status"] = "finished"
     finally:
         progress.close()
+        try:
+            summary.update(probe.summary(test_acc_by_step))
+        except Exception as error:  # e.g. a dead CUDA context: keep the run's own error, note this one
+            summary["instrument_error"] = f"{type(error).__name__}: {error}"
+
+
+def _merge_probe_records(window_record: dict, probe_records: list[dict], steps_per_epoch: int) -> list[dict]:
+    """Probe measurements at the window's first step join its record; others become their own step records."""
+    records = [window_record]
+    for probe_record in probe_records:
+        if probe_record["step"] == window_record["step"]:
+            window_record.update(probe_record)
+        else:
+            records.append({"epoch": probe_record["step"] / steps_per_epoch, **probe_record})
+    return sorted(records, key=lambda record: record["step"])
 
 
 def _badness(loss: float) -> float:

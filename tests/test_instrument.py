@@ -233,3 +233,49 @@ def test_compiled_model_wrapper_keeps_layer_names():
     wrapped._orig_mod = model  # what torch.compile's OptimizedModule exposes
     probe = StabilityProbe(wrapped, {"every": 1})
     assert probe.layer_names == ["conv1", "bn1", "conv2", "bn2", "head"]
+
+
+def test_global_grad_norm_at_log_steps_between_measure_steps():
+    """The trainer asks for grad_norm/global at every log step; full measurements stay at `every`."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    probe = StabilityProbe(model, {"every": 4}, global_grad_norm_every=2)
+    expected = {}
+
+    def capture(step, _loss):
+        expected[step] = direct_layer_norm([p.grad for p in model.parameters()])
+
+    train_steps(model, probe, steps=7, on_step=capture)
+    records = probe.readback()
+    assert [r["step"] for r in records] == [0, 2, 4, 6]
+    for record in records:
+        assert record["grad_norm/global"] == pytest.approx(expected[record["step"]], rel=1e-5)
+    assert "grad_norm/head" in records[0] and "grad_norm/head" not in records[1]
+    assert set(records[1]) == {"step", "grad_norm/global"}
+
+
+def test_trainer_logs_probe_records_and_summary_fields(tmp_path):
+    import json
+
+    from bnexp.trainer import train
+    from tests.helpers import TINY_RUN, compose_config
+
+    # every=3 with log_every=2: step 0 joins the first window's record, step 3 gets its own record.
+    cfg = compose_config(["+variant=grouped_bn", "variant.stat_groups=2", *TINY_RUN, "instrument.every=3"])
+    summary = train(cfg, str(tmp_path))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+
+    assert [r["step"] for r in steps] == [0, 2, 3]
+    assert all(r["grad_norm/global"] > 0 for r in steps)  # every log step, as before the probe
+    assert "train/loss" in steps[0] and "bn/groups.0.norm1/running_mean_gap" in steps[0]
+    assert "train/loss" not in steps[2] and "update_ratio/head" in steps[2] and 0 < steps[2]["epoch"] < 1
+    assert "grad_norm/head" not in steps[1]  # log step between measure steps: global norm only
+
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    for field in ("max_grad_norm", "max_grad_norm_layer", "steps_to_acc", "train_loss_auc",
+                  "grad_norm_ratio_first_last", "init_grad_norms", "loss_spikes"):
+        assert field in on_disk and on_disk[field] == summary[field], field
+    assert set(on_disk["steps_to_acc"]) == {"0.5", "0.7", "0.8"}
+    assert on_disk["init_grad_norms"]["head"] == pytest.approx(steps[0]["grad_norm/head"])
+    assert on_disk["max_grad_norm"] == pytest.approx(max(r["grad_norm/global"] for r in steps))

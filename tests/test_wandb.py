@@ -1,5 +1,6 @@
 """WandbSink in offline mode: what lands in the offline run, mode selection, and one W&B run per job."""
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,17 @@ def offline_runs(wandb_dir: Path) -> list[Path]:
     return sorted((wandb_dir / "wandb").glob("offline-run-*"))
 
 
+def read_finished_run(offline_dir: Path, timeout_s: float = 20.0) -> dict:
+    """read_offline_run once the exit record is on disk: wandb-core writes the file asynchronously, and
+    under load its last records can land a moment after run.finish() has returned."""
+    deadline = time.monotonic() + timeout_s
+    run = read_offline_run(offline_dir)
+    while run["exit_code"] is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        run = read_offline_run(offline_dir)
+    return run
+
+
 def log_short_run(sink, steps=3):
     for step in range(steps):
         sink.log_step({"kind": "step", "step": step, "epoch": step / steps, "train/loss": 2.0 - 0.1 * step,
@@ -53,7 +65,7 @@ def test_offline_run_holds_config_metrics_and_summary(offline_env, tmp_path):
                  "max_grad_norm": 3.0, "init_grad_norms": {"layers.0.conv": 0.5}})
 
     (run_dir,) = offline_runs(offline_env)
-    run = read_offline_run(run_dir)
+    run = read_finished_run(run_dir)
     assert run["run"]["project"] == "bnexp-test"
     assert run["run"]["group"] == "shared_bn" and run["run"]["job_type"] == "airbench"
     assert {"unit", "shared_bn", "airbench", "synthetic"} <= set(run["run"]["tags"])
@@ -84,7 +96,7 @@ def test_two_sinks_in_one_process_make_two_runs(offline_env, tmp_path):
         sink = WandbSink(make_cfg(seed=seed), tmp_path / f"job{seed}")
         log_short_run(sink, steps=2)
         sink.finish({"status": "finished", "seed": seed})
-    runs = [read_offline_run(path) for path in offline_runs(offline_env)]
+    runs = [read_finished_run(path) for path in offline_runs(offline_env)]
     assert len(runs) == 2
     assert len({run["run"]["run_id"] for run in runs}) == 2
     assert sorted(run["summary"]["seed"] for run in runs) == [1, 2]
@@ -97,7 +109,7 @@ def test_exception_still_finishes_the_run_as_failed(offline_env, tmp_path):
             log_short_run(sink, steps=1)
             raise RuntimeError("boom mid-run")
     (run_dir,) = offline_runs(offline_env)
-    run = read_offline_run(run_dir)
+    run = read_finished_run(run_dir)
     assert run["exit_code"] == 1 and run["summary"]["status"] == "failed"
     assert wandb.run is None  # nothing left open for the next job
 
@@ -163,3 +175,99 @@ def test_disabled_mode_logs_nothing(tmp_path, monkeypatch):
     sink.finish({"status": "finished"})
     assert offline_runs(tmp_path / "wandb_dir") == []
     assert os.environ.get("WANDB_MODE") is None
+
+
+# ---------------------------------------------------------------------- through the trainer
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from bnexp.trainer import train  # noqa: E402
+from tests.helpers import TINY_RUN, compose_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def local_records(run_dir: Path):
+    """metrics.jsonl without the timing fields (which differ between any two runs)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k != "train/images_per_s"} for record in records]
+
+
+def test_trainer_run_with_wandb_matches_local_files(offline_env, tmp_path):
+    overrides = ["+variant=shared_bn", *TINY_RUN, "seed=3", "instrument.every=2"]
+    train(compose_config([*overrides, "logger=wandb"]), str(tmp_path / "with_wandb"))
+    train(compose_config(overrides), str(tmp_path / "local_only"))
+
+    # logger=none and logger=wandb leave the same local files and numbers.
+    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+        assert (tmp_path / "local_only" / name).is_file() and (tmp_path / "with_wandb" / name).is_file()
+    assert local_records(tmp_path / "with_wandb") == local_records(tmp_path / "local_only")
+    local_summary = json.loads((tmp_path / "with_wandb" / "summary.json").read_text())
+    assert local_summary["status"] == "finished"
+
+    (offline_dir,) = offline_runs(offline_env)
+    run = read_finished_run(offline_dir)
+    assert run["config"]["variant"]["name"] == "shared_bn" and run["config"]["instrument"]["every"] == 2
+    assert run["run"]["group"] == "shared_bn" and run["run"]["job_type"] == "airbench"
+    grad_rows = [row for row in run["history"] if "grad_norm/global" in row]
+    assert [row["step"] for row in grad_rows] == [0, 2]
+    assert any(key.startswith("grad_norm/") and key != "grad_norm/global" for key in grad_rows[0])
+    assert any(key.startswith("bn/") for key in grad_rows[0]) and any(key.startswith("act/") for key in grad_rows[0])
+    assert any("test/acc" in row for row in run["history"])
+    for field in ("status", "best_test_acc", "max_grad_norm", "steps_to_acc", "init_grad_norms", "train_loss_auc"):
+        assert run["summary"][field] == local_summary[field], field
+    assert run["exit_code"] == 0
+
+
+class ExplodingSink:
+    """Fails on the second step record, as a crash mid-run would."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def log_step(self, record):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("simulated crash mid-run")
+
+    def log_epoch(self, record):
+        pass
+
+    def finish(self, summary):
+        pass
+
+
+def test_exception_mid_run_finishes_wandb_and_writes_failed_summary(offline_env, tmp_path):
+    cfg = compose_config(["+variant=correct_bn", *TINY_RUN, "logger=wandb"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, str(tmp_path / "run"), extra_sinks=[ExplodingSink()])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "simulated crash" in summary["error"]
+    (offline_dir,) = offline_runs(offline_env)
+    run = read_finished_run(offline_dir)
+    assert run["exit_code"] == 1 and run["summary"]["status"] == "failed"
+    assert wandb.run is None
+
+
+def test_logger_none_does_not_need_wandb(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
+    summary = train(compose_config(["+variant=no_bn", *TINY_RUN]), str(tmp_path))
+    assert summary["status"] == "finished"
+
+
+def test_hydra_multirun_makes_one_wandb_run_per_job(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb_dir")}
+    env.pop("WANDB_API_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "bnexp.train", "-m", "+variant=torch_bn", *TINY_RUN, "seed=1,2", "logger=wandb",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "wandb sync" in result.stdout + result.stderr  # the offline hint
+    runs = [read_finished_run(path) for path in offline_runs(tmp_path / "wandb_dir")]
+    assert len(runs) == 2 and len({run["run"]["run_id"] for run in runs}) == 2
+    assert sorted(run["config"]["seed"] for run in runs) == [1, 2]
+    assert all(run["exit_code"] == 0 and run["summary"]["status"] == "finished" for run in runs)
+    assert len(list((tmp_path / "sweep").glob("*/summary.json"))) == 2
