@@ -50,15 +50,26 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def _runs_at_lr(runs: list["RunRecord"], lr: float | None) -> dict[str, list["RunRecord"]]:
+def _series_key(run: "RunRecord", show_model: bool) -> tuple:
     from bnexp.report import variant_sort_key
 
-    by_variant: dict[str, list] = defaultdict(list)
-    for run in runs:
-        if lr is not None and run.lr is not None and math.isclose(run.lr, lr, rel_tol=1e-9):
-            by_variant[run.variant].append(run)
-    return {v: sorted(by_variant[v], key=lambda r: (r.seed is None, r.seed))
-            for v in sorted(by_variant, key=variant_sort_key)}
+    return (run.model if show_model else "", variant_sort_key(run.variant))
+
+
+def _runs_by_series(runs: list["RunRecord"]) -> dict[str, list["RunRecord"]]:
+    """Runs grouped by variant (model/variant when several models are compared), in report order."""
+    show_model = len({run.model for run in runs}) > 1
+    ordered = sorted(runs, key=lambda r: (_series_key(r, show_model), r.seed is None, r.seed))
+    by_series: dict[str, list] = {}
+    for run in ordered:
+        by_series.setdefault(_series_name(run.model, run.variant, show_model), []).append(run)
+    return by_series
+
+
+def _runs_at_lr(runs: list["RunRecord"], lr: float | None) -> dict[str, list["RunRecord"]]:
+    if lr is None:
+        return {}
+    return _runs_by_series([run for run in runs if run.lr is not None and math.isclose(run.lr, lr, rel_tol=1e-9)])
 
 
 def plot_accuracy_vs_lr(groups: list["GroupStats"], out_dir: Path) -> PlotResult:
@@ -196,21 +207,19 @@ def _init_grad_norms(run: "RunRecord") -> dict[str, float]:
 
 
 def plot_init_grad_norms(runs: list["RunRecord"], out_dir: Path) -> PlotResult:
-    from bnexp.report import variant_sort_key
-
     title = "Per-layer gradient norm at initialisation"
     per_variant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     layer_order: dict[str, None] = {}
-    for run in runs:
-        norms = _init_grad_norms(run)
-        for layer, value in norms.items():
-            per_variant[run.variant][layer].append(value)
-            layer_order.setdefault(layer, None)
+    for series, members in _runs_by_series(runs).items():
+        for run in members:
+            for layer, value in _init_grad_norms(run).items():
+                per_variant[series][layer].append(value)
+                layer_order.setdefault(layer, None)
     if not per_variant:
         return PlotResult(title, None, note="no `init_grad_norms` in summary.json and no per-layer grad norms in "
                                             "the first metrics record")
     layers = list(layer_order)
-    variants = sorted(per_variant, key=variant_sort_key)
+    variants = list(per_variant)
     colors = _colors(variants)
     figure, axes = plt.subplots(figsize=(max(8, 0.3 * len(layers) + 3), 5))
     for variant in variants:

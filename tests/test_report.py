@@ -203,3 +203,18 @@ def test_report_reads_real_hydra_multirun_output(tmp_path: Path):
         acc = summary["final_test_acc"]
         assert (row["final_test_acc"] == "" and acc is None) or float(row["final_test_acc"]) == pytest.approx(acc)
     assert_png(out / "acc_vs_lr.png")
+
+
+def test_two_models_are_separate_rows_and_series(tmp_path: Path):
+    for model in ("airbench", "vgg"):
+        for lr in (0.1, 0.2):
+            make_run_dir(tmp_path / "runs" / f"{model}_{lr}", "correct_bn", lr, 0, model=model,
+                         final_test_acc=0.6 if model == "vgg" else 0.8)
+    out = tmp_path / "report"
+    assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    rows = read_csv(out / "summary.csv")
+    assert {(r["model"], float(r["lr"]), float(r["final_test_acc_mean"])) for r in rows} == {
+        ("airbench", 0.1, 0.8), ("airbench", 0.2, 0.8), ("vgg", 0.1, 0.6), ("vgg", 0.2, 0.6)}
+    assert (out / "summary.md").read_text().startswith("| model | variant |")
+    for name in ("acc_vs_lr.png", "loss_curves_lr0.2.png", "grad_norm_heatmap_lr0.2.png", "init_grad_norms.png"):
+        assert_png(out / name)
