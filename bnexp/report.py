@@ -324,13 +324,15 @@ def describe_data_sources(runs: list[RunRecord]) -> list[str]:
     lines = []
     for source, count in counts.most_common():
         lowered = source.lower()
-        if "jpeg" in lowered or "jpg" in lowered or "folder" in lowered:
+        if "jpeg" in lowered or "jpg" in lowered:
             note = ("the CIFAR-10 JPEG re-encoding (quality 75): accuracies run a few points below the original "
-                    "CIFAR-10 (the airbench94 recipe: 90.7% here vs 94.0%)")
+                    "CIFAR-10 (the airbench94 recipe: 90.7% on this copy vs 94.0%)")
         elif "synthetic" in lowered:
             note = "synthetic data: a pipeline check, the accuracies are not CIFAR-10 results"
+        elif "folder" in lowered:
+            note = "an image folder: not the original CIFAR-10 batches; state which copy it holds"
         elif "cifar" in lowered:
-            note = "the original CIFAR-10 (python/binary batches)"
+            note = "the original CIFAR-10"
         else:
             note = "unrecognised source"
         lines.append(f"- `{source}` ({count} run{'s' if count != 1 else ''}): {note}")
