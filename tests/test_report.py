@@ -22,8 +22,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def make_run_dir(run_dir: Path, variant: str, lr: float, seed: int, *, status: str = "finished",
                  final_test_acc: float | None = 0.5, stat_groups: int | None = None, model: str = "airbench",
-                 instrumented: bool = True, hydra_layout: bool = False, data_source: str = "CIFAR-10 JPEG copy (cifar10-jpeg.tar.xz)",
-                 steps: int = 6, extra_config: dict | None = None) -> Path:
+                 instrumented: bool = True, hydra_layout: bool = False,
+                 data_source: str = "CIFAR-10 JPEG copy (cifar10-jpeg.tar.xz)", steps: int = 6,
+                 extra_config: dict | None = None) -> Path:
     """A run dir as the trainer writes it (CONTRACT), with made-up but internally consistent numbers."""
     run_dir.mkdir(parents=True)
     norm = {"grouped_bn": "grouped", "no_bn": "none", "shared_bn": "shared"}.get(variant, "per_channel")
