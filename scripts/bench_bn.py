@@ -174,7 +174,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     global DEVICE, DRY_RUN
     if args.precompile_workers is None:
-        args.precompile_workers = 0 if args.cpu_dry_run else 8
+        args.precompile_workers = 0 if args.cpu_dry_run else 12
     if args.cpu_dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
         DEVICE, DRY_RUN = "cpu", True

@@ -136,8 +136,25 @@ def _case_id(case):
 
 
 # ------------------------------------------------------------------------------------------------ training mode
+@pytest.fixture(params=["autograd_fn", "custom_ops"])
+def path(request, tbn):
+    """Both host paths: the eager autograd.Function and the custom ops torch.compile uses."""
+    tbn._FORCE_CUSTOM_OPS = request.param == "custom_ops"
+    yield request.param
+    tbn._FORCE_CUSTOM_OPS = False
+
+
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=_case_id)
 def test_training_matches_float64_and_torch_path(tbn, case):
+    _check_training_case(tbn, case)
+
+
+@pytest.mark.parametrize("case", [TRAIN_CASES[i] for i in (0, 3, 6, 8)], ids=_case_id)
+def test_training_both_host_paths(tbn, path, case):
+    _check_training_case(tbn, case)
+
+
+def _check_training_case(tbn, case):
     from bnexp.norm.functional import torch_grouped_batch_norm
 
     shape, groups, layout, affine = case
@@ -222,7 +239,7 @@ def test_per_channel_matches_torch_batchnorm2d(tbn, layout):
 
 
 @pytest.mark.parametrize("groups", [1, 2, 6])
-def test_cumulative_average_momentum_none(tbn, groups):
+def test_cumulative_average_momentum_none(tbn, path, groups):
     """momentum=None: factor 1/num_batches_tracked read from the device tensor the layer increments."""
     shape = (3, 6, 3, 3)
     rm, rv = make_running(groups)
@@ -256,7 +273,7 @@ def test_cumulative_average_momentum_none(tbn, groups):
 
 @pytest.mark.parametrize("case", [((4, 6, 5, 7), 2, "nchw"), ((4, 6, 5, 7), 6, "cl"), ((3, 1, 3, 3), 1, "cl"),
                                   ((6, 4, 1, 1), 1, "nchw")], ids=lambda c: f"{c[0]}-G{c[1]}-{c[2]}")
-def test_eval_mode_uses_running_stats(tbn, case):
+def test_eval_mode_uses_running_stats(tbn, path, case):
     shape, groups, layout = case
     x = make_input(shape, layout)
     weight, bias = make_affine(shape[1])
@@ -341,12 +358,12 @@ def test_fake_impls_give_shapes_and_layout(tbn):
         x = torch.empty(4, 6, 3, 5).contiguous(memory_format=torch.channels_last)
         w = torch.empty(6)
         rm, rv = torch.empty(3), torch.empty(3)
-        mean, invstd = torch.ops.bnexp.grouped_bn_stats(x, rm, rv, None, 0.1, 1e-5, 3)
-        assert mean.shape == (3,) and invstd.shape == (3,) and mean.dtype == torch.float32
-        y = torch.ops.bnexp.grouped_bn_normalize(x, mean, invstd, w, w, True, 3)
+        stats = torch.ops.bnexp.grouped_bn_stats(x, rm, rv, None, 0.1, 1e-5, 3)
+        assert stats.shape == (2, 3) and stats.dtype == torch.float32
+        y = torch.ops.bnexp.grouped_bn_normalize(x, stats, w, w, True, 3)
         assert y.shape == x.shape and y.stride() == x.stride()
-        dx, dw, db = torch.ops.bnexp.grouped_bn_backward(y, x, mean, invstd, w, True, 3)
-        assert dx.stride() == x.stride() and dw.shape == (6,) and db.shape == (6,)
+        dx, dwb = torch.ops.bnexp.grouped_bn_backward(y, x, stats, w, True, 3)
+        assert dx.stride() == x.stride() and dwb.shape == (2, 6)
 
 
 def test_opcheck(tbn):
@@ -355,10 +372,12 @@ def test_opcheck(tbn):
     rm, rv = make_running(2)
     torch.library.opcheck(torch.ops.bnexp.grouped_bn_stats.default, (x, rm, rv, None, 0.1, 1e-5, 2),
                           test_utils=("test_schema", "test_faketensor"))
-    mean, invstd = torch.ops.bnexp.grouped_bn_stats(x, None, None, None, 0.1, 1e-5, 2)
+    stats = torch.ops.bnexp.grouped_bn_stats(x, None, None, None, 0.1, 1e-5, 2)
     torch.library.opcheck(torch.ops.bnexp.grouped_bn_normalize.default,
-                          (x.clone().requires_grad_(True), mean, invstd, w.clone().requires_grad_(True), w, True, 2),
+                          (x.clone().requires_grad_(True), stats, w.clone().requires_grad_(True), w, True, 2),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(torch.ops.bnexp.grouped_bn_backward.default, (torch.randn_like(x), x, stats, w, True, 2),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_compile_fullgraph_cpu_aot_eager(tbn):

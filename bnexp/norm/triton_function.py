@@ -5,15 +5,21 @@ Public:
                               use_batch_stats, momentum, eps, stat_groups) -> Tensor
     triton_status() -> (ok, reason)      can Triton run kernels on CUDA tensors here?
 
-Structure (three torch.library custom ops, so torch.compile sees opaque nodes with fake impls, no graph break):
-    bnexp::grouped_bn_stats      batch mean / invstd per group from x.detach(); updates the running buffers in
-                                 place (a mutating op, hence no autograd formula of its own)
-    bnexp::grouped_bn_normalize  y = (x - mean) * invstd * weight + bias; its autograd formula delivers the FULL
-                                 BatchNorm gradient (including the paths through the batch statistics, when
-                                 use_batch_stats) by calling
-    bnexp::grouped_bn_backward   dx, dweight, dbias
-Splitting stats from normalize is what lets the running-stat mutation and autograd coexist: torch.library refuses
-an autograd formula on a mutating op.
+Structure. The kernels are driven by three host functions (_stats_impl, _normalize_impl, _backward_impl), reached
+two ways:
+  * eager (the common case): _GroupedBatchNormFn, a torch.autograd.Function. The custom-op dispatch costs tens of
+    microseconds of host time per call, which is more than the GPU time of a small BatchNorm, so eager calls
+    skip it.
+  * under torch.compile (torch.compiler.is_compiling()): three torch.library custom ops, opaque nodes with fake
+    impls, so the graph has no break:
+      bnexp::grouped_bn_stats      (2, G) batch mean / invstd from x.detach(); updates the running buffers in
+                                   place (a mutating op, hence no autograd formula of its own)
+      bnexp::grouped_bn_normalize  y = (x - mean) * invstd * weight + bias; its autograd formula delivers the
+                                   FULL BatchNorm gradient (including the paths through the batch statistics,
+                                   when use_batch_stats) by calling
+      bnexp::grouped_bn_backward   dx and (2, C) dweight / dbias
+    Splitting stats from normalize is what lets the running-stat mutation and autograd coexist: torch.library
+    refuses an autograd formula on a mutating op.
 
 Importing this module imports triton; bnexp.norm's layer imports it lazily. Set TRITON_INTERPRET=1 before the
 import to run the kernels on CPU tensors (the tests do this when there is no GPU).
@@ -47,6 +53,7 @@ __all__ = ["triton_grouped_batch_norm", "triton_status"]
 # loops and split reductions.
 _POISON_OUTPUTS = False
 _TUNING: dict = {"tile": None, "programs": None}
+_FORCE_CUSTOM_OPS = False  # tests: take the custom-op path in eager mode too
 
 _NUM_WARPS_STREAM = 8
 _NUM_WARPS_FINALIZE = 4
@@ -121,16 +128,20 @@ def _canonical_view(shape, stride) -> tuple[int, int, int, int, int]:
     return m, hw, s_n, s_hw, s_c
 
 
+_PLANS: dict = {}
+
+
 def _get_plan(x: Tensor) -> "_Plan":
     # plans are pure functions of shape / strides / device / tuning: cache them (host overhead matters for the
     # small shapes, where a training step's BatchNorm is launch-bound)
-    return _plan_cached(tuple(x.shape), tuple(x.stride()), x.device, _target_programs(x.device),
-                        int(_TUNING.get("tile") or 4096))
-
-
-@functools.lru_cache(maxsize=1024)
-def _plan_cached(shape, stride, device, programs, tile) -> "_Plan":
-    return _Plan(shape, stride, programs, tile)
+    key = (x.shape, x.stride(), x.device, _TUNING.get("tile"), _TUNING.get("programs"))
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        plan = _PLANS[key] = _Plan(tuple(x.shape), tuple(x.stride()), _target_programs(x.device),
+                                   int(_TUNING.get("tile") or 4096))
+    return plan
 
 
 class _Plan:
@@ -168,8 +179,8 @@ class _Plan:
         return block_s, block_cg
 
 
-def _new(shape, like: Tensor, dtype=torch.float32) -> Tensor:
-    t = torch.empty(shape, device=like.device, dtype=dtype)
+def _new(numel: int, like: Tensor) -> Tensor:
+    t = torch.empty(numel, device=like.device, dtype=torch.float32)
     if _POISON_OUTPUTS:
         t.fill_(float("nan"))
     return t
@@ -183,7 +194,7 @@ def _empty_like(x: Tensor) -> Tensor:
 
 
 def _as_layout(x: Tensor) -> Tensor:
-    return x if _supported_layout(x) else x.contiguous()
+    return x if (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)) else x.contiguous()
 
 
 def _match_strides(t: Tensor, like: Tensor) -> Tensor:
@@ -193,7 +204,120 @@ def _match_strides(t: Tensor, like: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Custom ops
+# Host functions: plan, allocate, launch
+# ----------------------------------------------------------------------------------------------------------
+def _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps, stat_groups) -> Tensor:
+    """(2, G) fp32: batch mean and invstd per group; running buffers updated in place."""
+    plan = _get_plan(x)
+    g = int(stat_groups)
+    cg = plan.C // g
+    ws = _new(2 * plan.SPLITS * plan.C, x)
+    stats = _new(2 * g, x).view(2, g)
+    _k.bn_stats_partial_kernel[plan.grid](
+        x, ws, plan.M, plan.C, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
+        HW=plan.HW, BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
+        num_warps=_NUM_WARPS_STREAM,
+    )
+    has_running = running_mean is not None and running_var is not None
+    from_nbt = has_running and momentum is None
+    if from_nbt and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    block_s, block_cg = plan.finalize_blocks(cg)
+    _k.bn_stats_finalize_kernel[(g,)](
+        ws, stats,
+        running_mean if has_running else stats,
+        running_var if has_running else stats,
+        num_batches_tracked if from_nbt else stats,
+        plan.M, plan.C, cg, plan.SPLITS, plan.CHUNK,
+        float(momentum) if (has_running and momentum is not None) else 0.0, float(eps),
+        HAS_RUNNING=has_running, MOMENTUM_FROM_NBT=from_nbt,
+        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=_NUM_WARPS_FINALIZE,
+    )
+    return stats
+
+
+def _eval_stats(running_mean: Tensor, running_var: Tensor, eps: float) -> Tensor:
+    return torch.stack([running_mean.float(), torch.rsqrt(running_var.float() + eps)])
+
+
+def _normalize_impl(x, stats, weight, bias, stat_groups) -> Tensor:
+    plan = _get_plan(x)
+    g = int(stat_groups)
+    y = _empty_like(x)
+    _k.bn_normalize_kernel[plan.grid](
+        x, y, stats,
+        weight if weight is not None else stats,
+        bias if bias is not None else stats,
+        plan.M, plan.C, plan.C // g, g, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
+        HW=plan.HW, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
+        num_warps=_NUM_WARPS_STREAM,
+    )
+    return y
+
+
+def _backward_impl(grad_y, x, stats, weight, use_batch_stats, stat_groups) -> tuple[Tensor, Tensor]:
+    """dx (x's strides and dtype) and (2, C) fp32 [dweight; dbias]."""
+    dy = _match_strides(grad_y, x)
+    plan = _get_plan(x)
+    g = int(stat_groups)
+    cg = plan.C // g
+    ws = _new(2 * plan.SPLITS * plan.C + 2 * g, x)
+    dwb = _new(2 * plan.C, x).view(2, plan.C)
+    dx = _empty_like(x)
+    common = dict(HW=plan.HW, BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
+                  num_warps=_NUM_WARPS_STREAM)
+    _k.bn_backward_reduce_kernel[plan.grid](
+        x, dy, stats, ws, plan.M, plan.C, cg, g, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES, **common,
+    )
+    block_s, block_cg = plan.finalize_blocks(cg)
+    _k.bn_backward_finalize_kernel[(g,)](
+        ws, weight if weight is not None else stats, dwb, plan.M, plan.C, cg, plan.SPLITS,
+        HAS_WEIGHT=weight is not None, BATCH_STATS=bool(use_batch_stats),
+        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=_NUM_WARPS_FINALIZE,
+    )
+    _k.bn_backward_dx_kernel[plan.grid](
+        x, dy, dx, stats, weight if weight is not None else stats, ws[2 * plan.SPLITS * plan.C:],
+        plan.M, plan.C, cg, g, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
+        HAS_WEIGHT=weight is not None, **common,
+    )
+    return dx, dwb
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Eager path: autograd.Function
+# ----------------------------------------------------------------------------------------------------------
+class _GroupedBatchNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked,
+                use_batch_stats, momentum, eps, stat_groups):
+        x = _as_layout(x)
+        if use_batch_stats:
+            stats = _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps, stat_groups)
+        else:
+            stats = _eval_stats(running_mean, running_var, eps)
+        y = _normalize_impl(x, stats, weight, bias, stat_groups)
+        ctx.save_for_backward(x, stats, weight)
+        ctx.use_batch_stats = use_batch_stats
+        ctx.stat_groups = stat_groups
+        ctx.weight_dtype = weight.dtype if weight is not None else None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, stats, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx, dwb = _backward_impl(grad_y, x, stats, weight, ctx.use_batch_stats, ctx.stat_groups)
+        return (dx if need[0] else None,
+                dwb[0].to(ctx.weight_dtype) if need[1] else None,
+                dwb[1].to(ctx.bias_dtype) if need[2] else None,
+                None, None, None, None, None, None, None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.compile path: custom ops
 # ----------------------------------------------------------------------------------------------------------
 @torch.library.custom_op("bnexp::grouped_bn_stats", mutates_args=("running_mean", "running_var"))
 def _stats_op(
@@ -204,72 +328,29 @@ def _stats_op(
     momentum: Optional[float],
     eps: float,
     stat_groups: int,
-) -> tuple[Tensor, Tensor]:
-    x = _as_layout(x)
-    plan = _get_plan(x)
-    g = int(stat_groups)
-    cg = plan.C // g
-    part_mean = _new((plan.SPLITS, plan.C), x)
-    part_m2 = _new((plan.SPLITS, plan.C), x)
-    mean = _new((g,), x)
-    invstd = _new((g,), x)
-    _k.bn_stats_partial_kernel[plan.grid](
-        x, part_mean, part_m2, plan.M, plan.C, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
-        HW=plan.HW, BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
-        num_warps=_NUM_WARPS_STREAM,
-    )
-    has_running = running_mean is not None and running_var is not None
-    from_nbt = has_running and momentum is None
-    if from_nbt and num_batches_tracked is None:
-        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    block_s, block_cg = plan.finalize_blocks(cg)
-    _k.bn_stats_finalize_kernel[(g,)](
-        part_mean, part_m2, mean, invstd,
-        running_mean if has_running else mean,
-        running_var if has_running else invstd,
-        num_batches_tracked if from_nbt else mean,
-        plan.M, plan.C, cg, plan.SPLITS, plan.CHUNK,
-        float(momentum) if (has_running and momentum is not None) else 0.0, float(eps),
-        HAS_RUNNING=has_running, MOMENTUM_FROM_NBT=from_nbt,
-        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=_NUM_WARPS_FINALIZE,
-    )
-    return mean, invstd
+) -> Tensor:
+    return _stats_impl(_as_layout(x), running_mean, running_var, num_batches_tracked, momentum, eps, stat_groups)
 
 
 @_stats_op.register_fake
 def _stats_fake(x, running_mean, running_var, num_batches_tracked, momentum, eps, stat_groups):
-    g = int(stat_groups)
-    return x.new_empty((g,), dtype=torch.float32), x.new_empty((g,), dtype=torch.float32)
+    return x.new_empty((2, int(stat_groups)), dtype=torch.float32)
 
 
 @torch.library.custom_op("bnexp::grouped_bn_normalize", mutates_args=())
 def _normalize_op(
     x: Tensor,
-    mean: Tensor,
-    invstd: Tensor,
+    stats: Tensor,
     weight: Optional[Tensor],
     bias: Optional[Tensor],
     use_batch_stats: bool,
     stat_groups: int,
 ) -> Tensor:
-    x = _as_layout(x)
-    plan = _get_plan(x)
-    cg = plan.C // int(stat_groups)
-    y = _empty_like(x)
-    _k.bn_normalize_kernel[plan.grid](
-        x, y, mean, invstd,
-        weight if weight is not None else mean,
-        bias if bias is not None else mean,
-        plan.M, plan.C, cg, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
-        HW=plan.HW, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
-        num_warps=_NUM_WARPS_STREAM,
-    )
-    return y
+    return _normalize_impl(_as_layout(x), stats, weight, bias, stat_groups)
 
 
 @_normalize_op.register_fake
-def _normalize_fake(x, mean, invstd, weight, bias, use_batch_stats, stat_groups):
+def _normalize_fake(x, stats, weight, bias, use_batch_stats, stat_groups):
     return torch.empty_like(_as_layout(x))
 
 
@@ -277,55 +358,22 @@ def _normalize_fake(x, mean, invstd, weight, bias, use_batch_stats, stat_groups)
 def _backward_op(
     grad_y: Tensor,
     x: Tensor,
-    mean: Tensor,
-    invstd: Tensor,
+    stats: Tensor,
     weight: Optional[Tensor],
     use_batch_stats: bool,
     stat_groups: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    x = _as_layout(x)
-    dy = _match_strides(grad_y, x)
-    plan = _get_plan(x)
-    g = int(stat_groups)
-    cg = plan.C // g
-    part_dy = _new((plan.SPLITS, plan.C), x)
-    part_dyx = _new((plan.SPLITS, plan.C), x)
-    dweight = _new((plan.C,), x)
-    dbias = _new((plan.C,), x)
-    coef_a = _new((g,), x)
-    coef_b = _new((g,), x)
-    dx = _empty_like(x)
-    common = dict(HW=plan.HW, BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
-                  num_warps=_NUM_WARPS_STREAM)
-    _k.bn_backward_reduce_kernel[plan.grid](
-        x, dy, mean, invstd, part_dy, part_dyx,
-        plan.M, plan.C, cg, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES, **common,
-    )
-    block_s, block_cg = plan.finalize_blocks(cg)
-    _k.bn_backward_finalize_kernel[(g,)](
-        part_dy, part_dyx, weight if weight is not None else mean, dweight, dbias, coef_a, coef_b,
-        plan.M, plan.C, cg, plan.SPLITS,
-        HAS_WEIGHT=weight is not None, BATCH_STATS=bool(use_batch_stats),
-        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=_NUM_WARPS_FINALIZE,
-    )
-    _k.bn_backward_dx_kernel[plan.grid](
-        x, dy, dx, mean, invstd, weight if weight is not None else mean, coef_a, coef_b,
-        plan.M, plan.C, cg, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
-        HAS_WEIGHT=weight is not None, **common,
-    )
-    return dx, dweight, dbias
+) -> tuple[Tensor, Tensor]:
+    return _backward_impl(grad_y, _as_layout(x), stats, weight, use_batch_stats, stat_groups)
 
 
 @_backward_op.register_fake
-def _backward_fake(grad_y, x, mean, invstd, weight, use_batch_stats, stat_groups):
-    c = x.shape[1]
-    return (torch.empty_like(_as_layout(x)), x.new_empty((c,), dtype=torch.float32),
-            x.new_empty((c,), dtype=torch.float32))
+def _backward_fake(grad_y, x, stats, weight, use_batch_stats, stat_groups):
+    return torch.empty_like(_as_layout(x)), x.new_empty((2, x.shape[1]), dtype=torch.float32)
 
 
 def _normalize_setup_context(ctx, inputs, output):
-    x, mean, invstd, weight, bias, use_batch_stats, stat_groups = inputs
-    ctx.save_for_backward(x, mean, invstd, weight)
+    x, stats, weight, bias, use_batch_stats, stat_groups = inputs
+    ctx.save_for_backward(x, stats, weight)
     ctx.use_batch_stats = use_batch_stats
     ctx.stat_groups = stat_groups
     ctx.weight_dtype = weight.dtype if weight is not None else None
@@ -333,18 +381,16 @@ def _normalize_setup_context(ctx, inputs, output):
 
 
 def _normalize_backward(ctx, grad_y):
-    x, mean, invstd, weight = ctx.saved_tensors
-    dx, dweight, dbias = torch.ops.bnexp.grouped_bn_backward(
-        grad_y, x, mean, invstd, weight, ctx.use_batch_stats, ctx.stat_groups)
+    x, stats, weight = ctx.saved_tensors
+    dx, dwb = torch.ops.bnexp.grouped_bn_backward(grad_y, x, stats, weight, ctx.use_batch_stats, ctx.stat_groups)
     need = ctx.needs_input_grad
-    # mean / invstd were computed from x.detach() (or are running buffers): their influence on the loss is
-    # already inside dx, so they get no gradient of their own
+    # stats were computed from x.detach() (or are running buffers): their influence on the loss is already
+    # inside dx, so they get no gradient of their own
     return (
         dx if need[0] else None,
         None,
-        None,
-        dweight.to(ctx.weight_dtype) if need[3] else None,
-        dbias.to(ctx.bias_dtype) if need[4] else None,
+        dwb[0].to(ctx.weight_dtype) if need[2] else None,
+        dwb[1].to(ctx.bias_dtype) if need[3] else None,
         None,
         None,
     )
@@ -376,11 +422,12 @@ def triton_grouped_batch_norm(
     when use_batch_stats (momentum, or 1 / num_batches_tracked read on device when momentum is None).
     Returns y in x's dtype and memory format.
     """
-    if use_batch_stats:
-        mean, invstd = torch.ops.bnexp.grouped_bn_stats(
-            x.detach(), running_mean, running_var, num_batches_tracked, momentum, float(eps), int(stat_groups))
-    else:
-        mean = running_mean.detach().float().clone()  # later in-place updates must not touch saved stats
-        invstd = torch.rsqrt(running_var.float() + eps)
-    return torch.ops.bnexp.grouped_bn_normalize(
-        x, mean, invstd, weight, bias, bool(use_batch_stats), int(stat_groups))
+    if torch.compiler.is_compiling() or _FORCE_CUSTOM_OPS:
+        if use_batch_stats:
+            stats = torch.ops.bnexp.grouped_bn_stats(
+                x.detach(), running_mean, running_var, num_batches_tracked, momentum, float(eps), int(stat_groups))
+        else:
+            stats = _eval_stats(running_mean, running_var, eps)
+        return torch.ops.bnexp.grouped_bn_normalize(x, stats, weight, bias, bool(use_batch_stats), int(stat_groups))
+    return _GroupedBatchNormFn.apply(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                                     bool(use_batch_stats), momentum, float(eps), int(stat_groups))

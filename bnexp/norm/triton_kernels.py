@@ -24,6 +24,15 @@ The second pass over the same data (normalize after stats, dx after the backward
 program's tiles in REVERSE order: the tiles the first pass touched last are the ones most likely to still be
 in L2, so part of the second read of x is served from cache (all of it when x fits in L2).
 
+The streaming reductions keep [BLOCK_M, BLOCK_C] fp32 accumulators in registers and reduce across threads
+only once per program (a cross-warp reduction per tile costs more than the tile's arithmetic).
+
+Buffers (all fp32):
+    stats (2, G)          row 0 mean, row 1 invstd of each group (saved for the backward)
+    workspace (forward)   (2, SPLITS, C) per-split mean and M2 of each channel
+    workspace (backward)  (2, SPLITS, C) per-split sum(dy), sum(dy * xhat), then (2, G) dx coefficients a, b
+    dweight_dbias (2, C)  row 0 dweight, row 1 dbias
+
 All arithmetic is fp32 (inputs are cast right after the load); outputs are stored in the output's dtype.
 """
 import triton
@@ -47,51 +56,54 @@ def _tile_offsets(m, c, HW: tl.constexpr, s_n, s_hw, s_c, USE_INT64: tl.constexp
 
 @triton.jit
 def bn_stats_partial_kernel(
-    x_ptr, part_mean_ptr, part_m2_ptr,
+    x_ptr, ws_ptr,
     M, C, s_n, s_hw, s_c, CHUNK, TILES,
     HW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, USE_INT64: tl.constexpr,
 ):
-    """Per-channel partial statistics over one split of the positions.
+    """Per-channel mean and M2 (sum of squared deviations) over one split of the positions.
 
     grid: (cdiv(C, BLOCK_C), SPLITS); tile: BLOCK_M positions x BLOCK_C channels, TILES tiles per program.
-    Each tile's per-channel mean and M2 (sum of squared deviations from the tile mean) come from two tl.sum
-    over the tile held in registers; tiles are merged with Chan's parallel-variance update, so no
-    catastrophic cancellation for inputs with a large mean.
-    bytes: reads every element of x once (M*C*elem_size in total); writes 2 * SPLITS * C fp32 partials.
+    Shifted sums: each program subtracts a per-channel shift (the mean of its first tile) before accumulating
+    sum(d) and sum(d^2) elementwise in registers, so a large mean does not cancel the variance; one
+    cross-thread reduction at the end, then mean = shift + S/n and M2 = Q - S^2/n.
+    bytes: reads every element of x once (M*C*elem_size in total; the first tile of each program twice, from
+    cache); writes 2 * SPLITS * C fp32 partials into ws.
     """
     pid_c = tl.program_id(0)
     pid_s = tl.program_id(1)
+    splits = tl.num_programs(1)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     m_begin = pid_s * CHUNK
-    run_n = 0.0
-    run_mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    run_m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m = m_begin + tl.arange(0, BLOCK_M)
+    mask = (m < M)[:, None] & c_mask[None, :]
+    xt = tl.load(x_ptr + _tile_offsets(m, c, HW, s_n, s_hw, s_c, USE_INT64), mask=mask, other=0.0).to(tl.float32)
+    cnt0 = tl.minimum(tl.maximum(M - m_begin, 0), BLOCK_M).to(tl.float32)
+    shift = tl.sum(xt, axis=0) / tl.maximum(cnt0, 1.0)
+    acc_s = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    acc_q = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     for t in range(TILES):
-        m0 = m_begin + t * BLOCK_M
-        m = m0 + tl.arange(0, BLOCK_M)
+        m = m_begin + t * BLOCK_M + tl.arange(0, BLOCK_M)
         mask = (m < M)[:, None] & c_mask[None, :]
         offs = _tile_offsets(m, c, HW, s_n, s_hw, s_c, USE_INT64)
         xt = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        cnt = tl.minimum(tl.maximum(M - m0, 0), BLOCK_M).to(tl.float32)
-        tile_mean = tl.sum(xt, axis=0) / tl.maximum(cnt, 1.0)
-        dev = tl.where(mask, xt - tile_mean[None, :], 0.0)
-        tile_m2 = tl.sum(dev * dev, axis=0)
-        new_n = run_n + cnt
-        w = cnt / tl.maximum(new_n, 1.0)
-        delta = tile_mean - run_mean
-        run_mean = run_mean + delta * w
-        run_m2 = run_m2 + tile_m2 + delta * delta * run_n * w
-        run_n = new_n
+        d = tl.where(mask, xt - shift[None, :], 0.0)
+        acc_s += d
+        acc_q += d * d
+    n = tl.minimum(tl.maximum(M - m_begin, 0), CHUNK).to(tl.float32)
+    s1 = tl.sum(acc_s, axis=0)
+    q = tl.sum(acc_q, axis=0)
+    inv_n = 1.0 / tl.maximum(n, 1.0)
+    mean = shift + s1 * inv_n
+    m2 = tl.maximum(q - s1 * s1 * inv_n, 0.0)
     out = pid_s * C + c
-    tl.store(part_mean_ptr + out, run_mean, mask=c_mask)
-    tl.store(part_m2_ptr + out, run_m2, mask=c_mask)
+    tl.store(ws_ptr + out, mean, mask=c_mask)
+    tl.store(ws_ptr + splits * C + out, m2, mask=c_mask)
 
 
 @triton.jit
 def bn_stats_finalize_kernel(
-    part_mean_ptr, part_m2_ptr, mean_ptr, invstd_ptr,
-    running_mean_ptr, running_var_ptr, nbt_ptr,
+    ws_ptr, stats_ptr, running_mean_ptr, running_var_ptr, nbt_ptr,
     M, C, CG, SPLITS, CHUNK, momentum, eps,
     HAS_RUNNING: tl.constexpr, MOMENTUM_FROM_NBT: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_CG: tl.constexpr,
@@ -100,11 +112,13 @@ def bn_stats_finalize_kernel(
 
     grid: (G,); one program per statistic group; tile: BLOCK_S splits x BLOCK_CG channels of the group.
     Two passes over the group's partials: the exact group mean (count-weighted mean of partial means), then
-    M2 = sum(M2_i) + sum(n_i * (mean_i - mean)^2). var is biased (normalisation), the running variance gets the
-    unbiased n/(n-1) version. With MOMENTUM_FROM_NBT the factor is 1/num_batches_tracked read on device.
-    bytes: reads 2 * SPLITS * CG fp32 twice, writes 2 fp32 (+ read/write 2 running fp32).
+    M2 = sum(M2_i) + sum(n_i * (mean_i - mean)^2) (parallel-variance merge). var is biased (normalisation),
+    the running variance gets the unbiased n/(n-1) version. With MOMENTUM_FROM_NBT the factor is
+    1/num_batches_tracked, read on device.
+    bytes: reads 2 * SPLITS * CG fp32 (the means twice), writes 2 fp32 (+ read/write 2 running fp32).
     """
     g = tl.program_id(0)
+    G = tl.num_programs(0)
     c0 = g * CG
     n_total = (CG * M).to(tl.float32)
     sum_mean = tl.zeros([BLOCK_S, BLOCK_CG], dtype=tl.float32)
@@ -114,7 +128,7 @@ def bn_stats_finalize_kernel(
         for j0 in range(0, CG, BLOCK_CG):
             j = j0 + tl.arange(0, BLOCK_CG)
             mask = (s < SPLITS)[:, None] & (j < CG)[None, :]
-            pm = tl.load(part_mean_ptr + s[:, None] * C + (c0 + j)[None, :], mask=mask, other=0.0)
+            pm = tl.load(ws_ptr + s[:, None] * C + (c0 + j)[None, :], mask=mask, other=0.0)
             sum_mean += pm * cnt_s[:, None]
     mean = tl.sum(tl.sum(sum_mean, axis=1), axis=0) / n_total
     acc_m2 = tl.zeros([BLOCK_S, BLOCK_CG], dtype=tl.float32)
@@ -125,14 +139,14 @@ def bn_stats_finalize_kernel(
             j = j0 + tl.arange(0, BLOCK_CG)
             mask = (s < SPLITS)[:, None] & (j < CG)[None, :]
             offs = s[:, None] * C + (c0 + j)[None, :]
-            pm = tl.load(part_mean_ptr + offs, mask=mask, other=0.0)
-            pm2 = tl.load(part_m2_ptr + offs, mask=mask, other=0.0)
+            pm = tl.load(ws_ptr + offs, mask=mask, other=0.0)
+            pm2 = tl.load(ws_ptr + SPLITS * C + offs, mask=mask, other=0.0)
             d = pm - mean
             acc_m2 += tl.where(mask, pm2 + cnt_s[:, None] * d * d, 0.0)
     m2 = tl.sum(tl.sum(acc_m2, axis=1), axis=0)
     var = m2 / n_total
-    tl.store(mean_ptr + g, mean)
-    tl.store(invstd_ptr + g, 1.0 / tl.sqrt(var + eps))
+    tl.store(stats_ptr + g, mean)
+    tl.store(stats_ptr + G + g, 1.0 / tl.sqrt(var + eps))
     if HAS_RUNNING:
         if MOMENTUM_FROM_NBT:
             f = 1.0 / tl.load(nbt_ptr).to(tl.float32)
@@ -147,14 +161,14 @@ def bn_stats_finalize_kernel(
 
 @triton.jit
 def bn_normalize_kernel(
-    x_ptr, y_ptr, mean_ptr, invstd_ptr, weight_ptr, bias_ptr,
-    M, C, CG, s_n, s_hw, s_c, CHUNK, TILES,
+    x_ptr, y_ptr, stats_ptr, weight_ptr, bias_ptr,
+    M, C, CG, G, s_n, s_hw, s_c, CHUNK, TILES,
     HW: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, USE_INT64: tl.constexpr,
 ):
     """y = (x - mean_g) * invstd_g * weight_c + bias_c, stored in y's dtype (y has x's strides).
 
-    Used for the training forward (mean/invstd = batch statistics) and the eval forward (running stats).
+    Used for the training forward (stats = batch statistics) and the eval forward (stats from running buffers).
     grid: (cdiv(C, BLOCK_C), SPLITS); tile: BLOCK_M x BLOCK_C, TILES tiles per program walked in reverse
     (L2 reuse after the stats pass). Per-channel coefficients are loaded once per program.
     bytes: reads x once and writes y once (2 * M * C * elem_size).
@@ -164,8 +178,8 @@ def bn_normalize_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     grp = c // CG
-    mean = tl.load(mean_ptr + grp, mask=c_mask, other=0.0)
-    scale = tl.load(invstd_ptr + grp, mask=c_mask, other=0.0)
+    mean = tl.load(stats_ptr + grp, mask=c_mask, other=0.0)
+    scale = tl.load(stats_ptr + G + grp, mask=c_mask, other=0.0)
     if HAS_WEIGHT:
         scale = scale * tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -185,25 +199,27 @@ def bn_normalize_kernel(
 
 @triton.jit
 def bn_backward_reduce_kernel(
-    x_ptr, dy_ptr, mean_ptr, invstd_ptr, part_dy_ptr, part_dyx_ptr,
-    M, C, CG, s_n, s_hw, s_c, CHUNK, TILES,
+    x_ptr, dy_ptr, stats_ptr, ws_ptr,
+    M, C, CG, G, s_n, s_hw, s_c, CHUNK, TILES,
     HW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, USE_INT64: tl.constexpr,
 ):
     """Per-channel partial sums of dy and dy * xhat (xhat = (x - mean_g) * invstd_g) over one split.
 
-    xhat is formed from the centred x, so the sums do not cancel for inputs with a large mean.
+    xhat is formed from the centred x, so the sums do not cancel for inputs with a large mean. Elementwise
+    fp32 accumulators, one cross-thread reduction per program.
     grid: (cdiv(C, BLOCK_C), SPLITS); tile: BLOCK_M x BLOCK_C, TILES tiles per program.
-    bytes: reads x and dy once (2 * M * C * elem_size); writes 2 * SPLITS * C fp32 partials.
+    bytes: reads x and dy once (2 * M * C * elem_size); writes 2 * SPLITS * C fp32 partials into ws.
     """
     pid_c = tl.program_id(0)
     pid_s = tl.program_id(1)
+    splits = tl.num_programs(1)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     grp = c // CG
-    mean = tl.load(mean_ptr + grp, mask=c_mask, other=0.0)
-    invstd = tl.load(invstd_ptr + grp, mask=c_mask, other=0.0)
-    acc_dy = tl.zeros([BLOCK_C], dtype=tl.float32)
-    acc_dyx = tl.zeros([BLOCK_C], dtype=tl.float32)
+    mean = tl.load(stats_ptr + grp, mask=c_mask, other=0.0)
+    invstd = tl.load(stats_ptr + G + grp, mask=c_mask, other=0.0)
+    acc_dy = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    acc_dyx = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     m_begin = pid_s * CHUNK
     for t in range(TILES):
         m = m_begin + t * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -211,17 +227,16 @@ def bn_backward_reduce_kernel(
         offs = _tile_offsets(m, c, HW, s_n, s_hw, s_c, USE_INT64)
         xt = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dyt = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        xhat = (xt - mean[None, :]) * invstd[None, :]
-        acc_dy += tl.sum(dyt, axis=0)
-        acc_dyx += tl.sum(dyt * xhat, axis=0)
+        acc_dy += dyt
+        acc_dyx += dyt * (xt - mean[None, :])  # masked lanes: dy == 0
     out = pid_s * C + c
-    tl.store(part_dy_ptr + out, acc_dy, mask=c_mask)
-    tl.store(part_dyx_ptr + out, acc_dyx, mask=c_mask)
+    tl.store(ws_ptr + out, tl.sum(acc_dy, axis=0), mask=c_mask)
+    tl.store(ws_ptr + splits * C + out, tl.sum(acc_dyx, axis=0) * invstd, mask=c_mask)
 
 
 @triton.jit
 def bn_backward_finalize_kernel(
-    part_dy_ptr, part_dyx_ptr, weight_ptr, dweight_ptr, dbias_ptr, coef_a_ptr, coef_b_ptr,
+    ws_ptr, weight_ptr, dwb_ptr,
     M, C, CG, SPLITS,
     HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_CG: tl.constexpr,
@@ -230,11 +245,12 @@ def bn_backward_finalize_kernel(
 
     With dxhat = weight_c * dy and n = CG * M elements per group:
         a_g = sum_{c in g} weight_c * sum(dy)_c / n,  b_g = sum_{c in g} weight_c * sum(dy * xhat)_c / n
-    (both zero in eval mode, where the statistics are constants).
+    (both zero in eval mode, where the statistics are constants). a, b go to ws[2*SPLITS*C:] as (2, G).
     grid: (G,); tile: BLOCK_S splits x BLOCK_CG channels.
     bytes: reads 2 * SPLITS * CG fp32 partials, writes 2 * CG + 2 fp32.
     """
     g = tl.program_id(0)
+    G = tl.num_programs(0)
     c0 = g * CG
     n_total = (CG * M).to(tl.float32)
     acc_a = tl.zeros([BLOCK_CG], dtype=tl.float32)
@@ -249,37 +265,37 @@ def bn_backward_finalize_kernel(
             s = s0 + tl.arange(0, BLOCK_S)
             mask = (s < SPLITS)[:, None] & j_mask[None, :]
             offs = s[:, None] * C + c[None, :]
-            s_dy += tl.sum(tl.load(part_dy_ptr + offs, mask=mask, other=0.0), axis=0)
-            s_dyx += tl.sum(tl.load(part_dyx_ptr + offs, mask=mask, other=0.0), axis=0)
-        tl.store(dweight_ptr + c, s_dyx, mask=j_mask)
-        tl.store(dbias_ptr + c, s_dy, mask=j_mask)
+            s_dy += tl.sum(tl.load(ws_ptr + offs, mask=mask, other=0.0), axis=0)
+            s_dyx += tl.sum(tl.load(ws_ptr + SPLITS * C + offs, mask=mask, other=0.0), axis=0)
+        tl.store(dwb_ptr + c, s_dyx, mask=j_mask)
+        tl.store(dwb_ptr + C + c, s_dy, mask=j_mask)
         if HAS_WEIGHT:
             w = tl.load(weight_ptr + c, mask=j_mask, other=0.0).to(tl.float32)
         else:
             w = tl.where(j_mask, 1.0, 0.0)
         acc_a += w * s_dy
         acc_b += w * s_dyx
-    if BATCH_STATS:
-        a = tl.sum(acc_a, axis=0) / n_total
-        b = tl.sum(acc_b, axis=0) / n_total
-    else:
-        a = 0.0
-        b = 0.0
-    tl.store(coef_a_ptr + g, a)
-    tl.store(coef_b_ptr + g, b)
+    a = tl.sum(acc_a, axis=0) / n_total
+    b = tl.sum(acc_b, axis=0) / n_total
+    if not BATCH_STATS:
+        a = a * 0.0
+        b = b * 0.0
+    coef = ws_ptr + 2 * SPLITS * C
+    tl.store(coef + g, a)
+    tl.store(coef + G + g, b)
 
 
 @triton.jit
 def bn_backward_dx_kernel(
-    x_ptr, dy_ptr, dx_ptr, mean_ptr, invstd_ptr, weight_ptr, coef_a_ptr, coef_b_ptr,
-    M, C, CG, s_n, s_hw, s_c, CHUNK, TILES,
+    x_ptr, dy_ptr, dx_ptr, stats_ptr, weight_ptr, coef_ptr,
+    M, C, CG, G, s_n, s_hw, s_c, CHUNK, TILES,
     HW: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, USE_INT64: tl.constexpr,
 ):
     """dx = invstd_g * (weight_c * dy - a_g - b_g * xhat), stored in dx's dtype (dx has x's strides).
 
     grid: (cdiv(C, BLOCK_C), SPLITS); tile: BLOCK_M x BLOCK_C, TILES tiles per program walked in reverse
-    (L2 reuse after the reduce pass).
+    (L2 reuse after the reduce pass). coef_ptr points at the (2, G) a, b coefficients.
     bytes: reads x and dy, writes dx (3 * M * C * elem_size).
     """
     pid_c = tl.program_id(0)
@@ -287,10 +303,10 @@ def bn_backward_dx_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
     grp = c // CG
-    mean = tl.load(mean_ptr + grp, mask=c_mask, other=0.0)
-    invstd = tl.load(invstd_ptr + grp, mask=c_mask, other=0.0)
-    a = tl.load(coef_a_ptr + grp, mask=c_mask, other=0.0)
-    b = tl.load(coef_b_ptr + grp, mask=c_mask, other=0.0)
+    mean = tl.load(stats_ptr + grp, mask=c_mask, other=0.0)
+    invstd = tl.load(stats_ptr + G + grp, mask=c_mask, other=0.0)
+    a = tl.load(coef_ptr + grp, mask=c_mask, other=0.0)
+    b = tl.load(coef_ptr + G + grp, mask=c_mask, other=0.0)
     if HAS_WEIGHT:
         k_dy = invstd * tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
     else:
