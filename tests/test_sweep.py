@@ -292,9 +292,19 @@ def test_real_sweep_end_to_end_with_failure_and_report(tmp_path: Path):
     failed_summary = json.loads((Path(rows["grouped_bn_g3"][0]["run_dir"]) / "summary.json").read_text())
     assert failed_summary["status"] == "failed" and "stat_groups" in failed_summary["error"]
 
-    # re-running redoes only the failed runs (which fail again) and leaves the finished ones alone
-    result = run_sweep_cli([*arguments, "--dry-run"])
-    assert result.stdout.count("[pending]") == 2 and result.stdout.count("[done (skip)]") == 4
+    # A run killed mid-way leaves summary.json at "running": fake that for one finished run, then re-run for real.
+    # Only it and the two failed runs are redone; the other finished runs are left alone.
+    killed = Path(rows["correct_bn"][0]["run_dir"])
+    summary = json.loads((killed / "summary.json").read_text())
+    (killed / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    untouched = {Path(r["run_dir"]): (Path(r["run_dir"]) / "summary.json").stat().st_mtime_ns
+                 for r in rows["correct_bn"][1:] + rows["no_bn"]}
+    result = run_sweep_cli(arguments, timeout=400)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "3 already finished/diverged, 3 to run" in result.stdout
+    assert json.loads((killed / "summary.json").read_text())["status"] in ("finished", "diverged")
+    for run_dir, mtime in untouched.items():
+        assert (run_dir / "summary.json").stat().st_mtime_ns == mtime
 
     from bnexp import report
     report_dir = tmp_path / "report"
