@@ -46,6 +46,7 @@ HEADLINE_CONFIG_KEYS = ("model.name", "model.width", "data.name", "data.train_si
                         "optim.label_smoothing", "optim.schedule", "optim.warmup_steps", "optim.warmup_frac",
                         "train.epochs", "train.batch_size", "train.amp", "train.compile", "train.channels_last",
                         "divergence.loss_factor", "variant.backend")
+UNKNOWN_MODEL = "default"
 VARIANT_ORDER = ("correct_bn", "torch_bn", "grouped_bn", "shared_bn", "no_bn")
 
 
@@ -91,7 +92,7 @@ def load_run(run_dir: Path) -> RunRecord:
     if lr is None:
         lr = as_float(get_path(config, "optim.lr", job.get("lr")))
     seed = summary.get("seed", get_path(config, "seed", job.get("seed")))
-    model = summary.get("model") or get_path(config, "model.name") or job.get("model") or "default"
+    model = summary.get("model") or get_path(config, "model.name") or job.get("model") or UNKNOWN_MODEL
     return RunRecord(run_dir=run_dir, summary=summary, config=config,
                      status=str(summary.get("status") or "missing"),
                      variant=variant_label(config, summary), model=str(model), lr=lr,
@@ -105,7 +106,15 @@ def discover_runs(paths: Iterable[Path]) -> list[RunRecord]:
         for job_file in Path(root).rglob("sweep_job.json"):
             if (job_file.parent / SUMMARY_FILE).is_file():
                 run_dirs.add(job_file.parent.resolve())
-    return [load_run(run_dir) for run_dir in sorted(run_dirs)]
+    runs = [load_run(run_dir) for run_dir in sorted(run_dirs)]
+    # A run that failed before its config was written does not know its model (the trainer's default); with
+    # one model in the study it is that one, rather than a spurious second model in every table.
+    known_models = {run.model for run in runs if run.model != UNKNOWN_MODEL}
+    if len(known_models) == 1:
+        for run in runs:
+            if run.model == UNKNOWN_MODEL:
+                run.model = next(iter(known_models))
+    return runs
 
 
 def variant_sort_key(label: str) -> tuple:
@@ -319,8 +328,9 @@ def stable_markdown(stable: list[StableLr], show_model: bool) -> str:
 
 
 def describe_data_sources(runs: list[RunRecord]) -> list[str]:
-    counts = Counter(str(run.summary.get("data_source") or get_path(run.config, "data.name") or "unknown")
+    counts = Counter(str(run.summary.get("data_source") or get_path(run.config, "data.name") or "")
                      for run in runs)
+    unrecorded = counts.pop("", 0)
     lines = []
     for source, count in counts.most_common():
         lowered = source.lower()
@@ -336,6 +346,8 @@ def describe_data_sources(runs: list[RunRecord]) -> list[str]:
         else:
             note = "unrecognised source"
         lines.append(f"- `{source}` ({count} run{'s' if count != 1 else ''}): {note}")
+    if unrecorded:
+        lines.append(f"- {unrecorded} run(s) failed before recording a data source")
     return lines
 
 

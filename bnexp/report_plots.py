@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -153,6 +154,15 @@ def _layer_names(records: list[dict]) -> list[str]:
     return list(names)
 
 
+def _cell_edges(steps: list[int]) -> np.ndarray:
+    centres = np.asarray(steps, dtype=float)
+    if len(centres) == 1:
+        return np.array([centres[0] - 0.5, centres[0] + 0.5])
+    middles = (centres[1:] + centres[:-1]) / 2
+    return np.concatenate([[centres[0] - (middles[0] - centres[0])], middles,
+                           [centres[-1] + (centres[-1] - middles[-1])]])
+
+
 def plot_grad_norm_heatmaps(runs: list["RunRecord"], lr: float | None, out_dir: Path) -> PlotResult:
     title = f"Per-layer gradient norm over training at lr={lr:g}" if lr is not None else "Per-layer gradient norm"
     panels = []
@@ -179,8 +189,11 @@ def plot_grad_norm_heatmaps(runs: list["RunRecord"], lr: float | None, out_dir: 
                                      figsize=(10, max(2.0, 0.18 * n_layers + 1.0) * len(panels)))
     image = None
     for axes, (variant, seed, layers, steps, matrix) in zip(axes_list[:, 0], panels):
-        image = axes.imshow(matrix, aspect="auto", interpolation="nearest", cmap="viridis", vmin=vmin, vmax=vmax,
-                            extent=(steps[0] - 0.5, steps[-1] + 0.5, len(layers) - 0.5, -0.5))
+        # pcolormesh with cell edges between logged steps: honest x positions even if the logging interval varies
+        image = axes.pcolormesh(_cell_edges(steps), np.arange(len(layers) + 1) - 0.5, np.ma.masked_invalid(matrix),
+                                cmap="viridis", vmin=vmin, vmax=vmax, shading="flat")
+        axes.set_ylim(len(layers) - 0.5, -0.5)  # first layer on top, in model order
+        axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes.set_yticks(range(len(layers)))
         axes.set_yticklabels(layers, fontsize=max(4, 8 - n_layers // 15))
         axes.set_title(f"{variant} (seed {seed})", fontsize=9)

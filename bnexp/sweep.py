@@ -286,7 +286,8 @@ def record_failure(job: SweepJob, returncode: int | None, reason: str, stderr_ta
     The first line of `error` is '<how it ended>: <what went wrong>'; the stderr tail follows."""
     summary = read_summary(job.run_dir) or {}
     summary.setdefault("variant", job.variant)
-    summary.setdefault("model", job.model)
+    if job.model:
+        summary.setdefault("model", job.model)
     summary.setdefault("lr", job.lr)
     summary.setdefault("seed", job.seed)
     own_error = summary.get("error") if summary.get("status") == "failed" else None
