@@ -305,8 +305,9 @@ def test_large_mean_small_spread(tbn):
     assert rel_err(dx, ref_dx) < 1e-4
 
 
-@pytest.mark.parametrize("tuning", [dict(tile=16, programs=1), dict(tile=32, programs=64), dict(tile=4096, programs=3)],
-                         ids=["tile16-1prog", "tile32-64prog", "tile4096"])
+@pytest.mark.parametrize("tuning", [dict(tile=16, programs=1), dict(tile=32, programs=64, finalize_tile=4),
+                                    dict(tile=4096, programs=3)],
+                         ids=["tile16-1prog", "tile32-64prog-fin4", "tile4096"])
 def test_tilings_agree(tbn, tuning):
     """Different tile sizes / split counts compute the same function (exercises the partial merges)."""
     saved = dict(tbn._TUNING)

@@ -49,10 +49,10 @@ __all__ = ["triton_grouped_batch_norm", "triton_status"]
 
 # Test hooks (not part of the API). _POISON_OUTPUTS fills every buffer the kernels must write (outputs and
 # workspaces) with NaN first, so an element a kernel forgets to write fails the comparison. _TUNING overrides
-# the tile size (elements) and the target number of programs, so small test shapes still exercise multi-tile
-# loops and split reductions.
+# the tile size (elements), the target number of programs and the finalize tile, so small test shapes still
+# exercise multi-tile loops and split reductions.
 _POISON_OUTPUTS = False
-_TUNING: dict = {"tile": None, "programs": None}
+_TUNING: dict = {"tile": None, "programs": None, "finalize_tile": None}
 _FORCE_CUSTOM_OPS = False  # tests: take the custom-op path in eager mode too
 
 _NUM_WARPS_STREAM = 8
@@ -173,10 +173,17 @@ class _Plan:
         numel = math.prod(shape)
         self.USE_INT64 = numel >= 2**31 - 1 or max(stride) * max(shape) >= 2**31 - 1
 
-    def finalize_blocks(self, cg: int) -> tuple[int, int]:
-        block_s = min(_next_pow2(self.SPLITS), 128)
-        block_cg = min(_next_pow2(cg), max(1, 2048 // block_s))
-        return block_s, block_cg
+    def finalize_blocks(self, cg: int) -> tuple[int, int, int]:
+        """(BLOCK_S, BLOCK_CG, num_warps) of a finalize program merging SPLITS x cg partials.
+
+        A finalize program walks its group's partials serially; with few groups (G == 1: all SPLITS * C
+        partials in one program) a wider tile and more warps keep that walk short.
+        """
+        big = self.SPLITS * cg > 2048
+        tile = int(_TUNING.get("finalize_tile") or (8192 if big else 2048))
+        block_s = min(_next_pow2(self.SPLITS), 256 if big else 128, tile)
+        block_cg = min(_next_pow2(cg), max(1, tile // block_s))
+        return block_s, block_cg, (8 if big else _NUM_WARPS_FINALIZE)
 
 
 def _new(numel: int, like: Tensor) -> Tensor:
@@ -222,7 +229,7 @@ def _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps
     from_nbt = has_running and momentum is None
     if from_nbt and num_batches_tracked is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    block_s, block_cg = plan.finalize_blocks(cg)
+    block_s, block_cg, warps = plan.finalize_blocks(cg)
     _k.bn_stats_finalize_kernel[(g,)](
         ws, stats,
         running_mean if has_running else stats,
@@ -231,7 +238,7 @@ def _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps
         plan.M, plan.C, cg, plan.SPLITS, plan.CHUNK,
         float(momentum) if (has_running and momentum is not None) else 0.0, float(eps),
         HAS_RUNNING=has_running, MOMENTUM_FROM_NBT=from_nbt,
-        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=_NUM_WARPS_FINALIZE,
+        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=warps,
     )
     return stats
 
@@ -270,11 +277,11 @@ def _backward_impl(grad_y, x, stats, weight, use_batch_stats, stat_groups) -> tu
     _k.bn_backward_reduce_kernel[plan.grid](
         x, dy, stats, ws, plan.M, plan.C, cg, g, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES, **common,
     )
-    block_s, block_cg = plan.finalize_blocks(cg)
+    block_s, block_cg, warps = plan.finalize_blocks(cg)
     _k.bn_backward_finalize_kernel[(g,)](
         ws, weight if weight is not None else stats, dwb, plan.M, plan.C, cg, plan.SPLITS,
         HAS_WEIGHT=weight is not None, BATCH_STATS=bool(use_batch_stats),
-        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=_NUM_WARPS_FINALIZE,
+        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=warps,
     )
     _k.bn_backward_dx_kernel[plan.grid](
         x, dy, dx, stats, weight if weight is not None else stats, ws[2 * plan.SPLITS * plan.C:],
