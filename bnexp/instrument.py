@@ -16,8 +16,9 @@ Design rules (why the code looks the way it does):
 - Every measurement stays a device tensor until `readback()`, which concatenates all pending
   values and copies them to the host with a single `.tolist()`; nothing else synchronises, so the
   GPU queue never drains because of instrumentation.
-- Off measure steps the probe costs a handful of tiny tensor ops in `record_loss` and nothing else:
-  activation hooks are only registered for the forward pass of a measure step and removed afterwards.
+- Off measure steps the probe costs one tiny copy per step (the loss into a device buffer; spike and
+  AUC bookkeeping runs on a chunk of losses every few steps) and nothing else: activation hooks are
+  only registered for the forward pass of a measure step and removed afterwards.
 - Per-layer quantities are computed with one `torch._foreach_norm` over all parameters followed by one
   `index_add_` that sums squared norms per layer, instead of a Python loop of reductions.
 - A "layer" is a module that directly owns trainable parameters (e.g. `layers.3.conv1`); its weight and
@@ -30,6 +31,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
+
+_NO_SPIKE = 2**62  # "no spike yet" marker for the device-side first-spike step (a min() reduction)
 
 DEFAULT_INSTRUMENT_CFG = {
     "every": 50,  # measure every N optimiser steps (step 0 always); 0 disables measurements
@@ -113,8 +116,13 @@ class StabilityProbe:
         self._param_norms_by_layer: torch.Tensor | None = None
         self._snapshot_param_indices: list[int] = []
 
-        # Loss tracking lives on the loss's device, allocated at the first record_loss call.
+        # Loss tracking lives on the loss's device, allocated at the first record_loss call. Losses are
+        # buffered per step and examined a chunk at a time, so a normal step launches one copy kernel.
+        self._loss_chunk_size = min(16, self.loss_window)
         self._losses_recorded = 0
+        self._loss_chunk: torch.Tensor | None = None
+        self._loss_chunk_count = 0
+        self._loss_chunk_first_step = 0
         self._loss_window_values: torch.Tensor | None = None
         self._loss_spike_threshold: torch.Tensor | None = None
         self._loss_sum: torch.Tensor | None = None
@@ -228,7 +236,9 @@ class StabilityProbe:
 
             if self.record_update_ratio:
                 # Only a measure step pays for this copy; it is freed after the optimiser step.
-                self._param_snapshot = [p.clone() for p in params]
+                self._param_snapshot = (
+                    list(torch._foreach_mul(params, 1.0)) if hasattr(torch, "_foreach_mul") else [p.clone() for p in params]
+                )  # foreach: a few fused copy kernels instead of one per parameter
                 self._param_norms_by_layer = param_norms_by_layer
 
     def _record_global_grad_norm_only(self, step: int) -> None:
@@ -260,31 +270,57 @@ class StabilityProbe:
         self._finalize_current_step()
 
     def record_loss(self, step: int, loss: torch.Tensor) -> None:
-        """Called every step with the detached loss; a few tiny device ops, never a host sync."""
-        loss = loss.detach().reshape(()).float()
-        if self._loss_window_values is None:
-            device = loss.device
-            self._loss_window_values = torch.full((self.loss_window,), math.nan, device=device)
-            self._loss_spike_threshold = torch.full((), math.inf, device=device)  # no spike before a reference exists
-            self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            self._loss_spike_count = torch.zeros((), dtype=torch.long, device=device)
-            self._first_loss_spike_step = torch.full((), -1, dtype=torch.long, device=device)
-
-        is_spike = loss > self._loss_spike_threshold
-        self._loss_spike_count.add_(is_spike)
-        self._first_loss_spike_step = torch.where(
-            is_spike & (self._first_loss_spike_step < 0), step, self._first_loss_spike_step
-        )
-        self._loss_sum.add_(loss)  # fp64 accumulator: no precision loss over long runs
-        self._loss_window_values[self._losses_recorded % self.loss_window] = loss
+        """Called every step with the detached loss: one device copy, never a host sync."""
+        loss = loss.detach().reshape(())
+        if self._loss_chunk is None:
+            self._allocate_loss_buffers(loss.device)
+        if self._loss_chunk_count == 0:
+            self._loss_chunk_first_step = step  # steps within a chunk are consecutive (one call per step)
+        self._loss_chunk[self._loss_chunk_count] = loss
+        self._loss_chunk_count += 1
         self._losses_recorded += 1
+        if self._loss_chunk_count == self._loss_chunk_size:
+            self._process_loss_chunk()
 
-        # Refresh the median reference every step while the window fills, then every quarter window:
-        # the median of recent losses moves slowly, so a slightly stale reference is fine and cheap.
-        refresh_every = max(1, self.loss_window // 4)
-        if self._losses_recorded <= self.loss_window or self._losses_recorded % refresh_every == 0:
-            filled = self._loss_window_values[: min(self._losses_recorded, self.loss_window)]
-            self._loss_spike_threshold.copy_(self.loss_spike_factor * filled.nanmedian())
+    def _allocate_loss_buffers(self, device: torch.device) -> None:
+        self._loss_chunk = torch.zeros(self._loss_chunk_size, device=device)
+        self._loss_chunk_offsets = torch.arange(self._loss_chunk_size, device=device)
+        self._loss_window_values = torch.full((self.loss_window,), math.nan, device=device)
+        self._loss_window_position = 0
+        self._loss_window_filled = 0
+        self._loss_spike_threshold = torch.full((), math.inf, device=device)  # no spike before a reference exists
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # fp64: exact over long runs
+        self._loss_spike_count = torch.zeros((), dtype=torch.long, device=device)
+        self._first_loss_spike_step = torch.full((), _NO_SPIKE, dtype=torch.long, device=device)
+
+    def _process_loss_chunk(self) -> None:
+        """Spike count, first spike step, loss sum and running median for the buffered losses (device ops only).
+
+        A loss is a spike when it exceeds loss_spike_factor x the median of the `loss_window` losses before
+        its chunk; the first chunk has no reference yet, so spikes are detected from step `chunk size` on."""
+        count = self._loss_chunk_count
+        if count == 0 or self._loss_chunk is None:
+            return
+        losses = self._loss_chunk[:count]
+        is_spike = losses > self._loss_spike_threshold
+        self._loss_spike_count += is_spike.sum()
+        spike_steps = (self._loss_chunk_offsets[:count] + self._loss_chunk_first_step).masked_fill_(~is_spike, _NO_SPIKE)
+        self._first_loss_spike_step = torch.minimum(self._first_loss_spike_step, spike_steps.min())
+        self._loss_sum += losses.sum(dtype=torch.float64)
+
+        # Ring buffer of recent losses (one or two slice copies), then the new spike threshold.
+        written = 0
+        while written < count:
+            length = min(count - written, self.loss_window - self._loss_window_position)
+            self._loss_window_values[self._loss_window_position : self._loss_window_position + length] = losses[
+                written : written + length
+            ]
+            self._loss_window_position = (self._loss_window_position + length) % self.loss_window
+            written += length
+        self._loss_window_filled = min(self.loss_window, self._loss_window_filled + count)
+        recent = self._loss_window_values[: self._loss_window_filled]
+        self._loss_spike_threshold = recent.nanmedian() * self.loss_spike_factor
+        self._loss_chunk_count = 0
 
     # ------------------------------------------------------------------ activation hooks
     def _install_hooks(self) -> None:
@@ -323,12 +359,9 @@ class StabilityProbe:
                 x = x if x.dtype == torch.float32 else x.float()  # fp32 statistics under autocast
                 reduce_dims = [d for d in range(x.dim()) if d != 1]
                 channel_var, channel_mean = torch.var_mean(x, dim=reduce_dims, unbiased=False)
-                stats = torch.stack(
-                    [
-                        channel_mean.mean(), channel_mean.min(), channel_mean.max(),
-                        channel_var.mean(), channel_var.min(), channel_var.max(),
-                    ]
-                )
+                mean_min, mean_max = torch.aminmax(channel_mean)
+                var_min, var_max = torch.aminmax(channel_var)
+                stats = torch.stack([channel_mean.mean(), mean_min, mean_max, channel_var.mean(), var_min, var_max])
                 self._add_values(keys, stats)
 
                 # Gap between the running statistics (read BEFORE this batch updates them, i.e. what eval
@@ -433,6 +466,7 @@ class StabilityProbe:
                 grad_norm_ratio = first / last
 
         loss_auc, loss_spikes, first_spike_step = None, 0, None
+        self._process_loss_chunk()  # the losses since the last full chunk
         if self._loss_sum is not None and self._losses_recorded > 0:
             loss_sum, spikes, first_spike = torch.stack(
                 [self._loss_sum, self._loss_spike_count.double(), self._first_loss_spike_step.double()]
@@ -440,7 +474,7 @@ class StabilityProbe:
             mean_loss = loss_sum / self._losses_recorded
             loss_auc = mean_loss if math.isfinite(mean_loss) else None
             loss_spikes = int(spikes)
-            first_spike_step = int(first_spike) if first_spike >= 0 else None
+            first_spike_step = int(first_spike) if first_spike != _NO_SPIKE else None
 
         return {
             "max_grad_norm": max_grad_norm,

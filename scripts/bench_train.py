@@ -35,11 +35,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=DEFAULT_INSTRUMENT_CFG["every"], help="probe interval")
     parser.add_argument("--log-every", type=int, default=25, help="steps between host readbacks")
     parser.add_argument("--blocks", type=int, default=3, help="blocks of `every` steps per arm")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=30,
+                        help="instrumented warm-up steps (covers a measure step, a log step, a loss chunk)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile; measure steps run eagerly")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--check-syncs", action="store_true",
+                        help="CUDA: count host syncs inside the probe's per-step calls (should be 0)")
     return parser.parse_args()
 
 
@@ -53,7 +56,8 @@ def main() -> None:
     model = model.to(memory_format=memory_format)
     compiled = torch.compile(model) if args.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    probe = StabilityProbe(model, {"every": args.every})
+    # As in the trainer: full measurements every `every` steps, grad_norm/global at each log step.
+    probe = StabilityProbe(model, {"every": args.every}, global_grad_norm_every=args.log_every)
 
     data = make_synthetic(train_size=args.batch_size * 8, test_size=8, seed=0).train.to(device)
     batches = [
@@ -63,22 +67,40 @@ def main() -> None:
     ]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
 
+    probe_syncs = []
+
+    def probe_call(method, *call_args) -> None:
+        """Run a probe method; with --check-syncs, under CUDA sync debug mode, counting sync warnings."""
+        if not (args.check_syncs and device.type == "cuda"):
+            method(*call_args)
+            return
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                method(*call_args)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        probe_syncs.extend(f"{method.__name__}: {w.message}" for w in caught if "synchroniz" in str(w.message))
+
     def train_step(step: int, instrumented: bool) -> torch.Tensor:
         images, labels = batches[step % len(batches)]
         # torch.compile cannot see per-step hooks, so measure steps use the eager module (see StabilityProbe).
         net = model if instrumented and probe.measures_activations(step) else compiled
         if instrumented:
-            probe.before_forward(step)
+            probe_call(probe.before_forward, step)
         with autocast:
             loss = nn.functional.cross_entropy(net(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if instrumented:
-            probe.after_backward(step)
+            probe_call(probe.after_backward, step)
         optimizer.step()
         if instrumented:
-            probe.after_optimizer_step(step)
-            probe.record_loss(step, loss.detach())
+            probe_call(probe.after_optimizer_step, step)
+            probe_call(probe.record_loss, step, loss.detach())
         if step % args.log_every == 0:  # the trainer's periodic host readback
             loss.item()
             if instrumented:
@@ -94,26 +116,31 @@ def main() -> None:
     for _ in range(args.warmup):  # compile / allocator / cudnn warm-up, both paths
         train_step(step, instrumented=True)
         step += 1
+    probe_syncs.clear()  # warm-up may build cached index tensors (one host->device copy)
     step = block  # blocks start at a multiple of `every`: one measure step per instrumented block
     synchronize()
 
     times = {"off": [], "on": []}
-    measure_step_times = []
     for block_index in range(2 * args.blocks):
         arm = "on" if block_index % 2 else "off"  # off first, then alternate
         start = time.perf_counter()
-        for _ in range(block):
-            if arm == "on" and probe.is_measure_step(step):
-                synchronize()
-                measure_start = time.perf_counter()
-                train_step(step, instrumented=True)
-                synchronize()
-                measure_step_times.append(time.perf_counter() - measure_start)
-            else:
-                train_step(step, instrumented=arm == "on")
+        for _ in range(block):  # no syncs inside a block except the trainer's readbacks
+            train_step(step, instrumented=arm == "on")
             step += 1
         synchronize()
         times[arm].append((time.perf_counter() - start) / block)
+
+    # Cost of a lone measure step vs a plain step, timed separately so the blocks above keep their overlap.
+    measure_step_times, plain_step_times = [], []
+    for _ in range(3):
+        step += (-step) % max(args.every, 1)
+        for kind, target in (("measure", measure_step_times), ("plain", plain_step_times)):
+            synchronize()
+            measure_start = time.perf_counter()
+            train_step(step if kind == "measure" else step + 1, instrumented=kind == "measure")
+            synchronize()
+            target.append(time.perf_counter() - measure_start)
+        step += 2
 
     off_ms = 1000 * statistics.median(times["off"])
     on_ms = 1000 * statistics.median(times["on"])
@@ -121,8 +148,11 @@ def main() -> None:
           f"every={args.every} log_every={args.log_every} blocks={args.blocks}x{block} steps compile={args.compile}")
     print(f"step time off: {off_ms:.2f} ms   on: {on_ms:.2f} ms   (block medians; "
           f"off blocks {[round(1000 * t, 2) for t in times['off']]}, on blocks {[round(1000 * t, 2) for t in times['on']]})")
-    if measure_step_times:
-        print(f"measure step: {1000 * statistics.median(measure_step_times):.2f} ms (synchronised)")
+    if args.every > 0:
+        print(f"measure step: {1000 * statistics.median(measure_step_times):.2f} ms, plain step "
+              f"{1000 * statistics.median(plain_step_times):.2f} ms (each synchronised, median of 3)")
+    if args.check_syncs and device.type == "cuda":
+        print(f"host syncs inside per-step probe calls: {len(probe_syncs)} {probe_syncs[:3]}")
     print(f"instrumented / off step-time ratio: {on_ms / off_ms:.3f}  (overhead {100 * (on_ms / off_ms - 1):+.1f}%)")
 
 
