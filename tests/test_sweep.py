@@ -210,7 +210,7 @@ def test_killed_run_is_failed_and_resume_redoes_only_it(tmp_path: Path):
 def test_killed_sweep_takes_its_runs_down_and_resumes(tmp_path: Path):
     arguments = [*FAKE, f"sweep.out_dir={tmp_path}", "sweep.workers=1", "+sweep.variants.slow=['+variant=slow']",
                  "sweep.only_variants=[slow]", "sweep.lrs=[0.1,0.2,0.3]"]
-    process = run_sweep_cli(arguments, env_extra={"FAKE_TRAIN_SLEEP": "2"}, background=True)
+    process = run_sweep_cli(arguments, env_extra={"FAKE_TRAIN_SLEEP": "3"}, background=True)
     try:
         # wait until one run finished and the next one is running, then SIGKILL the sweep itself
         status = wait_for(lambda: (tmp_path / "sweep_status.json").exists()
