@@ -69,7 +69,8 @@ def resolve_wandb_mode(requested: str | None) -> tuple[str, str | None]:
         raise ValueError(f"logger.mode must be auto|online|offline|disabled, got {requested!r}")
     env_mode = os.environ.get("WANDB_MODE", "").lower()
     if env_mode:
-        return {"dryrun": "offline", "run": "online"}.get(env_mode, env_mode), None
+        mode = {"dryrun": "offline", "run": "online"}.get(env_mode, env_mode)
+        return mode, (f"WANDB_MODE={env_mode}" if mode == "offline" else None)
     if os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes"):
         return "disabled", None
     if has_wandb_credentials():

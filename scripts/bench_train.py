@@ -41,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile; measure steps run eagerly")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--check-syncs", action="store_true",
                         help="CUDA: count host syncs inside the probe's per-step calls (should be 0)")
     return parser.parse_args()
@@ -50,6 +51,8 @@ def main() -> None:
     args = parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model(args.model, args.norm, width=args.width).to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -120,15 +123,19 @@ def main() -> None:
     step = block  # blocks start at a multiple of `every`: one measure step per instrumented block
     synchronize()
 
+    # Wall time is what matters on a GPU; on a shared CPU box, other processes inflate wall time at random,
+    # so this process's CPU time is reported as well (the steadier number there).
     times = {"off": [], "on": []}
+    cpu_times = {"off": [], "on": []}
     for block_index in range(2 * args.blocks):
         arm = "on" if block_index % 2 else "off"  # off first, then alternate
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(block):  # no syncs inside a block except the trainer's readbacks
             train_step(step, instrumented=arm == "on")
             step += 1
         synchronize()
         times[arm].append((time.perf_counter() - start) / block)
+        cpu_times[arm].append((time.process_time() - cpu_start) / block)
 
     # Cost of a lone measure step vs a plain step, timed separately so the blocks above keep their overlap.
     measure_step_times, plain_step_times = [], []
@@ -154,6 +161,11 @@ def main() -> None:
     if args.check_syncs and device.type == "cuda":
         print(f"host syncs inside per-step probe calls: {len(probe_syncs)} {probe_syncs[:3]}")
     print(f"instrumented / off step-time ratio: {on_ms / off_ms:.3f}  (overhead {100 * (on_ms / off_ms - 1):+.1f}%)")
+    if device.type == "cpu":
+        cpu_ratio = sum(cpu_times["on"]) / sum(cpu_times["off"])
+        print(f"instrumented / off process-CPU-time ratio: {cpu_ratio:.3f}  (overhead {100 * (cpu_ratio - 1):+.1f}%; "
+              f"off {1000 * statistics.median(cpu_times['off']):.1f} ms, on {1000 * statistics.median(cpu_times['on']):.1f} ms "
+              "CPU per step)")
 
 
 if __name__ == "__main__":

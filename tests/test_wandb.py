@@ -137,7 +137,8 @@ def test_mode_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert resolve_wandb_mode("auto") == ("online", None)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert resolve_wandb_mode("auto") == ("offline", None)
+    assert resolve_wandb_mode("auto") == ("offline", "WANDB_MODE=offline")
+    assert resolve_wandb_mode("online") == ("online", None)  # an explicit logger.mode wins
     with pytest.raises(ValueError):
         resolve_wandb_mode("sometimes")
 
