@@ -3,7 +3,8 @@
 `StabilityProbe` is called by the trainer around every optimisation step:
 
     probe.before_forward(step)          # arms activation hooks on measure steps
-    loss = model(x) ...; loss.backward()
+    net = model if probe.measures_activations(step) else compiled_model   # hooks need eager mode
+    loss = net(x) ...; loss.backward()
     probe.after_backward(step)          # grad norms, param norms, parameter snapshot
     optimizer.step()
     probe.after_optimizer_step(step)    # update-to-weight ratios
@@ -114,7 +115,6 @@ class StabilityProbe:
         self._hooked_layers_seen: set[str] = set()
         self._param_snapshot: list[torch.Tensor] | None = None
         self._param_norms_by_layer: torch.Tensor | None = None
-        self._snapshot_param_indices: list[int] = []
 
         # Loss tracking lives on the loss's device, allocated at the first record_loss call. Losses are
         # buffered per step and examined a chunk at a time, so a normal step launches one copy kernel.
