@@ -47,6 +47,9 @@ HEADLINE_CONFIG_KEYS = ("model.name", "model.width", "data.name", "data.train_si
                         "train.epochs", "train.batch_size", "train.amp", "train.compile", "train.channels_last",
                         "divergence.loss_factor", "variant.backend")
 UNKNOWN_MODEL = "default"
+# "Stable" (no seed diverged) is not "trains": a net can sit at chance without its loss ever blowing up.
+# A run counts as having learned when its final test accuracy reaches this (CIFAR-10 chance is 0.1).
+DEFAULT_MIN_ACC = 0.2
 VARIANT_ORDER = ("correct_bn", "torch_bn", "grouped_bn", "shared_bn", "no_bn")
 
 
@@ -150,13 +153,18 @@ class GroupStats:
         """Every seed finished, none diverged (failed or unfinished runs make it not-known-stable)."""
         return bool(self.runs) and all(run.status == "finished" for run in self.runs)
 
+    def trains(self, min_acc: float) -> bool:
+        """Stable, and every seed's final test accuracy reached min_acc."""
+        return self.stable and all((as_float(run.summary.get("final_test_acc")) or 0.0) >= min_acc
+                                   for run in self.runs)
+
 
 def accuracy_targets(runs: list[RunRecord]) -> list[str]:
     targets = {key for run in runs for key in (run.summary.get("steps_to_acc") or {})}
     return sorted(targets, key=lambda t: float(t))
 
 
-def aggregate(runs: list[RunRecord]) -> list[GroupStats]:
+def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) -> list[GroupStats]:
     grouped: dict[tuple, list[RunRecord]] = defaultdict(list)
     for run in runs:
         if run.lr is not None:
@@ -178,6 +186,7 @@ def aggregate(runs: list[RunRecord]) -> list[GroupStats]:
             "frac_diverged": len(diverged) / completed if completed else math.nan,
             "final_test_acc_mean": _mean(accuracies), "final_test_acc_std": _std(accuracies),
             "best_test_acc_mean": _mean(best),
+            "n_below_min_acc": sum(a < min_acc for a in accuracies),
         }
         for target in targets:
             steps = [s for s in (as_float((run.summary.get("steps_to_acc") or {}).get(target)) for run in finished)
@@ -200,9 +209,10 @@ class StableLr:
     largest_stable_lr: float | None
     smallest_unstable_lr: float | None
     top_of_grid: bool        # stable at the largest lr tried: the grid did not find the limit
+    largest_training_lr: float | None  # stable and every seed reached min_acc
 
 
-def largest_stable_lrs(groups: list[GroupStats]) -> list[StableLr]:
+def largest_stable_lrs(groups: list[GroupStats], min_acc: float = DEFAULT_MIN_ACC) -> list[StableLr]:
     by_variant: dict[tuple[str, str], list[GroupStats]] = defaultdict(list)
     for group in groups:
         by_variant[(group.model, group.variant)].append(group)
@@ -211,8 +221,10 @@ def largest_stable_lrs(groups: list[GroupStats]) -> list[StableLr]:
         stable = [g.lr for g in members if g.stable]
         unstable = [g.lr for g in members if g.values["n_diverged"] > 0]
         largest = max(stable) if stable else None
+        training = [g.lr for g in members if g.trains(min_acc)]
         results.append(StableLr(model, variant, largest, min(unstable) if unstable else None,
-                                largest is not None and largest == max(g.lr for g in members)))
+                                largest is not None and largest == max(g.lr for g in members),
+                                max(training) if training else None))
     results.sort(key=lambda r: (r.model, variant_sort_key(r.variant)))
     return results
 
@@ -269,10 +281,12 @@ def write_summary_csv(groups: list[GroupStats], path: Path) -> None:
 def write_stable_csv(stable: list[StableLr], path: Path) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["model", "variant", "largest_stable_lr", "smallest_unstable_lr", "stable_at_top_of_grid"])
+        writer.writerow(["model", "variant", "largest_stable_lr", "smallest_unstable_lr", "stable_at_top_of_grid",
+                         "largest_training_lr"])
         for item in stable:
             writer.writerow([item.model, item.variant, _csv_value(item.largest_stable_lr),
-                             _csv_value(item.smallest_unstable_lr), item.top_of_grid])
+                             _csv_value(item.smallest_unstable_lr), item.top_of_grid,
+                             _csv_value(item.largest_training_lr)])
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -315,15 +329,17 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
     return markdown_table(header, rows)
 
 
-def stable_markdown(stable: list[StableLr], show_model: bool) -> str:
-    header = (["model"] if show_model else []) + ["variant", "largest stable lr", "smallest lr with a divergence"]
+def stable_markdown(stable: list[StableLr], show_model: bool, min_acc: float = DEFAULT_MIN_ACC) -> str:
+    header = (["model"] if show_model else []) + ["variant", "largest stable lr", "smallest lr with a divergence",
+                                                  f"largest lr that trains (acc ≥ {100 * min_acc:g}%)"]
     rows = []
     for item in stable:
         largest = "none" if item.largest_stable_lr is None else f"{item.largest_stable_lr:g}"
         if item.top_of_grid:
             largest += " (top of grid)"
         smallest = "–" if item.smallest_unstable_lr is None else f"{item.smallest_unstable_lr:g}"
-        rows.append(([item.model] if show_model else []) + [item.variant, largest, smallest])
+        training = "none" if item.largest_training_lr is None else f"{item.largest_training_lr:g}"
+        rows.append(([item.model] if show_model else []) + [item.variant, largest, smallest, training])
     return markdown_table(header, rows)
 
 
@@ -371,15 +387,16 @@ def choose_shared_lr(groups: list[GroupStats], requested: float | None) -> float
     return max(stable) if stable else common[0]
 
 
-def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = None) -> Path:
+def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = None,
+                 min_acc: float = DEFAULT_MIN_ACC) -> Path:
     from bnexp import report_plots  # matplotlib is only needed here
 
     runs = discover_runs(paths)
     if not runs:
         raise SystemExit(f"bnexp.report: no run dirs (summary.json + config.yaml) found under {paths}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = aggregate(runs)
-    stable = largest_stable_lrs(groups)
+    groups = aggregate(runs, min_acc)
+    stable = largest_stable_lrs(groups, min_acc)
     targets = accuracy_targets(runs)
     show_model = len({run.model for run in runs}) > 1
     chosen_lr = choose_shared_lr(groups, shared_lr)
@@ -390,7 +407,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     summary_md = summary_markdown(groups, targets, show_model)
     (out_dir / "summary.md").write_text(summary_md + "\n")
 
-    plots = report_plots.make_all_plots(runs, groups, out_dir, chosen_lr)
+    plots = report_plots.make_all_plots(runs, groups, out_dir, chosen_lr, min_acc)
 
     status_counts = Counter(run.status for run in runs)
     varying = varying_config_keys(runs)
@@ -421,7 +438,9 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         yaml.safe_dump(reference_config, sort_keys=False).strip(), "```", "</details>", "",
         "## Largest stable learning rate", "",
         "Largest lr at which every seed finished without diverging (failed or unfinished runs do not count as "
-        "stable).", "", stable_markdown(stable, show_model), "",
+        f"stable). Stable is not the same as training: the last column also asks every seed to reach "
+        f"{100 * min_acc:g}% final test accuracy (`--min-acc`), which a net stuck at chance does not.", "",
+        stable_markdown(stable, show_model, min_acc), "",
         "## Results per variant and learning rate", "",
         "Test accuracy is the final test accuracy averaged over the seeds that finished without diverging; "
         "`diverged` counts diverged seeds among completed ones; steps to a target average over the seeds that "
@@ -454,12 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output dir, e.g. results/lr_stability")
     parser.add_argument("--lr", type=float, default=None,
                         help="lr for the per-variant curve plots (default: largest lr where correct_bn is stable)")
+    parser.add_argument("--min-acc", type=float, default=DEFAULT_MIN_ACC,
+                        help=f"final test accuracy a run must reach to count as training (default {DEFAULT_MIN_ACC})")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         print(f"bnexp.report: error: no such path(s): {missing}", file=sys.stderr)
         return 2
-    report_path = build_report(args.paths, args.out, args.lr)
+    report_path = build_report(args.paths, args.out, args.lr, args.min_acc)
     print(f"wrote {report_path} (+ summary.csv, summary.md, stable_lr.csv, runs.csv, plots) in {args.out}")
     return 0
 

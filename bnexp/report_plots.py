@@ -73,7 +73,7 @@ def _runs_at_lr(runs: list["RunRecord"], lr: float | None) -> dict[str, list["Ru
     return _runs_by_series([run for run in runs if run.lr is not None and math.isclose(run.lr, lr, rel_tol=1e-9)])
 
 
-def plot_accuracy_vs_lr(groups: list["GroupStats"], out_dir: Path) -> PlotResult:
+def plot_accuracy_vs_lr(groups: list["GroupStats"], out_dir: Path, min_acc: float | None = None) -> PlotResult:
     title = "Test accuracy vs learning rate"
     show_model = len({g.model for g in groups}) > 1
     series: dict[str, list] = defaultdict(list)
@@ -98,6 +98,8 @@ def plot_accuracy_vs_lr(groups: list["GroupStats"], out_dir: Path) -> PlotResult
                 axes.scatter([group.lr], [y], marker="x", s=70, color="red", zorder=5,
                              label=None if marked_diverged else "≥1 seed diverged")
                 marked_diverged = True
+    if min_acc is not None:
+        axes.axhline(100 * min_acc, color="grey", ls=":", lw=1, label=f"{100 * min_acc:g}%: counts as training")
     axes.set_xscale("log")
     axes.set_xlabel("learning rate")
     axes.set_ylabel("final test accuracy (%)")
@@ -135,7 +137,9 @@ def plot_loss_curves(runs: list["RunRecord"], lr: float | None, out_dir: Path) -
                       ls="--" if status == "diverged" else "-", label=variant if index == 0 else None)
             if status == "diverged":
                 axes.scatter([steps[-1]], [losses[-1]], marker="x", color="red", zorder=5)
-    axes.set_yscale("log")
+    finite = np.concatenate([losses for lines in curves.values() for _, losses, _ in lines])
+    if finite.max() / finite.min() > 10:  # log only when the losses span orders of magnitude (a divergence)
+        axes.set_yscale("log")
     axes.set_xlabel("step")
     axes.set_ylabel("training loss")
     axes.grid(True, which="both", alpha=0.3)
@@ -236,9 +240,11 @@ def plot_init_grad_norms(runs: list["RunRecord"], out_dir: Path) -> PlotResult:
     colors = _colors(variants)
     figure, axes = plt.subplots(figsize=(max(8, 0.3 * len(layers) + 3), 5))
     for variant in variants:
-        means = [np.mean(per_variant[variant][layer]) if per_variant[variant].get(layer) else np.nan
-                 for layer in layers]
-        axes.plot(range(len(layers)), means, marker="o", ms=4, color=colors[variant], label=variant)
+        # only the layers this variant has (no_bn has no norm layers), joined by one line
+        present = [(i, float(np.mean(per_variant[variant][layer]))) for i, layer in enumerate(layers)
+                   if per_variant[variant].get(layer)]
+        xs, ys = zip(*present)
+        axes.plot(xs, ys, marker="o", ms=4, color=colors[variant], label=variant)
     axes.set_yscale("log")
     axes.set_xticks(range(len(layers)))
     axes.set_xticklabels(layers, rotation=70, ha="right", fontsize=7)
@@ -251,9 +257,9 @@ def plot_init_grad_norms(runs: list["RunRecord"], out_dir: Path) -> PlotResult:
 
 
 def make_all_plots(runs: list["RunRecord"], groups: list["GroupStats"], out_dir: Path,
-                   shared_lr: float | None) -> list[PlotResult]:
+                   shared_lr: float | None, min_acc: float | None = None) -> list[PlotResult]:
     return [
-        plot_accuracy_vs_lr(groups, out_dir),
+        plot_accuracy_vs_lr(groups, out_dir, min_acc),
         plot_loss_curves(runs, shared_lr, out_dir),
         plot_grad_norm_heatmaps(runs, shared_lr, out_dir),
         plot_init_grad_norms(runs, out_dir),

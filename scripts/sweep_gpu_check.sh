@@ -6,8 +6,8 @@
 #   cp ../shared/data/cifar10-jpeg.tar.xz .gpu/
 # Then run it with carry [".gpu/sweep", ".gpu/cifar10-jpeg.tar.xz"] and timeout_s of SWEEP_S + ~90:
 #   SWEEP_S=360 bash scripts/sweep_gpu_check.sh [more sweep/train overrides]
-# It runs correct_bn, shared_bn and no_bn at lr 3.2, 0.8, 0.2 (seed 0, the train.yaml recipe) as 3 workers
-# sharing GPU 0, then the report; logs, CSVs and plots land in $OUT (at most 8 files come back).
+# It runs correct_bn, shared_bn and no_bn at lr 1.6 (top of the lr_stability grid), 0.4 and 0.05 (seed 0, the
+# train.yaml recipe) as 3 workers sharing GPU 0, then the report; logs, CSVs and plots land in $OUT.
 set -uo pipefail
 ROOT=$PWD
 export PYTHONPATH=$ROOT/.gpu/sweep/site:$ROOT PYTHONUNBUFFERED=1 BNEXP_DATA_DIR=/tmp/bnexp_data
@@ -16,7 +16,7 @@ OUT=${OUT:-./gpu_out}; mkdir -p "$OUT"
 SWEEP_S=${SWEEP_S:-360}
 # timeout sends SIGTERM: the sweep then stops its runs and records them, and the report still runs.
 timeout -s TERM "$SWEEP_S" python3 -m bnexp.sweep sweep=lr_stability sweep.out_dir=/tmp/sw \
-  sweep.only_variants=[correct_bn,shared_bn,no_bn] sweep.lrs=[3.2,0.8,0.2] sweep.seeds=[0] \
+  sweep.only_variants=[correct_bn,shared_bn,no_bn] sweep.lrs=[1.6,0.4,0.05] sweep.seeds=[0] \
   sweep.gpus=[0] sweep.workers=3 sweep.timeout_s=240 \
   data=cifar10_folder data.path="$ROOT/.gpu/cifar10-jpeg.tar.xz" "$@" 2>&1 | tr '\r' '\n' | grep -v 'run/s' | tee "$OUT/sweep.log"
 echo "sweep exit: ${PIPESTATUS[0]} after ${SECONDS}s" | tee -a "$OUT/sweep.log"

@@ -114,6 +114,7 @@ def test_report_numbers_equal_per_run_summaries(sweep_like_dir: Path, tmp_path: 
     assert stable["correct_bn"]["stable_at_top_of_grid"] == "True"
     assert float(stable["no_bn"]["largest_stable_lr"]) == 0.1
     assert float(stable["no_bn"]["smallest_unstable_lr"]) == 1.0
+    assert float(stable["correct_bn"]["largest_training_lr"]) == 1.0
 
     per_run = read_csv(out / "runs.csv")
     assert len(per_run) == 12
@@ -219,3 +220,19 @@ def test_two_models_are_separate_rows_and_series(tmp_path: Path):
     assert (out / "summary.md").read_text().startswith("| model | variant |")
     for name in ("acc_vs_lr.png", "loss_curves_lr0.2.png", "grad_norm_heatmap_lr0.2.png", "init_grad_norms.png"):
         assert_png(out / name)
+
+
+def test_stuck_at_chance_is_stable_but_does_not_train(tmp_path: Path):
+    for lr in (0.1, 1.0):
+        for seed in (0, 1):
+            make_run_dir(tmp_path / "runs" / f"{lr}_{seed}", "no_bn", lr, seed, final_test_acc=0.1)
+    make_run_dir(tmp_path / "runs" / "ok", "correct_bn", 1.0, 0, final_test_acc=0.3)
+    out = tmp_path / "report"
+    assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    stable = {r["variant"]: r for r in read_csv(out / "stable_lr.csv")}
+    assert float(stable["no_bn"]["largest_stable_lr"]) == 1.0 and stable["no_bn"]["largest_training_lr"] == ""
+    assert float(stable["correct_bn"]["largest_training_lr"]) == 1.0
+    assert report.main([str(tmp_path / "runs"), "--out", str(out), "--min-acc", "0.5"]) == 0
+    assert {r["variant"]: r["largest_training_lr"] for r in read_csv(out / "stable_lr.csv")} == {
+        "correct_bn": "", "no_bn": ""}
+    assert "| no_bn | 1 (top of grid) | – | none |" in (out / "report.md").read_text()
