@@ -311,8 +311,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: bool) -> str:
-    header = (["model"] if show_model else []) + ["variant", "lr", "test acc % (mean ± std)", "diverged",
-                                                  "incomplete"]
+    show_incomplete = any(group.values["n_incomplete"] for group in groups)  # a column of blanks says nothing
+    header = (["model"] if show_model else []) + ["variant", "lr", "test acc % (mean ± std)", "diverged"]
+    header += (["incomplete"] if show_incomplete else [])
     header += [f"steps to {float(t):.0%}" for t in targets] + ["max grad norm"]
     rows = []
     for group in groups:
@@ -320,7 +321,9 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
         completed = v["n_finished"] + v["n_diverged"]
         row = ([group.model] if show_model else []) + [
             group.variant, f"{group.lr:g}", _fmt_acc(v["final_test_acc_mean"], v["final_test_acc_std"]),
-            f"{v['n_diverged']}/{completed}" if completed else "–", str(v["n_incomplete"]) if v["n_incomplete"] else ""]
+            f"{v['n_diverged']}/{completed}" if completed else "–"]
+        if show_incomplete:
+            row.append(str(v["n_incomplete"]) if v["n_incomplete"] else "")
         for target in targets:
             mean, reached = v[f"steps_to_acc_{target}_mean"], v[f"steps_to_acc_{target}_reached"]
             row.append("–" if not reached else f"{mean:.0f} ({reached}/{v['n_finished']})")
