@@ -159,6 +159,20 @@ def name_norm_layers(model: nn.Module) -> None:
             module.layer_name = name
 
 
+def init_weights(model: nn.Module) -> None:
+    """He (fan-in) init for every conv and linear layer, zero biases, in every variant.
+
+    PyTorch's default conv init shrinks the signal at each ReLU, which BatchNorm undoes but a net
+    without normalisation cannot: no_bn would then sit at chance at every lr and never diverge.
+    With variance-preserving init, no_bn trains at small lrs, so the comparison is about stability.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 def build_model(model_name: str, variant_norm: str, *, width: float = 1.0, stat_groups: int | None = None,
                 affine_per_channel: bool = True, backend: str = "auto", num_classes: int = 10) -> nn.Module:
     if model_name not in MODELS:
@@ -166,5 +180,6 @@ def build_model(model_name: str, variant_norm: str, *, width: float = 1.0, stat_
     norm_factory = make_norm_factory(variant_norm, stat_groups, affine_per_channel, backend)
     model = MODELS[model_name](norm_factory, with_bias=variant_norm == "none", width=width,
                                num_classes=num_classes)
+    init_weights(model)
     name_norm_layers(model)
     return model
