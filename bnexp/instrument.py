@@ -33,6 +33,8 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from bnexp.config import config_value
+
 _NO_SPIKE = 2**62  # "no spike yet" marker for the device-side first-spike step (a min() reduction)
 
 DEFAULT_INSTRUMENT_CFG = {
@@ -43,17 +45,6 @@ DEFAULT_INSTRUMENT_CFG = {
     "activations": True,  # record bn/ and act/ statistics with forward hooks on measure steps
     "update_ratio": True,  # snapshot parameters to measure ||dw|| / ||w|| on measure steps
 }
-
-
-def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
-    """Read a key from a dict, an OmegaConf DictConfig or None, falling back to the default."""
-    if cfg is None:
-        return default
-    try:
-        value = cfg.get(key, default)
-    except AttributeError:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -88,20 +79,20 @@ class StabilityProbe:
         """`global_grad_norm_every`: also record just `grad_norm/global` (one fused norm, no per-layer work)
         every that many steps, e.g. at each log step of the trainer; 0 turns this off."""
         self.model = unwrap_model(model)
-        self.every = int(_cfg_get(instrument_cfg, "every", DEFAULT_INSTRUMENT_CFG["every"]))
+        self.every = int(config_value(instrument_cfg, "every", DEFAULT_INSTRUMENT_CFG["every"]))
         self.global_grad_norm_every = max(0, int(global_grad_norm_every or 0))
         self.loss_spike_factor = float(
-            _cfg_get(instrument_cfg, "loss_spike_factor", DEFAULT_INSTRUMENT_CFG["loss_spike_factor"])
+            config_value(instrument_cfg, "loss_spike_factor", DEFAULT_INSTRUMENT_CFG["loss_spike_factor"])
         )
-        self.loss_window = max(1, int(_cfg_get(instrument_cfg, "loss_window", DEFAULT_INSTRUMENT_CFG["loss_window"])))
+        self.loss_window = max(1, int(config_value(instrument_cfg, "loss_window", DEFAULT_INSTRUMENT_CFG["loss_window"])))
         self.acc_targets = [
-            float(t) for t in _cfg_get(instrument_cfg, "acc_targets", DEFAULT_INSTRUMENT_CFG["acc_targets"])
+            float(t) for t in config_value(instrument_cfg, "acc_targets", DEFAULT_INSTRUMENT_CFG["acc_targets"])
         ]
         self.record_activations = bool(
-            _cfg_get(instrument_cfg, "activations", DEFAULT_INSTRUMENT_CFG["activations"])
+            config_value(instrument_cfg, "activations", DEFAULT_INSTRUMENT_CFG["activations"])
         )
         self.record_update_ratio = bool(
-            _cfg_get(instrument_cfg, "update_ratio", DEFAULT_INSTRUMENT_CFG["update_ratio"])
+            config_value(instrument_cfg, "update_ratio", DEFAULT_INSTRUMENT_CFG["update_ratio"])
         )
 
         self._collect_layers()

@@ -38,6 +38,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from bnexp.config import CONF_DIR
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
     read_summary,
@@ -46,7 +47,6 @@ from bnexp.rundirs import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
 STDERR_TAIL_LINES = 25
 STATUS_FILE = "sweep_status.json"
 RUNS_CSV = "runs.csv"

@@ -27,20 +27,12 @@ from urllib.parse import urlparse
 
 import wandb
 
+from bnexp.config import config_value
+
 # Prefixes that only ever appear in step records / epoch records; defined once with a glob.
 STEP_ONLY_PREFIXES = ("grad_norm/", "param_norm/", "update_ratio/", "act/", "bn/")
 EPOCH_ONLY_PREFIXES = ("test/",)
 RESERVED_KEYS = ("kind", "step", "epoch")
-
-
-def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    try:
-        value = cfg.get(key, default)
-    except AttributeError:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def has_wandb_credentials() -> bool:
@@ -95,36 +87,36 @@ class WandbSink:
         from omegaconf import DictConfig, OmegaConf
 
         self.run_dir = Path(run_dir)
-        logger_cfg = _cfg_get(cfg, "logger")
-        variant_name = _cfg_get(_cfg_get(cfg, "variant"), "name", "variant")
-        model_name = _cfg_get(_cfg_get(cfg, "model"), "name", "model")
-        data_name = _cfg_get(_cfg_get(cfg, "data"), "name", None)
-        lr = _cfg_get(_cfg_get(cfg, "optim"), "lr", None)
-        seed = _cfg_get(cfg, "seed", None)
+        logger_cfg = config_value(cfg, "logger")
+        variant_name = config_value(config_value(cfg, "variant"), "name", "variant")
+        model_name = config_value(config_value(cfg, "model"), "name", "model")
+        data_name = config_value(config_value(cfg, "data"), "name", None)
+        lr = config_value(config_value(cfg, "optim"), "lr", None)
+        seed = config_value(cfg, "seed", None)
 
         config_dict = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
-        tags = [str(t) for t in (_cfg_get(logger_cfg, "tags", []) or [])]
+        tags = [str(t) for t in (config_value(logger_cfg, "tags", []) or [])]
         tags += [str(t) for t in (variant_name, model_name, data_name) if t and str(t) not in tags]
 
-        mode, reason = resolve_wandb_mode(_cfg_get(logger_cfg, "mode", "auto"))
+        mode, reason = resolve_wandb_mode(config_value(logger_cfg, "mode", "auto"))
         # Keep W&B's files inside the Hydra run dir (next to metrics.jsonl) unless WANDB_DIR says otherwise.
         wandb_dir = Path(os.environ.get("WANDB_DIR") or self.run_dir)
         wandb_dir.mkdir(parents=True, exist_ok=True)
 
         init_kwargs = dict(
-            project=str(_cfg_get(logger_cfg, "project", "bnexp")),
-            entity=_cfg_get(logger_cfg, "entity", None),
+            project=str(config_value(logger_cfg, "project", "bnexp")),
+            entity=config_value(logger_cfg, "entity", None),
             group=str(variant_name),
             job_type=str(model_name),
-            name=_cfg_get(logger_cfg, "run_name", None) or f"{variant_name}-{model_name}-lr{lr}-seed{seed}",
+            name=config_value(logger_cfg, "run_name", None) or f"{variant_name}-{model_name}-lr{lr}-seed{seed}",
             tags=tags,
             config=config_dict,
             dir=str(wandb_dir),
             # One W&B run per Hydra multirun job, even though jobs share the process.
             reinit="finish_previous",
             settings=wandb.Settings(
-                init_timeout=float(_cfg_get(logger_cfg, "init_timeout", 30)),
-                console=str(_cfg_get(logger_cfg, "console", "off")),
+                init_timeout=float(config_value(logger_cfg, "init_timeout", 30)),
+                console=str(config_value(logger_cfg, "console", "off")),
             ),
         )
         try:

@@ -1,11 +1,7 @@
 """Shared test helpers: composing the real Hydra configs, and tiny training overrides."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+from bnexp.config import compose_train_config
 
 # The smallest run that still exercises every part of the loop: 4 steps on a narrow net.
 TINY_RUN = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=0.125",
@@ -13,5 +9,4 @@ TINY_RUN = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model
 
 
 def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return compose_train_config(overrides)
