@@ -105,27 +105,28 @@ def _supported_layout(x: Tensor) -> bool:
 
 
 def _canonical_view(shape, stride) -> tuple[int, int, int, int, int]:
-    """(M, HW, s_n, s_hw, s_c): element (m, c) at (m // HW) * s_n + (m % HW) * s_hw + c * s_c.
+    """(num_positions, positions_per_image, stride_n, stride_hw, stride_c) of the kernels' (position, channel) view.
 
-    (N, H, W) are folded into M positions; when n and hw merge into one stride (channels_last, H*W == 1, N == 1)
-    HW becomes 1 and the kernel needs no division at all.
+    Element (p, c) lives at (p // positions_per_image) * stride_n + (p % positions_per_image) * stride_hw
+    + c * stride_c. (N, H, W) are folded into num_positions positions; when n and hw merge into one stride
+    (channels_last, H*W == 1, N == 1) positions_per_image becomes 1 and the kernel needs no division at all.
     """
     n, _, h, w = shape
-    s_n, s_c, s_h, s_w = stride
-    hw = h * w
+    stride_n, stride_c, stride_h, stride_w = stride
+    pixels_per_image = h * w
     if h == 1:
-        s_hw = s_w
+        stride_hw = stride_w
     elif w == 1:
-        s_hw = s_h
+        stride_hw = stride_h
     else:
-        assert s_h == w * s_w, "H and W must be mergeable (NCHW or channels_last)"
-        s_hw = s_w
-    m = n * hw
-    if hw == 1:
-        return m, 1, s_n, 0, s_c
-    if n == 1 or s_n == hw * s_hw:
-        return m, 1, s_hw, 0, s_c
-    return m, hw, s_n, s_hw, s_c
+        assert stride_h == w * stride_w, "H and W must be mergeable (NCHW or channels_last)"
+        stride_hw = stride_w
+    num_positions = n * pixels_per_image
+    if pixels_per_image == 1:
+        return num_positions, 1, stride_n, 0, stride_c
+    if n == 1 or stride_n == pixels_per_image * stride_hw:
+        return num_positions, 1, stride_hw, 0, stride_c
+    return num_positions, pixels_per_image, stride_n, stride_hw, stride_c
 
 
 _PLANS: dict = {}
@@ -145,69 +146,72 @@ def _get_plan(x: Tensor) -> "_Plan":
 
 
 class _Plan:
-    """Tile sizes and the split of the M positions over programs, shared by all streaming kernels of a call."""
+    """Tile sizes and the split of the positions over programs, shared by all streaming kernels of a call."""
 
     def __init__(self, shape, stride, programs: int, tile: int):
-        c = shape[1]
-        self.C = c
-        self.M, self.HW, self.s_n, self.s_hw, self.s_c = _canonical_view(shape, stride)
-        # length of the contiguous run along m (decides how many channels a tile needs for wide accesses)
-        if self.HW == 1:
-            run_m = self.M if self.s_n == 1 else 1
+        num_channels = shape[1]
+        self.num_channels = num_channels
+        (self.num_positions, self.positions_per_image,
+         self.stride_n, self.stride_hw, self.stride_c) = _canonical_view(shape, stride)
+        # length of the contiguous run along the positions (decides how many channels a tile needs for wide
+        # accesses)
+        if self.positions_per_image == 1:
+            contiguous_run = self.num_positions if self.stride_n == 1 else 1
         else:
-            run_m = self.HW if self.s_hw == 1 else 1
-        if self.s_c == 1 and c > 1:  # channels are the contiguous axis
-            block_c = min(_next_pow2(c), 64, tile)
+            contiguous_run = self.positions_per_image if self.stride_hw == 1 else 1
+        if self.stride_c == 1 and num_channels > 1:  # channels are the contiguous axis
+            block_c = min(_next_pow2(num_channels), 64, tile)
         else:
-            block_c = min(_next_pow2(c), _next_pow2(-(-128 // min(run_m, 128))), tile)
-        block_m = min(max(tile // block_c, 1), _next_pow2(self.M))
-        block_c = min(_next_pow2(c), max(block_c, tile // block_m))  # small M: widen along channels
+            block_c = min(_next_pow2(num_channels), _next_pow2(-(-128 // min(contiguous_run, 128))), tile)
+        block_m = min(max(tile // block_c, 1), _next_pow2(self.num_positions))
+        # few positions: widen the tile along channels
+        block_c = min(_next_pow2(num_channels), max(block_c, tile // block_m))
         self.BLOCK_M, self.BLOCK_C = block_m, block_c
-        self.c_blocks = -(-c // block_c)
-        m_tiles = -(-self.M // block_m)
-        splits = min(m_tiles, max(1, -(-programs // self.c_blocks)))
-        self.TILES = -(-m_tiles // splits)
-        self.SPLITS = -(-m_tiles // self.TILES)
-        self.CHUNK = self.TILES * block_m
-        self.grid = (self.c_blocks, self.SPLITS)
+        self.num_channel_blocks = -(-num_channels // block_c)
+        num_position_tiles = -(-self.num_positions // block_m)
+        wanted_splits = min(num_position_tiles, max(1, -(-programs // self.num_channel_blocks)))
+        self.tiles_per_split = -(-num_position_tiles // wanted_splits)
+        self.num_splits = -(-num_position_tiles // self.tiles_per_split)
+        self.positions_per_split = self.tiles_per_split * block_m
+        self.grid = (self.num_channel_blocks, self.num_splits)
         numel = math.prod(shape)
         self.USE_INT64 = numel >= 2**31 - 1 or max(stride) * max(shape) >= 2**31 - 1
 
-    def finalize_blocks(self, cg: int) -> tuple[int, int, int]:
-        """(BLOCK_S, BLOCK_CG, num_warps) of a finalize program merging SPLITS x cg partials.
+    def finalize_blocks(self, channels_per_group: int) -> tuple[int, int, int]:
+        """(BLOCK_S, BLOCK_CG, num_warps) of a finalize program merging num_splits x channels_per_group partials.
 
-        A finalize program walks its group's partials serially; with few groups (G == 1: all SPLITS * C
-        partials in one program) a wider tile and more warps keep that walk short.
+        A finalize program walks its group's partials serially; with few groups (one group: all
+        num_splits * C partials in one program) a wider tile and more warps keep that walk short.
         """
-        big = self.SPLITS * cg > 2048
-        tile = int(_TUNING.get("finalize_tile") or (8192 if big else 2048))
-        block_s = min(_next_pow2(self.SPLITS), 256 if big else 128, tile)
-        block_cg = min(_next_pow2(cg), max(1, tile // block_s))
-        return block_s, block_cg, (8 if big else _NUM_WARPS_FINALIZE)
+        many_partials = self.num_splits * channels_per_group > 2048
+        tile = int(_TUNING.get("finalize_tile") or (8192 if many_partials else 2048))
+        block_s = min(_next_pow2(self.num_splits), 256 if many_partials else 128, tile)
+        block_cg = min(_next_pow2(channels_per_group), max(1, tile // block_s))
+        return block_s, block_cg, (8 if many_partials else _NUM_WARPS_FINALIZE)
 
 
 def _new(numel: int, like: Tensor) -> Tensor:
-    t = torch.empty(numel, device=like.device, dtype=torch.float32)
+    buffer = torch.empty(numel, device=like.device, dtype=torch.float32)
     if _POISON_OUTPUTS:
-        t.fill_(float("nan"))
-    return t
+        buffer.fill_(float("nan"))
+    return buffer
 
 
 def _empty_like(x: Tensor) -> Tensor:
-    t = torch.empty_like(x)  # x is NCHW- or channels_last-contiguous: same strides
+    buffer = torch.empty_like(x)  # x is NCHW- or channels_last-contiguous: same strides
     if _POISON_OUTPUTS:
-        t.fill_(float("nan"))
-    return t
+        buffer.fill_(float("nan"))
+    return buffer
 
 
 def _as_layout(x: Tensor) -> Tensor:
     return x if (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)) else x.contiguous()
 
 
-def _match_strides(t: Tensor, like: Tensor) -> Tensor:
-    if t.stride() == like.stride():
-        return t
-    return torch.empty_like(like, dtype=t.dtype).copy_(t)
+def _match_strides(tensor: Tensor, like: Tensor) -> Tensor:
+    if tensor.stride() == like.stride():
+        return tensor
+    return torch.empty_like(like, dtype=tensor.dtype).copy_(tensor)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -216,29 +220,31 @@ def _match_strides(t: Tensor, like: Tensor) -> Tensor:
 def _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps, stat_groups) -> Tensor:
     """(2, G) fp32: batch mean and invstd per group; running buffers updated in place."""
     plan = _get_plan(x)
-    g = int(stat_groups)
-    cg = plan.C // g
-    ws = _new(2 * plan.SPLITS * plan.C, x)
-    stats = _new(2 * g, x).view(2, g)
+    num_groups = int(stat_groups)
+    channels_per_group = plan.num_channels // num_groups
+    workspace = _new(2 * plan.num_splits * plan.num_channels, x)
+    stats = _new(2 * num_groups, x).view(2, num_groups)
     _k.bn_stats_partial_kernel[plan.grid](
-        x, ws, plan.M, plan.C, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
-        HW=plan.HW, BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
-        num_warps=_NUM_WARPS_STREAM,
+        x, workspace, plan.num_positions, plan.num_channels, plan.stride_n, plan.stride_hw, plan.stride_c,
+        plan.positions_per_split, plan.tiles_per_split,
+        POSITIONS_PER_IMAGE=plan.positions_per_image, BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C,
+        USE_INT64=plan.USE_INT64, num_warps=_NUM_WARPS_STREAM,
     )
     has_running = running_mean is not None and running_var is not None
-    from_nbt = has_running and momentum is None
-    if from_nbt and num_batches_tracked is None:
+    momentum_from_nbt = has_running and momentum is None
+    if momentum_from_nbt and num_batches_tracked is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    block_s, block_cg, warps = plan.finalize_blocks(cg)
-    _k.bn_stats_finalize_kernel[(g,)](
-        ws, stats,
+    block_s, block_cg, finalize_warps = plan.finalize_blocks(channels_per_group)
+    # unused pointer arguments get `stats`: any valid tensor will do, the constexpr flags keep them unread
+    _k.bn_stats_finalize_kernel[(num_groups,)](
+        workspace, stats,
         running_mean if has_running else stats,
         running_var if has_running else stats,
-        num_batches_tracked if from_nbt else stats,
-        plan.M, plan.C, cg, plan.SPLITS, plan.CHUNK,
+        num_batches_tracked if momentum_from_nbt else stats,
+        plan.num_positions, plan.num_channels, channels_per_group, plan.num_splits, plan.positions_per_split,
         float(momentum) if (has_running and momentum is not None) else 0.0, float(eps),
-        HAS_RUNNING=has_running, MOMENTUM_FROM_NBT=from_nbt,
-        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=warps,
+        HAS_RUNNING=has_running, MOMENTUM_FROM_NBT=momentum_from_nbt,
+        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=finalize_warps,
     )
     return stats
 
@@ -249,14 +255,15 @@ def _eval_stats(running_mean: Tensor, running_var: Tensor, eps: float) -> Tensor
 
 def _normalize_impl(x, stats, weight, bias, stat_groups) -> Tensor:
     plan = _get_plan(x)
-    g = int(stat_groups)
+    num_groups = int(stat_groups)
     y = _empty_like(x)
     _k.bn_normalize_kernel[plan.grid](
         x, y, stats,
         weight if weight is not None else stats,
         bias if bias is not None else stats,
-        plan.M, plan.C, plan.C // g, g, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
-        HW=plan.HW, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        plan.num_positions, plan.num_channels, plan.num_channels // num_groups, num_groups,
+        plan.stride_n, plan.stride_hw, plan.stride_c, plan.positions_per_split, plan.tiles_per_split,
+        POSITIONS_PER_IMAGE=plan.positions_per_image, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
         num_warps=_NUM_WARPS_STREAM,
     )
@@ -267,28 +274,33 @@ def _backward_impl(grad_y, x, stats, weight, use_batch_stats, stat_groups) -> tu
     """dx (x's strides and dtype) and (2, C) fp32 [dweight; dbias]."""
     dy = _match_strides(grad_y, x)
     plan = _get_plan(x)
-    g = int(stat_groups)
-    cg = plan.C // g
-    ws = _new(2 * plan.SPLITS * plan.C + 2 * g, x)
-    dwb = _new(2 * plan.C, x).view(2, plan.C)
+    num_groups = int(stat_groups)
+    channels_per_group = plan.num_channels // num_groups
+    partials_numel = 2 * plan.num_splits * plan.num_channels
+    workspace = _new(partials_numel + 2 * num_groups, x)  # partial sums, then the (2, G) dx coefficients
+    dweight_dbias = _new(2 * plan.num_channels, x).view(2, plan.num_channels)
     dx = _empty_like(x)
-    common = dict(HW=plan.HW, BLOCK_M=plan.BLOCK_M, BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64,
-                  num_warps=_NUM_WARPS_STREAM)
+    stream_launch_args = dict(POSITIONS_PER_IMAGE=plan.positions_per_image, BLOCK_M=plan.BLOCK_M,
+                              BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64, num_warps=_NUM_WARPS_STREAM)
     _k.bn_backward_reduce_kernel[plan.grid](
-        x, dy, stats, ws, plan.M, plan.C, cg, g, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES, **common,
+        x, dy, stats, workspace, plan.num_positions, plan.num_channels, channels_per_group, num_groups,
+        plan.stride_n, plan.stride_hw, plan.stride_c, plan.positions_per_split, plan.tiles_per_split,
+        **stream_launch_args,
     )
-    block_s, block_cg, warps = plan.finalize_blocks(cg)
-    _k.bn_backward_finalize_kernel[(g,)](
-        ws, weight if weight is not None else stats, dwb, plan.M, plan.C, cg, plan.SPLITS,
+    block_s, block_cg, finalize_warps = plan.finalize_blocks(channels_per_group)
+    _k.bn_backward_finalize_kernel[(num_groups,)](
+        workspace, weight if weight is not None else stats, dweight_dbias,
+        plan.num_positions, plan.num_channels, channels_per_group, plan.num_splits,
         HAS_WEIGHT=weight is not None, BATCH_STATS=bool(use_batch_stats),
-        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=warps,
+        BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=finalize_warps,
     )
     _k.bn_backward_dx_kernel[plan.grid](
-        x, dy, dx, stats, weight if weight is not None else stats, ws[2 * plan.SPLITS * plan.C:],
-        plan.M, plan.C, cg, g, plan.s_n, plan.s_hw, plan.s_c, plan.CHUNK, plan.TILES,
-        HAS_WEIGHT=weight is not None, **common,
+        x, dy, dx, stats, weight if weight is not None else stats, workspace[partials_numel:],
+        plan.num_positions, plan.num_channels, channels_per_group, num_groups,
+        plan.stride_n, plan.stride_hw, plan.stride_c, plan.positions_per_split, plan.tiles_per_split,
+        HAS_WEIGHT=weight is not None, **stream_launch_args,
     )
-    return dx, dwb
+    return dx, dweight_dbias
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -315,11 +327,11 @@ class _GroupedBatchNormFn(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         x, stats, weight = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        dx, dwb = _backward_impl(grad_y, x, stats, weight, ctx.use_batch_stats, ctx.stat_groups)
-        return (dx if need[0] else None,
-                dwb[0].to(ctx.weight_dtype) if need[1] else None,
-                dwb[1].to(ctx.bias_dtype) if need[2] else None,
+        needs_grad = ctx.needs_input_grad
+        dx, dweight_dbias = _backward_impl(grad_y, x, stats, weight, ctx.use_batch_stats, ctx.stat_groups)
+        return (dx if needs_grad[0] else None,
+                dweight_dbias[0].to(ctx.weight_dtype) if needs_grad[1] else None,
+                dweight_dbias[1].to(ctx.bias_dtype) if needs_grad[2] else None,
                 None, None, None, None, None, None, None)
 
 
@@ -389,15 +401,16 @@ def _normalize_setup_context(ctx, inputs, output):
 
 def _normalize_backward(ctx, grad_y):
     x, stats, weight = ctx.saved_tensors
-    dx, dwb = torch.ops.bnexp.grouped_bn_backward(grad_y, x, stats, weight, ctx.use_batch_stats, ctx.stat_groups)
-    need = ctx.needs_input_grad
+    dx, dweight_dbias = torch.ops.bnexp.grouped_bn_backward(grad_y, x, stats, weight, ctx.use_batch_stats,
+                                                            ctx.stat_groups)
+    needs_grad = ctx.needs_input_grad
     # stats were computed from x.detach() (or are running buffers): their influence on the loss is already
     # inside dx, so they get no gradient of their own
     return (
-        dx if need[0] else None,
+        dx if needs_grad[0] else None,
         None,
-        dwb[0].to(ctx.weight_dtype) if need[2] else None,
-        dwb[1].to(ctx.bias_dtype) if need[3] else None,
+        dweight_dbias[0].to(ctx.weight_dtype) if needs_grad[2] else None,
+        dweight_dbias[1].to(ctx.bias_dtype) if needs_grad[3] else None,
         None,
         None,
     )
