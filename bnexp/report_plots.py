@@ -167,6 +167,18 @@ def _cell_edges(steps: list[int]) -> np.ndarray:
                            [centres[-1] + (centres[-1] - middles[-1])]])
 
 
+def log_grad_norm_matrix(records: list[dict], layers: list[str]) -> np.ndarray:
+    """log10 grad norm, layers x records: NaN where a value is missing, -inf where it is exactly zero.
+
+    An exactly-zero norm means the network died (no gradient reaches the layer); the heatmap draws it
+    black rather than blank, so it is not mistaken for a missing measurement.
+    """
+    values = [[as_float(record.get(LAYER_PREFIX + layer)) for record in records] for layer in layers]
+    matrix = np.array([[np.nan if value is None else value for value in row] for row in values], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(np.where(matrix >= 0, matrix, np.nan))
+
+
 def plot_grad_norm_heatmaps(runs: list["RunRecord"], lr: float | None, out_dir: Path) -> PlotResult:
     title = f"Per-layer gradient norm over training at lr={lr:g}" if lr is not None else "Per-layer gradient norm"
     panels = []
@@ -177,10 +189,7 @@ def plot_grad_norm_heatmaps(runs: list["RunRecord"], lr: float | None, out_dir: 
             if layers:
                 records = [r for r in records if any(LAYER_PREFIX + n in r for n in layers)]
                 steps = [r["step"] for r in records]
-                matrix = np.array([[as_float(r.get(LAYER_PREFIX + n)) or np.nan for r in records] for n in layers],
-                                  dtype=float)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    matrix = np.log10(np.where(matrix > 0, matrix, np.nan))
+                matrix = log_grad_norm_matrix(records, layers)
                 panels.append((variant, run.seed, layers, steps, matrix))
                 break
     if not panels:
@@ -188,14 +197,18 @@ def plot_grad_norm_heatmaps(runs: list["RunRecord"], lr: float | None, out_dir: 
                                             "(runs without instrumentation)")
     finite = np.concatenate([p[4][np.isfinite(p[4])] for p in panels]) if panels else np.array([])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    colormap = matplotlib.colormaps["viridis"].copy()
+    colormap.set_under("black")
     n_layers = max(len(p[2]) for p in panels)
     figure, axes_list = plt.subplots(len(panels), 1, squeeze=False, sharex=True, layout="constrained",
                                      figsize=(10, max(2.0, 0.18 * n_layers + 1.0) * len(panels)))
     image = None
     for axes, (variant, seed, layers, steps, matrix) in zip(axes_list[:, 0], panels):
         # pcolormesh with cell edges between logged steps: honest x positions even if the logging interval varies
-        image = axes.pcolormesh(_cell_edges(steps), np.arange(len(layers) + 1) - 0.5, np.ma.masked_invalid(matrix),
-                                cmap="viridis", vmin=vmin, vmax=vmax, shading="flat")
+        below_scale = np.where(np.isneginf(matrix), vmin - 1.0, matrix)
+        image = axes.pcolormesh(_cell_edges(steps), np.arange(len(layers) + 1) - 0.5,
+                                np.ma.masked_invalid(below_scale), cmap=colormap, vmin=vmin, vmax=vmax,
+                                shading="flat")
         axes.set_ylim(len(layers) - 0.5, -0.5)  # first layer on top, in model order
         axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes.set_yticks(range(len(layers)))
@@ -207,7 +220,8 @@ def plot_grad_norm_heatmaps(runs: list["RunRecord"], lr: float | None, out_dir: 
     plt.close(figure)
     return PlotResult(title, out_dir / f"grad_norm_heatmap_lr{lr:g}.png",
                       "log10 of each layer's gradient norm (rows, in model order) over logged steps; one panel "
-                      "per variant, shared colour scale.")
+                      "per variant, shared colour scale. Black: exactly zero gradient (the network died); "
+                      "blank: nothing logged (after a divergence).")
 
 
 def _init_grad_norms(run: "RunRecord") -> dict[str, float]:

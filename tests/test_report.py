@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -236,3 +237,13 @@ def test_stuck_at_chance_is_stable_but_does_not_train(tmp_path: Path):
     assert {r["variant"]: r["largest_training_lr"] for r in read_csv(out / "stable_lr.csv")} == {
         "correct_bn": "", "no_bn": ""}
     assert "| no_bn | 1 (top of grid) | – | none |" in (out / "report.md").read_text()
+
+
+def test_zero_grad_norm_is_dead_not_missing():
+    """A dead network logs exact zeros: they must stay distinguishable from steps with no measurement."""
+    from bnexp.report_plots import LAYER_PREFIX, log_grad_norm_matrix
+    records = [{LAYER_PREFIX + "conv": 10.0}, {LAYER_PREFIX + "conv": 0.0}, {"train/loss": 2.3}]
+    matrix = log_grad_norm_matrix(records, ["conv"])
+    assert matrix[0, 0] == 1.0
+    assert np.isneginf(matrix[0, 1])
+    assert np.isnan(matrix[0, 2])
