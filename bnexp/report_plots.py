@@ -197,8 +197,7 @@ def plot_grad_norm_heatmaps(runs: list["RunRecord"], lr: float | None, out_dir: 
                                             "(runs without instrumentation)")
     finite = np.concatenate([p[4][np.isfinite(p[4])] for p in panels]) if panels else np.array([])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    colormap = matplotlib.colormaps["viridis"].copy()
-    colormap.set_under("black")
+    colormap = matplotlib.colormaps["viridis"].with_extremes(under="black")
     n_layers = max(len(p[2]) for p in panels)
     figure, axes_list = plt.subplots(len(panels), 1, squeeze=False, sharex=True, layout="constrained",
                                      figsize=(10, max(2.0, 0.18 * n_layers + 1.0) * len(panels)))
