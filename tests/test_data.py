@@ -33,7 +33,7 @@ def test_folder_and_archive_give_the_same_arrays(tmp_path):
     assert from_folder.train.images.shape == (9, 3, 32, 32) and from_folder.train.images.dtype == torch.uint8
     assert torch.equal(from_folder.train.images, from_archive.train.images)
     assert from_folder.train.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    png = np.asarray(Image.open(tree / "train" / "dog" / "0001.png"))
+    png = np.array(Image.open(tree / "train" / "dog" / "0001.png"))
     assert torch.equal(from_folder.train.images[4].permute(1, 2, 0), torch.from_numpy(png))
 
 
