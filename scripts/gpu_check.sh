@@ -36,6 +36,11 @@ if [ -f tests/test_norm_layer.py ] && [ -z "${SKIP_LEAD:-}" ]; then
   timeout 60 python -m pytest -q -p no:cacheprovider tests/test_norm_layer.py 2>&1 | tee "$OUT/pytest_lead.log" | tail -8
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
+if [ -d .gpu/site ] && [ -z "${SKIP_LEAD:-}" ]; then
+  echo "== scripts/gpu_train_smoke.sh: every variant through the trainer on CUDA (t=${SECONDS}s)"
+  timeout 240 bash scripts/gpu_train_smoke.sh 2>&1 | tail -30
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
 # LEAD: end of the lead's section
 
 # ---- 3. benchmark ---------------------------------------------------------------------------------------------

@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
 # Device check of the sweep runner + report on real data (CIFAR-10 JPEG copy), one GPU, about 6 minutes.
-# The GPU box has no hydra/omegaconf: carry pure-Python copies. Prepare here, once, from the repo root:
-#   mkdir -p .gpu/sweep/site && for m in hydra omegaconf antlr4; do
-#     cp -r "$(python -c "import $m, os; print(os.path.dirname($m.__file__))")" .gpu/sweep/site/; done
-#   cp ../shared/data/cifar10-jpeg.tar.xz .gpu/
-# Then run it with carry [".gpu/sweep", ".gpu/cifar10-jpeg.tar.xz"] and timeout_s of SWEEP_S + ~90:
+# The GPU box has no hydra/omegaconf: prepare .gpu/ here first with `bash scripts/gpu_prepare.sh`,
+# then run it with carry [".gpu"] and timeout_s of SWEEP_S + ~90:
 #   SWEEP_S=360 bash scripts/sweep_gpu_check.sh [more sweep/train overrides]
 # It runs correct_bn, shared_bn and no_bn at lr 1.6 (top of the lr_stability grid), 0.4 and 0.05 (seed 0, the
 # train.yaml recipe) as 3 workers sharing GPU 0, then the report; logs, CSVs and plots land in $OUT.
 set -uo pipefail
 ROOT=$PWD
-export PYTHONPATH=$ROOT/.gpu/sweep/site:$ROOT PYTHONUNBUFFERED=1 BNEXP_DATA_DIR=/tmp/bnexp_data
+export PYTHONPATH=$ROOT/.gpu/site:$ROOT PYTHONUNBUFFERED=1 BNEXP_DATA_DIR=/tmp/bnexp_data
 OUT=${OUT:-./gpu_out}; mkdir -p "$OUT"
 { date -u; nvidia-smi -L; python3 -c "import sys, torch, triton, hydra; print(sys.version.split()[0], torch.__version__, triton.__version__, hydra.__version__, torch.cuda.is_available())"; } 2>&1 | tee "$OUT/info.txt"
 SWEEP_S=${SWEEP_S:-360}
