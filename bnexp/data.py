@@ -182,14 +182,31 @@ def load_image_folder(path: str, cache_dir: str, workers: int | None = None) -> 
     except Exception as error:
         raise DatasetError(f"Could not decode the images in {str(source)!r}: {error}. {how_to_fix(source)}") from error
 
-    # Write to a temporary name, then rename: a killed run never leaves half a cache.
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(temporary, format_version=CACHE_FORMAT_VERSION, train_images=train.images.numpy(),
-             train_labels=train.labels.numpy(), test_images=test.images.numpy(), test_labels=test.labels.numpy(),
-             class_names=json.dumps(class_names))
-    os.replace(temporary, cache_file)
+    _write_cache(cache_file, train, test, class_names)
     return Dataset(train, test, source=description)
+
+
+def _write_cache(cache_file: Path, train: Split, test: Split, class_names: list[str]) -> None:
+    """Write to a temporary name, then rename: a killed run never leaves half a cache. Older caches of the
+    same source (other fingerprints) are removed, since they no longer match it."""
+    temporary = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(temporary, format_version=CACHE_FORMAT_VERSION, train_images=train.images.numpy(),
+                 train_labels=train.labels.numpy(), test_images=test.images.numpy(),
+                 test_labels=test.labels.numpy(), class_names=json.dumps(class_names))
+        os.replace(temporary, cache_file)
+    except OSError as error:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder itself is the problem
+        raise DatasetError(f"Could not write the decoded-image cache {str(cache_file)!r}: {error}. "
+                           "Point data.data_dir (or $BNEXP_DATA_DIR) at a writable folder.") from error
+    source_prefix = cache_file.name.rsplit("-", 1)[0]
+    for stale in cache_file.parent.glob(f"{source_prefix}-*.npz"):
+        if stale != cache_file and len(stale.name) == len(cache_file.name):
+            stale.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- synthetic
@@ -233,9 +250,17 @@ def load_dataset(data_cfg, seed: int) -> Dataset:
 
 # ---------------------------------------------------------------- on-device batches
 
+_normalize_constants: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
 def normalize(images_uint8: Tensor, dtype=torch.float32) -> Tensor:
-    mean = torch.tensor(CIFAR10_MEAN, device=images_uint8.device, dtype=dtype).view(1, 3, 1, 1) * 255
-    std = torch.tensor(CIFAR10_STD, device=images_uint8.device, dtype=dtype).view(1, 3, 1, 1) * 255
+    key = (images_uint8.device, dtype)
+    if key not in _normalize_constants:
+        # Made once per device: building them from Python lists every step would be a host-to-device copy.
+        mean = torch.tensor(CIFAR10_MEAN, dtype=dtype).view(1, 3, 1, 1).mul(255).to(images_uint8.device)
+        std = torch.tensor(CIFAR10_STD, dtype=dtype).view(1, 3, 1, 1).mul(255).to(images_uint8.device)
+        _normalize_constants[key] = (mean, std)
+    mean, std = _normalize_constants[key]
     return (images_uint8.to(dtype) - mean) / std
 
 

@@ -124,6 +124,7 @@ class StabilityProbe:
         self._global_grad_norm_by_step: dict[int, float] = {}
         self._init_grad_norms: dict[str, float] | None = None
         self._max_layer_grad_norm: tuple[float, str | None, int | None] = (-math.inf, None, None)
+        self._latest_layer_grad_norms: dict[str, float] = {}
 
     # ------------------------------------------------------------------ layer discovery
     def _collect_layers(self) -> None:
@@ -430,6 +431,8 @@ class StabilityProbe:
         }
         if layer_norms and self._init_grad_norms is None:
             self._init_grad_norms = layer_norms
+        if layer_norms:
+            self._latest_layer_grad_norms = layer_norms
         for name, value in layer_norms.items():
             if math.isfinite(value) and value > self._max_layer_grad_norm[0]:
                 self._max_layer_grad_norm = (value, name, step)
@@ -444,17 +447,19 @@ class StabilityProbe:
         finite_global = {s: v for s, v in self._global_grad_norm_by_step.items() if math.isfinite(v)}
         if finite_global:
             max_step = max(finite_global, key=finite_global.get)
-            max_grad_norm, max_grad_norm_step = finite_global[max_step], max_step
+            max_global_grad_norm, max_global_grad_norm_step = finite_global[max_step], max_step
         else:
-            max_grad_norm, max_grad_norm_step = None, None
+            max_global_grad_norm, max_global_grad_norm_step = None, None
+        max_layer_norm, max_layer, max_layer_step = self._max_layer_grad_norm
 
-        measured_steps = sorted(self._global_grad_norm_by_step)
+        # First layer over last layer (in model order) at the last measured step: how much the gradient
+        # grows or shrinks through the depth of the network by the end of training.
         grad_norm_ratio = None
-        if len(measured_steps) >= 2:
-            first = self._global_grad_norm_by_step[measured_steps[0]]
-            last = self._global_grad_norm_by_step[measured_steps[-1]]
-            if math.isfinite(first) and math.isfinite(last) and last > 0:
-                grad_norm_ratio = first / last
+        latest = self._latest_layer_grad_norms
+        if self.layer_names and self.layer_names[0] in latest and self.layer_names[-1] in latest:
+            first_layer, last_layer = latest[self.layer_names[0]], latest[self.layer_names[-1]]
+            if math.isfinite(first_layer) and math.isfinite(last_layer) and last_layer > 0:
+                grad_norm_ratio = first_layer / last_layer
 
         loss_auc, loss_spikes, first_spike_step = None, 0, None
         self._process_loss_chunk()  # the losses since the last full chunk
@@ -468,9 +473,12 @@ class StabilityProbe:
             first_spike_step = int(first_spike) if first_spike != _NO_SPIKE else None
 
         return {
-            "max_grad_norm": max_grad_norm,
-            "max_grad_norm_step": max_grad_norm_step,
-            "max_grad_norm_layer": self._max_layer_grad_norm[1],
+            # The largest per-layer gradient norm, the layer it came from and when.
+            "max_grad_norm": max_layer_norm if max_layer is not None else None,
+            "max_grad_norm_layer": max_layer,
+            "max_grad_norm_step": max_layer_step,
+            "max_global_grad_norm": max_global_grad_norm,
+            "max_global_grad_norm_step": max_global_grad_norm_step,
             "steps_to_acc": steps_to_accuracy(test_acc_by_step, self.acc_targets),
             # Mean per-step train loss = area under the loss curve with x = fraction of training done.
             "train_loss_auc": loss_auc,

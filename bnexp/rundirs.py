@@ -1,4 +1,4 @@
-"""Reading and writing the files of a run directory (see CONTRACT: summary.json, metrics.jsonl, config.yaml).
+"""Reading and writing the files of a run directory (summary.json, metrics.jsonl, config.yaml; see README "Outputs").
 
 Shared by the sweep runner (which merges failure records into summary.json) and the report (which reads
 everything back). Readers are tolerant: a killed run can leave a half-written metrics line or no summary at all.

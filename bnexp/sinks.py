@@ -27,8 +27,13 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(temporary, path)
 
 
-def clean_record(record: dict) -> dict:
-    return {key: _finite_or_none(value) for key, value in record.items()}
+def clean_record(record):
+    """Replace NaN/inf with None at any depth (summaries nest dicts such as init_grad_norms)."""
+    if isinstance(record, dict):
+        return {key: clean_record(value) for key, value in record.items()}
+    if isinstance(record, (list, tuple)):
+        return [clean_record(value) for value in record]
+    return _finite_or_none(record)
 
 
 class LocalSink:
@@ -87,7 +92,10 @@ def logger_sinks(cfg, run_dir) -> list:
     if name == "none":
         return []
     if name == "wandb":
-        from bnexp.wandb_sink import WandbSink
-
+        try:
+            from bnexp.wandb_sink import WandbSink
+        except ImportError as error:
+            raise ValueError(f"logger=wandb needs the wandb package ({error}). Install it with "
+                             "pip install -e \".[wandb]\", or use logger=none (local files only).") from error
         return [WandbSink(cfg, run_dir)]
     raise ValueError(f"unknown logger {name!r}; use logger=none or logger=wandb")

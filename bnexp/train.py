@@ -9,7 +9,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bnexp.data import DatasetError
-from bnexp.trainer import train
+from bnexp.trainer import RunInterrupted, train
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -24,6 +24,11 @@ def main(cfg: DictConfig) -> None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return  # one bad job must not abort the rest of a multirun
         sys.exit(2)
+    except (RunInterrupted, KeyboardInterrupt) as error:
+        # Killed: the summary already says 'failed' with the reason, and the metrics so far are kept.
+        print(f"bnexp.train: stopped ({type(error).__name__}: {error}); the run dir keeps the metrics logged "
+              f"so far and a 'failed' summary.\n(run dir: {run_dir})", file=sys.stderr)
+        sys.exit(143 if isinstance(error, RunInterrupted) else 130)
     print(f"bnexp.train: {summary['status']} | best test acc {summary['best_test_acc']} | run dir {run_dir}")
 
 

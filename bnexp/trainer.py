@@ -198,7 +198,7 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                     diverged_at = _first_divergent_step(losses, first_step_of_window, initial_loss,
                                                         cfg.divergence.loss_factor)
                     window_loss = sum(losses) / len(losses)
-                    window_record = {"step": first_step_of_window, "epoch": epoch + epoch_steps / len(batches),
+                    window_record = {"step": first_step_of_window, "epoch": first_step_of_window / len(batches),
                                      "train/loss": window_loss, "train/lr": base_lrs[0] * lr_multiplier(
                                          first_step_of_window, total_steps, cfg.optim.warmup_frac,
                                          cfg.optim.schedule)}

@@ -51,6 +51,15 @@ def test_cache_is_reused_then_rebuilt_when_the_source_changes(tmp_path):
     os.utime(changed, (time.time() + 5, time.time() + 5))
     rebuilt = load_image_folder(str(tree), str(cache))
     assert (rebuilt.train.images[0] == 7).all()
+    assert len(list(cache.glob("*.npz"))) == 1  # the stale cache is gone
+
+
+def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
+    tree = write_tree(tmp_path)
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(DatasetError, match="writable folder"):
+        load_image_folder(str(tree), str(blocker / "cache"))
 
 
 def test_missing_and_unreadable_sources_name_the_path_and_fixes(tmp_path):

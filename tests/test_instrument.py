@@ -190,6 +190,7 @@ def test_loss_spikes_auc_and_summary():
     for step, value in enumerate(losses):
         probe.record_loss(step, torch.tensor(value))
     train_steps(model, probe, steps=11)  # grad history at steps 0, 5, 10 (loss stats keep accumulating)
+    probe_records = probe.readback()
 
     summary = probe.summary({100: 0.4, 200: 0.55, 300: 0.52})
     assert summary["loss_spikes"] == 1
@@ -198,11 +199,21 @@ def test_loss_spikes_auc_and_summary():
 
     history = {r: v for r, v in probe._global_grad_norm_by_step.items()}
     assert sorted(history) == [0, 5, 10]
-    assert summary["max_grad_norm"] == pytest.approx(max(history.values()))
-    assert summary["max_grad_norm_step"] == max(history, key=history.get)
-    assert summary["grad_norm_ratio_first_last"] == pytest.approx(history[0] / history[10])
+    assert summary["max_global_grad_norm"] == pytest.approx(max(history.values()))
+    assert summary["max_global_grad_norm_step"] == max(history, key=history.get)
     assert set(summary["init_grad_norms"]) == set(probe.layer_names)
-    assert summary["max_grad_norm_layer"] in probe.layer_names
+
+    # The max per-layer norm, its layer and its step belong together; recompute them from the records.
+    per_layer = [(record[f"grad_norm/{layer}"], layer, record["step"])
+                 for record in probe_records for layer in probe.layer_names if f"grad_norm/{layer}" in record]
+    value, layer, step = max(per_layer)
+    assert (summary["max_grad_norm"], summary["max_grad_norm_layer"], summary["max_grad_norm_step"]) == \
+        (pytest.approx(value), layer, step)
+    # First over last layer (model order) at the last measured step.
+    last = max(probe_records, key=lambda record: record["step"])
+    first_layer, last_layer = probe.layer_names[0], probe.layer_names[-1]
+    assert summary["grad_norm_ratio_first_last"] == pytest.approx(
+        last[f"grad_norm/{first_layer}"] / last[f"grad_norm/{last_layer}"])
     assert summary["train_loss_auc"] > 0
 
 
@@ -223,7 +234,8 @@ def test_non_finite_gradients_do_not_break_the_summary():
     records = probe.readback()
     assert math.isnan(records[1]["grad_norm/global"]) and math.isnan(records[1]["grad_norm/head"])
     summary = probe.summary()
-    assert summary["max_grad_norm"] == pytest.approx(records[0]["grad_norm/global"])
+    assert summary["max_global_grad_norm"] == pytest.approx(records[0]["grad_norm/global"])
+    assert summary["max_grad_norm_step"] == 0  # the NaN step never wins the per-layer maximum
     assert summary["grad_norm_ratio_first_last"] is None
 
 
@@ -278,4 +290,8 @@ def test_trainer_logs_probe_records_and_summary_fields(tmp_path):
         assert field in on_disk and on_disk[field] == summary[field], field
     assert set(on_disk["steps_to_acc"]) == {"0.5", "0.7", "0.8"}
     assert on_disk["init_grad_norms"]["head"] == pytest.approx(steps[0]["grad_norm/head"])
-    assert on_disk["max_grad_norm"] == pytest.approx(max(r["grad_norm/global"] for r in steps))
+    assert on_disk["max_global_grad_norm"] == pytest.approx(max(r["grad_norm/global"] for r in steps))
+    layer_norms = [(value, key.removeprefix("grad_norm/")) for r in steps for key, value in r.items()
+                   if key.startswith("grad_norm/") and key != "grad_norm/global"]
+    assert (on_disk["max_grad_norm"], on_disk["max_grad_norm_layer"]) == (pytest.approx(max(layer_norms)[0]),
+                                                                          max(layer_norms)[1])

@@ -26,7 +26,7 @@ def make_run_dir(run_dir: Path, variant: str, lr: float, seed: int, *, status: s
                  instrumented: bool = True, hydra_layout: bool = False,
                  data_source: str = "CIFAR-10 JPEG copy (cifar10-jpeg.tar.xz)", steps: int = 6,
                  extra_config: dict | None = None) -> Path:
-    """A run dir as the trainer writes it (CONTRACT), with made-up but internally consistent numbers."""
+    """A run dir as the trainer writes it (README "Outputs"), with made-up but internally consistent numbers."""
     run_dir.mkdir(parents=True)
     norm = {"grouped_bn": "grouped", "no_bn": "none", "shared_bn": "shared"}.get(variant, "per_channel")
     config = {"variant": {"name": variant, "norm": norm, "stat_groups": stat_groups},

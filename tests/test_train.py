@@ -108,3 +108,34 @@ def test_correct_bn_trains_exactly_like_the_torch_bn_control(tmp_path):
     for mine, theirs in zip(ours, control):
         assert mine["train/loss"] == pytest.approx(theirs["train/loss"], rel=1e-4)
         assert mine["grad_norm/global"] == pytest.approx(theirs["grad_norm/global"], rel=1e-3)
+
+
+def test_non_finite_values_nested_in_the_summary_are_written_as_null(tmp_path):
+    from bnexp.sinks import LocalSink
+    sink = LocalSink(tmp_path, "x: 1\n", {"status": "running"})
+    sink.finish({"status": "diverged", "init_grad_norms": {"stem.0": float("nan"), "head": 1.5},
+                 "history": [float("inf"), 2.0]})
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == {"status": "diverged", "init_grad_norms": {"stem.0": None, "head": 1.5}, "history": [None, 2.0]}
+
+
+def test_sigterm_stops_a_run_cleanly_and_keeps_its_files(tmp_path):
+    import signal
+    import time
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "bnexp.train", *TINY_RUN, "train.epochs=500",
+                                f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().strip()):  # wait for the first logged step
+        assert time.time() < deadline, "the run never logged a step"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert "Traceback" not in stderr and "stopped" in stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("killed")
+    assert read_metrics(run_dir)[0]  # the steps logged before the kill are kept

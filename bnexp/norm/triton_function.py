@@ -1,4 +1,4 @@
-"""Triton backend of the grouped BatchNorm functional (see CONTRACT.md for the signature).
+"""Triton backend of the grouped BatchNorm functional (same signature as bnexp.norm.functional.torch_grouped_batch_norm).
 
 Public:
     triton_grouped_batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked, *,
