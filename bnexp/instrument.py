@@ -403,6 +403,10 @@ class StabilityProbe:
         self._current_keys = []
         self._current_values = []
 
+    def loss_spikes_so_far(self) -> torch.Tensor | None:
+        """Device scalar: loss spikes counted so far (losses are checked 16 at a time, so it lags a little)."""
+        return self._loss_spike_count
+
     def readback(self) -> list[dict]:
         """Copy every pending measurement to the host (one device->host transfer) and return one dict per step."""
         self._finalize_current_step()

@@ -190,8 +190,13 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                 progress.update(1)
 
                 if slot == log_every - 1 or step == total_steps:
-                    # The one host sync per interval: losses of the window, and the grad norm.
-                    losses = window_losses[:slot + 1].tolist()
+                    # One host copy for the window's losses and the spike count (the probe's values: one more).
+                    spikes_so_far = probe.loss_spikes_so_far()
+                    to_host = window_losses[:slot + 1]
+                    if spikes_so_far is not None:
+                        to_host = torch.cat([to_host, spikes_so_far.view(1).to(to_host.dtype)])
+                    host_values = to_host.tolist()
+                    losses = host_values[:slot + 1]
                     first_step_of_window = step - (slot + 1)
                     if initial_loss is None:
                         initial_loss = losses[0]
@@ -202,6 +207,8 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                                      "train/loss": window_loss, "train/lr": base_lrs[0] * lr_multiplier(
                                          first_step_of_window, total_steps, cfg.optim.warmup_frac,
                                          cfg.optim.schedule)}
+                    if spikes_so_far is not None:
+                        window_record["train/loss_spikes"] = int(host_values[-1])
                     for record in _merge_probe_records(window_record, probe.readback(), len(batches)):
                         sinks.log_step(record)
                     progress.set_postfix(loss=f"{window_loss:.3f}", refresh=False)

@@ -281,6 +281,9 @@ def test_trainer_logs_probe_records_and_summary_fields(tmp_path):
     assert [r["step"] for r in steps] == [0, 2, 3]
     assert all(r["grad_norm/global"] > 0 for r in steps)  # every log step, as before the probe
     assert "train/loss" in steps[0] and "bn/groups.0.norm1/running_mean_gap" in steps[0]
+    loss_records = [r for r in steps if "train/loss" in r]
+    assert all(isinstance(r["train/loss_spikes"], int) for r in loss_records)  # running count, every log step
+    assert loss_records[-1]["train/loss_spikes"] <= summary["loss_spikes"]
     assert "train/loss" not in steps[2] and "update_ratio/head" in steps[2] and 0 < steps[2]["epoch"] < 1
     assert "grad_norm/head" not in steps[1]  # log step between measure steps: global norm only
 
