@@ -179,15 +179,6 @@ def test_missing_path_is_a_clear_error(tmp_path: Path, capsys):
     assert "no such path" in capsys.readouterr().err
 
 
-def _trainer_available() -> bool:
-    try:
-        import bnexp.train  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _trainer_available(), reason="bnexp.train not importable")
 def test_report_reads_real_hydra_multirun_output(tmp_path: Path):
     """`python -m bnexp.train -m ...` (Hydra's basic launcher) writes dirs the report understands."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "2"}

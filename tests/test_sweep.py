@@ -267,15 +267,6 @@ def test_timeout_fails_the_run(tmp_path: Path):
 # End to end with the real trainer
 # ----------------------------------------------------------------------------------------------------------------
 
-def _trainer_available() -> bool:
-    try:
-        import bnexp.train  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _trainer_available(), reason="bnexp.train not importable")
 def test_real_sweep_end_to_end_with_failure_and_report(tmp_path: Path):
     """2 variants x 2 lrs x 1 seed with bnexp.train, plus a grouped_bn whose stat_groups does not divide the
     channel count: that run is recorded failed, the others complete, the report agrees with the summaries."""
