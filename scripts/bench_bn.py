@@ -265,19 +265,19 @@ def main(argv=None):
                 esize = torch.tensor([], dtype=dtype).element_size()
                 x, dy, weight, bias = make_case(shape, dtype, layout)
 
-                def impl_ours(groups):
+                def grouped_impl(grouped_batch_norm, groups):
+                    """A training-mode call of either backend with its own running buffers."""
                     rm = torch.zeros(groups, device=DEVICE)
                     rv = torch.ones(groups, device=DEVICE)
-                    return lambda x, w, b: triton_grouped_batch_norm(
+                    return lambda x, w, b: grouped_batch_norm(
                         x, w, b, rm, rv, None, use_batch_stats=True, momentum=MOMENTUM, eps=EPS,
                         stat_groups=groups)
 
+                def impl_ours(groups):
+                    return grouped_impl(triton_grouped_batch_norm, groups)
+
                 def impl_torchview(groups):
-                    rm = torch.zeros(groups, device=DEVICE)
-                    rv = torch.ones(groups, device=DEVICE)
-                    return lambda x, w, b: torch_grouped_batch_norm(
-                        x, w, b, rm, rv, None, use_batch_stats=True, momentum=MOMENTUM, eps=EPS,
-                        stat_groups=groups)
+                    return grouped_impl(torch_grouped_batch_norm, groups)
 
                 rm_t, rv_t = torch.zeros(c, device=DEVICE), torch.ones(c, device=DEVICE)
 
