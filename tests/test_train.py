@@ -139,3 +139,61 @@ def test_sigterm_stops_a_run_cleanly_and_keeps_its_files(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"].startswith("killed")
     assert read_metrics(run_dir)[0]  # the steps logged before the kill are kept
+
+
+def test_forced_bf16_autocast_and_channels_last_reach_the_norm_layers(tmp_path, monkeypatch):
+    """The CUDA defaults (bf16 autocast, channels_last) run the same code on the CPU when forced on."""
+    import torch
+
+    import bnexp.trainer as trainer_module
+    from bnexp.norm import BatchNorm2d
+
+    seen_inputs = []
+    real_build_model = trainer_module.build_model
+
+    def build_and_watch(*args, **kwargs):
+        model = real_build_model(*args, **kwargs)
+        for module in model.modules():
+            if isinstance(module, BatchNorm2d):
+                module.register_forward_hook(lambda mod, inputs, out: seen_inputs.append(
+                    (inputs[0].dtype, inputs[0].is_contiguous(memory_format=torch.channels_last),
+                     out.dtype, mod.running_mean.dtype)))
+        return model
+
+    monkeypatch.setattr(trainer_module, "build_model", build_and_watch)
+    forced = compose_config(["+variant=shared_bn", *TINY_RUN, "train.amp=true", "train.channels_last=true"])
+    assert train(forced, str(tmp_path / "forced"))["status"] == "finished"
+    assert seen_inputs and set(seen_inputs) == {(torch.bfloat16, True, torch.bfloat16, torch.float32)}
+
+    seen_inputs.clear()
+    default = compose_config(["+variant=shared_bn", *TINY_RUN])  # auto: both off on the CPU
+    assert train(default, str(tmp_path / "default"))["status"] == "finished"
+    assert set(seen_inputs) == {(torch.float32, False, torch.float32, torch.float32)}
+    forced_losses = [r["train/loss"] for r in read_metrics(tmp_path / "forced")[0]]
+    default_losses = [r["train/loss"] for r in read_metrics(tmp_path / "default")[0]]
+    assert forced_losses[0] == pytest.approx(default_losses[0], rel=0.05)  # same model, bf16 rounding only
+    assert forced_losses != default_losses
+
+
+def test_bad_device_feature_setting_is_a_clear_error(tmp_path):
+    cfg = compose_config([*TINY_RUN, "train.amp=sometimes"])
+    with pytest.raises(ValueError, match=r"train.amp='sometimes'.*auto.*true.*false"):
+        train(cfg, str(tmp_path))
+
+
+def test_torch_compile_run_matches_the_eager_run(tmp_path):
+    """train.compile=true with inductor (C++ on the CPU): same losses as eager, throughput without compile time."""
+    eager = compose_config(["+variant=grouped_bn", "variant.stat_groups=2", *TINY_RUN, "train.epochs=2"])
+    compiled = compose_config(["+variant=grouped_bn", "variant.stat_groups=2", *TINY_RUN, "train.epochs=2",
+                               "train.compile=true"])
+    eager_summary = train(eager, str(tmp_path / "eager"))
+    compiled_summary = train(compiled, str(tmp_path / "compiled"))
+    assert compiled_summary["status"] == eager_summary["status"] == "finished"
+    eager_steps, compiled_steps = read_metrics(tmp_path / "eager")[0], read_metrics(tmp_path / "compiled")[0]
+    assert len(eager_steps) == len(compiled_steps) == 4
+    for mine, theirs in zip(compiled_steps, eager_steps):
+        assert mine["train/loss"] == pytest.approx(theirs["train/loss"], rel=1e-3)
+    compiled_epochs = read_metrics(tmp_path / "compiled")[1]
+    # the summary's rate skips epoch 1, which holds the compile time
+    assert compiled_summary["images_per_s"] == pytest.approx(compiled_epochs[1]["train/images_per_s"], rel=1e-3)
+    assert compiled_summary["images_per_s"] > compiled_epochs[0]["train/images_per_s"]
