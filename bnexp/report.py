@@ -6,7 +6,7 @@ Finds every run dir below the given paths (a dir holding summary.json plus confi
 a sweep run dir with sweep_job.json), groups runs by model x variant x lr and writes to --out:
   runs.csv               one row per run (the per-run numbers everything else is computed from)
   summary.csv/.md        per variant x lr: final test acc mean ± std over seeds, fraction diverged, steps to the
-                         accuracy targets, max grad norm, ...
+                         accuracy targets, the global grad norm at step 0, its peak after step 0 and its last value, ...
   stable_lr.csv          the largest lr per variant at which every seed finished without diverging
   *.png                  plots (see bnexp/report_plots.py)
   report.md              all of the above with the config and data source
@@ -35,6 +35,7 @@ from bnexp.rundirs import (
     get_path,
     read_config,
     read_json,
+    read_metrics,
     read_summary,
 )
 
@@ -67,10 +68,42 @@ class RunRecord:
     model: str
     lr: float | None
     seed: int | None
+    _step_records: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def completed(self) -> bool:
         return self.status in ("finished", "diverged")
+
+    def step_records(self) -> list[dict[str, Any]]:
+        """The per-step records of metrics.jsonl (read once; the tables and several plots use them)."""
+        if self._step_records is None:
+            self._step_records = [r for r in read_metrics(self.run_dir)
+                                  if r.get("kind", "step") == "step" and "step" in r]
+        return self._step_records
+
+
+@dataclass
+class GradNormTrajectory:
+    """grad_norm/global of one run at its first logged step, the largest after it, and at its last logged step.
+
+    The first value is set by the initialisation alone (the same for every lr of a seed), so the maximum over a
+    whole run mostly repeats it; the peak after step 0 and the last value show what training did: a peak far
+    above the start is an explosion, a last value of exactly 0 a network that died. Non-finite norms count as inf.
+    """
+    at_init: float | None
+    peak_after_init: float | None
+    last: float | None
+
+
+def grad_norm_trajectory(run: RunRecord) -> GradNormTrajectory:
+    values = []
+    for record in sorted(run.step_records(), key=lambda r: r["step"]):
+        if "grad_norm/global" in record:
+            value = as_float(record["grad_norm/global"])  # None for NaN
+            values.append(math.inf if value is None else value)
+    if not values:
+        return GradNormTrajectory(None, None, None)
+    return GradNormTrajectory(values[0], max(values[1:]) if len(values) > 1 else None, values[-1])
 
 
 def variant_label(config: dict[str, Any], summary: dict[str, Any]) -> str:
@@ -194,6 +227,14 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) -> list[G
             values[f"steps_to_acc_{target}_mean"] = _mean(steps)
             values[f"steps_to_acc_{target}_reached"] = len(steps)
         values["max_grad_norm"] = max(grad_norms) if grad_norms else math.nan
+        trajectories = {id(run): grad_norm_trajectory(run) for run in members}
+        at_init = [t.at_init for t in trajectories.values() if t.at_init is not None]
+        peaks = [t.peak_after_init for t in trajectories.values() if t.peak_after_init is not None]
+        # the last value of a diverged run is its blow-up, already in the peak: average the finished runs
+        last = [trajectories[id(run)].last for run in finished if trajectories[id(run)].last is not None]
+        values["grad_norm_at_init_mean"] = _mean(at_init)
+        values["grad_norm_peak_after_init_max"] = max(peaks) if peaks else math.nan
+        values["grad_norm_last_mean"] = _mean(last)
         for key in ("train_loss_auc", "wall_time_s", "images_per_s"):
             numbers = [v for v in (as_float(run.summary.get(key)) for run in finished) if v is not None]
             values[f"{key}_mean"] = _mean(numbers)
@@ -314,7 +355,8 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
     show_incomplete = any(group.values["n_incomplete"] for group in groups)  # a column of blanks says nothing
     header = (["model"] if show_model else []) + ["variant", "lr", "test acc % (mean ± std)", "diverged"]
     header += (["incomplete"] if show_incomplete else [])
-    header += [f"steps to {float(t):.0%}" for t in targets] + ["max grad norm"]
+    header += [f"steps to {float(t):.0%}" for t in targets]
+    header += ["grad norm at step 0", "peak grad norm after step 0", "last grad norm"]
     rows = []
     for group in groups:
         v = group.values
@@ -327,7 +369,8 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
         for target in targets:
             mean, reached = v[f"steps_to_acc_{target}_mean"], v[f"steps_to_acc_{target}_reached"]
             row.append("–" if not reached else f"{mean:.0f} ({reached}/{v['n_finished']})")
-        row.append(_fmt(v["max_grad_norm"], 3))
+        row += [_fmt(v["grad_norm_at_init_mean"], 3), _fmt(v["grad_norm_peak_after_init_max"], 3),
+                _fmt(v["grad_norm_last_mean"], 3)]
         rows.append(row)
     return markdown_table(header, rows)
 
@@ -447,7 +490,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         "## Results per variant and learning rate", "",
         "Test accuracy is the final test accuracy averaged over the seeds that finished without diverging; "
         "`diverged` counts diverged seeds among completed ones; steps to a target average over the seeds that "
-        "reached it; max grad norm is the maximum over all seeds.", "", summary_md, "",
+        "reached it. Grad norms are `grad_norm/global` from metrics.jsonl: at step 0 (set by the initialisation, mean over seeds), its peak after step 0 (max over seeds; inf once a norm went non-finite) and its last logged value (mean over finished seeds; 0 means the network died).", "", summary_md, "",
         "## Plots", "",
     ]
     for plot in plots:

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
-from bnexp.rundirs import as_float, read_metrics  # noqa: E402
+from bnexp.rundirs import as_float  # noqa: E402
 
 if TYPE_CHECKING:
     from bnexp.report import GroupStats, RunRecord
@@ -113,7 +113,7 @@ def plot_accuracy_vs_lr(groups: list["GroupStats"], out_dir: Path, min_acc: floa
 
 
 def _step_records(run: "RunRecord") -> list[dict]:
-    return [r for r in read_metrics(run.run_dir) if r.get("kind", "step") == "step" and "step" in r]
+    return run.step_records()
 
 
 def plot_loss_curves(runs: list["RunRecord"], lr: float | None, out_dir: Path) -> PlotResult:

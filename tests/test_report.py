@@ -238,3 +238,30 @@ def test_zero_grad_norm_is_dead_not_missing():
     assert matrix[0, 0] == 1.0
     assert np.isneginf(matrix[0, 1])
     assert np.isnan(matrix[0, 2])
+
+
+def test_grad_norm_columns_separate_init_explosion_and_death(tmp_path: Path):
+    """The table's grad-norm columns come from grad_norm/global in metrics.jsonl: the step-0 value, the peak
+    after step 0 (inf when a norm went non-finite) and the last value (finished seeds only)."""
+    root = tmp_path / "runs"
+    trajectories = {("shared_bn", 0): [5.0, 2.0, 0.0, 0.0], ("shared_bn", 1): [7.0, 3.0, 0.5, 0.0],
+                    ("no_bn", 0): [5.0, 40.0, float("nan")], ("no_bn", 1): [7.0, 9.0, 8.0, 4.0]}
+    for (variant, seed), norms in trajectories.items():
+        run_dir = make_run_dir(root / f"{variant}_{seed}", variant, 0.4, seed, steps=len(norms),
+                               status="diverged" if variant == "no_bn" and seed == 0 else "finished")
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for record in lines:
+            if record["kind"] == "step":
+                record["grad_norm/global"] = norms[record["step"]]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    rows = {r["variant"]: r for r in read_csv(out / "summary.csv")}
+    assert float(rows["shared_bn"]["grad_norm_at_init_mean"]) == pytest.approx(6.0)
+    assert float(rows["shared_bn"]["grad_norm_peak_after_init_max"]) == pytest.approx(3.0)
+    assert float(rows["shared_bn"]["grad_norm_last_mean"]) == 0.0  # a dead network, not a missing value
+    assert math.isinf(float(rows["no_bn"]["grad_norm_peak_after_init_max"]))
+    assert float(rows["no_bn"]["grad_norm_last_mean"]) == pytest.approx(4.0)  # the diverged seed is left out
+    table = (out / "summary.md").read_text()
+    assert "| peak grad norm after step 0 | last grad norm |" in table
+    assert "| 6 | 3 | 0 |" in table and "| 6 | inf | 4 |" in table
