@@ -87,6 +87,24 @@ def test_grid_is_variants_x_models_x_lrs_x_seeds_with_deterministic_dirs(tmp_pat
     assert not {j.run_dir for j in jobs} & {j.run_dir for j in other}
 
 
+@pytest.mark.parametrize("sweep_name", sorted(p.stem for p in (REPO_ROOT / "conf" / "sweep").glob("*.yaml")))
+def test_every_sweep_config_composes_into_valid_runs(sweep_name: str, tmp_path: Path):
+    """Each conf/sweep/*.yaml: every variant x model of its grid composes a train config that builds its model."""
+    from bnexp.config import compose_train_config
+    from bnexp.models import build_model
+
+    cfg = sweep.compose_sweep_config([f"sweep={sweep_name}", f"sweep.out_dir={tmp_path}"])
+    jobs = sweep.build_jobs(cfg, [])
+    assert len(jobs) == len(cfg.variants) * max(1, len(cfg.models or [])) * len(cfg.lrs) * len(cfg.seeds)
+    for job in {(j.variant, j.model): j for j in jobs}.values():
+        train_cfg = compose_train_config(list(job.overrides))
+        assert train_cfg.optim.lr == job.lr and train_cfg.seed == job.seed
+        if job.model:
+            assert train_cfg.model.name == job.model
+        build_model(train_cfg.model.name, train_cfg.variant.norm, width=train_cfg.model.width,
+                    stat_groups=train_cfg.variant.stat_groups, backend="torch")
+
+
 def test_cli_overrides_split_and_later_train_override_wins(tmp_path: Path):
     sweep_overrides, train_overrides = sweep.split_cli_overrides(
         ["sweep=smoke", "sweep.seeds=[1]", "+sweep.variants.x=[a]", "data.train_size=64", "+foo=1"])
