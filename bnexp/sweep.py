@@ -525,8 +525,10 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
                     detail = f" ({(payload.error or '').splitlines()[0] if payload.error else 'no error text'})"
                 bar.write(f"{payload.status:>8}: {job.describe()}{detail} [{payload.wall_time_s:.1f}s] "
                           f"{job.run_dir}")
-                bar.update(1)
+            # before update(): update() redraws, and the line should show the counts of this event
             bar.set_postfix_str(_progress_text(ledger, skipped), refresh=False)
+            if kind == "end":
+                bar.update(1)
             ledger.save("running")
     except KeyboardInterrupt:
         interrupted = True
