@@ -166,6 +166,37 @@ def test_failed_online_init_falls_back_to_offline(tmp_path, monkeypatch):
     assert len(offline_runs(tmp_path / "wandb_dir")) == 1
 
 
+def test_unreachable_wandb_host_falls_back_to_offline_within_the_timeout(tmp_path):
+    """The real thing, not a mock: credentials, mode online, and a W&B host that refuses connections (what a
+    machine without network sees). The run must go offline after logger.init_timeout, not hang or crash.
+    In a subprocess, so a half-started online W&B session cannot leak into the other tests."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from omegaconf import OmegaConf
+from bnexp.wandb_sink import WandbSink, read_offline_run
+cfg = OmegaConf.create({{"variant": {{"name": "no_bn"}}, "model": {{"name": "airbench"}}, "optim": {{"lr": 0.1}},
+                        "seed": 0, "logger": {{"name": "wandb", "project": "bnexp-test", "mode": "online",
+                                              "init_timeout": 8}}}})
+sink = WandbSink(cfg, {str(tmp_path / "run")!r})
+sink.log_step({{"step": 0, "train/loss": 1.5}})
+sink.finish({{"status": "finished"}})
+print("MODE", sink.mode)
+"""
+    env = {**os.environ, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "a" * 40,
+           "WANDB_DIR": str(tmp_path / "wandb_dir"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("WANDB_MODE", None)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "MODE offline" in result.stdout
+    assert "logging offline" in result.stderr and "wandb sync" in result.stdout
+    assert len(offline_runs(tmp_path / "wandb_dir")) == 1
+    assert time.monotonic() - started < 180
+
+
 def test_disabled_mode_logs_nothing(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
