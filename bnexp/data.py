@@ -127,12 +127,14 @@ def _list_encoded_images(path: Path) -> dict[str, list[tuple[str, bytes]]]:
 
 
 def _source_fingerprint(path: Path) -> str:
-    """Identifies the source's current contents cheaply: path, size and mtime of the archive or of every file."""
-    digest = hashlib.sha256(str(path.resolve()).encode())
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    """Identifies the source's current contents cheaply: its resolved path (however the user spelled it), and
+    the size and mtime of the archive or of every file in the tree."""
+    root = path.resolve()
+    digest = hashlib.sha256(str(root).encode())
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     for file in files:
         stat = file.stat()
-        digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        digest.update(f"{file.relative_to(root) if root.is_dir() else ''}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -175,6 +177,10 @@ def load_image_folder(path: str, cache_dir: str, workers: int | None = None) -> 
         raise DatasetError(f"{str(source)!r} holds no images under train/<class>/ and test/<class>/ "
                            f"(found {len(encoded['train'])} train, {len(encoded['test'])} test). {how_to_fix(source)}")
     class_names = sorted({name for name, _ in encoded["train"]})
+    test_only = sorted({name for name, _ in encoded["test"]} - set(class_names))
+    if test_only:
+        raise DatasetError(f"{str(source)!r} has test/ classes with no train/ folder: {test_only} (train/ has "
+                           f"{class_names}); every test class needs a train/<class>/ folder. {how_to_fix(source)}")
     workers = workers or min(16, os.cpu_count() or 1)
     try:
         train = _decode_split(encoded["train"], class_names, workers)
@@ -182,19 +188,21 @@ def load_image_folder(path: str, cache_dir: str, workers: int | None = None) -> 
     except Exception as error:
         raise DatasetError(f"Could not decode the images in {str(source)!r}: {error}. {how_to_fix(source)}") from error
 
-    _write_cache(cache_file, train, test, class_names)
+    _write_cache(cache_file, train, test, class_names, source)
     return Dataset(train, test, source=description)
 
 
-def _write_cache(cache_file: Path, train: Split, test: Split, class_names: list[str]) -> None:
+def _write_cache(cache_file: Path, train: Split, test: Split, class_names: list[str], source: Path) -> None:
     """Write to a temporary name, then rename: a killed run never leaves half a cache. Older caches of the
-    same source (other fingerprints) are removed, since they no longer match it."""
+    same source (same resolved path, other fingerprints) are removed, since they no longer match it; caches of
+    another source with the same file name are kept."""
+    source_path = str(source.resolve())
     temporary = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         np.savez(temporary, format_version=CACHE_FORMAT_VERSION, train_images=train.images.numpy(),
                  train_labels=train.labels.numpy(), test_images=test.images.numpy(),
-                 test_labels=test.labels.numpy(), class_names=json.dumps(class_names))
+                 test_labels=test.labels.numpy(), class_names=json.dumps(class_names), source_path=source_path)
         os.replace(temporary, cache_file)
     except OSError as error:
         try:
@@ -204,9 +212,19 @@ def _write_cache(cache_file: Path, train: Split, test: Split, class_names: list[
         raise DatasetError(f"Could not write the decoded-image cache {str(cache_file)!r}: {error}. "
                            "Point data.data_dir (or $BNEXP_DATA_DIR) at a writable folder.") from error
     source_prefix = cache_file.name.rsplit("-", 1)[0]
-    for stale in cache_file.parent.glob(f"{source_prefix}-*.npz"):
-        if stale != cache_file and len(stale.name) == len(cache_file.name):
-            stale.unlink(missing_ok=True)
+    for candidate in cache_file.parent.glob(f"{source_prefix}-*.npz"):
+        if candidate != cache_file and len(candidate.name) == len(cache_file.name) and \
+                _cached_source_path(candidate) in (source_path, None):
+            candidate.unlink(missing_ok=True)
+
+
+def _cached_source_path(cache_file: Path) -> str | None:
+    """The source a cache was decoded from; None for a cache from before caches recorded it (or unreadable)."""
+    try:
+        with np.load(cache_file) as cached:
+            return str(cached["source_path"]) if "source_path" in cached.files else None
+    except Exception:
+        return None
 
 
 # ---------------------------------------------------------------- synthetic
@@ -230,9 +248,11 @@ def make_synthetic(train_size: int, test_size: int, seed: int, num_classes: int 
 
 # ---------------------------------------------------------------- entry point
 
-def load_dataset(data_cfg, seed: int) -> Dataset:
-    """Build the configured source, then cut the configured subsets (fixed by data.subset_seed, not the run seed)."""
+def load_dataset(data_cfg) -> Dataset:
+    """Build the configured source, then cut the configured subsets. Both are fixed by data.subset_seed, not the
+    run seed: runs with different seeds see the same images (only init, order and augmentation change)."""
     name = data_cfg.name
+    subset_seed = data_cfg.get("subset_seed", 0)
     if name == "cifar10":
         dataset = load_torchvision_cifar10(data_cfg.data_dir, data_cfg.get("download", True))
     elif name == "cifar10_folder":
@@ -240,10 +260,10 @@ def load_dataset(data_cfg, seed: int) -> Dataset:
             raise DatasetError(f"data=cifar10_folder needs data.path. {how_to_fix(None)}")
         dataset = load_image_folder(data_cfg.path, data_cfg.data_dir, data_cfg.get("decode_workers"))
     elif name == "synthetic":
-        dataset = make_synthetic(data_cfg.get("train_size") or 50_000, data_cfg.get("test_size") or 10_000, seed)
+        dataset = make_synthetic(data_cfg.get("train_size") or 50_000, data_cfg.get("test_size") or 10_000,
+                                 subset_seed)
     else:
         raise DatasetError(f"unknown data source {name!r}: use data=cifar10, data=cifar10_folder or data=synthetic")
-    subset_seed = data_cfg.get("subset_seed", 0)
     return Dataset(dataset.train.subset(data_cfg.get("train_size"), subset_seed),
                    dataset.test.subset(data_cfg.get("test_size"), subset_seed + 1), dataset.source)
 

@@ -42,8 +42,9 @@ class LocalSink:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(resolved_config_yaml)
         self.summary_path = self.run_dir / "summary.json"
-        # Line-buffered, so a killed run keeps every line logged before the kill.
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        # Line-buffered, so a killed run keeps every line logged before the kill. "w": a new run in the same
+        # dir (hydra.run.dir=... given twice) replaces the old run's metrics instead of appending to them.
+        self._metrics = open(self.run_dir / "metrics.jsonl", "w", buffering=1)
         write_json_atomic(self.summary_path, clean_record(initial_summary))
 
     def log_step(self, record: dict) -> None:

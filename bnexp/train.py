@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from bnexp.config import CONF_DIR
 from bnexp.data import DatasetError
 from bnexp.trainer import RunInterrupted, train
 
@@ -33,4 +34,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if not (CONF_DIR / "train.yaml").is_file():
+        # conf/ sits beside the package in the repo; a non-editable install copies the package without it
+        sys.exit(f"bnexp.train: error: the configs are not at {CONF_DIR}. Install bnexp from its repository "
+                 "with `pip install -e .` (editable), so that conf/ stays next to the package.")
     main()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from bnexp.config import validate_train_config
 from bnexp.data import TrainBatches, eval_batches, load_dataset, normalize
 from bnexp.instrument import StabilityProbe
 from bnexp.models import build_model
@@ -95,8 +96,10 @@ def evaluate(model, split, batch_size: int, autocast, memory_format) -> tuple[fl
 
 
 def run_summary_base(cfg: DictConfig, data_source: str | None) -> dict:
+    # the config is not validated yet here: a bad lr or seed is kept as given, and the run fails just after
     return {"status": "running", "variant": cfg.variant.name, "model": cfg.model.name,
-            "lr": float(cfg.optim.lr), "seed": int(cfg.seed), "data_source": data_source,
+            "lr": _number_or_as_given(cfg.optim.lr, float), "seed": _number_or_as_given(cfg.seed, int),
+            "data_source": data_source,
             "final_test_acc": None, "best_test_acc": None, "epochs_done": 0, "steps_done": 0,
             "wall_time_s": 0.0, "images_per_s": None, "diverged_step": None, "error": None}
 
@@ -112,6 +115,7 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
     sinks = SinkGroup([LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary)] + (extra_sinks or []))
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
+        validate_train_config(cfg)
         sinks.sinks.extend(logger_sinks(cfg, run_dir))  # inside the try: a logger failure is a failed run
         _train_loop(cfg, sinks, summary)
     except BaseException as error:
@@ -126,6 +130,13 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
     return summary
 
 
+def _number_or_as_given(value, kind):
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return value
+
+
 def _raise_interrupted(signum, frame):
     raise RunInterrupted(f"received signal {signum}")
 
@@ -133,7 +144,7 @@ def _raise_interrupted(signum, frame):
 def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    dataset = load_dataset(cfg.data, cfg.seed)
+    dataset = load_dataset(cfg.data)
     summary["data_source"] = dataset.source
     train_split, test_split = dataset.train.to(device), dataset.test.to(device)
 
@@ -163,6 +174,7 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
 
     # Device-side buffers, read back once per log interval.
     window_losses = torch.zeros(log_every, device=device)
+    window_start = 0  # first step of the current log window; a window ends every log_every steps or at epoch end
     epoch_loss_sum = torch.zeros((), device=device)
     epoch_correct = torch.zeros((), device=device, dtype=torch.long)
     initial_loss = None
@@ -192,7 +204,7 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 probe.after_backward(step)
-                slot = step % log_every
+                slot = step - window_start
                 optimizer.step()
                 probe.after_optimizer_step(step)
 
@@ -205,7 +217,10 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                 epoch_steps += 1
                 progress.update(1)
 
-                if slot == log_every - 1 or step == total_steps:
+                # the last window of an epoch is read back at the epoch's end, so that the end-of-epoch checks see
+                # every step's loss and a divergence is pinned to its step
+                if slot == log_every - 1 or epoch_steps == len(batches):
+                    window_start = step
                     # One host copy for the window's losses and the spike count (the probe's values: one more).
                     spikes_so_far = probe.loss_spikes_so_far()
                     to_host = window_losses[:slot + 1]

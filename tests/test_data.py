@@ -102,3 +102,46 @@ def test_synthetic_subset_is_fixed():
     data = make_synthetic(100, 20, seed=1)
     assert data.train.images.shape == (100, 3, 32, 32)
     assert torch.equal(data.train.subset(30, 0).labels, data.train.subset(30, 0).labels)
+
+
+def test_cache_key_ignores_how_the_path_is_spelled(tmp_path, monkeypatch):
+    tree = write_tree(tmp_path)
+    cache = tmp_path / "cache"
+    load_image_folder(str(tree), str(cache))
+    (cache_file,) = cache.glob("*.npz")
+    written_at = cache_file.stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path / "tree" / "train")
+    again = load_image_folder("../../tree/", str(cache))  # same source, relative spelling: no re-decode
+    assert list(cache.glob("*.npz")) == [cache_file] and cache_file.stat().st_mtime_ns == written_at
+    assert again.train.images.shape == (9, 3, 32, 32)
+
+
+def test_caches_of_two_sources_with_the_same_name_both_stay(tmp_path):
+    first = write_tree(tmp_path / "a", seed=0)
+    second = write_tree(tmp_path / "b", seed=1)  # also called "tree"
+    cache = tmp_path / "cache"
+    from_first = load_image_folder(str(first), str(cache))
+    from_second = load_image_folder(str(second), str(cache))
+    assert len(list(cache.glob("tree-*.npz"))) == 2
+    assert torch.equal(load_image_folder(str(first), str(cache)).train.images, from_first.train.images)
+    assert not torch.equal(from_first.train.images, from_second.train.images)
+
+
+def test_a_test_class_without_a_train_folder_is_named(tmp_path):
+    tree = write_tree(tmp_path)
+    stray = tree / "test" / "zebra"
+    stray.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(stray / "0000.png")
+    with pytest.raises(DatasetError, match=r"test/ classes with no train/ folder: \['zebra'\]"):
+        load_image_folder(str(tree), str(tmp_path / "cache"))
+
+
+def test_synthetic_data_does_not_change_with_the_run_seed():
+    from omegaconf import OmegaConf
+
+    from bnexp.data import load_dataset
+    data_cfg = OmegaConf.create({"name": "synthetic", "train_size": 64, "test_size": 16, "subset_seed": 0})
+    first, second = load_dataset(data_cfg), load_dataset(data_cfg)
+    assert torch.equal(first.train.images, second.train.images)
+    other = load_dataset(OmegaConf.merge(data_cfg, {"subset_seed": 1}))
+    assert not torch.equal(first.train.images, other.train.images)

@@ -72,6 +72,25 @@ def test_state_dict_round_trips_with_torch_batchnorm():
         torch.testing.assert_close(back.state_dict()[key], value)
 
 
+def test_old_checkpoint_without_num_batches_tracked_loads_like_in_torch():
+    """A version-1 BatchNorm checkpoint (from before num_batches_tracked) loads into both layers alike."""
+    source = nn.Sequential(nn.BatchNorm2d(3))
+    source(random_input((4, 3, 2, 2), seed=4))
+    old = source.state_dict()
+    del old["0.num_batches_tracked"]
+    old._metadata["0"]["version"] = 1
+    reference, ours = nn.Sequential(nn.BatchNorm2d(3)), nn.Sequential(BatchNorm2d(3))
+    reference.load_state_dict(old)
+    ours.load_state_dict(old)
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value)
+    assert int(ours[0].num_batches_tracked) == 0
+    del old._metadata["0"]["version"]  # a current checkpoint missing the key is still an error
+    old._metadata["0"]["version"] = 2
+    with pytest.raises(RuntimeError, match="num_batches_tracked"):
+        nn.Sequential(BatchNorm2d(3)).load_state_dict(old)
+
+
 def test_no_running_stats_matches_torch():
     ours = BatchNorm2d(4, track_running_stats=False, affine=False)
     reference = nn.BatchNorm2d(4, track_running_stats=False, affine=False)

@@ -197,3 +197,43 @@ def test_torch_compile_run_matches_the_eager_run(tmp_path):
     # the summary's rate skips epoch 1, which holds the compile time
     assert compiled_summary["images_per_s"] == pytest.approx(compiled_epochs[1]["train/images_per_s"], rel=1e-3)
     assert compiled_summary["images_per_s"] > compiled_epochs[0]["train/images_per_s"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", r"train.batch_size=0 is too small"),
+    ("train.epochs=0", r"train.epochs=0 is too small"),
+    ("train.epochs=abc", r"train.epochs='abc' is not an integer"),
+    ("model.width=abc", r"model.width='abc' is not a number"),
+    ("optim.lr=abc", r"optim.lr='abc' is not a number"),
+    ("divergence.loss_factor=0.5", r"divergence.loss_factor=0.5 is too small"),
+    ("train.eval_batch_size=0", r"train.eval_batch_size=0 is too small"),
+    ("device=tpu", r"device='tpu'.*device=auto, cpu, cuda"),
+])
+def test_bad_config_values_name_the_key_and_leave_a_failed_summary(override, message, tmp_path):
+    cfg = compose_config([*TINY_RUN, override])
+    with pytest.raises(ValueError, match=message):
+        train(cfg, str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and override.split("=")[0] in summary["error"]
+
+
+def test_divergence_at_the_end_of_an_epoch_is_pinned_to_its_step(tmp_path):
+    """The last, partial log window of an epoch is read back at the epoch's end: with log_every longer than
+    the epoch, the diverged step is still the step whose loss blew up, and its step records are kept."""
+    overrides = ["+variant=no_bn", *TINY_RUN, "data.train_size=640", "optim.lr=1e4", "optim.warmup_frac=0",
+                 "train.epochs=2"]
+    every_step = train(compose_config([*overrides, "train.log_every=1"]), str(tmp_path / "every_step"))
+    one_window = train(compose_config([*overrides, "train.log_every=1000"]), str(tmp_path / "one_window"))
+    assert every_step["status"] == one_window["status"] == "diverged"
+    assert one_window["diverged_step"] == every_step["diverged_step"] < 10
+    steps, _ = read_metrics(tmp_path / "one_window")
+    assert [r["step"] for r in steps] == [0]  # the one window, from step 0
+
+
+def test_a_second_run_in_the_same_dir_replaces_the_first_runs_metrics(tmp_path):
+    cfg = compose_config(["+variant=shared_bn", *TINY_RUN])
+    train(cfg, str(tmp_path))
+    first = (tmp_path / "metrics.jsonl").read_text()
+    train(cfg, str(tmp_path))
+    assert (tmp_path / "metrics.jsonl").read_text().count('"kind": "epoch"') == 1
+    assert len(first.splitlines()) == len((tmp_path / "metrics.jsonl").read_text().splitlines())
