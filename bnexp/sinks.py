@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 
@@ -40,8 +41,11 @@ class LocalSink:
     def __init__(self, run_dir: str | os.PathLike, resolved_config_yaml: str, initial_summary: dict):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(resolved_config_yaml)
         self.summary_path = self.run_dir / "summary.json"
+        if self.summary_path.exists():
+            print(f"[bnexp] {self.run_dir} already holds a run; its config.yaml, metrics.jsonl and summary.json "
+                  "are being replaced (give hydra.run.dir a new folder to keep both)", file=sys.stderr)
+        (self.run_dir / "config.yaml").write_text(resolved_config_yaml)
         # Line-buffered, so a killed run keeps every line logged before the kill. "w": a new run in the same
         # dir (hydra.run.dir=... given twice) replaces the old run's metrics instead of appending to them.
         self._metrics = open(self.run_dir / "metrics.jsonl", "w", buffering=1)

@@ -230,10 +230,12 @@ def test_divergence_at_the_end_of_an_epoch_is_pinned_to_its_step(tmp_path):
     assert [r["step"] for r in steps] == [0]  # the one window, from step 0
 
 
-def test_a_second_run_in_the_same_dir_replaces_the_first_runs_metrics(tmp_path):
+def test_a_second_run_in_the_same_dir_replaces_the_first_runs_metrics(tmp_path, capsys):
     cfg = compose_config(["+variant=shared_bn", *TINY_RUN])
     train(cfg, str(tmp_path))
     first = (tmp_path / "metrics.jsonl").read_text()
+    assert "already holds a run" not in capsys.readouterr().err
     train(cfg, str(tmp_path))
+    assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "metrics.jsonl").read_text().count('"kind": "epoch"') == 1
     assert len(first.splitlines()) == len((tmp_path / "metrics.jsonl").read_text().splitlines())
