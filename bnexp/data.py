@@ -17,12 +17,14 @@ import json
 import os
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -108,19 +110,23 @@ def _list_encoded_images(path: Path) -> dict[str, list[tuple[str, bytes]]]:
                 return part, relative_parts[index + 1]
         return None
 
-    if path.is_dir():
-        for file in sorted(path.rglob("*")):
-            if file.suffix.lower() in IMAGE_SUFFIXES:
-                entry = file_entry(file.relative_to(path).parts)
-                if entry:
-                    found[entry[0]].append((entry[1], file.read_bytes()))
-    else:
-        with tarfile.open(path, "r:*") as archive:
-            for member in archive:
-                if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
-                    entry = file_entry(Path(member.name).parts)
+    # the first read of an archive takes a while (a few seconds for CIFAR-10's .tar.xz): show the count and rate
+    with tqdm(unit="file", desc=f"reading {path.name}", mininterval=1.0, dynamic_ncols=True) as progress:
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if file.suffix.lower() in IMAGE_SUFFIXES:
+                    entry = file_entry(file.relative_to(path).parts)
                     if entry:
-                        found[entry[0]].append((entry[1], archive.extractfile(member).read()))
+                        found[entry[0]].append((entry[1], file.read_bytes()))
+                        progress.update(1)
+        else:
+            with tarfile.open(path, "r:*") as archive:
+                for member in archive:
+                    if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                        entry = file_entry(Path(member.name).parts)
+                        if entry:
+                            found[entry[0]].append((entry[1], archive.extractfile(member).read()))
+                            progress.update(1)
     for split in found:
         found[split].sort(key=lambda pair: pair[0])
     return found
@@ -138,13 +144,17 @@ def _source_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _decode_split(pairs: list[tuple[str, bytes]], class_names: list[str], workers: int) -> Split:
+def _decode_split(pairs: list[tuple[str, bytes]], class_names: list[str], workers: int, split_name: str) -> Split:
     encoded = [data for _, data in pairs]
-    if workers > 1 and len(encoded) > 1000:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            arrays = list(pool.map(_decode_image, encoded, chunksize=512))
-    else:
-        arrays = [_decode_image(data) for data in encoded]
+    parallel = workers > 1 and len(encoded) > 1000
+    with tqdm(total=len(encoded), unit="img", desc=f"decoding {split_name}", mininterval=1.0,
+              dynamic_ncols=True) as progress:
+        arrays = []
+        with (ProcessPoolExecutor(max_workers=workers) if parallel else nullcontext()) as pool:
+            decoded = pool.map(_decode_image, encoded, chunksize=512) if parallel else map(_decode_image, encoded)
+            for array in decoded:  # in order, as they finish
+                arrays.append(array)
+                progress.update(1)
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([class_names.index(name) for name, _ in pairs], dtype=torch.int64)
     return Split(images, labels)
@@ -183,8 +193,8 @@ def load_image_folder(path: str, cache_dir: str, workers: int | None = None) -> 
                            f"{class_names}); every test class needs a train/<class>/ folder. {how_to_fix(source)}")
     workers = workers or min(16, os.cpu_count() or 1)
     try:
-        train = _decode_split(encoded["train"], class_names, workers)
-        test = _decode_split(encoded["test"], class_names, workers)
+        train = _decode_split(encoded["train"], class_names, workers, "train")
+        test = _decode_split(encoded["test"], class_names, workers, "test")
     except Exception as error:
         raise DatasetError(f"Could not decode the images in {str(source)!r}: {error}. {how_to_fix(source)}") from error
 
