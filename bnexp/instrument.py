@@ -146,7 +146,7 @@ class StabilityProbe:
                 self.params.append(param)
                 layer_index_of_param.append(layer_id)
         self._layer_index_of_param = layer_index_of_param
-        self._layer_index_tensors: dict[torch.device, torch.Tensor] = {}
+        self._layer_index_tensors: dict[tuple, torch.Tensor] = {}
 
         self.grad_norm_keys = [f"grad_norm/{name}" for name in self.layer_names]
         self.param_norm_keys = [f"param_norm/{name}" for name in self.layer_names]
@@ -164,14 +164,15 @@ class StabilityProbe:
                 self.activation_layers[module_name] = module
 
     def _layer_index(self, device: torch.device, param_indices: list[int] | None = None) -> torch.Tensor:
-        """Device tensor mapping each (selected) parameter to its layer id, cached for the full list."""
-        if param_indices is None:
-            if device not in self._layer_index_tensors:
-                self._layer_index_tensors[device] = torch.tensor(
-                    self._layer_index_of_param, dtype=torch.long, device=device
-                )
-            return self._layer_index_tensors[device]
-        return torch.tensor([self._layer_index_of_param[i] for i in param_indices], dtype=torch.long, device=device)
+        """Device tensor mapping each (selected) parameter to its layer id, cached per device and selection: a
+        fresh host-to-device copy on each measure step would wait for the GPU queue."""
+        selection = None if param_indices is None else tuple(param_indices)
+        key = (device, selection)
+        if key not in self._layer_index_tensors:
+            layer_ids = self._layer_index_of_param if selection is None else \
+                [self._layer_index_of_param[i] for i in selection]
+            self._layer_index_tensors[key] = torch.tensor(layer_ids, dtype=torch.long, device=device)
+        return self._layer_index_tensors[key]
 
     def _per_layer_norms(self, tensor_norms: torch.Tensor, param_indices: list[int] | None) -> torch.Tensor:
         """Combine per-tensor L2 norms into per-layer L2 norms: sqrt(sum of squares within each layer)."""
@@ -199,13 +200,17 @@ class StabilityProbe:
         if self.record_activations:
             self._install_hooks()
 
-    def after_backward(self, step: int) -> None:
+    def after_backward(self, step: int, record_global_grad_norm: bool | None = None) -> None:
+        """`record_global_grad_norm`: whether a step that is not a measure step records `grad_norm/global` (the
+        trainer passes True at the first step of each log window); None follows `global_grad_norm_every`."""
         # The forward pass is over: later forwards (eval, next step) must not pay for hooks.
         self._remove_hooks()
         if not self.params:
             return
         if not self.is_measure_step(step):
-            if self.global_grad_norm_every and step % self.global_grad_norm_every == 0:
+            if record_global_grad_norm is None:
+                record_global_grad_norm = bool(self.global_grad_norm_every) and step % self.global_grad_norm_every == 0
+            if record_global_grad_norm:
                 self._record_global_grad_norm_only(step)
             return
         self._current_step = step

@@ -48,12 +48,12 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 
 def _json_default(value: Any) -> Any:
-    # Paths and numpy scalars show up in records; store them as plain JSON values.
+    # Paths and numpy/torch scalars show up in records; store them as plain JSON values.
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item"):
         return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return str(value)  # anything else (e.g. a config value kept as given): its text, never a lost file
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:

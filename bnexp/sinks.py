@@ -14,18 +14,14 @@ import os
 import sys
 from pathlib import Path
 
+from bnexp.rundirs import write_json_atomic
+
 
 def _finite_or_none(value):
     """JSON has no NaN/inf; a diverged loss is recorded as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2, default=str, allow_nan=False))
-    os.replace(temporary, path)
 
 
 def clean_record(record):

@@ -158,8 +158,8 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
     model = model.to(device, memory_format=memory_format)
     step_model = torch.compile(model) if cfg.train.compile else model
     log_every = max(1, int(cfg.train.log_every))
-    # Stability statistics (bnexp/instrument.py); grad_norm/global also at every log step.
-    probe = StabilityProbe(model, cfg.get("instrument"), global_grad_norm_every=log_every)
+    # Stability statistics (bnexp/instrument.py); grad_norm/global also at the first step of every log window.
+    probe = StabilityProbe(model, cfg.get("instrument"))
     test_acc_by_step = {}
 
     def autocast():
@@ -203,8 +203,8 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                     loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                probe.after_backward(step)
                 slot = step - window_start
+                probe.after_backward(step, record_global_grad_norm=slot == 0)
                 optimizer.step()
                 probe.after_optimizer_step(step)
 

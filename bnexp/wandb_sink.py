@@ -157,34 +157,30 @@ class WandbSink:
 
     # ------------------------------------------------------------------ sink interface
     def log_step(self, record: Mapping[str, Any]) -> None:
-        payload = {"step": int(record["step"])}
-        if "epoch" in record:
-            payload["epoch"] = _plain(record["epoch"])
-        for key, value in record.items():
-            if key in RESERVED_KEYS:
-                continue
-            value = _plain(value)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._step_keys.add(key)
-                self._define_key(key, "step")
-                payload[key] = value
-        self.run.log(payload)
+        self._log(record, axis="step")
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
-        payload = {"epoch": _plain(record["epoch"])}
-        if "step" in record:
-            payload["step"] = int(record["step"])
+        self._log(record, axis="epoch")
+
+    def _log(self, record: Mapping[str, Any], axis: str) -> None:
+        """One W&B row: the record's numbers against its own axis ("step" or "epoch"), the other axis alongside."""
+        payload = {}
+        for axis_key in ("step", "epoch"):
+            if axis_key in record:
+                payload[axis_key] = int(record[axis_key]) if axis_key == "step" else _plain(record[axis_key])
         for key, value in record.items():
             if key in RESERVED_KEYS:
                 continue
             value = _plain(value)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            if key in self._step_keys or key in ("train/loss", "train/lr"):
+            if axis == "step":
+                self._step_keys.add(key)
+            elif key in self._step_keys or key in ("train/loss", "train/lr"):
                 # Same name already plotted per step: give the epoch value its own key (one x-axis per key).
                 prefix, _, leaf = key.rpartition("/")
                 key = f"{prefix}/epoch_{leaf}" if prefix else f"epoch_{leaf}"
-            self._define_key(key, "epoch")
+            self._define_key(key, axis)
             payload[key] = value
         self.run.log(payload)
 

@@ -239,3 +239,14 @@ def test_a_second_run_in_the_same_dir_replaces_the_first_runs_metrics(tmp_path, 
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "metrics.jsonl").read_text().count('"kind": "epoch"') == 1
     assert len(first.splitlines()) == len((tmp_path / "metrics.jsonl").read_text().splitlines())
+
+
+def test_every_log_window_record_has_the_global_grad_norm_when_epochs_do_not_divide_into_windows(tmp_path):
+    """5 steps per epoch, windows of 2: windows restart at each epoch end (steps 0, 2, 4, 5, 7, 9), and each
+    window's record carries grad_norm/global measured at its first step."""
+    cfg = compose_config(["+variant=correct_bn", *TINY_RUN, "data.train_size=320", "train.epochs=2",
+                          "instrument.every=0"])
+    train(cfg, str(tmp_path))
+    steps, _ = read_metrics(tmp_path)
+    assert [r["step"] for r in steps] == [0, 2, 4, 5, 7, 9]
+    assert all(r["grad_norm/global"] > 0 for r in steps)
