@@ -22,13 +22,11 @@ def make_norm_factory(norm: str, stat_groups: int | None = None, affine_per_chan
     """Return channels -> norm module for one of NORM_KINDS."""
     if norm == "per_channel":
         return lambda channels: BatchNorm2d(channels, backend=backend)
-    if norm == "grouped":
-        if not stat_groups:
+    if norm in ("grouped", "shared"):  # shared is grouped with one group
+        if norm == "grouped" and not stat_groups:
             raise ValueError("norm 'grouped' needs stat_groups, e.g. variant.stat_groups=8")
-        return lambda channels: BatchNorm2d(channels, stat_groups=stat_groups,
-                                            affine_per_channel=affine_per_channel, backend=backend)
-    if norm == "shared":
-        return lambda channels: BatchNorm2d(channels, stat_groups=1,
+        groups = 1 if norm == "shared" else stat_groups
+        return lambda channels: BatchNorm2d(channels, stat_groups=groups,
                                             affine_per_channel=affine_per_channel, backend=backend)
     if norm == "none":
         return lambda channels: nn.Identity()

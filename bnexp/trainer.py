@@ -88,18 +88,18 @@ def evaluate(model, split, batch_size: int, autocast, memory_format) -> tuple[fl
     correct = torch.zeros((), device=split.images.device, dtype=torch.long)
     for images, labels in eval_batches(split, batch_size):
         with autocast():
-            logits = model(normalize(images).contiguous(memory_format=memory_format))
+            logits = model(normalize(images.contiguous(memory_format=memory_format)))
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
     model.train()
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 
-def run_summary_base(cfg: DictConfig, data_source: str | None) -> dict:
+def run_summary_base(cfg: DictConfig) -> dict:
     # the config is not validated yet here: a bad lr or seed is kept as given, and the run fails just after
     return {"status": "running", "variant": cfg.variant.name, "model": cfg.model.name,
             "lr": _number_or_as_given(cfg.optim.lr, float), "seed": _number_or_as_given(cfg.seed, int),
-            "data_source": data_source,
+            "data_source": None,
             "final_test_acc": None, "best_test_acc": None, "epochs_done": 0, "steps_done": 0,
             "wall_time_s": 0.0, "images_per_s": None, "diverged_step": None, "error": None}
 
@@ -111,7 +111,7 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
     recorded as 'failed' with the error, then re-raised.
     """
     started = time.perf_counter()
-    summary = run_summary_base(cfg, None)
+    summary = run_summary_base(cfg)
     sinks = SinkGroup([LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary)] + (extra_sinks or []))
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
@@ -170,6 +170,9 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                            seed=cfg.seed)
     optimizer = build_optimizer(model, cfg.optim)
     total_steps = cfg.train.epochs * len(batches)
+    # read once: OmegaConf lookups cost microseconds, and the step below runs thousands of times
+    warmup_frac, schedule = cfg.optim.warmup_frac, cfg.optim.schedule
+    label_smoothing, loss_factor = cfg.optim.label_smoothing, cfg.divergence.loss_factor
     base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     # Device-side buffers, read back once per log interval.
@@ -192,18 +195,21 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
             epoch_started = time.perf_counter()
             epoch_steps = 0
             for images, labels in batches:
-                lr_now = lr_multiplier(step, total_steps, cfg.optim.warmup_frac, cfg.optim.schedule)
+                lr_now = lr_multiplier(step, total_steps, warmup_frac, schedule)
                 for group, base_lr in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base_lr * lr_now
                 probe.before_forward(step)
                 # torch.compile does not follow per-step hooks: activation-measure steps run the eager module.
                 forward_model = model if probe.measures_activations(step) else step_model
                 with autocast():
-                    logits = forward_model(normalize(images).contiguous(memory_format=memory_format))
-                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
+                    # the layout copy on uint8 moves a quarter of the bytes of a float copy
+                    logits = forward_model(normalize(images.contiguous(memory_format=memory_format)))
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 slot = step - window_start
+                if slot == 0:
+                    window_lr = base_lrs[0] * lr_now  # the lr a window's record reports: at its first step
                 probe.after_backward(step, record_global_grad_norm=slot == 0)
                 optimizer.step()
                 probe.after_optimizer_step(step)
@@ -232,12 +238,10 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                     if initial_loss is None:
                         initial_loss = losses[0]
                     diverged_at = _first_divergent_step(losses, first_step_of_window, initial_loss,
-                                                        cfg.divergence.loss_factor)
+                                                        loss_factor)
                     window_loss = sum(losses) / len(losses)
                     window_record = {"step": first_step_of_window, "epoch": first_step_of_window / len(batches),
-                                     "train/loss": window_loss, "train/lr": base_lrs[0] * lr_multiplier(
-                                         first_step_of_window, total_steps, cfg.optim.warmup_frac,
-                                         cfg.optim.schedule)}
+                                     "train/loss": window_loss, "train/lr": window_lr}
                     if spikes_so_far is not None:
                         window_record["train/loss_spikes"] = int(host_values[-1])
                     for record in _merge_probe_records(window_record, probe.readback(), len(batches)):
@@ -247,7 +251,7 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                     if diverged_at is not None:
                         summary.update(status="diverged", diverged_step=diverged_at, epochs_done=epoch)
                         progress.write(f"diverged at step {diverged_at}: loss {max(losses, key=_badness):.4g} "
-                                       f"(initial {initial_loss:.4g}, limit x{cfg.divergence.loss_factor})")
+                                       f"(initial {initial_loss:.4g}, limit x{loss_factor})")
                         return
 
             if on_cuda:

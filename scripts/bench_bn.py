@@ -187,17 +187,7 @@ def main(argv=None):
     if not ok and not DRY_RUN:
         print(f"Triton not usable: {reason}", file=sys.stderr)
         return 2
-    try:
-        from bnexp.norm.functional import torch_grouped_batch_norm
-    except Exception as exc:  # the lead's module missing: same view trick, inline
-        print(f"(bnexp.norm.functional not importable: {exc!r}; using an inline view trick)")
-
-        def torch_grouped_batch_norm(x, weight, bias, rm, rv, nbt, *, use_batch_stats, momentum, eps, stat_groups):
-            n, c, h, w = x.shape
-            y = F.batch_norm(x.reshape(n, stat_groups, -1), rm, rv, None, None, use_batch_stats, momentum, eps)
-            y = y.reshape(n, c, h, w) * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
-            return y.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
-                memory_format=torch.channels_last) and not x.is_contiguous() else y
+    from bnexp.norm.functional import torch_grouped_batch_norm
 
     shapes = parse_shapes(args.shapes) if args.shapes else (QUICK_SHAPES if args.quick else SHAPES)
     inductor_mode = args.inductor or ("none" if args.quick else "subset")

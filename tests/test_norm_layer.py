@@ -207,3 +207,25 @@ def test_stat_groups_must_divide_channels():
 def test_triton_backend_on_cpu_tensor_is_a_clear_error():
     with pytest.raises(ValueError, match="CUDA tensor"):
         BatchNorm2d(3, backend="triton")(torch.randn(2, 3, 2, 2))
+
+
+def test_cuda_input_without_usable_triton_falls_back_once_or_raises(monkeypatch):
+    """The issue's error path for a CUDA tensor when Triton is broken, checked without a GPU: the input only
+    needs to say it is on CUDA, and Triton's status is set to unusable."""
+    import warnings
+    from types import SimpleNamespace
+
+    from bnexp.norm import layer as layer_module
+
+    monkeypatch.setattr(layer_module, "_triton_status", lambda: (False, "triton import failed: simulated"))
+    monkeypatch.setattr(layer_module, "_warned_fallback", False)
+    cuda_input = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert layer_module.resolve_backend("auto", cuda_input) == "torch"
+        assert layer_module.resolve_backend("auto", cuda_input) == "torch"
+    fallback_warnings = [w for w in caught if "falling back to the PyTorch path" in str(w.message)]
+    assert len(fallback_warnings) == 1 and "simulated" in str(fallback_warnings[0].message)
+    with pytest.raises(RuntimeError, match=r"backend='triton'.*not usable: triton import failed: simulated"):
+        layer_module.resolve_backend("triton", cuda_input)
+    assert layer_module.resolve_backend("torch", cuda_input) == "torch"

@@ -11,6 +11,7 @@ kernels, chosen by `backend`.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -22,7 +23,9 @@ BACKENDS = ("auto", "torch", "triton")
 _warned_fallback = False
 
 
+@functools.lru_cache(maxsize=1)
 def _triton_status() -> tuple[bool, str]:
+    # asked on every CUDA forward of every layer; the answer cannot change within a process
     try:
         from bnexp.norm.triton_function import triton_status
     except Exception as error:  # an ImportError, or a broken Triton install

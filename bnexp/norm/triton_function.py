@@ -205,7 +205,7 @@ def _empty_like(x: Tensor) -> Tensor:
 
 
 def _as_layout(x: Tensor) -> Tensor:
-    return x if (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)) else x.contiguous()
+    return x if _supported_layout(x) else x.contiguous()
 
 
 def _match_strides(tensor: Tensor, like: Tensor) -> Tensor:
