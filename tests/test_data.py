@@ -99,9 +99,15 @@ def test_train_batches_cover_the_split_once_per_epoch():
 
 
 def test_synthetic_subset_is_fixed():
+    """A subset depends on its own seed only, not on the global RNG state the run seed sets."""
     data = make_synthetic(100, 20, seed=1)
     assert data.train.images.shape == (100, 3, 32, 32)
-    assert torch.equal(data.train.subset(30, 0).labels, data.train.subset(30, 0).labels)
+    torch.manual_seed(0)
+    first = data.train.subset(30, 0)
+    torch.manual_seed(1)
+    again = data.train.subset(30, 0)
+    assert len(first) == 30 and torch.equal(first.images, again.images)
+    assert not torch.equal(first.images, data.train.subset(30, 1).images)
 
 
 def test_cache_key_ignores_how_the_path_is_spelled(tmp_path, monkeypatch):

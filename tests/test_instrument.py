@@ -197,7 +197,7 @@ def test_loss_spikes_auc_and_summary():
     assert summary["first_loss_spike_step"] == 20
     assert summary["steps_to_acc"] == {"0.5": 200, "0.9": None}
 
-    history = {r: v for r, v in probe._global_grad_norm_by_step.items()}
+    history = {r["step"]: r["grad_norm/global"] for r in probe_records if "grad_norm/global" in r}
     assert sorted(history) == [0, 5, 10]
     assert summary["max_global_grad_norm"] == pytest.approx(max(history.values()))
     assert summary["max_global_grad_norm_step"] == max(history, key=history.get)

@@ -250,3 +250,18 @@ def test_every_log_window_record_has_the_global_grad_norm_when_epochs_do_not_div
     steps, _ = read_metrics(tmp_path)
     assert [r["step"] for r in steps] == [0, 2, 4, 5, 7, 9]
     assert all(r["grad_norm/global"] > 0 for r in steps)
+
+
+def test_logger_none_runs_without_wandb_installed(tmp_path):
+    """A fresh process where `import wandb` fails before any bnexp module loads: logger=none must still train."""
+    script = (
+        "import sys, json\n"
+        "sys.modules['wandb'] = None  # `import wandb` now raises ImportError\n"
+        "from bnexp.config import compose_train_config\n"
+        "from bnexp.trainer import train\n"
+        f"summary = train(compose_train_config({['+variant=no_bn', 'logger=none', *TINY_RUN]!r}), {str(tmp_path)!r})\n"
+        "print('STATUS', summary['status'])\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "STATUS finished" in result.stdout
