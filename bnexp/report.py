@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from bnexp.rundirs import (
-    SUMMARY_FILE,
+    SWEEP_JOB_FILE,
     as_float,
     find_run_dirs,
     flatten,
@@ -121,7 +121,7 @@ def variant_label(config: dict[str, Any], summary: dict[str, Any]) -> str:
 def load_run(run_dir: Path) -> RunRecord:
     summary = read_summary(run_dir) or {}
     config = read_config(run_dir)
-    job = read_json(run_dir / "sweep_job.json") or {}  # the sweep's own record; helps when config is absent
+    job = read_json(run_dir / SWEEP_JOB_FILE) or {}  # the sweep's own record; helps when config is absent
     if not config and job.get("variant"):
         summary.setdefault("sweep_variant", job["variant"])
     lr = as_float(summary.get("lr"))
@@ -136,13 +136,7 @@ def load_run(run_dir: Path) -> RunRecord:
 
 
 def discover_runs(paths: Iterable[Path]) -> list[RunRecord]:
-    run_dirs = set(find_run_dirs(paths))
-    # Sweep run dirs whose trainer died before Hydra wrote a config still carry summary.json + sweep_job.json.
-    for root in paths:
-        for job_file in Path(root).rglob("sweep_job.json"):
-            if (job_file.parent / SUMMARY_FILE).is_file():
-                run_dirs.add(job_file.parent.resolve())
-    runs = [load_run(run_dir) for run_dir in sorted(run_dirs)]
+    runs = [load_run(run_dir) for run_dir in find_run_dirs(paths)]
     # A run that failed before its config was written does not know its model (the trainer's default); with
     # one model in the study it is that one, rather than a spurious second model in every table.
     known_models = {run.model for run in runs if run.model != UNKNOWN_MODEL}

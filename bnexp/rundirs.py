@@ -17,6 +17,7 @@ import yaml
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILES = ("config.yaml", ".hydra/config.yaml")  # trainer's resolved copy first, Hydra's as fallback
+SWEEP_JOB_FILE = "sweep_job.json"  # bnexp.sweep's record of a job: marks its run dir even before a config exists
 
 # Terminal statuses that a resumed sweep does not redo.
 COMPLETED_STATUSES = ("finished", "diverged")
@@ -104,8 +105,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def is_run_dir(path: Path) -> bool:
+    """summary.json plus a config, or plus the sweep's job record (a sweep run whose trainer died before Hydra
+    wrote its config is still a run)."""
     path = Path(path)
-    return (path / SUMMARY_FILE).is_file() and any((path / name).is_file() for name in CONFIG_FILES)
+    return (path / SUMMARY_FILE).is_file() and any((path / name).is_file()
+                                                   for name in (*CONFIG_FILES, SWEEP_JOB_FILE))
 
 
 def find_run_dirs(roots: Iterable[Path]) -> list[Path]:

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from bnexp.config import CONF_DIR
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
+    SWEEP_JOB_FILE,
     read_summary,
     run_status,
     write_json_atomic,
@@ -310,7 +311,7 @@ def run_job(job: SweepJob, train_module: str, env: dict[str, str], timeout_s: fl
         shutil.rmtree(job.run_dir)
     job.run_dir.mkdir(parents=True)
     command = train_command(job, train_module)
-    write_json_atomic(job.run_dir / "sweep_job.json",
+    write_json_atomic(job.run_dir / SWEEP_JOB_FILE,
                       {"run_id": job.run_id, "variant": job.variant, "model": job.model, "lr": job.lr,
                        "seed": job.seed, "overrides": list(job.overrides), "command": command})
     started = time.monotonic()
