@@ -265,3 +265,18 @@ def test_grad_norm_columns_separate_init_explosion_and_death(tmp_path: Path):
     table = (out / "summary.md").read_text()
     assert "| peak grad norm after step 0 | last grad norm |" in table
     assert "| 6 | 3 | 0 |" in table and "| 6 | inf | 4 |" in table
+
+
+def test_sweep_run_that_died_before_its_config_is_still_reported(tmp_path: Path):
+    """A sweep run dir with summary.json and sweep_job.json but no config (the trainer died early) is a run."""
+    root = tmp_path / "sweep" / "runs"
+    make_run_dir(root / "ok", "correct_bn", 0.1, 0)
+    died = root / "no_bn_lr0.1_seed0"
+    died.mkdir(parents=True)
+    (died / "summary.json").write_text(json.dumps({"status": "failed", "error": "ImportError: boom"}))
+    (died / "sweep_job.json").write_text(json.dumps({"variant": "no_bn", "lr": 0.1, "seed": 0}))
+    (root / "stray").mkdir()
+    (root / "stray" / "summary.json").write_text(json.dumps({"status": "finished"}))  # neither config nor job
+    runs = {run.variant: run for run in report.discover_runs([tmp_path / "sweep"])}
+    assert set(runs) == {"correct_bn", "no_bn"}
+    assert runs["no_bn"].status == "failed" and runs["no_bn"].lr == 0.1 and runs["no_bn"].seed == 0
