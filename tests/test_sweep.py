@@ -6,6 +6,7 @@ behaviour is chosen by its variant) so they are fast and deterministic; the end-
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -42,6 +43,18 @@ def rows_by_variant(out_dir: Path) -> dict[str, list[dict]]:
     for row in read_status(out_dir)["runs"]:
         rows.setdefault(row["variant"], []).append(row)
     return rows
+
+
+@contextlib.contextmanager
+def background_sweep(arguments: list[str], env_extra: dict | None = None):
+    """A sweep CLI process in the background, killed on the way out if the test left it running."""
+    process = run_sweep_cli(arguments, env_extra=env_extra, background=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.05):
@@ -189,8 +202,7 @@ def test_failing_run_is_recorded_and_the_rest_complete(tmp_path: Path):
 
 def test_killed_run_is_failed_and_resume_redoes_only_it(tmp_path: Path):
     arguments = [*FAKE, f"sweep.out_dir={tmp_path}", "sweep.workers=2", "+sweep.variants.slow=['+variant=slow']"]
-    process = run_sweep_cli(arguments, env_extra={"FAKE_TRAIN_SLEEP": "60"}, background=True)
-    try:
+    with background_sweep(arguments, env_extra={"FAKE_TRAIN_SLEEP": "60"}) as process:
         def running_slow_pid():
             for path in (tmp_path / "runs").glob("slow_*/summary.json"):
                 try:
@@ -206,9 +218,6 @@ def test_killed_run_is_failed_and_resume_redoes_only_it(tmp_path: Path):
         second = wait_for(lambda: (p := running_slow_pid()) not in (None, pid) and p, timeout=60)
         os.kill(second, signal.SIGKILL)
         stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode == 1, stderr
     rows = rows_by_variant(tmp_path)
     assert all(r["status"] == "failed" and "SIGKILL" in r["error"] for r in rows["slow"])
@@ -228,8 +237,7 @@ def test_killed_run_is_failed_and_resume_redoes_only_it(tmp_path: Path):
 def test_killed_sweep_takes_its_runs_down_and_resumes(tmp_path: Path):
     arguments = [*FAKE, f"sweep.out_dir={tmp_path}", "sweep.workers=1", "+sweep.variants.slow=['+variant=slow']",
                  "sweep.only_variants=[slow]", "sweep.lrs=[0.1,0.2,0.3]"]
-    process = run_sweep_cli(arguments, env_extra={"FAKE_TRAIN_SLEEP": "3"}, background=True)
-    try:
+    with background_sweep(arguments, env_extra={"FAKE_TRAIN_SLEEP": "3"}) as process:
         # wait until one run finished and the next one is running, then SIGKILL the sweep itself
         status = wait_for(lambda: (tmp_path / "sweep_status.json").exists()
                           and read_status(tmp_path)["counts"].get("finished", 0) >= 1
@@ -239,9 +247,6 @@ def test_killed_sweep_takes_its_runs_down_and_resumes(tmp_path: Path):
                              if (Path(running["run_dir"]) / "summary.json").exists() else None)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
     wait_for(lambda: not pid_alive(child_pid), timeout=20)  # PDEATHSIG: no orphan left writing the run dir
     assert json.loads((Path(running["run_dir"]) / "summary.json").read_text())["status"] == "running"
 
@@ -255,17 +260,13 @@ def test_killed_sweep_takes_its_runs_down_and_resumes(tmp_path: Path):
 def test_second_sweep_on_a_dir_is_refused_and_sigterm_stops_cleanly(tmp_path: Path):
     arguments = [*FAKE, f"sweep.out_dir={tmp_path}", "sweep.workers=2", "+sweep.variants.slow=['+variant=slow']",
                  "sweep.only_variants=[slow]"]
-    first = run_sweep_cli(arguments, env_extra={"FAKE_TRAIN_SLEEP": "60"}, background=True)
-    try:
+    with background_sweep(arguments, env_extra={"FAKE_TRAIN_SLEEP": "60"}) as first:
         wait_for(lambda: (tmp_path / "sweep_status.json").exists()
                  and read_status(tmp_path)["counts"].get("running") == 2)
         second = run_sweep_cli(arguments)
         assert second.returncode == 2 and "another sweep" in second.stderr
         first.send_signal(signal.SIGTERM)
         _, stderr = first.communicate(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
     assert first.returncode == 130, stderr
     status = read_status(tmp_path)
     assert status["state"] == "interrupted" and status["counts"] == {"failed": 2}
