@@ -14,7 +14,8 @@
     summary = probe.summary(test_acc_by_step)
 
 Design rules (why the code looks the way it does):
-- Every measurement stays a device tensor until `readback()`, which concatenates all pending
+- Every measurement stays a device tensor until `readback()` (or `readback_with(values)`, which adds the
+  caller's own device values, e.g. the trainer's window losses), which concatenates all pending
   values and copies them to the host with a single `.tolist()`; nothing else synchronises, so the
   GPU queue never drains because of instrumentation.
 - Off measure steps the probe costs one tiny copy per step (the loss into a device buffer; spike and
@@ -414,12 +415,19 @@ class StabilityProbe:
 
     def readback(self) -> list[dict]:
         """Copy every pending measurement to the host (one device->host transfer) and return one dict per step."""
+        return self.readback_with(None)[0]
+
+    def readback_with(self, extra: torch.Tensor | None) -> tuple[list[dict], list[float]]:
+        """readback(), plus the caller's own 1-D device values (e.g. a log window's losses) in the same
+        transfer: (one dict per measured step, extra as host floats)."""
         self._finalize_current_step()
-        if not self._pending:
-            return []
         pending, self._pending = self._pending, []
-        device = pending[0][2].device
-        flat_values = torch.cat([values.to(device) for _, _, values in pending]).tolist()
+        chunks = [values for _, _, values in pending] + ([extra.reshape(-1)] if extra is not None else [])
+        if not chunks:
+            return [], []
+        device = chunks[0].device
+        flat_values = torch.cat([chunk.to(device) for chunk in chunks]).tolist()
+        extra_values = flat_values[len(flat_values) - (extra.numel() if extra is not None else 0):]
 
         records = []
         offset = 0
@@ -429,7 +437,7 @@ class StabilityProbe:
             offset += len(keys)
             records.append(record)
             self._update_history(record)
-        return records
+        return records, extra_values
 
     def _update_history(self, record: Mapping[str, Any]) -> None:
         step = int(record["step"])

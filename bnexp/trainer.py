@@ -227,12 +227,12 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                 # every step's loss and a divergence is pinned to its step
                 if slot == log_every - 1 or epoch_steps == len(batches):
                     window_start = step
-                    # One host copy for the window's losses and the spike count (the probe's values: one more).
+                    # One host copy for the window's losses, the spike count and the probe's measurements.
                     spikes_so_far = probe.loss_spikes_so_far()
                     to_host = window_losses[:slot + 1]
                     if spikes_so_far is not None:
                         to_host = torch.cat([to_host, spikes_so_far.view(1).to(to_host.dtype)])
-                    host_values = to_host.tolist()
+                    probe_records, host_values = probe.readback_with(to_host)
                     losses = host_values[:slot + 1]
                     first_step_of_window = step - (slot + 1)
                     if initial_loss is None:
@@ -244,7 +244,7 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                                      "train/loss": window_loss, "train/lr": window_lr}
                     if spikes_so_far is not None:
                         window_record["train/loss_spikes"] = int(host_values[-1])
-                    for record in _merge_probe_records(window_record, probe.readback(), len(batches)):
+                    for record in _merge_probe_records(window_record, probe_records, len(batches)):
                         sinks.log_step(record)
                     progress.set_postfix(loss=f"{window_loss:.3f}", refresh=False)
                     summary["steps_done"] = step
