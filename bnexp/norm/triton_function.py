@@ -304,6 +304,23 @@ def _backward_impl(grad_y, x, stats, weight, use_batch_stats, stat_groups) -> tu
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Autograd bookkeeping shared by the eager Function and the custom op's autograd formula
+# ----------------------------------------------------------------------------------------------------------
+def _save_for_backward(ctx, x, stats, weight, bias, use_batch_stats, stat_groups) -> None:
+    ctx.save_for_backward(x, stats, weight)
+    ctx.use_batch_stats = use_batch_stats
+    ctx.stat_groups = stat_groups
+    ctx.weight_dtype = weight.dtype if weight is not None else None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _affine_grads(ctx, dweight_dbias: Tensor, needs_weight_grad: bool, needs_bias_grad: bool):
+    """(dweight, dbias) in the parameters' dtypes, None where not needed (the kernels accumulate in fp32)."""
+    return (dweight_dbias[0].to(ctx.weight_dtype) if needs_weight_grad else None,
+            dweight_dbias[1].to(ctx.bias_dtype) if needs_bias_grad else None)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Eager path: autograd.Function
 # ----------------------------------------------------------------------------------------------------------
 class _GroupedBatchNormFn(torch.autograd.Function):
@@ -316,11 +333,7 @@ class _GroupedBatchNormFn(torch.autograd.Function):
         else:
             stats = _eval_stats(running_mean, running_var, eps)
         y = _normalize_impl(x, stats, weight, bias, stat_groups)
-        ctx.save_for_backward(x, stats, weight)
-        ctx.use_batch_stats = use_batch_stats
-        ctx.stat_groups = stat_groups
-        ctx.weight_dtype = weight.dtype if weight is not None else None
-        ctx.bias_dtype = bias.dtype if bias is not None else None
+        _save_for_backward(ctx, x, stats, weight, bias, use_batch_stats, stat_groups)
         return y
 
     @staticmethod
@@ -329,9 +342,7 @@ class _GroupedBatchNormFn(torch.autograd.Function):
         x, stats, weight = ctx.saved_tensors
         needs_grad = ctx.needs_input_grad
         dx, dweight_dbias = _backward_impl(grad_y, x, stats, weight, ctx.use_batch_stats, ctx.stat_groups)
-        return (dx if needs_grad[0] else None,
-                dweight_dbias[0].to(ctx.weight_dtype) if needs_grad[1] else None,
-                dweight_dbias[1].to(ctx.bias_dtype) if needs_grad[2] else None,
+        return (dx if needs_grad[0] else None, *_affine_grads(ctx, dweight_dbias, needs_grad[1], needs_grad[2]),
                 None, None, None, None, None, None, None)
 
 
@@ -392,11 +403,7 @@ def _backward_fake(grad_y, x, stats, weight, use_batch_stats, stat_groups):
 
 def _normalize_setup_context(ctx, inputs, output):
     x, stats, weight, bias, use_batch_stats, stat_groups = inputs
-    ctx.save_for_backward(x, stats, weight)
-    ctx.use_batch_stats = use_batch_stats
-    ctx.stat_groups = stat_groups
-    ctx.weight_dtype = weight.dtype if weight is not None else None
-    ctx.bias_dtype = bias.dtype if bias is not None else None
+    _save_for_backward(ctx, x, stats, weight, bias, use_batch_stats, stat_groups)
 
 
 def _normalize_backward(ctx, grad_y):
@@ -406,14 +413,8 @@ def _normalize_backward(ctx, grad_y):
     needs_grad = ctx.needs_input_grad
     # stats were computed from x.detach() (or are running buffers): their influence on the loss is already
     # inside dx, so they get no gradient of their own
-    return (
-        dx if needs_grad[0] else None,
-        None,
-        dweight_dbias[0].to(ctx.weight_dtype) if needs_grad[2] else None,
-        dweight_dbias[1].to(ctx.bias_dtype) if needs_grad[3] else None,
-        None,
-        None,
-    )
+    return (dx if needs_grad[0] else None, None, *_affine_grads(ctx, dweight_dbias, needs_grad[2], needs_grad[3]),
+            None, None)
 
 
 _normalize_op.register_autograd(_normalize_backward, setup_context=_normalize_setup_context)
