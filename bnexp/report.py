@@ -31,6 +31,7 @@ from bnexp.rundirs import (
     SWEEP_JOB_FILE,
     as_float,
     find_run_dirs,
+    first_line,
     flatten,
     get_path,
     read_config,
@@ -299,7 +300,7 @@ def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
         for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr or 0, r.seed or 0)):
             error = run.summary.get("error")
             row = {"model": run.model, "variant": run.variant, "lr": run.lr, "seed": run.seed, "status": run.status,
-                   "run_dir": str(run.run_dir), "error": error.splitlines()[0] if error else ""}
+                   "run_dir": str(run.run_dir), "error": first_line(error)}
             writer.writerow([_csv_value(row.get(c, run.summary.get(c))) for c in RUN_COLUMNS])
 
 

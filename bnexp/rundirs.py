@@ -57,6 +57,11 @@ def _json_default(value: Any) -> Any:
     return str(value)  # anything else (e.g. a config value kept as given): its text, never a lost file
 
 
+def first_line(text: str | None, default: str = "") -> str:
+    """The first line of an error text (tables and progress lines show one line per run), or `default`."""
+    return text.splitlines()[0] if text else default
+
+
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return read_json(Path(run_dir) / SUMMARY_FILE)
 

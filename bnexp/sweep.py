@@ -42,6 +42,7 @@ from bnexp.config import CONF_DIR
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
     SWEEP_JOB_FILE,
+    first_line,
     read_summary,
     run_status,
     write_json_atomic,
@@ -294,7 +295,7 @@ def record_failure(job: SweepJob, returncode: int | None, reason: str, stderr_ta
     own_error = summary.get("error") if summary.get("status") == "failed" else None
     if own_error:
         summary["trainer_error"] = own_error  # the trainer's own account, kept verbatim
-    headline = str(own_error).strip().splitlines()[0] if own_error else _error_headline(stderr_tail)
+    headline = first_line(str(own_error).strip()) if own_error else _error_headline(stderr_tail)
     summary["status"] = "failed"
     summary["error"] = (f"{reason}: {headline}" if headline else reason) + (f"\n{stderr_tail}" if stderr_tail else "")
     summary["returncode"] = returncode
@@ -408,7 +409,7 @@ class SweepLedger:
             writer = csv.DictWriter(handle, fieldnames=RUN_FIELDS, extrasaction="ignore")
             writer.writeheader()
             for row in self.rows.values():
-                writer.writerow({**row, "error": (row.get("error") or "").splitlines()[0] if row.get("error") else ""})
+                writer.writerow({**row, "error": first_line(row.get("error"))})
         os.replace(tmp, self.out_dir / RUNS_CSV)
 
 
@@ -523,7 +524,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
                 accuracy = payload.summary.get("final_test_acc")
                 detail = f" test_acc={accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""
                 if payload.status == "failed":
-                    detail = f" ({(payload.error or '').splitlines()[0] if payload.error else 'no error text'})"
+                    detail = f" ({first_line(payload.error, 'no error text')})"
                 bar.write(f"{payload.status:>8}: {job.describe()}{detail} [{payload.wall_time_s:.1f}s] "
                           f"{job.run_dir}")
             # before update(): update() redraws, and the line should show the counts of this event
@@ -561,10 +562,10 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
               file=sys.stderr)
         for row in failures:
             if row["status"] == "pending":
-                first_line = "not started (sweep interrupted)"
+                error_line = "not started (sweep interrupted)"
             else:
-                first_line = (row.get("error") or "").splitlines()[0] if row.get("error") else row["status"]
-            print(f"  - {row['run_id']}: {first_line}\n    see {row['run_dir']}/stderr.log", file=sys.stderr)
+                error_line = first_line(row.get("error"), row["status"])
+            print(f"  - {row['run_id']}: {error_line}\n    see {row['run_dir']}/stderr.log", file=sys.stderr)
         return 130 if interrupted else 1
     return 0
 
