@@ -4,9 +4,10 @@ Statistics are pooled over `stat_groups` contiguous groups of channels:
 stat_groups == C is ordinary per-channel BatchNorm, stat_groups == 1 pools one
 mean and one variance over all of N*C*H*W.
 
-We reuse `F.batch_norm` on an (N, G, C/G*H*W) view. For G == C it computes
-exactly what per-channel BatchNorm does; for G < C it is the "view trick",
-exact but slow on a GPU (that slowness is why the Triton path exists).
+We reuse `F.batch_norm`. For G == C it is called on x itself (ordinary per-channel
+BatchNorm, affine fused, any layout). For G < C it runs on an (N, G, C/G*H*W) view,
+the "view trick", exact but slow on a GPU (that slowness is why the Triton path
+exists), and the per-channel affine follows in one addcmul pass.
 """
 from __future__ import annotations
 
@@ -37,12 +38,17 @@ def torch_grouped_batch_norm(
     Returns y in x's dtype and memory format.
     """
     batch, channels, height, width = x.shape
+    updates_running = use_batch_stats and running_mean is not None
+    compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    if stat_groups == channels and x.dtype == compute_dtype and not (updates_running and momentum is None):
+        # Per-channel statistics are F.batch_norm itself: one fused call, in x's own layout, with no view,
+        # no separate affine passes and no layout copies.
+        return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum or 0.0, eps)
+
     was_channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     # Statistics in fp32 even for half inputs, as the Triton kernels do (float64 stays float64).
-    compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     grouped = x.to(compute_dtype).reshape(batch, stat_groups, -1)
 
-    updates_running = use_batch_stats and running_mean is not None
     if updates_running and momentum is None:
         # F.batch_norm wants a Python float; 1/num_batches_tracked would need a host sync.
         factor = 1.0 / num_batches_tracked.to(torch.float32)
