@@ -63,6 +63,27 @@ def _tile_offsets(positions, channels, POSITIONS_PER_IMAGE: tl.constexpr, stride
 
 
 @triton.jit
+def _tile(tile_start, channels, channel_mask, num_positions, POSITIONS_PER_IMAGE: tl.constexpr, stride_n, stride_hw,
+          stride_c, BLOCK_M: tl.constexpr, USE_INT64: tl.constexpr):
+    """(offsets, mask) of the [BLOCK_M, BLOCK_C] tile of positions [tile_start, tile_start + BLOCK_M) x channels."""
+    positions = tile_start + tl.arange(0, BLOCK_M)
+    mask = (positions < num_positions)[:, None] & channel_mask[None, :]
+    offsets = _tile_offsets(positions, channels, POSITIONS_PER_IMAGE, stride_n, stride_hw, stride_c, USE_INT64)
+    return offsets, mask
+
+
+@triton.jit
+def _channel_block_stats(stats_ptr, num_channels, channels_per_group, num_groups, BLOCK_C: tl.constexpr):
+    """This program's BLOCK_C channels (axis 0 of the grid), their mask and group, and the group mean / invstd."""
+    channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    channel_mask = channels < num_channels
+    channel_group = channels // channels_per_group
+    mean = tl.load(stats_ptr + channel_group, mask=channel_mask, other=0.0)
+    invstd = tl.load(stats_ptr + num_groups + channel_group, mask=channel_mask, other=0.0)
+    return channels, channel_mask, channel_group, mean, invstd
+
+
+@triton.jit
 def bn_stats_partial_kernel(
     x_ptr, workspace_ptr,
     num_positions, num_channels, stride_n, stride_hw, stride_c, positions_per_split, tiles_per_split,
@@ -78,25 +99,21 @@ def bn_stats_partial_kernel(
     bytes: reads every element of x once (num_positions * C * elem_size in total; the first tile of each
     program twice, from cache); writes 2 * num_splits * C fp32 partials into the workspace.
     """
-    channel_block = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
-    channels = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels < num_channels
     split_start = split * positions_per_split
-    positions = split_start + tl.arange(0, BLOCK_M)
-    mask = (positions < num_positions)[:, None] & channel_mask[None, :]
-    x_tile = tl.load(x_ptr + _tile_offsets(positions, channels, POSITIONS_PER_IMAGE, stride_n, stride_hw, stride_c,
-                                           USE_INT64),
-                     mask=mask, other=0.0).to(tl.float32)
+    offsets, mask = _tile(split_start, channels, channel_mask, num_positions, POSITIONS_PER_IMAGE, stride_n,
+                          stride_hw, stride_c, BLOCK_M, USE_INT64)
+    x_tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     first_tile_count = tl.minimum(tl.maximum(num_positions - split_start, 0), BLOCK_M).to(tl.float32)
     shift = tl.sum(x_tile, axis=0) / tl.maximum(first_tile_count, 1.0)
     deviation_sum_acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     squared_deviation_sum_acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     for tile in range(tiles_per_split):
-        positions = split_start + tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask = (positions < num_positions)[:, None] & channel_mask[None, :]
-        offsets = _tile_offsets(positions, channels, POSITIONS_PER_IMAGE, stride_n, stride_hw, stride_c, USE_INT64)
+        offsets, mask = _tile(split_start + tile * BLOCK_M, channels, channel_mask, num_positions,
+                              POSITIONS_PER_IMAGE, stride_n, stride_hw, stride_c, BLOCK_M, USE_INT64)
         x_tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         deviation = tl.where(mask, x_tile - shift[None, :], 0.0)
         deviation_sum_acc += deviation
@@ -191,25 +208,18 @@ def bn_normalize_kernel(
     bytes: reads x once and writes y once (2 * num_positions * C * elem_size), plus BLOCK_C stats / weight /
     bias values per program.
     """
-    channel_block = tl.program_id(0)
-    split = tl.program_id(1)
-    channels = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    channel_mask = channels < num_channels
-    channel_group = channels // channels_per_group
-    mean = tl.load(stats_ptr + channel_group, mask=channel_mask, other=0.0)
-    scale = tl.load(stats_ptr + num_groups + channel_group, mask=channel_mask, other=0.0)
+    channels, channel_mask, channel_group, mean, scale = _channel_block_stats(
+        stats_ptr, num_channels, channels_per_group, num_groups, BLOCK_C)
     if HAS_WEIGHT:
         scale = scale * tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         shift = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)
     else:
         shift = tl.zeros([BLOCK_C], dtype=tl.float32)
-    split_start = split * positions_per_split
+    split_start = tl.program_id(1) * positions_per_split
     for tile in range(tiles_per_split):
-        tile_start = split_start + (tiles_per_split - 1 - tile) * BLOCK_M
-        positions = tile_start + tl.arange(0, BLOCK_M)
-        mask = (positions < num_positions)[:, None] & channel_mask[None, :]
-        offsets = _tile_offsets(positions, channels, POSITIONS_PER_IMAGE, stride_n, stride_hw, stride_c, USE_INT64)
+        offsets, mask = _tile(split_start + (tiles_per_split - 1 - tile) * BLOCK_M, channels, channel_mask,
+                              num_positions, POSITIONS_PER_IMAGE, stride_n, stride_hw, stride_c, BLOCK_M, USE_INT64)
         x_tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         y_tile = (x_tile - mean[None, :]) * scale[None, :] + shift[None, :]
         tl.store(y_ptr + offsets, y_tile.to(y_ptr.dtype.element_ty), mask=mask)
@@ -230,21 +240,16 @@ def bn_backward_reduce_kernel(
     bytes: reads x and dy once (2 * num_positions * C * elem_size); writes 2 * num_splits * C fp32 partials into
     the workspace.
     """
-    channel_block = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
-    channels = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    channel_mask = channels < num_channels
-    channel_group = channels // channels_per_group
-    mean = tl.load(stats_ptr + channel_group, mask=channel_mask, other=0.0)
-    invstd = tl.load(stats_ptr + num_groups + channel_group, mask=channel_mask, other=0.0)
+    channels, channel_mask, channel_group, mean, invstd = _channel_block_stats(
+        stats_ptr, num_channels, channels_per_group, num_groups, BLOCK_C)
     dy_sum_acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     dy_x_centred_sum_acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     split_start = split * positions_per_split
     for tile in range(tiles_per_split):
-        positions = split_start + tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask = (positions < num_positions)[:, None] & channel_mask[None, :]
-        offsets = _tile_offsets(positions, channels, POSITIONS_PER_IMAGE, stride_n, stride_hw, stride_c, USE_INT64)
+        offsets, mask = _tile(split_start + tile * BLOCK_M, channels, channel_mask, num_positions,
+                              POSITIONS_PER_IMAGE, stride_n, stride_hw, stride_c, BLOCK_M, USE_INT64)
         x_tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         dy_tile = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         dy_sum_acc += dy_tile
@@ -326,13 +331,8 @@ def bn_backward_dx_kernel(
     bytes: reads x and dy, writes dx (3 * num_positions * C * elem_size), plus BLOCK_C stats / weight /
     coefficient values per program.
     """
-    channel_block = tl.program_id(0)
-    split = tl.program_id(1)
-    channels = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    channel_mask = channels < num_channels
-    channel_group = channels // channels_per_group
-    mean = tl.load(stats_ptr + channel_group, mask=channel_mask, other=0.0)
-    invstd = tl.load(stats_ptr + num_groups + channel_group, mask=channel_mask, other=0.0)
+    channels, channel_mask, channel_group, mean, invstd = _channel_block_stats(
+        stats_ptr, num_channels, channels_per_group, num_groups, BLOCK_C)
     mean_dxhat = tl.load(dx_coefs_ptr + channel_group, mask=channel_mask, other=0.0)
     mean_dxhat_xhat = tl.load(dx_coefs_ptr + num_groups + channel_group, mask=channel_mask, other=0.0)
     if HAS_WEIGHT:
@@ -341,12 +341,10 @@ def bn_backward_dx_kernel(
         dy_coef = invstd
     x_centred_coef = -invstd * invstd * mean_dxhat_xhat  # xhat = invstd * centred x
     constant_term = -invstd * mean_dxhat
-    split_start = split * positions_per_split
+    split_start = tl.program_id(1) * positions_per_split
     for tile in range(tiles_per_split):
-        tile_start = split_start + (tiles_per_split - 1 - tile) * BLOCK_M
-        positions = tile_start + tl.arange(0, BLOCK_M)
-        mask = (positions < num_positions)[:, None] & channel_mask[None, :]
-        offsets = _tile_offsets(positions, channels, POSITIONS_PER_IMAGE, stride_n, stride_hw, stride_c, USE_INT64)
+        offsets, mask = _tile(split_start + (tiles_per_split - 1 - tile) * BLOCK_M, channels, channel_mask,
+                              num_positions, POSITIONS_PER_IMAGE, stride_n, stride_hw, stride_c, BLOCK_M, USE_INT64)
         x_tile = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         dy_tile = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         dx_tile = (dy_coef[None, :] * dy_tile + x_centred_coef[None, :] * (x_tile - mean[None, :])
