@@ -432,7 +432,21 @@ def test_triton_status_reports(tbn):
 @pytest.mark.parametrize("shape_groups", [((8, 6, 5, 7), 2), ((16, 64, 8, 8), 64), ((4, 32, 32, 32), 1),
                                           ((32, 24, 3, 3), 8)], ids=lambda s: f"{s[0]}-G{s[1]}")
 def test_half_precision_cuda(tbn, dtype, layout, shape_groups):
-    shape, groups = shape_groups
+    x, outputs, ref = _training_step_vs_float64(tbn, *shape_groups, layout, dtype)
+    y, dx, dw = outputs[:3]
+    assert y.dtype == dtype and dx.dtype == dtype and dw.dtype == torch.float32
+    assert y.stride() == x.stride() and dx.stride() == x.stride()
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    for name, out, r in zip(("y", "dx", "dw", "db"), outputs[:4], ref[:4]):
+        assert rel_err(out, r) < tol, name
+    assert rel_err(outputs[4], ref[4]) < 1e-5 and rel_err(outputs[5], ref[5]) < 1e-5
+
+
+def _training_step_vs_float64(tbn, shape, groups, layout, dtype=torch.float32):
+    """One training forward + backward of the Triton path on fresh inputs, and the float64 reference.
+
+    Returns (x, (y, dx, dweight, dbias, running_mean, running_var), reference in the same order).
+    """
     x = make_input(shape, layout, dtype)
     weight, bias = make_affine(shape[1])
     rm, rv = make_running(groups)
@@ -440,14 +454,9 @@ def test_half_precision_cuda(tbn, dtype, layout, shape_groups):
     rm_t, rv_t = rm.clone(), rv.clone()
     y, dx, dw, db = run_triton(tbn, x, weight, bias, rm_t, rv_t, None, dy,
                                use_batch_stats=True, momentum=0.1, eps=1e-5, stat_groups=groups)
-    assert y.dtype == dtype and dx.dtype == dtype and dw.dtype == torch.float32
-    assert y.stride() == x.stride() and dx.stride() == x.stride()
     ref = f64_reference(x, weight, bias, rm, rv, dy, use_batch_stats=True, momentum_factor=0.1, eps=1e-5,
                         groups=groups)
-    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
-    for name, out, r in zip(("y", "dx", "dw", "db"), (y, dx, dw, db), ref[:4]):
-        assert rel_err(out, r) < tol, name
-    assert rel_err(rm_t, ref[4]) < 1e-5 and rel_err(rv_t, ref[5]) < 1e-5
+    return x, (y, dx, dw, db, rm_t, rv_t), ref
 
 
 @requires_cuda
@@ -456,17 +465,8 @@ def test_half_precision_cuda(tbn, dtype, layout, shape_groups):
                                           ((96, 96, 7, 7), 96), ((256, 3, 15, 15), 3)], ids=lambda s: f"{s[0]}-G{s[1]}")
 def test_fp32_real_tiles_cuda(tbn, layout, shape_groups):
     """Larger fp32 inputs with the production tile sizes and program counts."""
-    shape, groups = shape_groups
-    x = make_input(shape, layout)
-    weight, bias = make_affine(shape[1])
-    rm, rv = make_running(groups)
-    dy = torch.randn_like(x)
-    rm_t, rv_t = rm.clone(), rv.clone()
-    y, dx, dw, db = run_triton(tbn, x, weight, bias, rm_t, rv_t, None, dy,
-                               use_batch_stats=True, momentum=0.1, eps=1e-5, stat_groups=groups)
-    ref = f64_reference(x, weight, bias, rm, rv, dy, use_batch_stats=True, momentum_factor=0.1, eps=1e-5,
-                        groups=groups)
-    for name, out, r in zip(("y", "dx", "dw", "db", "rm", "rv"), (y, dx, dw, db, rm_t, rv_t), ref):
+    _, outputs, ref = _training_step_vs_float64(tbn, *shape_groups, layout)
+    for name, out, r in zip(("y", "dx", "dw", "db", "rm", "rv"), outputs, ref):
         assert rel_err(out, r) < 2e-5, name
 
 
