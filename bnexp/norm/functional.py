@@ -7,7 +7,7 @@ mean and one variance over all of N*C*H*W.
 We reuse `F.batch_norm`. For G == C it is called on x itself (ordinary per-channel
 BatchNorm, affine fused, any layout). For G < C it runs on an (N, G, C/G*H*W) view,
 the "view trick", exact but slow on a GPU (that slowness is why the Triton path
-exists), and the per-channel affine follows in one addcmul pass.
+exists), and the per-channel affine follows.
 """
 from __future__ import annotations
 
