@@ -14,7 +14,7 @@
     summary = probe.summary(test_acc_by_step)
 
 Design rules (why the code looks the way it does):
-- Every measurement stays a device tensor until `readback()` (or `readback_with(values)`, which adds the
+- Every measurement stays a device tensor until `readback()` (or `readback_with(*values)`, which adds the
   caller's own device values, e.g. the trainer's window losses), which concatenates all pending
   values and copies them to the host with a single `.tolist()`; nothing else synchronises, so the
   GPU queue never drains because of instrumentation.
@@ -415,19 +415,20 @@ class StabilityProbe:
 
     def readback(self) -> list[dict]:
         """Copy every pending measurement to the host (one device->host transfer) and return one dict per step."""
-        return self.readback_with(None)[0]
+        return self.readback_with()[0]
 
-    def readback_with(self, extra: torch.Tensor | None) -> tuple[list[dict], list[float]]:
-        """readback(), plus the caller's own 1-D device values (e.g. a log window's losses) in the same
-        transfer: (one dict per measured step, extra as host floats)."""
+    def readback_with(self, *extras: torch.Tensor) -> tuple[list[dict], list[float]]:
+        """readback(), plus the caller's own device values (e.g. a log window's losses and the spike count) in
+        the same transfer: (one dict per measured step, the extras flattened, in order, as host floats)."""
         self._finalize_current_step()
         pending, self._pending = self._pending, []
-        chunks = [values for _, _, values in pending] + ([extra.reshape(-1)] if extra is not None else [])
+        extra_chunks = [extra.reshape(-1) for extra in extras]
+        chunks = [values for _, _, values in pending] + extra_chunks
         if not chunks:
             return [], []
         device = chunks[0].device
         flat_values = torch.cat([chunk.to(device) for chunk in chunks]).tolist()
-        extra_values = flat_values[len(flat_values) - (extra.numel() if extra is not None else 0):]
+        extra_values = flat_values[len(flat_values) - sum(chunk.numel() for chunk in extra_chunks):]
 
         records = []
         offset = 0

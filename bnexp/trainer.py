@@ -229,10 +229,8 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                     window_start = step
                     # One host copy for the window's losses, the spike count and the probe's measurements.
                     spikes_so_far = probe.loss_spikes_so_far()
-                    to_host = window_losses[:slot + 1]
-                    if spikes_so_far is not None:
-                        to_host = torch.cat([to_host, spikes_so_far.view(1).to(to_host.dtype)])
-                    probe_records, host_values = probe.readback_with(to_host)
+                    window_extras = [window_losses[:slot + 1]] + ([spikes_so_far] if spikes_so_far is not None else [])
+                    probe_records, host_values = probe.readback_with(*window_extras)
                     losses = host_values[:slot + 1]
                     first_step_of_window = step - (slot + 1)
                     if initial_loss is None:
