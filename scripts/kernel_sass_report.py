@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import os
 import re
 import subprocess
@@ -33,9 +34,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")
 
 import torch  # noqa: E402
 
-SHAPES = [(512, 64, 32, 32), (512, 128, 16, 16), (512, 256, 8, 8), (512, 512, 4, 4),
-          (1024, 64, 15, 15), (1024, 256, 7, 7), (1024, 256, 3, 3)]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from bench_bn import DTYPES, SHAPES, parse_shapes  # noqa: E402  (the benchmark's cases, exactly)
+
 KERNELS = ["bn_stats_partial_kernel", "bn_stats_finalize_kernel", "bn_normalize_kernel",
            "bn_backward_reduce_kernel", "bn_backward_finalize_kernel", "bn_backward_dx_kernel"]
 
@@ -97,28 +97,21 @@ def tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-_CUBIN_CACHE: dict = {}
-
-
+@functools.lru_cache(maxsize=None)  # cases share specialisations: read each cubin once
 def read_cubin(cubin: bytes) -> dict:
     """Registers, local memory and global load / store widths of a one-kernel cubin."""
-    key = hash(cubin)
-    if key not in _CUBIN_CACHE:
-        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
-            fh.write(cubin)
-        try:
-            usage = subprocess.run([tool("cuobjdump"), "--dump-resource-usage", fh.name], capture_output=True,
-                                   text=True, check=True).stdout
-            sass = subprocess.run([tool("nvdisasm"), "-c", fh.name], capture_output=True, text=True,
-                                  check=True).stdout
-        finally:
-            os.unlink(fh.name)
-        regs = int(re.search(r"REG:(\d+)", usage).group(1))
-        local = int(re.search(r"LOCAL:(\d+)", usage).group(1))
-        loads = collections.Counter(re.findall(r"\b(LDG(?:\.[A-Z0-9_]+)*)", sass))
-        stores = collections.Counter(re.findall(r"\b(STG(?:\.[A-Z0-9_]+)*)", sass))
-        _CUBIN_CACHE[key] = dict(regs=regs, local=local, loads=loads, stores=stores)
-    return _CUBIN_CACHE[key]
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as fh:
+        fh.write(cubin)
+    try:
+        usage = subprocess.run([tool("cuobjdump"), "--dump-resource-usage", fh.name], capture_output=True,
+                               text=True, check=True).stdout
+        sass = subprocess.run([tool("nvdisasm"), "-c", fh.name], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(fh.name)
+    return dict(regs=int(re.search(r"REG:(\d+)", usage).group(1)),
+                local=int(re.search(r"LOCAL:(\d+)", usage).group(1)),
+                loads=collections.Counter(re.findall(r"\b(LDG(?:\.[A-Z0-9_]+)*)", sass)),
+                stores=collections.Counter(re.findall(r"\b(STG(?:\.[A-Z0-9_]+)*)", sass)))
 
 
 def widths(counter: collections.Counter) -> str:
@@ -137,10 +130,8 @@ def case_launches(shape, dtype, layout, stat_groups):
 
     launches = []
     saved = {name: getattr(host._k, name) for name in KERNELS}
-    import bnexp.norm.triton_kernels as kernels
-
     for name in KERNELS:
-        setattr(host._k, name, CompilingKernel(name, getattr(kernels, name), launches))
+        setattr(host._k, name, CompilingKernel(name, saved[name], launches))
     try:
         memory_format = torch.channels_last if layout == "nhwc" else torch.contiguous_format
         x = torch.empty(shape, dtype=dtype, memory_format=memory_format)  # never read: nothing runs
@@ -176,7 +167,7 @@ def main(argv=None):
     from bnexp.norm import triton_function as host
 
     host._TUNING["programs"] = 4 * args.sm_count  # the plan _target_programs() makes on that card
-    shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES)
+    shapes = parse_shapes(args.shapes) if args.shapes else SHAPES
     header = ["case", "G", "kernel", "grid", "tile", "warps", "regs", "local", "loads", "stores"]
     lines = [f"sm_{args.sm} cubins from triton {triton.__version__} (torch {torch.__version__}); grid planned for "
              f"{args.sm_count} SMs. loads / stores: instruction count by access width in bits.", "",
