@@ -112,17 +112,13 @@ def plot_accuracy_vs_lr(groups: list["GroupStats"], out_dir: Path, min_acc: floa
                                    "(on the x axis when every seed diverged).")
 
 
-def _step_records(run: "RunRecord") -> list[dict]:
-    return run.step_records()
-
-
 def plot_loss_curves(runs: list["RunRecord"], lr: float | None, out_dir: Path) -> PlotResult:
     title = f"Training loss at lr={lr:g}" if lr is not None else "Training loss"
     by_variant = _runs_at_lr(runs, lr)
     curves: dict[str, list[tuple[np.ndarray, np.ndarray, str]]] = {}
     for variant, members in by_variant.items():
         for run in members:
-            points = [(r["step"], as_float(r.get("train/loss"))) for r in _step_records(run)]
+            points = [(r["step"], as_float(r.get("train/loss"))) for r in run.step_records()]
             points = [(s, v) for s, v in points if v is not None and math.isfinite(v) and v > 0]
             if points:
                 steps, losses = map(np.array, zip(*sorted(points)))
@@ -184,7 +180,7 @@ def plot_grad_norm_heatmaps(runs: list["RunRecord"], lr: float | None, out_dir: 
     panels = []
     for variant, members in _runs_at_lr(runs, lr).items():
         for run in members:  # the lowest seed that has per-layer records
-            records = _step_records(run)
+            records = run.step_records()
             layers = _layer_names(records)
             if layers:
                 records = [r for r in records if any(LAYER_PREFIX + n in r for n in layers)]
@@ -227,7 +223,7 @@ def _init_grad_norms(run: "RunRecord") -> dict[str, float]:
     from_summary = run.summary.get("init_grad_norms")
     if isinstance(from_summary, dict) and from_summary:
         return {k: v for k, v in ((k, as_float(v)) for k, v in from_summary.items()) if v is not None}
-    records = _step_records(run)
+    records = run.step_records()
     if not records:
         return {}
     first = min(records, key=lambda r: r["step"])  # step-0 record as a fallback for older summaries

@@ -183,7 +183,6 @@ def test_readback_is_one_host_transfer(monkeypatch):
     assert len(transfers) == 1
 
 
-
 def test_readback_with_the_callers_values_is_still_one_host_transfer(monkeypatch):
     """The trainer's window losses ride in the probe's transfer: one .tolist() for both, values intact."""
     model = TinyNet()
@@ -197,6 +196,7 @@ def test_readback_with_the_callers_values_is_still_one_host_transfer(monkeypatch
     assert [r["step"] for r in records] == [0, 2] and all(r["grad_norm/global"] > 0 for r in records)
     assert extra == [2.5, 2.25, 2.0] and len(transfers) == 1
     assert probe.readback_with(torch.tensor([1.5])) == ([], [1.5])  # nothing pending: just the caller's values
+
 
 def test_loss_spikes_auc_and_summary():
     model = TinyNet()
