@@ -17,14 +17,53 @@ NormFactory = Callable[[int], nn.Module]
 NORM_KINDS = ("per_channel", "grouped", "shared", "none", "torch")
 
 
+def groups_for_width(channels: int, channels_per_group: int) -> int:
+    """Statistic groups for a layer of `channels` channels when each statistic pools `channels_per_group` of them.
+
+    A layer no wider than the group size gets one group (one statistic over all its channels); a wider one
+    must be a multiple of the group size, since groups are contiguous and equal.
+    """
+    if channels <= channels_per_group:
+        return 1
+    if channels % channels_per_group:
+        below = max(d for d in range(1, channels_per_group) if channels % d == 0)
+        above = min(d for d in range(channels_per_group + 1, channels + 1) if channels % d == 0)
+        raise ValueError(
+            f"variant.channels_per_group={channels_per_group} does not divide a layer of {channels} channels; "
+            f"use a divisor of the layer widths (e.g. {below} or {above}; widths are multiples of 8, so 1, 2, 4 "
+            f"and 8 always fit), or a value at least as large as the widest layer for one group everywhere")
+    return channels // channels_per_group
+
+
 def make_norm_factory(norm: str, stat_groups: int | None = None, affine_per_channel: bool = True,
-                      backend: str = "auto") -> NormFactory:
-    """Return channels -> norm module for one of NORM_KINDS."""
+                      backend: str = "auto", channels_per_group: int | None = None) -> NormFactory:
+    """Return channels -> norm module for one of NORM_KINDS.
+
+    Grouped statistics take either `stat_groups` (the same group count in every layer) or `channels_per_group`
+    (the same group size in every layer: C // channels_per_group groups, at least one), not both.
+    """
+    if channels_per_group is not None:
+        if norm != "grouped":
+            raise ValueError(f"variant.channels_per_group={channels_per_group} only applies to norm 'grouped' "
+                             f"(this variant's norm is {norm!r}); set variant.channels_per_group=null")
+        if stat_groups is not None:
+            raise ValueError(
+                f"variant.stat_groups={stat_groups} and variant.channels_per_group={channels_per_group} are both set; "
+                "they are two ways to choose the grouping, so set one and make the other null "
+                "(e.g. variant.stat_groups=null variant.channels_per_group=4)")
+        if isinstance(channels_per_group, bool) or not isinstance(channels_per_group, (int, float)) \
+                or not float(channels_per_group).is_integer() or channels_per_group < 1:
+            raise ValueError(f"variant.channels_per_group={channels_per_group!r} must be a positive integer "
+                             "(1 is per-channel statistics), e.g. variant.channels_per_group=4")
+        group_size = int(channels_per_group)
+        return lambda channels: BatchNorm2d(channels, stat_groups=groups_for_width(channels, group_size),
+                                            affine_per_channel=affine_per_channel, backend=backend)
     if norm == "per_channel":
         return lambda channels: BatchNorm2d(channels, backend=backend)
     if norm in ("grouped", "shared"):  # shared is grouped with one group
         if norm == "grouped" and not stat_groups:
-            raise ValueError("norm 'grouped' needs stat_groups, e.g. variant.stat_groups=8")
+            raise ValueError("norm 'grouped' needs stat_groups or channels_per_group, "
+                             "e.g. variant.stat_groups=8 or variant.channels_per_group=4")
         groups = 1 if norm == "shared" else stat_groups
         return lambda channels: BatchNorm2d(channels, stat_groups=groups,
                                             affine_per_channel=affine_per_channel, backend=backend)
@@ -36,7 +75,8 @@ def make_norm_factory(norm: str, stat_groups: int | None = None, affine_per_chan
 
 
 def scaled_width(channels: int, width: float) -> int:
-    """Scale a channel count, keeping it a multiple of 8 so stat_groups in {1, 2, 4, 8} always divide it."""
+    """Scale a channel count, keeping it a multiple of 8 so stat_groups and channels_per_group in {1, 2, 4, 8}
+    always divide it."""
     return max(8, int(round(channels * width / 8)) * 8)
 
 
@@ -171,11 +211,26 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
+def stat_groups_by_layer(model: nn.Module) -> dict[str, int]:
+    """The number of statistic groups each norm layer computes, by module path, in model order.
+
+    Per-channel layers (bnexp's or torch's) report their channel count; a model without normalisation has none.
+    """
+    groups = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BatchNorm2d):
+            groups[name] = int(module.stat_groups)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            groups[name] = int(module.num_features)
+    return groups
+
+
 def build_model(model_name: str, variant_norm: str, *, width: float = 1.0, stat_groups: int | None = None,
-                affine_per_channel: bool = True, backend: str = "auto", num_classes: int = 10) -> nn.Module:
+                affine_per_channel: bool = True, backend: str = "auto", num_classes: int = 10,
+                channels_per_group: int | None = None) -> nn.Module:
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODELS)} (model=<name>)")
-    norm_factory = make_norm_factory(variant_norm, stat_groups, affine_per_channel, backend)
+    norm_factory = make_norm_factory(variant_norm, stat_groups, affine_per_channel, backend, channels_per_group)
     model = MODELS[model_name](norm_factory, with_bias=variant_norm == "none", width=width,
                                num_classes=num_classes)
     init_weights(model)
