@@ -190,8 +190,7 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                 for group, base_lr in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base_lr * lr_scale
 
-                # Forward, backward, update: device work only. A window's record carries its first step's
-                # grad_norm/global.
+                # Forward, backward, update: device work only. Each log record has its first step's grad_norm/global.
                 loss, correct = train_step(step, images, labels, global_grad_norm=window.empty)
                 window.add(step, loss, base_lrs[0] * lr_scale)
                 epoch_loss += loss
@@ -199,8 +198,8 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                 step += 1
                 progress.update(1)
 
-                # Every log_every steps, and at the epoch's end (so the epoch's checks see every loss): one host
-                # readback, the records out, and the divergence check.
+                # Every log_every steps and at the epoch's end (a window never spans two epochs): one host readback,
+                # the records out, the divergence check.
                 if window.full or batch_index == len(batches) - 1:
                     readback = window.close()
                     for record in readback.records:

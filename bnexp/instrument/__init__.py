@@ -6,17 +6,7 @@
 - `history.py`: the host-side gradient-norm history and the summary fields derived from it;
 - `loss.py`: loss spikes and the loss AUC, from the losses the trainer reads back.
 
-The call protocol (bnexp/step.py is the one caller):
-
-    probe.before_forward(step)          # arms the forward hooks on measure steps
-    net = model if probe.measures_activations(step) else compiled_model   # hooks need eager mode
-    loss = ...; loss.backward()
-    probe.after_backward(step, global_grad_norm=first_step_of_log_window)
-    optimizer.step()
-    probe.after_optimizer_step(step)    # update-to-weight ratios
-    ...
-    measurements = probe.take_measurements()        # at a log window's end, still on the device
-    records = probe.receive(measurements, to_host([...losses, *(m.values for m in measurements)])[1:])
+bnexp/step.py is the caller: TrainStep runs the probe around each step, LogWindow reads its measurements back.
 """
 from bnexp.instrument.history import steps_to_accuracy
 from bnexp.instrument.hooks import FORWARD_STATS, ForwardHooks, ForwardStat, is_norm_layer

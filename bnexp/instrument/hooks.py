@@ -6,6 +6,7 @@ records; a new statistic is one more entry there, nothing else changes. Keys are
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -52,7 +53,8 @@ def norm_input_stats(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tens
         if groups > 0 and channels % groups == 0:
             group_mean = channel_mean.view(groups, -1).mean(1)
             # E[x^2] per group from per-channel var + mean^2 (every channel has the same count)
-            group_var = ((channel_var + channel_mean.square()).view(groups, -1).mean(1) - group_mean.square()).clamp_min(0)
+            group_square_mean = (channel_var + channel_mean.square()).view(groups, -1).mean(1)
+            group_var = (group_square_mean - group_mean.square()).clamp_min(0)
             eps = float(getattr(module, "eps", 1e-5))
             stats["running_mean_gap"] = ((running_mean.float() - group_mean).abs() / (group_var + eps).sqrt()).mean()
             stats["running_var_logratio"] = ((running_var.float() + eps) / (group_var + eps)).log().abs().mean()
@@ -83,13 +85,11 @@ class ForwardHooks:
     def arm(self) -> None:
         self.disarm()
         self._measured = set()
-        for index, (stat, name, module) in enumerate(self.watched):
-            measure = self._measure_fn(index)
+        for index, (stat, _name, module) in enumerate(self.watched):
             if stat.reads == "input":
-                handle = module.register_forward_pre_hook(lambda _m, inputs, measure=measure: measure(
-                    inputs[0] if inputs else None))
+                handle = module.register_forward_pre_hook(functools.partial(self._on_input, index))
             else:
-                handle = module.register_forward_hook(lambda _m, _inputs, output, measure=measure: measure(output))
+                handle = module.register_forward_hook(functools.partial(self._on_output, index))
             self._handles.append(handle)
 
     def disarm(self) -> None:
@@ -97,16 +97,19 @@ class ForwardHooks:
             handle.remove()
         self._handles = []
 
-    def _measure_fn(self, index: int):
-        stat, name, module = self.watched[index]
+    def _on_input(self, index: int, _module, inputs) -> None:
+        self._measure(index, inputs[0] if inputs else None)
 
-        def measure(tensor) -> None:
-            # once per step, even if the module runs twice (weight sharing, checkpointing)
-            if not torch.is_tensor(tensor) or index in self._measured:
-                return
-            self._measured.add(index)
-            with torch.no_grad():
-                values = stat.compute(module, tensor.detach())
-            if values:
-                self.record([f"{stat.prefix}/{name}/{key}" for key in values], torch.stack(list(values.values())))
-        return measure
+    def _on_output(self, index: int, _module, _inputs, output) -> None:
+        self._measure(index, output)
+
+    def _measure(self, index: int, tensor) -> None:
+        # once per forward, even if the module runs twice (weight sharing, checkpointing)
+        if not torch.is_tensor(tensor) or index in self._measured:
+            return
+        self._measured.add(index)
+        stat, name, module = self.watched[index]
+        with torch.no_grad():
+            values = stat.compute(module, tensor.detach())
+        if values:
+            self.record([f"{stat.prefix}/{name}/{key}" for key in values], torch.stack(list(values.values())))

@@ -85,7 +85,8 @@ class ParameterLayers:
         return norms
 
     def update_ratios(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(global, per layer) ||w_after - w_before|| / ||w_before|| against the last snapshot, which it frees."""
+        """(global, per layer) ||w_after - w_before|| / ||w_before|| against the snapshot, which it frees; None
+        without one."""
         if self._snapshot is None:
             return None
         deltas = torch._foreach_sub([p.detach() for p in self.params], self._snapshot)
@@ -95,6 +96,3 @@ class ParameterLayers:
         per_layer = update_norms / weight_norms.clamp_min(1e-12)
         overall = update_norms.square().sum().sqrt() / weight_norms.square().sum().sqrt().clamp_min(1e-12)
         return overall, per_layer
-
-    def drop_snapshot(self) -> None:
-        self._snapshot = self._snapshot_norms = None

@@ -10,6 +10,7 @@ history (`history.py`). Nothing here synchronises with the device, so the GPU qu
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable, Mapping, NamedTuple
 
 import torch
@@ -41,11 +42,8 @@ def to_host(tensors: list[torch.Tensor]) -> list[list[float]]:
     if not tensors:
         return []
     flat = torch.cat([tensor.reshape(-1).float() for tensor in tensors]).tolist()
-    values, offset = [], 0
-    for tensor in tensors:
-        values.append(flat[offset:offset + tensor.numel()])
-        offset += tensor.numel()
-    return values
+    ends = list(itertools.accumulate(tensor.numel() for tensor in tensors))
+    return [flat[end - tensor.numel():end] for tensor, end in zip(tensors, ends)]
 
 
 class StabilityProbe:
@@ -106,12 +104,10 @@ class StabilityProbe:
                 self._add(["grad_norm/global"], norm)
 
     def after_optimizer_step(self, step: int) -> None:
-        if self._step == step and (ratios := self.layers.update_ratios()) is not None:
-            with torch.no_grad():
-                overall, per_layer = ratios
-                self._add(["update_ratio/global"], overall)
-                self._add([f"update_ratio/{name}" for name in self.layer_names], per_layer)
-        self.layers.drop_snapshot()
+        ratios = self.layers.update_ratios()  # frees the snapshot in any case
+        if ratios is not None and self._step == step:
+            self._add(["update_ratio/global"], ratios[0])
+            self._add([f"update_ratio/{name}" for name in self.layer_names], ratios[1])
         self._close_step()
 
     def _add(self, keys: list[str], values: torch.Tensor) -> None:
