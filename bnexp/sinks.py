@@ -45,7 +45,7 @@ class LocalSink:
         # Line-buffered, so a killed run keeps every line logged before the kill. "w": a new run in the same
         # dir (hydra.run.dir=... given twice) replaces the old run's metrics instead of appending to them.
         self._metrics = open(self.run_dir / "metrics.jsonl", "w", buffering=1)
-        write_json_atomic(self.summary_path, clean_record(initial_summary))
+        self.write_summary(initial_summary)
 
     def log_step(self, record: dict) -> None:
         self._metrics.write(json.dumps(clean_record({"kind": "step", **record})) + "\n")
@@ -53,10 +53,12 @@ class LocalSink:
     def log_epoch(self, record: dict) -> None:
         self._metrics.write(json.dumps(clean_record({"kind": "epoch", **record})) + "\n")
 
-    def finish(self, summary: dict) -> None:
-        self._metrics.flush()
-        self._metrics.close()
+    def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.summary_path, clean_record(summary))
+
+    def finish(self, summary: dict) -> None:
+        self._metrics.close()
+        self.write_summary(summary)
 
 
 class SinkGroup:
@@ -73,19 +75,30 @@ class SinkGroup:
         for sink in self.sinks:
             sink.log_epoch(record)
 
-    def finish(self, summary: dict) -> None:
+    def finish(self, summary: dict) -> list[Exception]:
+        """Finish every sink and return their errors instead of raising them, so that an error already on its way
+        (the run's own) stays the one reported. A failure is noted in the summary (`sink_error`, rewritten by the
+        local sink) and on stderr."""
         errors = []
         for sink in self.sinks:
             try:
                 sink.finish(summary)
             except Exception as error:  # one sink failing must not stop the others from closing
                 errors.append(error)
+                note = f"{type(sink).__name__}.finish: {type(error).__name__}: {error}"
+                summary["sink_error"] = "; ".join(filter(None, [summary.get("sink_error"), note]))
+                print(f"[bnexp] {note}", file=sys.stderr)
         if errors:
-            raise errors[0]
+            try:
+                self.sinks[0].write_summary(summary)
+            except Exception as error:  # the local sink itself failed: stderr above has it all
+                print(f"[bnexp] the summary could not note it: {type(error).__name__}: {error}", file=sys.stderr)
+        return errors
 
 
-def logger_sinks(cfg, run_dir) -> list:
-    """The extra sink chosen with `logger=`: none (local files only) or wandb.
+def logger_sinks(cfg, run_dir, provenance: dict | None = None) -> list:
+    """The extra sink chosen with `logger=`: none (local files only) or wandb (whose run config gets the
+    provenance under `bnexp_provenance`).
 
     wandb is imported only here and only when asked for, so logger=none works without it installed.
     """
@@ -98,5 +111,5 @@ def logger_sinks(cfg, run_dir) -> list:
         except ImportError as error:
             raise ValueError(f"logger=wandb needs the wandb package ({error}). Install it with "
                              "pip install -e \".[wandb]\", or use logger=none (local files only).") from error
-        return [WandbSink(cfg, run_dir)]
+        return [WandbSink(cfg, run_dir, extra_config={"bnexp_provenance": provenance})]
     raise ValueError(f"unknown logger {name!r}; use logger=none or logger=wandb")

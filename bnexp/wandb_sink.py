@@ -83,7 +83,8 @@ def _plain(value: Any) -> Any:
 class WandbSink:
     """Mirror of the local sink that streams records to one W&B run per training job."""
 
-    def __init__(self, cfg: Any, run_dir: str | os.PathLike):
+    def __init__(self, cfg: Any, run_dir: str | os.PathLike, extra_config: Mapping[str, Any] | None = None):
+        """`extra_config`: W&B config keys beside the resolved run config (the trainer's `bnexp_provenance`)."""
         from omegaconf import DictConfig, OmegaConf
 
         self.run_dir = Path(run_dir)
@@ -110,7 +111,7 @@ class WandbSink:
             job_type=str(model_name),
             name=config_value(logger_cfg, "run_name", None) or f"{variant_name}-{model_name}-lr{lr}-seed{seed}",
             tags=tags,
-            config=config_dict,
+            config={**config_dict, **(extra_config or {})},
             dir=str(wandb_dir),
             # One W&B run per Hydra multirun job, even though jobs share the process.
             reinit="finish_previous",

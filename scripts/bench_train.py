@@ -1,9 +1,9 @@
-"""Cost of stability instrumentation: training-step time with the probe at its interval vs without it.
+"""Cost of stability instrumentation: the trainer's own step and log window with the probe on vs off.
 
-Both arms run in one process on the same model and batches, interleaved in blocks of `every` steps
-(each instrumented block holds exactly one measure step, like a real run), so drift in machine speed
-affects both arms alike. Both arms read the loss back to the host every `log_every` steps as the
-trainer does; the instrumented arm also calls probe.readback() there.
+Both arms run the trainer's `TrainStep` and `LogWindow` (bnexp/step.py) in one process, on the same model and
+batches, interleaved in blocks of `every` steps (each instrumented block holds exactly one measure step, like a real
+run), so drift in machine speed affects both arms alike. Both arms read their losses back every `log_every` steps
+as the trainer does; the instrumented arm's window also brings the probe's measurements back in that transfer.
 
     python scripts/bench_train.py                         # CPU-sized defaults
     python scripts/bench_train.py --device cuda --width 1 --batch-size 512 --blocks 6
@@ -14,16 +14,17 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bnexp.data import make_synthetic, normalize  # noqa: E402
-from bnexp.instrument import DEFAULT_INSTRUMENT_CFG, StabilityProbe  # noqa: E402
+from bnexp.data import make_synthetic  # noqa: E402
+from bnexp.instrument import DEFAULT_INSTRUMENT_CFG, LossCurve, StabilityProbe  # noqa: E402
 from bnexp.models import build_model  # noqa: E402
+from bnexp.step import LogWindow, TrainStep  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -33,17 +34,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--every", type=int, default=DEFAULT_INSTRUMENT_CFG["every"], help="probe interval")
-    parser.add_argument("--log-every", type=int, default=25, help="steps between host readbacks")
+    parser.add_argument("--log-every", type=int, default=25, help="steps per log window (host readback)")
     parser.add_argument("--blocks", type=int, default=3, help="blocks of `every` steps per arm")
-    parser.add_argument("--warmup", type=int, default=30,
-                        help="instrumented warm-up steps (covers a measure step, a log step, a loss chunk)")
+    parser.add_argument("--warmup", type=int, default=30, help="warm-up steps per arm (covers a measure step)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile; measure steps run eagerly")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--check-syncs", action="store_true",
-                        help="CUDA: count host syncs inside the probe's per-step calls (should be 0)")
+                        help="CUDA: count host syncs inside the training step, both arms (should be 0)")
     return parser.parse_args()
 
 
@@ -54,72 +54,53 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build_model(args.model, args.norm, width=args.width).to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    compiled = torch.compile(model) if args.compile else model
+    model = build_model(args.model, args.norm, width=args.width).to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    # As in the trainer: full measurements every `every` steps, grad_norm/global at each log step.
-    probe = StabilityProbe(model, {"every": args.every}, global_grad_norm_every=args.log_every)
-
+    compiled = torch.compile(model) if args.compile else None
     data = make_synthetic(train_size=args.batch_size * 8, test_size=8, seed=0).train.to(device)
-    batches = [
-        (normalize(data.images[i : i + args.batch_size]).contiguous(memory_format=memory_format),
-         data.labels[i : i + args.batch_size])
-        for i in range(0, len(data), args.batch_size)
-    ]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
+    batches = [(data.images[i:i + args.batch_size], data.labels[i:i + args.batch_size])
+               for i in range(0, len(data), args.batch_size)]
 
-    probe_syncs = []
+    # The two arms share the model and optimiser; "on" is what a run with instrument.every=<every> does.
+    steps, windows = {}, {}
+    for arm, probe in (("off", None), ("on", StabilityProbe(model, {"every": args.every}))):
+        steps[arm] = TrainStep(model, optimizer, probe, compiled, args.amp, memory_format)
+        windows[arm] = LogWindow(args.log_every, device, len(batches), loss_factor=1e9, loss_curve=LossCurve(),
+                                 probe=probe)  # loss_factor: a benchmark never stops for divergence
+    step_syncs = []
 
-    def probe_call(method, *call_args) -> None:
-        """Run a probe method; with --check-syncs, under CUDA sync debug mode, counting sync warnings."""
-        if not (args.check_syncs and device.type == "cuda"):
-            method(*call_args)
-            return
-        import warnings
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                method(*call_args)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        probe_syncs.extend(f"{method.__name__}: {w.message}" for w in caught if "synchroniz" in str(w.message))
-
-    def train_step(step: int, instrumented: bool) -> torch.Tensor:
+    def train_step(step: int, arm: str) -> None:
+        """One training step as the trainer runs it, closing the arm's log window when it is full."""
+        window = windows[arm]
         images, labels = batches[step % len(batches)]
-        # torch.compile cannot see per-step hooks, so measure steps use the eager module (see StabilityProbe).
-        net = model if instrumented and probe.measures_activations(step) else compiled
-        if instrumented:
-            probe_call(probe.before_forward, step)
-        with autocast:
-            loss = nn.functional.cross_entropy(net(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if instrumented:
-            probe_call(probe.after_backward, step)
-        optimizer.step()
-        if instrumented:
-            probe_call(probe.after_optimizer_step, step)
-            probe_call(probe.record_loss, step, loss.detach())
-        if step % args.log_every == 0:  # the trainer's periodic host readback
-            loss.item()
-            if instrumented:
-                probe.readback()
-        return loss
+        if not (args.check_syncs and device.type == "cuda"):
+            loss, _correct = steps[arm](step, images, labels, global_grad_norm=window.empty)
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    loss, _correct = steps[arm](step, images, labels, global_grad_norm=window.empty)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            step_syncs.extend(f"{arm} step {step}: {w.message}" for w in caught if "synchroniz" in str(w.message))
+        window.add(step, loss, 0.05)
+        if window.full:  # the trainer's periodic host readback
+            window.close()
 
     def synchronize() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     block = max(args.every, args.log_every, 1)
-    step = 0
-    for _ in range(args.warmup):  # compile / allocator / cudnn warm-up, both paths
-        train_step(step, instrumented=True)
-        step += 1
-    probe_syncs.clear()  # warm-up may build cached index tensors (one host->device copy)
+    for step in range(args.warmup):  # compile / allocator / cudnn warm-up, both arms
+        train_step(step, "on")
+        train_step(step, "off")
+    for arm in ("off", "on"):  # start the timed blocks with empty windows
+        if not windows[arm].empty:
+            windows[arm].close()
+    step_syncs.clear()  # warm-up builds cached index tensors (one host-to-device copy)
     step = block  # blocks start at a multiple of `every`: one measure step per instrumented block
     synchronize()
 
@@ -130,8 +111,8 @@ def main() -> None:
     for block_index in range(2 * args.blocks):
         arm = "on" if block_index % 2 else "off"  # off first, then alternate
         start, cpu_start = time.perf_counter(), time.process_time()
-        for _ in range(block):  # no syncs inside a block except the trainer's readbacks
-            train_step(step, instrumented=arm == "on")
+        for _ in range(block):  # no syncs inside a block except the log windows' readbacks
+            train_step(step, arm)
             step += 1
         synchronize()
         times[arm].append((time.perf_counter() - start) / block)
@@ -141,10 +122,10 @@ def main() -> None:
     measure_step_times, plain_step_times = [], []
     for _ in range(3):
         step += (-step) % max(args.every, 1)
-        for kind, target in (("measure", measure_step_times), ("plain", plain_step_times)):
+        for arm, target in (("on", measure_step_times), ("off", plain_step_times)):
             synchronize()
             measure_start = time.perf_counter()
-            train_step(step if kind == "measure" else step + 1, instrumented=kind == "measure")
+            train_step(step if arm == "on" else step + 1, arm)
             synchronize()
             target.append(time.perf_counter() - measure_start)
         step += 2
@@ -159,7 +140,7 @@ def main() -> None:
         print(f"measure step: {1000 * statistics.median(measure_step_times):.2f} ms, plain step "
               f"{1000 * statistics.median(plain_step_times):.2f} ms (each synchronised, median of 3)")
     if args.check_syncs and device.type == "cuda":
-        print(f"host syncs inside per-step probe calls: {len(probe_syncs)} {probe_syncs[:3]}")
+        print(f"host syncs inside the training step: {len(step_syncs)} {step_syncs[:3]}")
     print(f"instrumented / off step-time ratio: {on_ms / off_ms:.3f}  (overhead {100 * (on_ms / off_ms - 1):+.1f}%)")
     if device.type == "cpu":
         cpu_ratio = sum(cpu_times["on"]) / sum(cpu_times["off"])

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bnexp.data import make_synthetic, normalize  # noqa: E402
+from bnexp.data import make_synthetic  # noqa: E402
 from bnexp.models import build_model  # noqa: E402
+from bnexp.provenance import device_name  # noqa: E402
+from bnexp.step import TrainStep  # noqa: E402
 
 # (label, norm kind, stat_groups, backend)
 VARIANTS = [("torch_bn", "torch", None, "torch"), ("correct_bn", "per_channel", None, "auto"),
@@ -34,25 +33,20 @@ TORCH_PATH_VARIANTS = [("correct_bn[torch path]", "per_channel", None, "torch"),
                        ("shared_bn[torch path]", "shared", 1, "torch")]
 
 
-def time_training_steps(norm, stat_groups, backend, args, device, batch, labels) -> float:
-    """Median seconds per training step (forward, backward, SGD step) over `args.repeats` timed blocks."""
+def time_training_steps(norm, stat_groups, backend, args, device, images, labels) -> float:
+    """Median seconds per training step (the trainer's TrainStep, without the probe) over `args.repeats` blocks."""
     torch.manual_seed(0)
     model = build_model(args.model, norm, width=args.width, stat_groups=stat_groups, backend=backend,
                         affine_per_channel=norm != "shared")
     on_cuda = device.type == "cuda"
     memory_format = torch.channels_last if on_cuda else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    step_model = torch.compile(model) if args.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else nullcontext
-    inputs = batch.contiguous(memory_format=memory_format)
+    train_step = TrainStep(model, optimizer, compiled_model=torch.compile(model) if args.compile else None,
+                           amp=on_cuda, memory_format=memory_format)
 
     def step():
-        with autocast():
-            loss = F.cross_entropy(step_model(inputs).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(0, images, labels)
 
     def synchronize():
         if on_cuda:
@@ -86,12 +80,11 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = make_synthetic(train_size=args.batch_size, test_size=1, seed=0).train.to(device)
-    batch, labels = normalize(data.images), data.labels
-    card = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or 'unknown'})"
+    card = device_name(device)
 
     rows = []
     for label, norm, stat_groups, backend in VARIANTS + (TORCH_PATH_VARIANTS if args.torch_backend_too else []):
-        seconds = time_training_steps(norm, stat_groups, backend, args, device, batch, labels)
+        seconds = time_training_steps(norm, stat_groups, backend, args, device, data.images, data.labels)
         rows.append({"variant": label, "ms_per_step": seconds * 1e3, "images_per_s": args.batch_size / seconds})
     baseline = rows[0]["ms_per_step"]
     print(f"\n{card} | {args.model} width {args.width} | batch {args.batch_size} | "

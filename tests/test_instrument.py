@@ -1,12 +1,14 @@
-"""StabilityProbe: its numbers must match a direct recomputation, and it must only work on measure steps."""
+"""The stability instrumentation: its numbers must match a direct recomputation, it must only work on measure
+steps, and a log window must reach the host in one transfer."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from bnexp.instrument import StabilityProbe, steps_to_accuracy
+from bnexp.instrument import ForwardHooks, ForwardStat, LossCurve, StabilityProbe, steps_to_accuracy
 from bnexp.norm import BatchNorm2d
+from bnexp.step import LogWindow
 
 
 class TinyNet(nn.Module):
@@ -31,9 +33,9 @@ def make_batch(seed: int):
     return torch.randn(6, 3, 8, 8, generator=generator) * 2 + 0.5, torch.randint(0, 10, (6,), generator=generator)
 
 
-def train_steps(model, probe, steps, lr=0.1, on_step=None, edit_grads=None):
-    """The trainer's call protocol; `on_step(step, loss)` sees the state between backward and optimiser step,
-    `edit_grads(step)` may change the gradients before the probe reads them."""
+def train_steps(model, probe, steps, lr=0.1, on_step=None, edit_grads=None, global_grad_norm_steps=()):
+    """The training step's call protocol; `on_step(step, loss)` sees the state between backward and optimiser
+    step, `edit_grads(step)` may change the gradients before the probe reads them."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     for step in range(steps):
         inputs, targets = make_batch(step)
@@ -43,12 +45,11 @@ def train_steps(model, probe, steps, lr=0.1, on_step=None, edit_grads=None):
         loss.backward()
         if edit_grads is not None:
             edit_grads(step)
-        probe.after_backward(step)
+        probe.after_backward(step, global_grad_norm=step in global_grad_norm_steps)
         if on_step is not None:
             on_step(step, loss)
         optimizer.step()
         probe.after_optimizer_step(step)
-        probe.record_loss(step, loss.detach())
 
 
 def direct_layer_norm(tensors):
@@ -160,14 +161,13 @@ def test_interval_respected_and_hooks_only_armed_on_measure_steps():
     assert probe.readback() == []  # everything was handed over once
 
 
-def test_every_zero_measures_nothing_but_still_tracks_loss():
+def test_every_zero_measures_nothing():
     model = TinyNet()
     probe = StabilityProbe(model, {"every": 0})
     train_steps(model, probe, steps=4)
     assert probe.readback() == []
     summary = probe.summary()
     assert summary["max_grad_norm"] is None and summary["init_grad_norms"] == {}
-    assert summary["train_loss_auc"] is not None and math.isfinite(summary["train_loss_auc"])
 
 
 def test_readback_is_one_host_transfer(monkeypatch):
@@ -183,33 +183,62 @@ def test_readback_is_one_host_transfer(monkeypatch):
     assert len(transfers) == 1
 
 
-def test_readback_with_the_callers_values_is_still_one_host_transfer(monkeypatch):
-    """The trainer's window losses ride in the probe's transfer: one .tolist() for both, values intact."""
+def test_a_log_window_reads_its_losses_and_the_probes_measurements_back_in_one_transfer(monkeypatch):
+    """The window's losses ride in the probe's transfer: one .tolist() for both, values intact."""
     model = TinyNet()
     probe = StabilityProbe(model, {"every": 2})
     train_steps(model, probe, steps=3)
-    window_losses = torch.tensor([2.5, 2.25, 2.0])
+    window = LogWindow(4, torch.device("cpu"), steps_per_epoch=10, loss_factor=5.0, loss_curve=LossCurve(),
+                       probe=probe)
+    for step, loss in enumerate([2.5, 2.25, 2.0]):
+        window.add(step, torch.tensor(loss), lr=0.1)
     transfers = []
     original_tolist = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: transfers.append(1) or original_tolist(self))
-    records, extra = probe.readback_with(window_losses)
-    assert [r["step"] for r in records] == [0, 2] and all(r["grad_norm/global"] > 0 for r in records)
-    assert extra == [2.5, 2.25, 2.0] and len(transfers) == 1
-    assert probe.readback_with(torch.tensor([1.5])) == ([], [1.5])  # nothing pending: just the caller's values
+    readback = window.close()
+    assert len(transfers) == 1
+    assert [r["step"] for r in readback.records] == [0, 2] and all(r["grad_norm/global"] > 0 for r in readback.records)
+    assert readback.records[0]["train/loss"] == pytest.approx(2.25) and readback.records[0]["train/lr"] == 0.1
+    assert "train/loss" not in readback.records[1] and readback.records[1]["epoch"] == pytest.approx(0.2)
+    assert readback.loss == pytest.approx(2.25) and readback.diverged_step is None
+    assert window.loss_curve.summary()["train_loss_auc"] == pytest.approx(2.25)
+
+    window.add(3, torch.tensor(1.5), lr=0.05)  # nothing measured since: just the window's own values
+    assert [r["step"] for r in window.close().records] == [3]
 
 
-def test_loss_spikes_auc_and_summary():
-    model = TinyNet()
-    probe = StabilityProbe(model, {"every": 5, "loss_spike_factor": 3.0, "loss_window": 8, "acc_targets": [0.5, 0.9]})
+def test_a_log_window_pins_a_divergence_to_its_step():
+    window = LogWindow(8, torch.device("cpu"), steps_per_epoch=100, loss_factor=5.0, loss_curve=LossCurve())
+    for step, loss in enumerate([2.0, 3.0, 9.0]):
+        window.add(step, torch.tensor(loss), lr=0.1)
+    assert window.close().diverged_step is None  # 9 < 5 x the first loss
+    for step, loss in enumerate([4.0, 11.0, float("nan")], start=3):
+        window.add(step, torch.tensor(loss), lr=0.1)
+    readback = window.close()
+    assert readback.diverged_step == 4 and "diverged at step 4: loss nan" in readback.divergence
+
+
+def test_loss_spikes_and_auc():
+    curve = LossCurve({"loss_spike_factor": 3.0, "loss_window": 8})
     losses = [1.0] * 20 + [10.0] + [1.0] * 5 + [2.5]  # one spike at step 20; 2.5 < 3 x median is not a spike
-    for step, value in enumerate(losses):
-        probe.record_loss(step, torch.tensor(value))
-    train_steps(model, probe, steps=11)  # grad history at steps 0, 5, 10 (loss stats keep accumulating)
+    curve.extend(0, losses[:7])  # read back in windows of any size: the same answer
+    curve.extend(7, losses[7:21])
+    assert (curve.spikes, curve.first_spike_step) == (1, 20)  # the running count, as each window record has it
+    curve.extend(21, losses[21:])
+    summary = curve.summary()
+    assert summary["loss_spikes"] == 1
+    assert summary["first_loss_spike_step"] == 20
+    assert summary["train_loss_auc"] == pytest.approx(sum(losses) / len(losses))
+    assert LossCurve().summary() == {"train_loss_auc": None, "loss_spikes": 0, "first_loss_spike_step": None}
+
+
+def test_probe_summary_from_its_history():
+    model = TinyNet()
+    probe = StabilityProbe(model, {"every": 5, "acc_targets": [0.5, 0.9]})
+    train_steps(model, probe, steps=11)  # grad history at steps 0, 5, 10
     probe_records = probe.readback()
 
     summary = probe.summary({100: 0.4, 200: 0.55, 300: 0.52})
-    assert summary["loss_spikes"] == 1
-    assert summary["first_loss_spike_step"] == 20
     assert summary["steps_to_acc"] == {"0.5": 200, "0.9": None}
 
     history = {r["step"]: r["grad_norm/global"] for r in probe_records if "grad_norm/global" in r}
@@ -229,7 +258,6 @@ def test_loss_spikes_auc_and_summary():
     first_layer, last_layer = probe.layer_names[0], probe.layer_names[-1]
     assert summary["grad_norm_ratio_first_last"] == pytest.approx(
         last[f"grad_norm/{first_layer}"] / last[f"grad_norm/{last_layer}"])
-    assert summary["train_loss_auc"] > 0
 
 
 def test_steps_to_accuracy_accepts_pairs_and_unsorted_input():
@@ -262,23 +290,42 @@ def test_compiled_model_wrapper_keeps_layer_names():
     assert probe.layer_names == ["conv1", "bn1", "conv2", "bn2", "head"]
 
 
-def test_global_grad_norm_at_log_steps_between_measure_steps():
-    """The trainer asks for grad_norm/global at every log step; full measurements stay at `every`."""
+def test_global_grad_norm_at_the_steps_asked_for_between_measure_steps():
+    """The trainer asks for grad_norm/global at each log window's first step; full measurements stay at `every`."""
     torch.manual_seed(0)
     model = TinyNet()
-    probe = StabilityProbe(model, {"every": 4}, global_grad_norm_every=2)
+    probe = StabilityProbe(model, {"every": 4})
     expected = {}
 
     def capture(step, _loss):
         expected[step] = direct_layer_norm([p.grad for p in model.parameters()])
 
-    train_steps(model, probe, steps=7, on_step=capture)
+    train_steps(model, probe, steps=7, on_step=capture, global_grad_norm_steps={0, 2, 4, 6})
     records = probe.readback()
     assert [r["step"] for r in records] == [0, 2, 4, 6]
     for record in records:
         assert record["grad_norm/global"] == pytest.approx(expected[record["step"]], rel=1e-5)
     assert "grad_norm/head" in records[0] and "grad_norm/head" not in records[1]
     assert set(records[1]) == {"step", "grad_norm/global"}
+
+
+def test_a_new_forward_statistic_is_one_more_entry():
+    """The hook part's extension point: a ForwardStat on the output of torch's norm layers, once per armed forward."""
+    model = TinyNet()
+    calls = []
+    fraction_positive = ForwardStat("norm_out", lambda module: isinstance(module, nn.BatchNorm2d), "output",
+                                    lambda _module, y: {"positive": (y > 0).float().mean()})
+    hooks = ForwardHooks(model, lambda keys, values: calls.append(dict(zip(keys, values.tolist()))),
+                         stats=(fraction_positive,))
+    inputs, _ = make_batch(0)
+    expected = (model.bn1(model.conv1(inputs)) > 0).float().mean().item()  # train mode: batch statistics
+    hooks.arm()
+    model(inputs)
+    model(inputs)  # a second forward while armed (e.g. checkpointing) records nothing more
+    hooks.disarm()
+    model(inputs)
+    assert len(calls) == 1 and set(calls[0]) == {"norm_out/bn1/positive"}  # bn2 is bnexp's layer: not watched
+    assert calls[0]["norm_out/bn1/positive"] == pytest.approx(expected)
 
 
 def test_trainer_logs_probe_records_and_summary_fields(tmp_path):

@@ -15,7 +15,7 @@ from tests.helpers import TINY_RUN, compose_config
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
 SUMMARY_FIELDS = {"status", "variant", "model", "lr", "seed", "data_source", "final_test_acc", "best_test_acc",
-                  "epochs_done", "steps_done", "wall_time_s", "images_per_s", "diverged_step", "error"}
+                  "epochs_done", "steps_done", "wall_time_s", "images_per_s", "diverged_step", "error", "provenance"}
 
 
 def read_metrics(run_dir: Path):
@@ -246,10 +246,14 @@ def test_every_log_window_record_has_the_global_grad_norm_when_epochs_do_not_div
     window's record carries grad_norm/global measured at its first step."""
     cfg = compose_config(["+variant=correct_bn", *TINY_RUN, "data.train_size=320", "train.epochs=2",
                           "instrument.every=0"])
-    train(cfg, str(tmp_path))
+    summary = train(cfg, str(tmp_path))
     steps, _ = read_metrics(tmp_path)
     assert [r["step"] for r in steps] == [0, 2, 4, 5, 7, 9]
     assert all(r["grad_norm/global"] > 0 for r in steps)
+    # the loss AUC (tracked with the probe's measurements off) is the mean over every step of the logged windows
+    window_sizes = [2, 2, 1, 2, 2, 1]
+    assert summary["train_loss_auc"] == pytest.approx(
+        sum(size * r["train/loss"] for size, r in zip(window_sizes, steps)) / 10, rel=1e-6)
 
 
 def test_logger_none_runs_without_wandb_installed(tmp_path):
@@ -265,3 +269,94 @@ def test_logger_none_runs_without_wandb_installed(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "STATUS finished" in result.stdout
+
+
+class SinkFailingToFinish:
+    """A sink whose upload fails at the end; with `crash_in_epoch`, the run itself crashes first."""
+
+    def __init__(self, crash_in_epoch: bool):
+        self.crash_in_epoch = crash_in_epoch
+
+    def log_step(self, record):
+        pass
+
+    def log_epoch(self, record):
+        if self.crash_in_epoch:
+            raise RuntimeError("simulated crash in the epoch")
+
+    def finish(self, summary):
+        raise OSError("simulated upload failure")
+
+
+def test_a_sink_failing_to_finish_does_not_replace_the_runs_own_error(tmp_path, capsys):
+    cfg = compose_config(["+variant=no_bn", *TINY_RUN])
+    with pytest.raises(RuntimeError, match="simulated crash in the epoch"):
+        train(cfg, str(tmp_path), extra_sinks=[SinkFailingToFinish(crash_in_epoch=True)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "simulated crash in the epoch" in summary["error"]
+    assert "SinkFailingToFinish.finish: OSError: simulated upload failure" in summary["sink_error"]
+    assert "simulated upload failure" in capsys.readouterr().err
+
+
+def test_a_sink_failing_to_finish_a_good_run_is_raised_and_noted(tmp_path):
+    cfg = compose_config(["+variant=no_bn", *TINY_RUN])
+    with pytest.raises(OSError, match="simulated upload failure"):
+        train(cfg, str(tmp_path), extra_sinks=[SinkFailingToFinish(crash_in_epoch=False)])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["error"] is None
+    assert "simulated upload failure" in summary["sink_error"]
+
+
+def test_provenance_says_what_produced_the_run(tmp_path):
+    import platform
+
+    import torch
+
+    cfg = compose_config(["+variant=no_bn", *TINY_RUN, "train.epochs=abc"])  # even a run that fails at once
+    with pytest.raises(ValueError):
+        train(cfg, str(tmp_path))
+    recorded = json.loads((tmp_path / "summary.json").read_text())["provenance"]
+    assert set(recorded) == {"bnexp_version", "git_commit", "git_dirty", "python", "torch", "triton", "cuda",
+                             "device"}
+    assert recorded["python"] == platform.python_version() and recorded["torch"] == str(torch.__version__)
+    assert recorded["cuda"] == torch.version.cuda
+    if torch.cuda.is_available():  # device=auto
+        assert recorded["device"] == torch.cuda.get_device_name()
+    else:
+        assert recorded["device"].startswith("CPU (")
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # run from a checkout
+        assert recorded["git_commit"] == head.stdout.strip() and isinstance(recorded["git_dirty"], bool)
+
+
+def test_git_state_of_a_checkout_a_dirty_one_and_none(tmp_path, monkeypatch):
+    from bnexp.provenance import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    assert git_state(tmp_path) == (None, None)  # not a checkout
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("a")
+    git("add", "a.txt")
+    git("commit", "-q", "-m", "a")
+    commit = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    (tmp_path / "untracked.txt").write_text("run output")
+    assert git_state(tmp_path) == (commit, False)
+    (tmp_path / "a.txt").write_text("b")
+    assert git_state(tmp_path) == (commit, True)
+    (tmp_path / "sub").mkdir()
+    assert git_state(tmp_path / "sub") == (None, None)  # inside another repository: not bnexp's checkout
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    assert git_state(tmp_path) == (None, None)  # no git at all: no error either
+
+
+def test_the_overhead_benchmark_runs_the_trainers_step(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_train.py"), "--width", "0.125",
+                             "--batch-size", "8", "--every", "2", "--log-every", "2", "--blocks", "1", "--warmup", "2",
+                             "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ratio = float(result.stdout.split("step-time ratio: ")[1].split()[0])
+    assert ratio > 0 and "blocks=1x2 steps" in result.stdout and "measure step:" in result.stdout

@@ -241,6 +241,7 @@ def test_trainer_run_with_wandb_matches_local_files(offline_env, tmp_path):
     (offline_dir,) = offline_runs(offline_env)
     run = read_finished_run(offline_dir)
     assert run["config"]["variant"]["name"] == "shared_bn" and run["config"]["instrument"]["every"] == 2
+    assert run["config"]["bnexp_provenance"] == local_summary["provenance"]
     assert run["run"]["group"] == "shared_bn" and run["run"]["job_type"] == "airbench"
     grad_rows = [row for row in run["history"] if "grad_norm/global" in row]
     assert [row["step"] for row in grad_rows] == [0, 2]

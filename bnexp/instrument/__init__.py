@@ -1,0 +1,18 @@
+"""Training-stability instrumentation, one job per module:
+
+- `probe.py`: StabilityProbe, the cadence (which steps are measured) and the measurements' trip to the host;
+- `layers.py`: gradient, parameter and update norms per layer;
+- `hooks.py`: activation statistics from forward hooks (norm-layer inputs, output RMS), one list to extend;
+- `history.py`: the host-side gradient-norm history and the summary fields derived from it;
+- `loss.py`: loss spikes and the loss AUC, from the losses the trainer reads back.
+
+bnexp/step.py is the caller: TrainStep runs the probe around each step, LogWindow reads its measurements back.
+"""
+from bnexp.instrument.history import steps_to_accuracy
+from bnexp.instrument.hooks import FORWARD_STATS, ForwardHooks, ForwardStat, is_norm_layer
+from bnexp.instrument.layers import ParameterLayers, unwrap_model
+from bnexp.instrument.loss import LossCurve
+from bnexp.instrument.probe import DEFAULT_INSTRUMENT_CFG, Measurement, StabilityProbe, to_host
+
+__all__ = ["DEFAULT_INSTRUMENT_CFG", "FORWARD_STATS", "ForwardHooks", "ForwardStat", "LossCurve", "Measurement",
+           "ParameterLayers", "StabilityProbe", "is_norm_layer", "steps_to_accuracy", "to_host", "unwrap_model"]

@@ -1,0 +1,148 @@
+"""StabilityProbe: when to measure, and the measurements' trip from the device to the history.
+
+Every `every` steps (step 0 always) a measure step records gradient, parameter and update norms per layer
+(`layers.py`) and activation statistics (`hooks.py`). The one rule for `grad_norm/global`: every measure step, and
+every step whose caller asks for it (the trainer asks at the first step of each log window).
+
+Measurements stay device tensors until the caller takes them (`take_measurements`) and copies them to the host in
+one transfer with its own values (`to_host`); `receive` turns the host values into records and adds them to the
+history (`history.py`). Nothing here synchronises with the device, so the GPU queue never drains for it.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable, Mapping, NamedTuple
+
+import torch
+from torch import nn
+
+from bnexp.config import config_value
+from bnexp.instrument.history import GradNormHistory, steps_to_accuracy
+from bnexp.instrument.hooks import ForwardHooks
+from bnexp.instrument.layers import ParameterLayers, unwrap_model
+
+DEFAULT_INSTRUMENT_CFG = {
+    "every": 50,  # measure every N optimiser steps (step 0 always); 0 disables measurements
+    "loss_spike_factor": 3.0,  # a step's loss is a spike if > factor x the median of the recent losses
+    "loss_window": 64,  # how many recent losses that median is taken over
+    "acc_targets": [0.5, 0.7, 0.8],  # test accuracies for summary.json steps_to_acc
+    "activations": True,  # record bn/ and act/ statistics with forward hooks on measure steps
+    "update_ratio": True,  # snapshot parameters to measure ||dw|| / ||w|| on measure steps
+}
+
+
+class Measurement(NamedTuple):
+    step: int
+    keys: list[str]
+    values: torch.Tensor  # 1-D, on the device, one value per key
+
+
+def to_host(tensors: list[torch.Tensor]) -> list[list[float]]:
+    """Each tensor's values as host floats, in one device-to-host transfer for all of them."""
+    if not tensors:
+        return []
+    flat = torch.cat([tensor.reshape(-1).float() for tensor in tensors]).tolist()
+    ends = list(itertools.accumulate(tensor.numel() for tensor in tensors))
+    return [flat[end - tensor.numel():end] for tensor, end in zip(tensors, ends)]
+
+
+class StabilityProbe:
+    """Called around each optimisation step: before_forward, after_backward, after_optimizer_step."""
+
+    def __init__(self, model: nn.Module, instrument_cfg: Any = None):
+        def setting(key):
+            return config_value(instrument_cfg, key, DEFAULT_INSTRUMENT_CFG[key])
+
+        model = unwrap_model(model)
+        self.every = int(setting("every"))
+        self.acc_targets = [float(target) for target in setting("acc_targets")]
+        self.record_update_ratio = bool(setting("update_ratio"))
+        self.layers = ParameterLayers(model)
+        self.layer_names = self.layers.names
+        self.hooks = ForwardHooks(model, self._add) if setting("activations") else None
+        self.history = GradNormHistory(self.layer_names)
+        self._step: int | None = None  # the step being measured, and its values so far
+        self._keys: list[str] = []
+        self._values: list[torch.Tensor] = []
+        self._measurements: list[Measurement] = []
+
+    def is_measure_step(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def measures_activations(self, step: int) -> bool:
+        """True when this step's forward must run the eager module: torch.compile traces forward hooks once and
+        guards only on their number, so hooks armed per step are not reliably called in a compiled graph."""
+        return self.hooks is not None and self.is_measure_step(step)
+
+    # ------------------------------------------------------------------ the step protocol
+    def before_forward(self, step: int) -> None:
+        self._close_step()
+        if self.hooks is not None:
+            self.hooks.disarm()  # a forward that raised may have left them armed
+        if self.measures_activations(step):
+            self._step = step
+            self.hooks.arm()
+
+    def after_backward(self, step: int, global_grad_norm: bool = False) -> None:
+        """`global_grad_norm`: record grad_norm/global at this step even if it is not a measure step."""
+        if self.hooks is not None:
+            self.hooks.disarm()  # the forward is over: eval and later steps must not pay for hooks
+        if not self.layers.params:
+            return
+        with torch.no_grad():
+            if self.is_measure_step(step):
+                self._step = step
+                grad_norms = self.layers.grad_norms()
+                if grad_norms is not None:
+                    self._add(["grad_norm/global"], grad_norms.square().sum().sqrt())
+                    self._add([f"grad_norm/{name}" for name in self.layer_names], grad_norms)
+                param_norms = self.layers.param_norms(keep_snapshot=self.record_update_ratio)
+                self._add(["param_norm/global"], param_norms.square().sum().sqrt())
+                self._add([f"param_norm/{name}" for name in self.layer_names], param_norms)
+            elif global_grad_norm and (norm := self.layers.global_grad_norm()) is not None:
+                self._step = step
+                self._add(["grad_norm/global"], norm)
+
+    def after_optimizer_step(self, step: int) -> None:
+        ratios = self.layers.update_ratios()  # frees the snapshot in any case
+        if ratios is not None and self._step == step:
+            self._add(["update_ratio/global"], ratios[0])
+            self._add([f"update_ratio/{name}" for name in self.layer_names], ratios[1])
+        self._close_step()
+
+    def _add(self, keys: list[str], values: torch.Tensor) -> None:
+        if self._step is not None:
+            self._keys.extend(keys)
+            self._values.append(values.detach().float().reshape(-1))
+
+    def _close_step(self) -> None:
+        """The measured step's values become one device vector, waiting to be taken."""
+        if self._step is not None and self._values:
+            self._measurements.append(Measurement(self._step, self._keys, torch.cat(self._values)))
+        self._step, self._keys, self._values = None, [], []
+
+    # ------------------------------------------------------------------ to the host
+    def take_measurements(self) -> list[Measurement]:
+        """Hand over every measurement not taken yet (still on the device)."""
+        self._close_step()
+        measurements, self._measurements = self._measurements, []
+        return measurements
+
+    def receive(self, measurements: list[Measurement], host_values: list[list[float]]) -> list[dict]:
+        """One record per measured step from the measurements' host values; the history learns them too."""
+        records = []
+        for measurement, values in zip(measurements, host_values):
+            record = {"step": measurement.step, **dict(zip(measurement.keys, values))}
+            self.history.add(record)
+            records.append(record)
+        return records
+
+    def readback(self) -> list[dict]:
+        """take_measurements + to_host + receive, for a caller with no values of its own to copy along."""
+        measurements = self.take_measurements()
+        return self.receive(measurements, to_host([measurement.values for measurement in measurements]))
+
+    def summary(self, test_acc_by_step: Mapping[int, float] | Iterable[tuple[int, float]] | None = None) -> dict:
+        """The probe's summary.json fields, from what has been read back (the host history)."""
+        return {**self.history.summary(), "steps_to_acc": steps_to_accuracy(test_acc_by_step, self.acc_targets),
+                "instrument_every": self.every}
