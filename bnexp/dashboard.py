@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import netrc
+import os
 import re
 import socket
 import sys
@@ -34,7 +36,6 @@ DEFAULT_TIMEOUT_S = 120.0
 # W&B draws only the first max_runs runs (or groups) of a workspace panel, 10 by default; a full lr_stability
 # grid is 168 runs.
 MAX_RUNS_PER_PANEL = 200
-VARIANT_ORDER = ("correct_bn", "torch_bn", "grouped_bn", "shared_bn", "no_bn")
 DRY_RUN_HINT = "to build the dashboard without W&B, run with --dry-run --out dashboard.json"
 
 
@@ -98,6 +99,9 @@ class Grouping:
     aggregate: str = "mean"
     band: str = "minmax"
 
+    def group_keys(self) -> list[Key]:
+        return self.keys + ([self.lr_key] if self.split_by_lr else [])
+
 
 @dataclass
 class ReportSpec:
@@ -148,13 +152,14 @@ def acc_targets() -> list[float]:
 
 def variant_descriptions() -> list[tuple[str, str]]:
     """(name, the first comment line of conf/variant/<name>.yaml), in the report's order."""
+    from bnexp.report import variant_sort_key
+
     found = {}
     for path in sorted((CONF_DIR / "variant").glob("*.yaml")):
         comment = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
                        "")
         found[path.stem] = comment
-    order = [name for name in VARIANT_ORDER if name in found] + [name for name in found if name not in VARIANT_ORDER]
-    return [(name, found[name]) for name in order]
+    return [(name, found[name]) for name in sorted(found, key=variant_sort_key)]
 
 
 def _about_markdown(grouping: Grouping) -> str:
@@ -263,10 +268,9 @@ def default_grouping(lr_filter: float | None = None, split_by_lr: bool = False) 
 def _describe_grid(runs: list | None, filter_: dict[str, str]) -> tuple[str, str]:
     """(grid, data source) sentences for the report: from local run dirs if given, else the named sweep config."""
     if runs:
-        from bnexp.report import describe_data_sources
+        from bnexp.report import describe_data_sources, variant_sort_key
 
-        variants = sorted({run.variant for run in runs}, key=lambda v: (VARIANT_ORDER.index(v.split("_g")[0])
-                                                                       if v.split("_g")[0] in VARIANT_ORDER else 99, v))
+        variants = sorted({run.variant for run in runs}, key=variant_sort_key)
         lrs = sorted({run.lr for run in runs if run.lr is not None})
         seeds = sorted({run.seed for run in runs if run.seed is not None})
         models = sorted({run.model for run in runs})
@@ -403,8 +407,7 @@ def _wandb_panel(panel: Panel, grouping: Grouping, wr: Any) -> Any:
 def _groupby(grouping: Grouping, expr: Any) -> list:
     metric = {"run": lambda name: expr.Metric({"group": "Group"}.get(name, name)), "config": expr.Config,
               "summary": expr.Summary}
-    keys = grouping.keys + ([grouping.lr_key] if grouping.split_by_lr else [])
-    return [metric[key.source](key.name) for key in keys]
+    return [metric[key.source](key.name) for key in grouping.group_keys()]
 
 
 def _filters(grouping: Grouping, expr: Any, report_filter: dict[str, str] | None = None) -> Any:
@@ -454,7 +457,7 @@ def build_report(spec: DashboardSpec, entity: str | None = None) -> Any:
         raise ValueError("this spec has no report (build it with a report filter)")
     entity = entity or spec.entity or ""
     groupby = ["group" if key.source == "run" and key.name == "group" else f"{key.source}.{key.name}"
-               for key in spec.grouping.keys + ([spec.grouping.lr_key] if spec.grouping.split_by_lr else [])]
+               for key in spec.grouping.group_keys()]
     blocks: list[Any] = [wr.MarkdownBlock(text=spec.report.text)]
     for name in spec.report.sections:
         section = spec.section(name)
@@ -464,8 +467,10 @@ def build_report(spec: DashboardSpec, entity: str | None = None) -> Any:
                            else [])
         panels = [_wandb_panel(p, spec.grouping, wr) for p in section.panels if p.kind != "runs_table"]
         blocks += [wr.H2(text=section.name), wr.PanelGrid(runsets=[runset], panels=panels)]
+    (kind, value), = spec.report.filter.items()
     return wr.Report(project=spec.project, entity=entity, title=spec.report.title,
-                     description=f"{spec.report.filter}", blocks=blocks)
+                     description=f"Runs with {kind} {value}, grouped by variant; built by python -m bnexp.dashboard",
+                     blocks=blocks)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -508,15 +513,28 @@ def _probe(base_url: str, timeout_s: float) -> None:
         raise DashboardError(f"cannot reach the W&B server {base_url} ({error}); {DRY_RUN_HINT}") from error
 
 
+def _has_credentials(base_url: str) -> bool:
+    """An API key wandb would use without prompting: the sink's check, or a netrc entry for this very host (newer
+    wandb versions default to a host other than api.wandb.ai)."""
+    from bnexp.wandb_sink import has_wandb_credentials
+
+    if has_wandb_credentials():
+        return True
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        return bool(netrc.netrc(path).authenticators(urlparse(base_url).hostname or ""))
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 def publish(spec: DashboardSpec, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[str]:
     """Save the workspace (and the report, if the spec has one) to W&B; returns their URLs."""
     import wandb
 
-    from bnexp.wandb_sink import has_wandb_credentials
-
-    if not has_wandb_credentials():
-        raise DashboardError(f"no W&B credentials (set WANDB_API_KEY or run `wandb login`); {DRY_RUN_HINT}")
     base_url = str(wandb.setup().settings.base_url)
+    # Checked before any wandb call: without a key, wandb may prompt for one, which would wait for a user.
+    if not _has_credentials(base_url):
+        raise DashboardError(f"no W&B credentials (set WANDB_API_KEY or run `wandb login`); {DRY_RUN_HINT}")
 
     def save() -> list[str]:
         _probe(base_url, min(10.0, timeout_s))
@@ -580,6 +598,7 @@ def _draw_scatter_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: 
     from bnexp.rundirs import as_float, get_path
 
     (y_key,) = panel.y
+    drawn = False
     for label, runs in groups.items():
         points = []
         for run in runs:
@@ -589,11 +608,14 @@ def _draw_scatter_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: 
                 points.append((x, y))
         if points:
             ax.scatter(*zip(*points), color=colors[label], s=22, label=label, alpha=0.85)
+            drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, f"no run has a {y_key.name}", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(panel.x.name)
     ax.set_ylabel(y_key.name)
-    if panel.log_x:
+    if panel.log_x and drawn:
         ax.set_xscale("log")
-    if panel.log_y:
+    if panel.log_y and drawn:
         ax.set_yscale("log")
 
 
@@ -614,15 +636,15 @@ def _draw_runs_table(ax: Any, panel: Panel, runs: list) -> None:
     ax.axis("off")
     table = ax.table(cellText=rows, colLabels=header, loc="upper center", cellLoc="center")
     table.auto_set_font_size(False)
-    table.set_fontsize(6.5)
-    table.scale(1.0, 1.05)
+    table.set_fontsize(8)
+    table.scale(1.0, 1.2)
 
 
-def _draw_markdown(ax: Any, text: str, fontsize: float = 8.5) -> None:
+def _draw_markdown(ax: Any, text: str, fontsize: float, width: int) -> None:
     ax.axis("off")
     plain = re.sub(r"[*`#]", "", text)
     lines = [line for line in plain.splitlines() if not re.fullmatch(r"\|?[-| ]+\|?", line)]
-    ax.text(0.0, 1.0, "\n".join(_wrap(line, 110) for line in lines), va="top", ha="left", fontsize=fontsize,
+    ax.text(0.0, 1.0, "\n".join(_wrap(line, width) for line in lines), va="top", ha="left", fontsize=fontsize,
             family="monospace", transform=ax.transAxes)
 
 
@@ -639,7 +661,8 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bnexp.rundirs import as_float, read_metrics
+    from bnexp.report import variant_sort_key
+    from bnexp.rundirs import read_metrics
 
     if spec.grouping.lr_filter is not None:
         runs = [run for run in runs if run.lr is not None and math.isclose(run.lr, spec.grouping.lr_filter)]
@@ -651,48 +674,44 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
         cache[run.run_dir] = {"step": [r for r in records if r.get("kind", "step") == "step"],
                               "epoch": [r for r in records if r.get("kind") == "epoch"]}
     groups: dict[str, list] = {}
-    for run in sorted(runs, key=lambda r: (VARIANT_ORDER.index(r.config.get("variant", {}).get("name"))
-                                           if r.config.get("variant", {}).get("name") in VARIANT_ORDER else 99,
-                                           r.variant, as_float(r.lr) or 0)):
+    for run in sorted(runs, key=lambda r: (variant_sort_key(r.variant), r.lr or 0.0, r.seed or 0)):
         groups.setdefault(_group_label(run, spec.grouping), []).append(run)
     palette = plt.get_cmap("tab10")
     colors = {label: palette(index % 10) for index, label in enumerate(groups)}
 
     columns = 4
-    heights = [0.9 if s.pinned else 3.0 for s in spec.sections]
-    summary_section = spec.sections[-1]
-    heights[-1] = 3.0
-    figure = plt.figure(figsize=(6.0 * columns, sum(heights) + 4.2))
-    grid = figure.add_gridspec(len(spec.sections) + 1, columns, height_ratios=heights + [4.2], hspace=0.75,
-                               wspace=0.25)
+    table_height = 0.3 * (len(runs) + 2)
+    heights = [2.6 if section.pinned else 3.0 for section in spec.sections] + [table_height]
+    figure = plt.figure(figsize=(6.0 * columns, sum(heights) * 1.25))
+    grid = figure.add_gridspec(len(heights), columns, height_ratios=heights, hspace=0.6, wspace=0.25)
+    handles = [plt.Line2D([], [], color=colors[label], lw=2) for label in groups]
     for row, section in enumerate(spec.sections):
-        panels = [p for p in section.panels if p.kind not in ("runs_table",)]
+        panels = [p for p in section.panels if p.kind != "runs_table"]
         if section.pinned:
             ax = figure.add_subplot(grid[row, :])
-            _draw_markdown(ax, f"{spec.workspace_name} | section: {section.name}\n" + panels[0].markdown, 8)
+            _draw_markdown(ax, f"{spec.workspace_name}: section {section.name!r}\n" + panels[0].markdown, 9, 170)
+            ax.legend(handles, list(groups), loc="upper right", ncol=1, fontsize=10, title="groups (colour)",
+                      frameon=False)
             continue
         for column, panel in enumerate(panels[:columns]):
             ax = figure.add_subplot(grid[row, column])
-            title = "\n".join(_wrap(panel.title, 58).splitlines()[:3])
-            ax.set_title(title, fontsize=7.5, loc="left")
+            ax.set_title("\n".join(_wrap(panel.title, 62).splitlines()[:3]), fontsize=8, loc="left")
             if panel.kind == "line":
                 _draw_line_panel(ax, panel, groups, colors, cache)
             elif panel.kind == "scatter":
                 _draw_scatter_panel(ax, panel, groups, colors)
             else:
-                _draw_markdown(ax, panel.markdown, 6.5)
+                _draw_markdown(ax, panel.markdown, 7.5, 75)
             ax.tick_params(labelsize=7)
             if column == 0:
-                ax.annotate(section.name, xy=(-0.22, 0.5), xycoords="axes fraction", rotation=90, va="center",
-                            ha="center", fontsize=10, weight="bold")
-    table_panel = next(p for p in summary_section.panels if p.kind == "runs_table")
+                ax.annotate(section.name, xy=(-0.2, 0.5), xycoords="axes fraction", rotation=90, va="center",
+                            ha="center", fontsize=11, weight="bold")
+    table_panel = next(p for p in spec.panels() if p.kind == "runs_table")
     ax = figure.add_subplot(grid[len(spec.sections), :])
-    ax.set_title(table_panel.title + " (the workspace's runs table)", fontsize=9, loc="left")
+    ax.set_title(table_panel.title + " (the workspace's runs table, pinned columns)", fontsize=10, loc="left")
     _draw_runs_table(ax, table_panel, runs)
-    handles = [plt.Line2D([], [], color=colors[label], lw=2) for label in groups]
-    figure.legend(handles, list(groups), loc="upper right", ncol=min(len(groups), 6), fontsize=9, frameon=False)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_path, dpi=60, bbox_inches="tight")
+    figure.savefig(out_path, dpi=64, bbox_inches="tight")
     plt.close(figure)
     return out_path
 
@@ -704,11 +723,10 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
 def describe(spec: DashboardSpec) -> str:
     """What the spec would build, in a few lines."""
     grouping = spec.grouping
-    group_text = " > ".join(f"{k.source}:{k.name}" for k in grouping.keys + ([grouping.lr_key]
-                                                                              if grouping.split_by_lr else []))
+    group_text = " > ".join(f"{key.source}:{key.name}" for key in grouping.group_keys())
+    lr_text = "" if grouping.lr_filter is None else f", filtered to {grouping.lr_key.name} = {grouping.lr_filter:g}"
     lines = [f"workspace {spec.workspace_name!r} in {spec.entity or '<default entity>'}/{spec.project}, "
-             f"grouped by {group_text} ({grouping.aggregate}, {grouping.band} band)"
-             + (f", filtered to {grouping.lr_key.name} = {grouping.lr_filter:g}" if grouping.lr_filter is not None else "")]
+             f"grouped by {group_text} ({grouping.aggregate}, {grouping.band} band){lr_text}"]
     for index, section in enumerate(spec.sections, 1):
         lines.append(f"  {index}. {section.name}")
         for panel in section.panels:

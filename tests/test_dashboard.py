@@ -360,3 +360,15 @@ def test_host_that_never_answers_is_given_up_after_the_timeout(tmp_path):
     assert "--dry-run" in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert accepted  # it did get past the connection probe
     assert elapsed < 120
+
+
+def test_credentials_for_the_configured_host_count(tmp_path, monkeypatch):
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    (tmp_path / "netrc").write_text("machine wandb.example.org\n  login user\n  password " + "k" * 40 + "\n")
+    assert dashboard._has_credentials("https://wandb.example.org")
+    assert not dashboard._has_credentials("https://other.example.org")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert dashboard._has_credentials("https://other.example.org")
