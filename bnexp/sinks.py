@@ -9,28 +9,12 @@ Other sinks (W&B) are added beside it, never instead of it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
 
+from bnexp.fileio import json_safe
 from bnexp.rundirs import write_json_atomic
-
-
-def _finite_or_none(value):
-    """JSON has no NaN/inf; a diverged loss is recorded as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def clean_record(record):
-    """Replace NaN/inf with None at any depth (summaries nest dicts such as init_grad_norms)."""
-    if isinstance(record, dict):
-        return {key: clean_record(value) for key, value in record.items()}
-    if isinstance(record, (list, tuple)):
-        return [clean_record(value) for value in record]
-    return _finite_or_none(record)
 
 
 class LocalSink:
@@ -45,18 +29,18 @@ class LocalSink:
         # Line-buffered, so a killed run keeps every line logged before the kill. "w": a new run in the same
         # dir (hydra.run.dir=... given twice) replaces the old run's metrics instead of appending to them.
         self._metrics = open(self.run_dir / "metrics.jsonl", "w", buffering=1)
-        write_json_atomic(self.summary_path, clean_record(initial_summary))
+        write_json_atomic(self.summary_path, initial_summary)
 
     def log_step(self, record: dict) -> None:
-        self._metrics.write(json.dumps(clean_record({"kind": "step", **record})) + "\n")
+        self._metrics.write(json.dumps(json_safe({"kind": "step", **record})) + "\n")
 
     def log_epoch(self, record: dict) -> None:
-        self._metrics.write(json.dumps(clean_record({"kind": "epoch", **record})) + "\n")
+        self._metrics.write(json.dumps(json_safe({"kind": "epoch", **record})) + "\n")
 
     def finish(self, summary: dict) -> None:
         self._metrics.flush()
         self._metrics.close()
-        write_json_atomic(self.summary_path, clean_record(summary))
+        write_json_atomic(self.summary_path, summary)
 
 
 class SinkGroup:
