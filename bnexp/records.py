@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from bnexp.rundirs import (
+    COMPLETED_STATUSES,
     SWEEP_JOB_FILE,
     as_float,
     find_run_dirs,
@@ -53,7 +54,7 @@ class RunRecord:
 
     @property
     def completed(self) -> bool:
-        return self.status in ("finished", "diverged")
+        return self.status in COMPLETED_STATUSES
 
     def step_records(self) -> list[dict[str, Any]]:
         """The per-step records of metrics.jsonl (read once; the tables and several plots use them)."""
