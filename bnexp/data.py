@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from bnexp.fileio import atomic_write
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -207,18 +209,12 @@ def _write_cache(cache_file: Path, train: Split, test: Split, class_names: list[
     same source (same resolved path, other fingerprints) are removed, since they no longer match it; caches of
     another source with the same file name are kept."""
     source_path = str(source.resolve())
-    temporary = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(temporary, format_version=CACHE_FORMAT_VERSION, train_images=train.images.numpy(),
-                 train_labels=train.labels.numpy(), test_images=test.images.numpy(),
-                 test_labels=test.labels.numpy(), class_names=json.dumps(class_names), source_path=source_path)
-        os.replace(temporary, cache_file)
+        with atomic_write(cache_file, "wb") as handle:
+            np.savez(handle, format_version=CACHE_FORMAT_VERSION, train_images=train.images.numpy(),
+                     train_labels=train.labels.numpy(), test_images=test.images.numpy(),
+                     test_labels=test.labels.numpy(), class_names=json.dumps(class_names), source_path=source_path)
     except OSError as error:
-        try:
-            temporary.unlink(missing_ok=True)
-        except OSError:
-            pass  # the folder itself is the problem
         raise DatasetError(f"Could not write the decoded-image cache {str(cache_file)!r}: {error}. "
                            "Point data.data_dir (or $BNEXP_DATA_DIR) at a writable folder.") from error
     source_prefix = cache_file.name.rsplit("-", 1)[0]

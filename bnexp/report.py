@@ -3,13 +3,13 @@
     python -m bnexp.report <sweep dirs | multirun dirs | run dirs ...> --out results/<name> [--lr 0.4]
 
 Finds every run dir below the given paths (a dir holding summary.json plus config.yaml or .hydra/config.yaml, or
-a sweep run dir with sweep_job.json), groups runs by model x variant x lr and writes to --out:
+a sweep run dir with sweep_job.json), groups runs by model x variant x lr (bnexp/records.py) and writes to --out:
   runs.csv               one row per run (the per-run numbers everything else is computed from)
   summary.csv/.md        per variant x lr: final test acc mean ± std over seeds, fraction diverged, steps to the
                          accuracy targets, the global grad norm at step 0, its peak after step 0 and its last value, ...
   stable_lr.csv          the largest lr per variant at which every seed finished without diverging
   *.png                  plots (see bnexp/report_plots.py)
-  report.md              all of the above with the config and data source
+  report.md              all of the above with the config, the data source and the versions that made the runs
 Optional fields (instrumentation) may be missing in older runs; the affected plot is skipped with a note.
 """
 from __future__ import annotations
@@ -19,263 +19,35 @@ import csv
 import math
 import sys
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import numpy as np
 import yaml
 
-from bnexp.rundirs import (
-    SWEEP_JOB_FILE,
-    as_float,
-    find_run_dirs,
-    first_line,
-    flatten,
-    get_path,
-    read_config,
-    read_json,
-    read_metrics,
-    read_summary,
+from bnexp import report_plots
+from bnexp.records import (
+    DEFAULT_MIN_ACC,
+    GroupStats,
+    ProvenanceCounts,
+    RunRecord,
+    StableLr,
+    accuracy_targets,
+    aggregate,
+    choose_shared_lr,
+    discover_runs,
+    largest_stable_lrs,
+    provenance_counts,
+    variant_sort_key,
+    varying_config_keys,
 )
+from bnexp.rundirs import as_float, first_line, flatten, get_path
 
-# Settings that identify the grid axes or only the machine; everything else should agree across compared runs.
-AXIS_OR_MACHINE_KEYS = ("seed", "optim.lr", "variant.", "model.name", "device", "logger.", "hydra.", "data.path",
-                        "data.data_dir", "data.cache_dir", "instrument.")
 HEADLINE_CONFIG_KEYS = ("model.name", "model.width", "data.name", "data.train_size", "data.test_size",
                         "optim.name", "optim.momentum", "optim.nesterov", "optim.weight_decay",
                         "optim.label_smoothing", "optim.schedule", "optim.warmup_steps", "optim.warmup_frac",
                         "train.epochs", "train.batch_size", "train.amp", "train.compile", "train.channels_last",
                         "divergence.loss_factor", "variant.backend")
-UNKNOWN_MODEL = "default"
-# "Stable" (no seed diverged) is not "trains": a net can sit at chance without its loss ever blowing up.
-# A run counts as having learned when its final test accuracy reaches this (CIFAR-10 chance is 0.1).
-DEFAULT_MIN_ACC = 0.2
-VARIANT_ORDER = ("correct_bn", "torch_bn", "grouped_bn", "shared_bn", "no_bn")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loading runs
-# ----------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class RunRecord:
-    run_dir: Path
-    summary: dict[str, Any]
-    config: dict[str, Any]
-    status: str
-    variant: str          # label, e.g. correct_bn or grouped_bn_g8
-    model: str
-    lr: float | None
-    seed: int | None
-    _step_records: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def completed(self) -> bool:
-        return self.status in ("finished", "diverged")
-
-    def step_records(self) -> list[dict[str, Any]]:
-        """The per-step records of metrics.jsonl (read once; the tables and several plots use them)."""
-        if self._step_records is None:
-            self._step_records = [r for r in read_metrics(self.run_dir)
-                                  if r.get("kind", "step") == "step" and "step" in r]
-        return self._step_records
-
-
-@dataclass
-class GradNormTrajectory:
-    """grad_norm/global of one run at its first logged step, the largest after it, and at its last logged step.
-
-    The first value is set by the initialisation alone (the same for every lr of a seed), so the maximum over a
-    whole run mostly repeats it; the peak after step 0 and the last value show what training did: a peak far
-    above the start is an explosion, a last value of exactly 0 a network that died. Non-finite norms count as inf.
-    """
-    at_init: float | None
-    peak_after_init: float | None
-    last: float | None
-
-
-def grad_norm_trajectory(run: RunRecord) -> GradNormTrajectory:
-    values = []
-    for record in sorted(run.step_records(), key=lambda r: r["step"]):
-        if "grad_norm/global" in record:
-            value = as_float(record["grad_norm/global"])  # None for NaN
-            values.append(math.inf if value is None else value)
-    if not values:
-        return GradNormTrajectory(None, None, None)
-    return GradNormTrajectory(values[0], max(values[1:]) if len(values) > 1 else None, values[-1])
-
-
-def variant_label(config: dict[str, Any], summary: dict[str, Any]) -> str:
-    """correct_bn, shared_bn, ... with the group count appended for grouped BN (grouped_bn_g8): runs that differ
-    only in stat_groups are different variants for this study."""
-    name = get_path(config, "variant.name") or summary.get("variant") or summary.get("sweep_variant") or "unknown"
-    name = str(name)
-    norm = get_path(config, "variant.norm")
-    groups = get_path(config, "variant.stat_groups")
-    if groups is not None and (norm == "grouped" or name.startswith("grouped")) and f"_g{groups}" not in name:
-        return f"{name}_g{groups}"
-    return name
-
-
-def load_run(run_dir: Path) -> RunRecord:
-    summary = read_summary(run_dir) or {}
-    config = read_config(run_dir)
-    job = read_json(run_dir / SWEEP_JOB_FILE) or {}  # the sweep's own record; helps when config is absent
-    if not config and job.get("variant"):
-        summary.setdefault("sweep_variant", job["variant"])
-    lr = as_float(summary.get("lr"))
-    if lr is None:
-        lr = as_float(get_path(config, "optim.lr", job.get("lr")))
-    seed = summary.get("seed", get_path(config, "seed", job.get("seed")))
-    model = summary.get("model") or get_path(config, "model.name") or job.get("model") or UNKNOWN_MODEL
-    return RunRecord(run_dir=run_dir, summary=summary, config=config,
-                     status=str(summary.get("status") or "missing"),
-                     variant=variant_label(config, summary), model=str(model), lr=lr,
-                     seed=int(seed) if seed is not None else None)
-
-
-def discover_runs(paths: Iterable[Path]) -> list[RunRecord]:
-    runs = [load_run(run_dir) for run_dir in find_run_dirs(paths)]
-    # A run that failed before its config was written does not know its model (the trainer's default); with
-    # one model in the study it is that one, rather than a spurious second model in every table.
-    known_models = {run.model for run in runs if run.model != UNKNOWN_MODEL}
-    if len(known_models) == 1:
-        for run in runs:
-            if run.model == UNKNOWN_MODEL:
-                run.model = next(iter(known_models))
-    return runs
-
-
-def variant_sort_key(label: str) -> tuple:
-    base = next((i for i, name in enumerate(VARIANT_ORDER) if label.startswith(name)), len(VARIANT_ORDER))
-    groups = label.rsplit("_g", 1)[-1] if "_g" in label else ""
-    # grouped BN from many groups (close to per-channel) to few (close to shared)
-    return (base, -int(groups) if groups.isdigit() else 0, label)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Aggregation
-# ----------------------------------------------------------------------------------------------------------------
-
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else math.nan
-
-
-def _std(values: list[float]) -> float:
-    # Sample std over seeds; undefined for a single seed.
-    return float(np.std(values, ddof=1)) if len(values) >= 2 else math.nan
-
-
-@dataclass
-class GroupStats:
-    model: str
-    variant: str
-    lr: float
-    runs: list[RunRecord]
-    values: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def stable(self) -> bool:
-        """Every seed finished, none diverged (failed or unfinished runs make it not-known-stable)."""
-        return bool(self.runs) and all(run.status == "finished" for run in self.runs)
-
-    def trains(self, min_acc: float) -> bool:
-        """Stable, and every seed's final test accuracy reached min_acc."""
-        return self.stable and all((as_float(run.summary.get("final_test_acc")) or 0.0) >= min_acc
-                                   for run in self.runs)
-
-
-def accuracy_targets(runs: list[RunRecord]) -> list[str]:
-    targets = {key for run in runs for key in (run.summary.get("steps_to_acc") or {})}
-    return sorted(targets, key=lambda t: float(t))
-
-
-def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) -> list[GroupStats]:
-    grouped: dict[tuple, list[RunRecord]] = defaultdict(list)
-    for run in runs:
-        if run.lr is not None:
-            grouped[(run.model, run.variant, run.lr)].append(run)
-    targets = accuracy_targets(runs)
-    groups = []
-    for (model, variant, lr), members in grouped.items():
-        members.sort(key=lambda run: (run.seed is None, run.seed))
-        finished = [run for run in members if run.status == "finished"]
-        diverged = [run for run in members if run.status == "diverged"]
-        # Accuracy over seeds that finished without diverging; divergence is reported in its own column.
-        accuracies = [a for a in (as_float(run.summary.get("final_test_acc")) for run in finished) if a is not None]
-        best = [a for a in (as_float(run.summary.get("best_test_acc")) for run in finished) if a is not None]
-        grad_norms = [g for g in (as_float(run.summary.get("max_grad_norm")) for run in members) if g is not None]
-        completed = len(finished) + len(diverged)
-        values: dict[str, Any] = {
-            "n_runs": len(members), "n_finished": len(finished), "n_diverged": len(diverged),
-            "n_incomplete": len(members) - completed,
-            "frac_diverged": len(diverged) / completed if completed else math.nan,
-            "final_test_acc_mean": _mean(accuracies), "final_test_acc_std": _std(accuracies),
-            "best_test_acc_mean": _mean(best),
-            "n_below_min_acc": sum(a < min_acc for a in accuracies),
-        }
-        for target in targets:
-            steps = [s for s in (as_float((run.summary.get("steps_to_acc") or {}).get(target)) for run in finished)
-                     if s is not None]
-            values[f"steps_to_acc_{target}_mean"] = _mean(steps)
-            values[f"steps_to_acc_{target}_reached"] = len(steps)
-        values["max_grad_norm"] = max(grad_norms) if grad_norms else math.nan
-        trajectories = {id(run): grad_norm_trajectory(run) for run in members}
-        at_init = [t.at_init for t in trajectories.values() if t.at_init is not None]
-        peaks = [t.peak_after_init for t in trajectories.values() if t.peak_after_init is not None]
-        # the last value of a diverged run is its blow-up, already in the peak: average the finished runs
-        last = [trajectories[id(run)].last for run in finished if trajectories[id(run)].last is not None]
-        values["grad_norm_at_init_mean"] = _mean(at_init)
-        values["grad_norm_peak_after_init_max"] = max(peaks) if peaks else math.nan
-        values["grad_norm_last_mean"] = _mean(last)
-        for key in ("train_loss_auc", "wall_time_s", "images_per_s"):
-            numbers = [v for v in (as_float(run.summary.get(key)) for run in finished) if v is not None]
-            values[f"{key}_mean"] = _mean(numbers)
-        groups.append(GroupStats(model, variant, lr, members, values))
-    groups.sort(key=lambda g: (g.model, variant_sort_key(g.variant), g.lr))
-    return groups
-
-
-@dataclass
-class StableLr:
-    model: str
-    variant: str
-    largest_stable_lr: float | None
-    smallest_unstable_lr: float | None
-    top_of_grid: bool        # stable at the largest lr tried: the grid did not find the limit
-    largest_training_lr: float | None  # stable and every seed reached min_acc
-
-
-def largest_stable_lrs(groups: list[GroupStats], min_acc: float = DEFAULT_MIN_ACC) -> list[StableLr]:
-    by_variant: dict[tuple[str, str], list[GroupStats]] = defaultdict(list)
-    for group in groups:
-        by_variant[(group.model, group.variant)].append(group)
-    results = []
-    for (model, variant), members in by_variant.items():
-        stable = [g.lr for g in members if g.stable]
-        unstable = [g.lr for g in members if g.values["n_diverged"] > 0]
-        largest = max(stable) if stable else None
-        training = [g.lr for g in members if g.trains(min_acc)]
-        results.append(StableLr(model, variant, largest, min(unstable) if unstable else None,
-                                largest is not None and largest == max(g.lr for g in members),
-                                max(training) if training else None))
-    results.sort(key=lambda r: (r.model, variant_sort_key(r.variant)))
-    return results
-
-
-def varying_config_keys(runs: list[RunRecord]) -> dict[str, list[Any]]:
-    """Config keys (other than the grid axes) whose values differ between runs: a warning sign when comparing."""
-    seen: dict[str, set] = defaultdict(set)
-    for run in runs:
-        if not run.config:
-            continue
-        for key, value in flatten(run.config).items():
-            if key.startswith(AXIS_OR_MACHINE_KEYS) or key in AXIS_OR_MACHINE_KEYS:
-                continue
-            seen[key].add(repr(value))
-    return {key: sorted(values) for key, values in sorted(seen.items()) if len(values) > 1}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,6 +57,15 @@ def varying_config_keys(runs: list[RunRecord]) -> dict[str, list[Any]]:
 RUN_COLUMNS = ("model", "variant", "lr", "seed", "status", "final_test_acc", "best_test_acc", "diverged_step",
                "max_grad_norm", "max_grad_norm_layer", "train_loss_auc", "steps_done", "wall_time_s",
                "images_per_s", "data_source", "run_dir", "error")
+
+
+def shown_path(path: Path) -> str:
+    """A run dir as the report shows it: relative to the current dir when it lies below it (a report is read on
+    other machines, where this one's absolute paths mean nothing), else as found."""
+    try:
+        return str(Path(path).relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _csv_value(value: Any) -> Any:
@@ -300,7 +81,7 @@ def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
         for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr or 0, r.seed or 0)):
             error = run.summary.get("error")
             row = {"model": run.model, "variant": run.variant, "lr": run.lr, "seed": run.seed, "status": run.status,
-                   "run_dir": str(run.run_dir), "error": first_line(error)}
+                   "run_dir": shown_path(run.run_dir), "error": first_line(error)}
             writer.writerow([_csv_value(row.get(c, run.summary.get(c))) for c in RUN_COLUMNS])
 
 
@@ -408,30 +189,26 @@ def describe_data_sources(runs: list[RunRecord]) -> list[str]:
     return lines
 
 
+def provenance_markdown(counts: ProvenanceCounts, n_runs: int) -> list[str]:
+    """The "Made from" section: every recorded value of each provenance field, with its number of runs."""
+    not_recorded = ("from a bnexp that did not record it yet, or failed before training started")
+    if not counts.values:
+        return [f"No run records what made it (`provenance` in summary.json): all {n_runs} are {not_recorded}."]
+    rows = [[f"`{key}`", ", ".join(f"`{value}` ({n})" for value, n in counter.most_common())]
+            for key, counter in counts.values.items()]
+    lines = ["The code and library versions recorded in the runs' summary.json (`provenance`), with the number of "
+             "runs for each value:", "", markdown_table(["field", "value (runs)"], rows)]
+    if counts.runs_without:
+        lines += ["", f"{counts.runs_without} of the {n_runs} runs record no provenance: they are {not_recorded}."]
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------------------------
 
-def choose_shared_lr(groups: list[GroupStats], requested: float | None) -> float | None:
-    """The lr for per-variant curve plots: the largest lr tried by every variant at which the reference variant
-    (correct_bn if present) is stable -- where the variants differ most while the reference still trains."""
-    if requested is not None:
-        return requested
-    lrs_by_variant: dict[str, set[float]] = defaultdict(set)
-    for group in groups:
-        lrs_by_variant[group.variant].add(group.lr)
-    if not lrs_by_variant:
-        return None
-    common = sorted(set.intersection(*lrs_by_variant.values())) or sorted({g.lr for g in groups})
-    reference = "correct_bn" if "correct_bn" in lrs_by_variant else sorted(lrs_by_variant, key=variant_sort_key)[0]
-    stable = [g.lr for g in groups if g.variant == reference and g.stable and g.lr in common]
-    return max(stable) if stable else common[0]
-
-
 def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = None,
                  min_acc: float = DEFAULT_MIN_ACC) -> Path:
-    from bnexp import report_plots  # matplotlib is only needed here
-
     runs = discover_runs(paths)
     if not runs:
         raise SystemExit(f"bnexp.report: no run dirs (summary.json + config.yaml) found under {paths}")
@@ -462,9 +239,10 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         + ", ".join(f"`{p}`" for p in paths) + ".", "",
         f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in status_counts.most_common()) + ".", "",
         "## Data source", "", *describe_data_sources(runs), "",
+        "## Made from", "", *provenance_markdown(provenance_counts(runs), len(runs)), "",
         "## Config", "",
         "Grid axes: variant, lr, seed" + (", model" if show_model else "") + ". Shared settings (from "
-        f"`{next((run.run_dir for run in runs if run.config), '-')}`):", "",
+        f"`{next((shown_path(run.run_dir) for run in runs if run.config), '-')}`):", "",
         "```yaml", yaml.safe_dump(headline, sort_keys=False).strip() if headline else "# (no config found)", "```",
         "",
     ]
@@ -501,7 +279,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         for run in incomplete:
             error = (run.summary.get("error") or "").strip().splitlines()
             lines.append(f"- {run.variant} lr={run.lr:g} seed={run.seed} ({run.status}): "
-                         f"{error[0] if error else 'no error recorded'} — `{run.run_dir}`")
+                         f"{error[0] if error else 'no error recorded'} — `{shown_path(run.run_dir)}`")
         lines.append("")
     report_path = out_dir / "report.md"
     report_path.write_text("\n".join(lines))

@@ -9,7 +9,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 import matplotlib.ticker
@@ -18,10 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
+from bnexp.records import GroupStats, RunRecord, variant_sort_key  # noqa: E402
 from bnexp.rundirs import as_float  # noqa: E402
-
-if TYPE_CHECKING:
-    from bnexp.report import GroupStats, RunRecord
 
 LAYER_PREFIX = "grad_norm/"
 GLOBAL_KEY = "grad_norm/global"
@@ -51,13 +49,11 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def _series_key(run: "RunRecord", show_model: bool) -> tuple:
-    from bnexp.report import variant_sort_key
-
+def _series_key(run: RunRecord, show_model: bool) -> tuple:
     return (run.model if show_model else "", variant_sort_key(run.variant))
 
 
-def _runs_by_series(runs: list["RunRecord"]) -> dict[str, list["RunRecord"]]:
+def _runs_by_series(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     """Runs grouped by variant (model/variant when several models are compared), in report order."""
     show_model = len({run.model for run in runs}) > 1
     ordered = sorted(runs, key=lambda r: (_series_key(r, show_model), r.seed is None, r.seed))
@@ -67,13 +63,13 @@ def _runs_by_series(runs: list["RunRecord"]) -> dict[str, list["RunRecord"]]:
     return by_series
 
 
-def _runs_at_lr(runs: list["RunRecord"], lr: float | None) -> dict[str, list["RunRecord"]]:
+def _runs_at_lr(runs: list[RunRecord], lr: float | None) -> dict[str, list[RunRecord]]:
     if lr is None:
         return {}
     return _runs_by_series([run for run in runs if run.lr is not None and math.isclose(run.lr, lr, rel_tol=1e-9)])
 
 
-def plot_accuracy_vs_lr(groups: list["GroupStats"], out_dir: Path, min_acc: float | None = None) -> PlotResult:
+def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float | None = None) -> PlotResult:
     title = "Test accuracy vs learning rate"
     show_model = len({g.model for g in groups}) > 1
     series: dict[str, list] = defaultdict(list)
@@ -112,7 +108,7 @@ def plot_accuracy_vs_lr(groups: list["GroupStats"], out_dir: Path, min_acc: floa
                                    "(on the x axis when every seed diverged).")
 
 
-def plot_loss_curves(runs: list["RunRecord"], lr: float | None, out_dir: Path) -> PlotResult:
+def plot_loss_curves(runs: list[RunRecord], lr: float | None, out_dir: Path) -> PlotResult:
     title = f"Training loss at lr={lr:g}" if lr is not None else "Training loss"
     by_variant = _runs_at_lr(runs, lr)
     curves: dict[str, list[tuple[np.ndarray, np.ndarray, str]]] = {}
@@ -175,7 +171,7 @@ def log_grad_norm_matrix(records: list[dict], layers: list[str]) -> np.ndarray:
         return np.log10(np.where(matrix >= 0, matrix, np.nan))
 
 
-def plot_grad_norm_heatmaps(runs: list["RunRecord"], lr: float | None, out_dir: Path) -> PlotResult:
+def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Path) -> PlotResult:
     title = f"Per-layer gradient norm over training at lr={lr:g}" if lr is not None else "Per-layer gradient norm"
     panels = []
     for variant, members in _runs_at_lr(runs, lr).items():
@@ -219,7 +215,7 @@ def plot_grad_norm_heatmaps(runs: list["RunRecord"], lr: float | None, out_dir: 
                       "blank: nothing logged (after a divergence).")
 
 
-def _init_grad_norms(run: "RunRecord") -> dict[str, float]:
+def _init_grad_norms(run: RunRecord) -> dict[str, float]:
     from_summary = run.summary.get("init_grad_norms")
     if isinstance(from_summary, dict) and from_summary:
         return {k: v for k, v in ((k, as_float(v)) for k, v in from_summary.items()) if v is not None}
@@ -232,7 +228,7 @@ def _init_grad_norms(run: "RunRecord") -> dict[str, float]:
             if v is not None}
 
 
-def plot_init_grad_norms(runs: list["RunRecord"], out_dir: Path) -> PlotResult:
+def plot_init_grad_norms(runs: list[RunRecord], out_dir: Path) -> PlotResult:
     title = "Per-layer gradient norm at initialisation"
     per_variant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     layer_order: dict[str, None] = {}
@@ -265,7 +261,7 @@ def plot_init_grad_norms(runs: list["RunRecord"], out_dir: Path) -> PlotResult:
                                    "the variant (all lrs and seeds: at initialisation the lr has not acted yet).")
 
 
-def make_all_plots(runs: list["RunRecord"], groups: list["GroupStats"], out_dir: Path,
+def make_all_plots(runs: list[RunRecord], groups: list[GroupStats], out_dir: Path,
                    shared_lr: float | None, min_acc: float | None = None) -> list[PlotResult]:
     return [
         plot_accuracy_vs_lr(groups, out_dir, min_acc),

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import yaml
+
+from bnexp.fileio import atomic_write, json_safe
 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
@@ -34,27 +35,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON via a temp file + rename so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as tmp:
-            json.dump(value, tmp, indent=2, sort_keys=False, default=_json_default)
-            tmp.write("\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _json_default(value: Any) -> Any:
-    # Paths and numpy/torch scalars show up in records; store them as plain JSON values.
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)  # anything else (e.g. a config value kept as given): its text, never a lost file
+    """Write `value` as JSON (made plain by json_safe) so that readers never see a half-written file."""
+    with atomic_write(path) as handle:
+        json.dump(json_safe(value), handle, indent=2)
+        handle.write("\n")
 
 
 def first_line(text: str | None, default: str = "") -> str:

@@ -9,28 +9,12 @@ Other sinks (W&B) are added beside it, never instead of it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
 
+from bnexp.fileio import json_safe
 from bnexp.rundirs import write_json_atomic
-
-
-def _finite_or_none(value):
-    """JSON has no NaN/inf; a diverged loss is recorded as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def clean_record(record):
-    """Replace NaN/inf with None at any depth (summaries nest dicts such as init_grad_norms)."""
-    if isinstance(record, dict):
-        return {key: clean_record(value) for key, value in record.items()}
-    if isinstance(record, (list, tuple)):
-        return [clean_record(value) for value in record]
-    return _finite_or_none(record)
 
 
 class LocalSink:
@@ -48,13 +32,13 @@ class LocalSink:
         self.write_summary(initial_summary)
 
     def log_step(self, record: dict) -> None:
-        self._metrics.write(json.dumps(clean_record({"kind": "step", **record})) + "\n")
+        self._metrics.write(json.dumps(json_safe({"kind": "step", **record})) + "\n")
 
     def log_epoch(self, record: dict) -> None:
-        self._metrics.write(json.dumps(clean_record({"kind": "epoch", **record})) + "\n")
+        self._metrics.write(json.dumps(json_safe({"kind": "epoch", **record})) + "\n")
 
     def write_summary(self, summary: dict) -> None:
-        write_json_atomic(self.summary_path, clean_record(summary))
+        write_json_atomic(self.summary_path, summary)
 
     def finish(self, summary: dict) -> None:
         self._metrics.close()

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
 import fcntl
 import hashlib
+import itertools
 import json
 import os
-import queue
 import re
 import shutil
 import signal
@@ -31,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bnexp.config import CONF_DIR
+from bnexp.fileio import atomic_write
+from bnexp.orphan_guard import SWEEP_PID_VARIABLE
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
     SWEEP_JOB_FILE,
@@ -58,16 +60,19 @@ RUNS_CSV = "runs.csv"
 # Configuration
 # ----------------------------------------------------------------------------------------------------------------
 
-def _key_of_override(override: str) -> str:
-    """'+variant=x' -> 'variant', '~a.b' -> 'a.b', 'optim.lr=0.1' -> 'optim.lr'."""
-    return override.split("=", 1)[0].lstrip("+~")
+def _override_keys(overrides: list[str]) -> list[str]:
+    """The config key each override sets, as Hydra parses it: '+variant=x' -> 'variant', '~a.b' -> 'a.b',
+    'optim.lr=0.1' -> 'optim.lr', 'group@pkg=x' -> 'group@pkg'. A malformed override raises Hydra's own error."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.key_or_group + (f"@{o.package}" if o.package is not None else "") for o in parsed]
 
 
 def split_cli_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
     """Separate sweep-config overrides (key `sweep` or `sweep.*`) from train overrides (everything else)."""
     sweep_overrides, train_overrides = [], []
-    for argument in arguments:
-        key = _key_of_override(argument)
+    for argument, key in zip(arguments, _override_keys(arguments)):
         (sweep_overrides if key == "sweep" or key.startswith("sweep.") else train_overrides).append(argument)
     return sweep_overrides, train_overrides
 
@@ -107,8 +112,7 @@ def _merge_overrides(*override_lists: list[str]) -> list[str]:
     duplicates, and 'the preset says X, my command line says Y' should mean Y)."""
     merged: dict[str, str] = {}
     for overrides in override_lists:
-        for override in overrides:
-            key = _key_of_override(override)
+        for override, key in zip(overrides, _override_keys(overrides)):
             merged.pop(key, None)  # re-insert so the order reflects the last writer
             merged[key] = override
     return list(merged.values())
@@ -143,7 +147,7 @@ def build_jobs(sweep_cfg: DictConfig, cli_train_overrides: list[str]) -> list[Sw
     common = [str(o) for o in (sweep_cfg.get("train_overrides") or [])]
 
     grid_keys = {"variant", "model", "optim.lr", "seed"}
-    clashing = [o for o in cli_train_overrides if _key_of_override(o) in grid_keys]
+    clashing = [o for o, key in zip(cli_train_overrides, _override_keys(cli_train_overrides)) if key in grid_keys]
     if clashing:
         raise ValueError(f"{clashing} would override grid axes; change the grid instead "
                          "(sweep.lrs=[...], sweep.seeds=[...], sweep.only_variants=[...], sweep.models=[...])")
@@ -164,10 +168,13 @@ def build_jobs(sweep_cfg: DictConfig, cli_train_overrides: list[str]) -> list[Sw
 
 
 def _quote_for_hydra(value: str) -> str:
-    # Hydra parses override values; commas, '=' or spaces in a path would be read as syntax.
+    """`value` as a Hydra override value: plain when it can be, else single-quoted. Inside quotes Hydra reads a
+    backslash literally except in a run right before a quote, which it halves, so only those runs are doubled."""
     if re.fullmatch(r"[A-Za-z0-9_./\-]+", value):
         return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    escaped = re.sub(r"(\\*)'", lambda match: match.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda match: match.group(1) * 2, escaped)
+    return f"'{escaped}'"
 
 
 def train_command(job: SweepJob, train_module: str) -> list[str]:
@@ -227,25 +234,50 @@ def _child_env(gpu: str | None, threads: int) -> dict[str, str]:
         env[variable] = str(threads)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
+    env[SWEEP_PID_VARIABLE] = str(os.getpid())  # the run dies with the sweep (bnexp.orphan_guard)
     return env
 
 
-def _load_prctl():
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except OSError:
-        return None
+class SweepStopped(Exception):
+    """The sweep is stopping: a run that has not started is not started."""
 
 
-_PRCTL = _load_prctl() if sys.platform.startswith("linux") else None
-_PR_SET_PDEATHSIG = 1
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            pass
 
 
-def _die_with_parent() -> None:
-    # Runs in the forked child before exec: if the sweep process dies (even by SIGKILL) the run gets SIGTERM,
-    # so a killed sweep leaves no orphan writing into a run dir that the next resume will redo.
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+class TrainingProcesses:
+    """The sweep's running training processes. Each starts in a session of its own, so signalling its process
+    group reaches whatever the run started too; a terminal's Ctrl-C reaches the sweep alone, which stops them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._live: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def start(self, command: list[str], **popen_kwargs: Any) -> subprocess.Popen:
+        with self._lock:  # so that stop() cannot miss a process that starts while it runs
+            if self.stopping:
+                raise SweepStopped
+            process = subprocess.Popen(command, start_new_session=True, **popen_kwargs)
+            self._live.add(process)
+            return process
+
+    def ended(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._live.discard(process)
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Signal every running training process's group, and start no more."""
+        with self._lock:
+            self.stopping = True
+            live = list(self._live)
+        for process in live:
+            _signal_group(process, signum)
 
 
 def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
@@ -305,7 +337,7 @@ def record_failure(job: SweepJob, returncode: int | None, reason: str, stderr_ta
 
 
 def run_job(job: SweepJob, train_module: str, env: dict[str, str], timeout_s: float | None,
-            register_process) -> JobOutcome:
+            processes: TrainingProcesses) -> JobOutcome:
     """Run one training subprocess to completion and classify how it ended."""
     # A redo starts from an empty dir: appending to a killed attempt's metrics.jsonl would mix two runs.
     if job.run_dir.exists():
@@ -318,21 +350,21 @@ def run_job(job: SweepJob, train_module: str, env: dict[str, str], timeout_s: fl
     started = time.monotonic()
     timed_out = False
     with open(job.run_dir / "stdout.log", "wb") as stdout, open(job.run_dir / "stderr.log", "wb") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-                                   env=env, cwd=os.getcwd(), preexec_fn=_die_with_parent)
-        register_process(process)
+        # The thread that starts a run waits for it: the run's die-with-parent signal fires when that thread ends.
+        process = processes.start(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env,
+                                  cwd=os.getcwd())
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-            process.terminate()
+            _signal_group(process, signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
                 process.wait()
         finally:
-            register_process(None)
+            processes.ended(process)
     wall_time = time.monotonic() - started
     returncode = process.returncode
 
@@ -381,9 +413,9 @@ class SweepLedger:
                 "overrides": list(job.overrides),
             }
 
-    def mark_running(self, job: SweepJob, worker: int, gpu: str | None) -> None:
-        self.rows[job.run_id].update(status="running", attempted=True, worker=worker, gpu=gpu, error=None,
-                                     returncode=None)
+    def mark_running(self, run_id: str, worker: int, gpu: str | None) -> None:
+        self.rows[run_id].update(status="running", attempted=True, worker=worker, gpu=gpu, error=None,
+                                 returncode=None)
 
     def mark_done(self, job: SweepJob, outcome: JobOutcome) -> None:
         self.rows[job.run_id].update(status=outcome.status, returncode=outcome.returncode,
@@ -404,13 +436,11 @@ class SweepLedger:
             "sweep": self.name, "state": state, "started_at": self.started_at,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": self.counts(),
             "config": self.config, "runs": list(self.rows.values())})
-        tmp = self.out_dir / f".{RUNS_CSV}.tmp"
-        with open(tmp, "w", newline="") as handle:
+        with atomic_write(self.out_dir / RUNS_CSV, newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=RUN_FIELDS, extrasaction="ignore")
             writer.writeheader()
             for row in self.rows.values():
                 writer.writerow({**row, "error": first_line(row.get("error"))})
-        os.replace(tmp, self.out_dir / RUNS_CSV)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -475,77 +505,85 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     print(f"sweep {ledger.name}: {len(jobs)} runs ({skipped} already finished/diverged, {len(pending)} to run) "
           f"with {plan.count} worker(s) [{devices}] -> {out_dir}", flush=True)
 
-    job_queue: queue.Queue[SweepJob] = queue.Queue()
-    for job in pending:
-        job_queue.put(job)
-    events: queue.Queue[tuple] = queue.Queue()
-    stop = threading.Event()
-    live_processes: dict[int, subprocess.Popen | None] = {}
+    envs = [_child_env(gpu, plan.threads_per_worker) for gpu in plan.gpu_of_worker]
+    processes = TrainingProcesses()
+    # Each pool thread is one worker for the whole sweep, with its own slot (GPU and environment).
+    slots, thread_slot = itertools.count(), threading.local()
+    started_on: dict[str, int] = {}  # run id -> worker slot; written by workers, read by this thread
 
-    def worker_loop(index: int) -> None:
-        env = _child_env(plan.gpu_of_worker[index], plan.threads_per_worker)
-        while not stop.is_set():
-            try:
-                job = job_queue.get_nowait()
-            except queue.Empty:
-                return
-            events.put(("start", job, index))
-            try:
-                outcome = run_job(job, train_module, env, timeout_s,
-                                  lambda process: live_processes.__setitem__(index, process))
-            except Exception as error:  # the runner's own failure (e.g. disk full) fails this run, not the sweep
-                outcome = JobOutcome("failed", None, 0.0, f"sweep runner error: {error!r}")
-            events.put(("end", job, outcome))
+    def take_slot() -> None:
+        thread_slot.index = next(slots)
 
-    threads = [threading.Thread(target=worker_loop, args=(i,), daemon=True, name=f"sweep-worker-{i}")
-               for i in range(plan.count)]
+    def run_on_worker(job: SweepJob) -> JobOutcome | None:
+        """None: the sweep stopped before the run started."""
+        if processes.stopping:
+            return None
+        started_on[job.run_id] = thread_slot.index
+        try:
+            return run_job(job, train_module, envs[thread_slot.index], timeout_s, processes)
+        except SweepStopped:
+            return None
+        except Exception as error:  # the runner's own failure (e.g. disk full) fails this run, not the sweep
+            return JobOutcome("failed", None, 0.0, f"sweep runner error: {error!r}")
+
     # In a log file (no tty) every redraw is a new line, so redraw rarely there.
     bar = tqdm(total=len(pending), unit="run", desc=ledger.name, dynamic_ncols=True, file=sys.stderr,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, smoothing=0.1)
     bar.set_postfix_str(_progress_text(ledger, skipped), refresh=False)
-    for thread in threads:
-        thread.start()
 
-    finished_events = 0
+    def note_started() -> bool:
+        newly = [(run_id, slot) for run_id, slot in list(started_on.items())  # list(): workers add to it
+                 if ledger.rows[run_id]["status"] == "pending"]
+        for run_id, slot in newly:
+            ledger.mark_running(run_id, slot, plan.gpu_of_worker[slot])
+        return bool(newly)
+
+    recorded: set[Future] = set()
+
+    def note_done(future: Future) -> None:
+        recorded.add(future)
+        job, outcome = futures[future], (None if future.cancelled() else future.result())
+        if outcome is None:
+            return
+        if ledger.rows[job.run_id]["status"] == "pending":  # started and ended between two looks
+            slot = started_on[job.run_id]
+            ledger.mark_running(job.run_id, slot, plan.gpu_of_worker[slot])
+        ledger.mark_done(job, outcome)
+        accuracy = outcome.summary.get("final_test_acc")
+        detail = f" test_acc={accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""
+        if outcome.status == "failed":
+            detail = f" ({first_line(outcome.error, 'no error text')})"
+        bar.write(f"{outcome.status:>8}: {job.describe()}{detail} [{outcome.wall_time_s:.1f}s] {job.run_dir}")
+        # before update(): update() redraws, and the line should show the counts of this run
+        bar.set_postfix_str(_progress_text(ledger, skipped), refresh=False)
+        bar.update(1)
+
+    pool = ThreadPoolExecutor(max_workers=plan.count, thread_name_prefix="sweep-worker", initializer=take_slot)
+    futures = {pool.submit(run_on_worker, job): job for job in pending}
     interrupted = False
     try:
-        while finished_events < len(pending):
-            try:
-                kind, job, payload = events.get(timeout=1.0)
-            except queue.Empty:
-                if not any(thread.is_alive() for thread in threads) and events.empty():
-                    break  # defensive: workers gone without reporting
-                continue
-            if kind == "start":
-                ledger.mark_running(job, payload, plan.gpu_of_worker[payload])
-            else:
-                finished_events += 1
-                ledger.mark_done(job, payload)
-                accuracy = payload.summary.get("final_test_acc")
-                detail = f" test_acc={accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""
-                if payload.status == "failed":
-                    detail = f" ({first_line(payload.error, 'no error text')})"
-                bar.write(f"{payload.status:>8}: {job.describe()}{detail} [{payload.wall_time_s:.1f}s] "
-                          f"{job.run_dir}")
-            # before update(): update() redraws, and the line should show the counts of this event
-            bar.set_postfix_str(_progress_text(ledger, skipped), refresh=False)
-            if kind == "end":
-                bar.update(1)
-            ledger.save("running")
+        while len(recorded) < len(futures):
+            done, _ = wait(set(futures) - recorded, timeout=0.5, return_when=FIRST_COMPLETED)
+            started = note_started()
+            for future in done:
+                note_done(future)
+            if started or done:
+                bar.set_postfix_str(_progress_text(ledger, skipped), refresh=False)
+                ledger.save("running")
     except KeyboardInterrupt:
         interrupted = True
-        stop.set()
         bar.write("interrupted: stopping running training processes ...")
-        for process in list(live_processes.values()):
-            if process is not None and process.poll() is None:
-                process.terminate()
-        for thread in threads:
-            thread.join(timeout=60)
-        while not events.empty():  # record whatever the workers reported while stopping
-            kind, job, payload = events.get_nowait()
-            if kind == "end":
-                ledger.mark_done(job, payload)
+        pool.shutdown(wait=False, cancel_futures=True)
+        processes.stop(signal.SIGTERM)
+        if wait(futures, timeout=60).not_done:  # a run that ignores SIGTERM
+            processes.stop(signal.SIGKILL)
+            wait(futures, timeout=30)
+        note_started()
+        for future in futures:  # record whatever the workers reported while stopping
+            if future.done() and future not in recorded:
+                note_done(future)
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
 
     for row in ledger.rows.values():
@@ -587,10 +625,10 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    sweep_overrides, train_overrides = split_cli_overrides(args.overrides)
     # SIGTERM (e.g. a batch system stopping the job) takes the same orderly path as Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
+        sweep_overrides, train_overrides = split_cli_overrides(args.overrides)
         sweep_cfg = compose_sweep_config(sweep_overrides)
         if args.print_config:
             print(OmegaConf.to_yaml(sweep_cfg))

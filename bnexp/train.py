@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from bnexp.config import CONF_DIR
 from bnexp.data import DatasetError
+from bnexp.orphan_guard import die_with_parent
 from bnexp.trainer import RunInterrupted, train
 
 
@@ -34,6 +35,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent()  # a run started by bnexp.sweep ends with the sweep
     if not (CONF_DIR / "train.yaml").is_file():
         # conf/ sits beside the package in the repo; a non-editable install copies the package without it
         sys.exit(f"bnexp.train: error: the configs are not at {CONF_DIR}. Install bnexp from its repository "

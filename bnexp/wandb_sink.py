@@ -16,18 +16,17 @@ that also exists per step (train/loss) is logged as train/epoch_<name> so each k
 """
 from __future__ import annotations
 
-import math
 import netrc
 import os
-import struct
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 from urllib.parse import urlparse
 
 import wandb
 
 from bnexp.config import config_value
+from bnexp.fileio import json_safe
 
 # Prefixes that only ever appear in step records / epoch records; defined once with a glob.
 STEP_ONLY_PREFIXES = ("grad_norm/", "param_norm/", "update_ratio/", "act/", "bn/")
@@ -193,7 +192,7 @@ class WandbSink:
         status = str((summary or {}).get("status", "finished"))
         try:
             if summary:
-                self.run.summary.update({key: _json_safe(value) for key, value in summary.items()})
+                self.run.summary.update(json_safe(summary))
         finally:
             self.run.finish(exit_code=1 if status == "failed" else 0)
 
@@ -202,100 +201,3 @@ class WandbSink:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.finish({"status": "failed"} if exc_type else None)
-
-
-def _json_safe(value: Any) -> Any:
-    """Summary values W&B can store: non-finite floats become None (as in summary.json readers)."""
-    value = _plain(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-# ---------------------------------------------------------------------- offline run reader
-def iter_offline_run_records(wandb_file: str | os.PathLike) -> Iterator[Any]:
-    """Decode the protobuf records of a `run-<id>.wandb` transaction log (for tests and debugging).
-
-    The file is a 7-byte header (":W&B", magic, version) followed by a LevelDB-style log: 32 KiB blocks
-    of chunks, each with a 7-byte header (crc32, little-endian length, type FULL/FIRST/MIDDLE/LAST).
-    """
-    from wandb.proto import wandb_internal_pb2
-
-    block_size, header_size = 32768, 7
-    data = Path(wandb_file).read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{wandb_file} is not a W&B transaction log")
-    position, partial = 7, b""
-    while position + header_size <= len(data):
-        left_in_block = block_size - position % block_size
-        if left_in_block < header_size:  # block trailer padding
-            position += left_in_block
-            continue
-        _crc, length, chunk_type = struct.unpack("<IHB", data[position : position + header_size])
-        position += header_size
-        chunk = data[position : position + length]
-        position += length
-        if chunk_type == 0:  # zero padding at the end of a block / file
-            continue
-        if chunk_type == 1:
-            payload = chunk
-        elif chunk_type == 2:
-            partial = chunk
-            continue
-        elif chunk_type == 3:
-            partial += chunk
-            continue
-        else:
-            payload, partial = partial + chunk, b""
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
-        yield record
-
-
-def read_offline_run(offline_run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Config, history rows, final summary and run metadata of an offline run dir, decoded from its .wandb file."""
-    import json
-
-    (wandb_file,) = Path(offline_run_dir).glob("run-*.wandb")
-    config: dict[str, Any] = {}
-    summary: dict[str, Any] = {}
-    history: list[dict[str, Any]] = []
-    metrics: list[Any] = []
-    run_info: dict[str, Any] = {}
-    exit_code = None
-
-    def apply_update(target: dict[str, Any], item: Any) -> None:
-        path = list(item.nested_key) or [item.key]
-        for part in path[:-1]:
-            target = target.setdefault(part, {})
-        target[path[-1]] = json.loads(item.value_json)
-
-    for record in iter_offline_run_records(wandb_file):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run = record.run
-            run_info = {"run_id": run.run_id, "project": run.project, "group": run.run_group,
-                        "job_type": run.job_type, "name": run.display_name, "tags": list(run.tags)}
-            for item in run.config.update:
-                apply_update(config, item)
-        elif kind == "config":
-            for item in record.config.update:
-                apply_update(config, item)
-        elif kind == "history":
-            row: dict[str, Any] = {}
-            for item in record.history.item:
-                apply_update(row, item)
-            history.append(row)
-        elif kind == "summary":
-            for item in record.summary.update:
-                apply_update(summary, item)
-        elif kind == "metric":
-            metrics.append(record.metric)
-        elif kind == "exit":
-            exit_code = record.exit.exit_code
-    return {"run": run_info, "config": config, "history": history, "summary": summary,
-            "metrics": metrics, "exit_code": exit_code}

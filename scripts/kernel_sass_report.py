@@ -10,8 +10,7 @@ hint) and builds the cubin for an sm_90 GPU (H100 / H200). The report then reads
     loads     global load instructions by width (LDG.E.128 = 16 bytes, the widest; LDG.E = 4 bytes)
     stores    global store instructions by width
 and the launch itself: grid, tile (BLOCK_M x BLOCK_C), warps. Narrow loads on the big streaming kernels,
-or spills, are the static causes of a kernel running under copy bandwidth (see /work/.library/device/METHOD.md:
-"read what costs no device time").
+or spills, are the static causes of a kernel running under copy bandwidth, and both can be read without a GPU.
 
 The cubin comes from the Triton installed HERE (the GPU box may have another version; the codegen is usually the
 same, but say which one was read). Needs only triton's bundled ptxas / cuobjdump / nvdisasm.

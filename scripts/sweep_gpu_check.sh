@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device check of the sweep runner + report on real data (CIFAR-10 JPEG copy), one GPU, about 6 minutes.
-# The GPU box has no hydra/omegaconf: prepare .gpu/ here first with `bash scripts/gpu_prepare.sh`,
-# then run it with carry [".gpu"] and timeout_s of SWEEP_S + ~90:
+# For a GPU machine without hydra/omegaconf: prepare .gpu/ first with `bash scripts/gpu_prepare.sh`, copy it
+# beside the checkout there, and allow SWEEP_S + ~90 seconds:
 #   SWEEP_S=360 bash scripts/sweep_gpu_check.sh [more sweep/train overrides]
 # It runs correct_bn, shared_bn and no_bn at lr 1.6 (top of the lr_stability grid), 0.4 and 0.05 (seed 0, the
 # train.yaml recipe) as 3 workers sharing GPU 0, then the report; logs, CSVs and plots land in $OUT.

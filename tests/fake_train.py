@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from bnexp.orphan_guard import die_with_parent
+
 
 def parse(argv):
     values = {}
@@ -24,6 +26,7 @@ def parse(argv):
 
 
 def main():
+    die_with_parent()  # as bnexp.train does: a run started by the sweep ends with it
     args = parse(sys.argv[1:])
     run_dir = Path(args["hydra.run.dir"])
     run_dir.mkdir(parents=True, exist_ok=True)

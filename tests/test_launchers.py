@@ -87,9 +87,9 @@ def test_launcher_really_runs_and_report_reads_the_dirs(launcher: list[str], plu
     pytest.importorskip(plugin)
     result = _multirun(launcher, tmp_path / "multirun")
     assert result.returncode == 0, result.stderr[-3000:]
-    from bnexp import report
+    from bnexp import records
 
-    runs = report.discover_runs([tmp_path / "multirun"])
+    runs = records.discover_runs([tmp_path / "multirun"])
     assert sorted(run.variant for run in runs) == ["correct_bn", "no_bn"]
     assert all(run.status in ("finished", "diverged") for run in runs)
 

@@ -210,7 +210,7 @@ def test_triton_backend_on_cpu_tensor_is_a_clear_error():
 
 
 def test_cuda_input_without_usable_triton_falls_back_once_or_raises(monkeypatch):
-    """The issue's error path for a CUDA tensor when Triton is broken, checked without a GPU: the input only
+    """The error path for a CUDA tensor when Triton is broken, checked without a GPU: the input only
     needs to say it is on CUDA, and Triton's status is set to unusable."""
     import warnings
     from types import SimpleNamespace

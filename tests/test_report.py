@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bnexp import report
+from bnexp import records, report
 from bnexp.rundirs import find_run_dirs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def make_run_dir(run_dir: Path, variant: str, lr: float, seed: int, *, status: s
                  final_test_acc: float | None = 0.5, stat_groups: int | None = None, model: str = "airbench",
                  instrumented: bool = True, hydra_layout: bool = False,
                  data_source: str = "CIFAR-10 JPEG copy (cifar10-jpeg.tar.xz)", steps: int = 6,
-                 extra_config: dict | None = None) -> Path:
+                 extra_config: dict | None = None, provenance: dict | None = None) -> Path:
     """A run dir as the trainer writes it (README "Outputs"), with made-up but internally consistent numbers."""
     run_dir.mkdir(parents=True)
     norm = {"grouped_bn": "grouped", "no_bn": "none", "shared_bn": "shared"}.get(variant, "per_channel")
@@ -54,6 +54,8 @@ def make_run_dir(run_dir: Path, variant: str, lr: float, seed: int, *, status: s
                         "steps_to_acc": {"0.5": 4 + seed if (final_test_acc or 0) >= 0.5 else None, "0.7": None},
                         "train_loss_auc": 1.0, "grad_norm_ratio_first_last": 0.5,
                         "init_grad_norms": {name: 0.1 * (i + 1) for i, name in enumerate(LAYERS)}})
+    if provenance is not None:
+        summary["provenance"] = provenance
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
 
@@ -131,9 +133,9 @@ def test_report_numbers_equal_per_run_summaries(sweep_like_dir: Path, tmp_path: 
 
 
 def test_shared_lr_for_curves_is_largest_where_reference_is_stable(sweep_like_dir: Path):
-    groups = report.aggregate(report.discover_runs([sweep_like_dir]))
-    assert report.choose_shared_lr(groups, None) == 1.0
-    assert report.choose_shared_lr(groups, 0.1) == 0.1
+    groups = records.aggregate(records.discover_runs([sweep_like_dir]))
+    assert records.choose_shared_lr(groups, None) == 1.0
+    assert records.choose_shared_lr(groups, 0.1) == 0.1
 
 
 def test_report_tolerates_old_failed_and_truncated_runs(tmp_path: Path):
@@ -170,7 +172,7 @@ def test_discovers_hydra_multirun_layout_and_dedupes(tmp_path: Path):
     (multirun / "multirun.yaml").write_text("hydra: {}\n")
     found = find_run_dirs([tmp_path / "multirun", multirun / "0_+variant=correct_bn,optim.lr=0.05"])
     assert len(found) == 2
-    runs = report.discover_runs([tmp_path / "multirun"])
+    runs = records.discover_runs([tmp_path / "multirun"])
     assert sorted(run.variant for run in runs) == ["correct_bn", "shared_bn"]
 
 
@@ -233,8 +235,8 @@ def test_stuck_at_chance_is_stable_but_does_not_train(tmp_path: Path):
 def test_zero_grad_norm_is_dead_not_missing():
     """A dead network logs exact zeros: they must stay distinguishable from steps with no measurement."""
     from bnexp.report_plots import LAYER_PREFIX, log_grad_norm_matrix
-    records = [{LAYER_PREFIX + "conv": 10.0}, {LAYER_PREFIX + "conv": 0.0}, {"train/loss": 2.3}]
-    matrix = log_grad_norm_matrix(records, ["conv"])
+    step_records = [{LAYER_PREFIX + "conv": 10.0}, {LAYER_PREFIX + "conv": 0.0}, {"train/loss": 2.3}]
+    matrix = log_grad_norm_matrix(step_records, ["conv"])
     assert matrix[0, 0] == 1.0
     assert np.isneginf(matrix[0, 1])
     assert np.isnan(matrix[0, 2])
@@ -277,6 +279,49 @@ def test_sweep_run_that_died_before_its_config_is_still_reported(tmp_path: Path)
     (died / "sweep_job.json").write_text(json.dumps({"variant": "no_bn", "lr": 0.1, "seed": 0}))
     (root / "stray").mkdir()
     (root / "stray" / "summary.json").write_text(json.dumps({"status": "finished"}))  # neither config nor job
-    runs = {run.variant: run for run in report.discover_runs([tmp_path / "sweep"])}
+    runs = {run.variant: run for run in records.discover_runs([tmp_path / "sweep"])}
     assert set(runs) == {"correct_bn", "no_bn"}
     assert runs["no_bn"].status == "failed" and runs["no_bn"].lr == 0.1 and runs["no_bn"].seed == 0
+
+
+PROVENANCE = {"bnexp_version": "0.1.0", "git_commit": "0123456789abcdef0123456789abcdef01234567", "git_dirty": False,
+              "python": "3.11.7", "torch": "2.14.1", "triton": "3.8.0", "cuda": None, "device": "cpu"}
+
+
+def made_from_section(report_md: str) -> str:
+    return report_md.split("## Made from\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_report_lists_the_versions_its_runs_were_made_from(tmp_path: Path):
+    root = tmp_path / "runs"
+    make_run_dir(root / "a", "correct_bn", 0.1, 0, provenance=PROVENANCE)
+    make_run_dir(root / "b", "correct_bn", 0.1, 1, provenance={**PROVENANCE, "torch": "2.11.0", "git_dirty": True})
+    make_run_dir(root / "c", "no_bn", 0.1, 0)  # from before summaries recorded their provenance
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    section = made_from_section((out / "report.md").read_text())
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == list(records.PROVENANCE_KEYS)
+    assert "| `torch` | `2.14.1` (1), `2.11.0` (1) |" in rows
+    assert "| `git_dirty` | `false` (1), `true` (1) |" in rows
+    assert f"| `git_commit` | `{PROVENANCE['git_commit']}` (2) |" in rows
+    assert "| `cuda` | `none` (2) |" in rows and "| `device` | `cpu` (2) |" in rows
+    assert "1 of the 3 runs record no provenance" in section
+
+    only_old = tmp_path / "report_old"
+    assert report.main([str(root / "c"), "--out", str(only_old)]) == 0
+    section = made_from_section((only_old / "report.md").read_text())
+    assert "No run records what made it" in section and "| `" not in section
+
+
+def test_report_shows_run_dirs_below_the_current_dir_relative(tmp_path: Path, monkeypatch):
+    """A committed report must not carry this machine's absolute paths."""
+    make_run_dir(tmp_path / "sweep" / "runs" / "ok", "correct_bn", 0.1, 0)
+    make_run_dir(tmp_path / "sweep" / "runs" / "bad", "no_bn", 0.1, 0, status="failed", final_test_acc=None)
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["sweep", "--out", "report"]) == 0
+    assert sorted(row["run_dir"] for row in read_csv(tmp_path / "report" / "runs.csv")) == [
+        os.path.join("sweep", "runs", "bad"), os.path.join("sweep", "runs", "ok")]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert str(tmp_path) not in text
+    assert f"`{os.path.join('sweep', 'runs', 'bad')}`" in text

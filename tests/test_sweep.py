@@ -131,7 +131,7 @@ def test_cli_overrides_split_and_later_train_override_wins(tmp_path: Path):
         sweep.build_jobs(cfg, ["optim.lr=0.3"])
 
 
-def test_sweep_configs_cover_the_issue(tmp_path: Path):
+def test_lr_stability_grid_covers_every_variant_on_a_wide_log_grid(tmp_path: Path):
     cfg = sweep.compose_sweep_config(["sweep=lr_stability"])
     labels = set(cfg.variants)
     assert {"correct_bn", "shared_bn", "no_bn", "torch_bn"} <= labels
@@ -161,6 +161,40 @@ def test_gpu_plan_one_worker_per_gpu_and_env(monkeypatch):
     assert cpu.threads_per_worker == max(1, (os.cpu_count() or 1) // 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     assert sweep.visible_gpu_ids("auto") == ["3", "5"]
+
+
+def test_override_keys_and_values_go_through_hydras_parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    assert sweep._merge_overrides(["+variant=a", "data.path='/x y,z'", "~model"], ["variant=b", "++model=vgg"]) == [
+        "data.path='/x y,z'", "variant=b", "++model=vgg"]
+    with pytest.raises(OverrideParseException):
+        sweep.split_cli_overrides(["data.train_size=[1,"])
+    parser = OverridesParser.create()
+    for path in ["/runs/a", "/my runs/a,b=c", "/runs/it's", "/runs/a\\b", "/runs/a\\'b", "/runs/end\\"]:
+        quoted = sweep._quote_for_hydra(path)
+        assert parser.parse_override(f"hydra.run.dir={quoted}").value() == path, (path, quoted)
+
+
+def test_malformed_override_is_a_clear_error():
+    result = run_sweep_cli(["sweep=smoke", "data.train_size=[1,"])
+    assert result.returncode == 2
+    assert "bnexp.sweep: error" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("module", ["bnexp.train", "tests.fake_train"])
+def test_a_run_whose_sweep_died_before_it_started_stops_itself(module: str, tmp_path: Path):
+    """The die-with-parent guard runs first in the training process; when the sweep that started it is already
+    gone (its pid is not the parent's), the run stops at once instead of training as an orphan."""
+    from bnexp.orphan_guard import SWEEP_PID_VARIABLE
+
+    not_the_parent = str(2 ** 22 + 1)  # above Linux's largest pid
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), SWEEP_PID_VARIABLE: not_the_parent}
+    result = subprocess.run([sys.executable, "-m", module, "+variant=slow", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGTERM, result.stderr[-2000:]
+    assert not (tmp_path / "run" / "summary.json").exists()
 
 
 def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path):

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 wandb = pytest.importorskip("wandb")
 
 from bnexp import wandb_sink  # noqa: E402
-from bnexp.wandb_sink import WandbSink, read_offline_run, resolve_wandb_mode  # noqa: E402
+from bnexp.wandb_sink import WandbSink, resolve_wandb_mode  # noqa: E402
+from tests.wandb_offline import read_finished_run  # noqa: E402
 
 
 @pytest.fixture
@@ -37,17 +38,6 @@ def make_cfg(variant="shared_bn", lr=0.1, seed=1):
 
 def offline_runs(wandb_dir: Path) -> list[Path]:
     return sorted((wandb_dir / "wandb").glob("offline-run-*"))
-
-
-def read_finished_run(offline_dir: Path, timeout_s: float = 20.0) -> dict:
-    """read_offline_run once the exit record is on disk: wandb-core writes the file asynchronously, and
-    under load its last records can land a moment after run.finish() has returned."""
-    deadline = time.monotonic() + timeout_s
-    run = read_offline_run(offline_dir)
-    while run["exit_code"] is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-        run = read_offline_run(offline_dir)
-    return run
 
 
 def log_short_run(sink, steps=3):
@@ -176,7 +166,7 @@ def test_unreachable_wandb_host_falls_back_to_offline_within_the_timeout(tmp_pat
     script = f"""
 import sys
 from omegaconf import OmegaConf
-from bnexp.wandb_sink import WandbSink, read_offline_run
+from bnexp.wandb_sink import WandbSink
 cfg = OmegaConf.create({{"variant": {{"name": "no_bn"}}, "model": {{"name": "airbench"}}, "optim": {{"lr": 0.1}},
                         "seed": 0, "logger": {{"name": "wandb", "project": "bnexp-test", "mode": "online",
                                               "init_timeout": 8}}}})

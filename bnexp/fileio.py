@@ -1,0 +1,78 @@
+"""Writing files safely: whole-file replacement through a temporary, and values made plain JSON.
+
+Every file bnexp writes for other processes to read (summary.json, sweep_status.json, runs.csv, the decoded-image
+cache) goes through `atomic_write`; every JSON record goes through `json_safe`.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import math
+import os
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+# Temporaries last modified before this process started belong to no write in progress here, so a writer finding
+# one knows it was left by a process that died mid-write (a write of ours only lasts while its process lives).
+_PROCESS_STARTED = time.time()
+
+
+def _temporary_pattern(path: Path) -> str:
+    return f".{glob.escape(path.name)}.*.tmp"
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    for candidate in path.parent.glob(_temporary_pattern(path)):
+        try:
+            if candidate.stat().st_mtime < _PROCESS_STARTED:
+                candidate.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove: the write itself decides whether the folder is usable
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+    """A file handle whose contents replace `path` in one rename when the block ends without an error.
+
+    Readers see the old file or the new one, never half of one. The file gets the permissions open() would give
+    a new file (0666 less the umask: 0644 under the usual umask 022), not mkstemp's 0600. On an error the
+    temporary is removed; temporaries of `path` left by an earlier process that crashed are removed first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            # O_EXCL: never share a temporary with a concurrent writer; mode 0666 lets the umask decide.
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with open(descriptor, mode, **open_kwargs) as handle:
+            yield handle
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as plain JSON at any depth: NaN and ±inf become None (JSON has neither; a diverged loss is recorded
+    as null), numpy and torch numbers become Python ones, mapping keys strings, anything else its text."""
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
+        return json_safe(value.tolist())
+    return str(value)

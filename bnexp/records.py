@@ -1,0 +1,296 @@
+"""Run records and their aggregation: what the report's tables and plots are computed from.
+
+`discover_runs` finds every run dir below the given paths and reads each into a RunRecord (summary, config, grid
+coordinates); `aggregate` groups runs by model x variant x lr into GroupStats (accuracy over seeds, divergence,
+steps to targets, grad-norm trajectory); `largest_stable_lrs` reads the stable lr per variant off those groups;
+`provenance_counts` says which code and library versions made the runs.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from bnexp.rundirs import (
+    COMPLETED_STATUSES,
+    SWEEP_JOB_FILE,
+    as_float,
+    find_run_dirs,
+    flatten,
+    get_path,
+    read_config,
+    read_json,
+    read_metrics,
+    read_summary,
+)
+
+# Settings that identify the grid axes or only the machine; everything else should agree across compared runs.
+AXIS_OR_MACHINE_KEYS = ("seed", "optim.lr", "variant.", "model.name", "device", "logger.", "hydra.", "data.path",
+                        "data.data_dir", "data.cache_dir", "instrument.")
+UNKNOWN_MODEL = "default"
+# "Stable" (no seed diverged) is not "trains": a net can sit at chance without its loss ever blowing up.
+# A run counts as having learned when its final test accuracy reaches this (CIFAR-10 chance is 0.1).
+DEFAULT_MIN_ACC = 0.2
+VARIANT_ORDER = ("correct_bn", "torch_bn", "grouped_bn", "shared_bn", "no_bn")
+# summary.json's `provenance` fields, in the order the report lists them (unknown fields follow, sorted).
+PROVENANCE_KEYS = ("bnexp_version", "git_commit", "git_dirty", "python", "torch", "triton", "cuda", "device")
+
+
+@dataclass
+class RunRecord:
+    run_dir: Path
+    summary: dict[str, Any]
+    config: dict[str, Any]
+    status: str
+    variant: str          # label, e.g. correct_bn or grouped_bn_g8
+    model: str
+    lr: float | None
+    seed: int | None
+    _step_records: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def completed(self) -> bool:
+        return self.status in COMPLETED_STATUSES
+
+    def step_records(self) -> list[dict[str, Any]]:
+        """The per-step records of metrics.jsonl (read once; the tables and several plots use them)."""
+        if self._step_records is None:
+            self._step_records = [r for r in read_metrics(self.run_dir)
+                                  if r.get("kind", "step") == "step" and "step" in r]
+        return self._step_records
+
+
+@dataclass
+class GradNormTrajectory:
+    """grad_norm/global of one run at its first logged step, the largest after it, and at its last logged step.
+
+    The first value is set by the initialisation alone (the same for every lr of a seed), so the maximum over a
+    whole run mostly repeats it; the peak after step 0 and the last value show what training did: a peak far
+    above the start is an explosion, a last value of exactly 0 a network that died. Non-finite norms count as inf.
+    """
+    at_init: float | None
+    peak_after_init: float | None
+    last: float | None
+
+
+def grad_norm_trajectory(run: RunRecord) -> GradNormTrajectory:
+    values = []
+    for record in sorted(run.step_records(), key=lambda r: r["step"]):
+        if "grad_norm/global" in record:
+            value = as_float(record["grad_norm/global"])  # None for NaN
+            values.append(math.inf if value is None else value)
+    if not values:
+        return GradNormTrajectory(None, None, None)
+    return GradNormTrajectory(values[0], max(values[1:]) if len(values) > 1 else None, values[-1])
+
+
+def variant_label(config: dict[str, Any], summary: dict[str, Any]) -> str:
+    """correct_bn, shared_bn, ... with the group count appended for grouped BN (grouped_bn_g8): runs that differ
+    only in stat_groups are different variants for this study."""
+    name = get_path(config, "variant.name") or summary.get("variant") or summary.get("sweep_variant") or "unknown"
+    name = str(name)
+    norm = get_path(config, "variant.norm")
+    groups = get_path(config, "variant.stat_groups")
+    if groups is not None and (norm == "grouped" or name.startswith("grouped")) and f"_g{groups}" not in name:
+        return f"{name}_g{groups}"
+    return name
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    summary = read_summary(run_dir) or {}
+    config = read_config(run_dir)
+    job = read_json(run_dir / SWEEP_JOB_FILE) or {}  # the sweep's own record; helps when config is absent
+    if not config and job.get("variant"):
+        summary.setdefault("sweep_variant", job["variant"])
+    lr = as_float(summary.get("lr"))
+    if lr is None:
+        lr = as_float(get_path(config, "optim.lr", job.get("lr")))
+    seed = summary.get("seed", get_path(config, "seed", job.get("seed")))
+    model = summary.get("model") or get_path(config, "model.name") or job.get("model") or UNKNOWN_MODEL
+    return RunRecord(run_dir=run_dir, summary=summary, config=config,
+                     status=str(summary.get("status") or "missing"),
+                     variant=variant_label(config, summary), model=str(model), lr=lr,
+                     seed=int(seed) if seed is not None else None)
+
+
+def discover_runs(paths: Iterable[Path]) -> list[RunRecord]:
+    runs = [load_run(run_dir) for run_dir in find_run_dirs(paths)]
+    # A run that failed before its config was written does not know its model (the trainer's default); with
+    # one model in the study it is that one, rather than a spurious second model in every table.
+    known_models = {run.model for run in runs if run.model != UNKNOWN_MODEL}
+    if len(known_models) == 1:
+        for run in runs:
+            if run.model == UNKNOWN_MODEL:
+                run.model = next(iter(known_models))
+    return runs
+
+
+def variant_sort_key(label: str) -> tuple:
+    base = next((i for i, name in enumerate(VARIANT_ORDER) if label.startswith(name)), len(VARIANT_ORDER))
+    groups = label.rsplit("_g", 1)[-1] if "_g" in label else ""
+    # grouped BN from many groups (close to per-channel) to few (close to shared)
+    return (base, -int(groups) if groups.isdigit() else 0, label)
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def _std(values: list[float]) -> float:
+    # Sample std over seeds; undefined for a single seed.
+    return float(np.std(values, ddof=1)) if len(values) >= 2 else math.nan
+
+
+@dataclass
+class GroupStats:
+    model: str
+    variant: str
+    lr: float
+    runs: list[RunRecord]
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stable(self) -> bool:
+        """Every seed finished, none diverged (failed or unfinished runs make it not-known-stable)."""
+        return bool(self.runs) and all(run.status == "finished" for run in self.runs)
+
+    def trains(self, min_acc: float) -> bool:
+        """Stable, and every seed's final test accuracy reached min_acc."""
+        return self.stable and all((as_float(run.summary.get("final_test_acc")) or 0.0) >= min_acc
+                                   for run in self.runs)
+
+
+def accuracy_targets(runs: list[RunRecord]) -> list[str]:
+    targets = {key for run in runs for key in (run.summary.get("steps_to_acc") or {})}
+    return sorted(targets, key=lambda t: float(t))
+
+
+def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) -> list[GroupStats]:
+    grouped: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for run in runs:
+        if run.lr is not None:
+            grouped[(run.model, run.variant, run.lr)].append(run)
+    targets = accuracy_targets(runs)
+    groups = []
+    for (model, variant, lr), members in grouped.items():
+        members.sort(key=lambda run: (run.seed is None, run.seed))
+        finished = [run for run in members if run.status == "finished"]
+        diverged = [run for run in members if run.status == "diverged"]
+        # Accuracy over seeds that finished without diverging; divergence is reported in its own column.
+        accuracies = [a for a in (as_float(run.summary.get("final_test_acc")) for run in finished) if a is not None]
+        best = [a for a in (as_float(run.summary.get("best_test_acc")) for run in finished) if a is not None]
+        grad_norms = [g for g in (as_float(run.summary.get("max_grad_norm")) for run in members) if g is not None]
+        completed = len(finished) + len(diverged)
+        values: dict[str, Any] = {
+            "n_runs": len(members), "n_finished": len(finished), "n_diverged": len(diverged),
+            "n_incomplete": len(members) - completed,
+            "frac_diverged": len(diverged) / completed if completed else math.nan,
+            "final_test_acc_mean": _mean(accuracies), "final_test_acc_std": _std(accuracies),
+            "best_test_acc_mean": _mean(best),
+            "n_below_min_acc": sum(a < min_acc for a in accuracies),
+        }
+        for target in targets:
+            steps = [s for s in (as_float((run.summary.get("steps_to_acc") or {}).get(target)) for run in finished)
+                     if s is not None]
+            values[f"steps_to_acc_{target}_mean"] = _mean(steps)
+            values[f"steps_to_acc_{target}_reached"] = len(steps)
+        values["max_grad_norm"] = max(grad_norms) if grad_norms else math.nan
+        trajectories = {id(run): grad_norm_trajectory(run) for run in members}
+        at_init = [t.at_init for t in trajectories.values() if t.at_init is not None]
+        peaks = [t.peak_after_init for t in trajectories.values() if t.peak_after_init is not None]
+        # the last value of a diverged run is its blow-up, already in the peak: average the finished runs
+        last = [trajectories[id(run)].last for run in finished if trajectories[id(run)].last is not None]
+        values["grad_norm_at_init_mean"] = _mean(at_init)
+        values["grad_norm_peak_after_init_max"] = max(peaks) if peaks else math.nan
+        values["grad_norm_last_mean"] = _mean(last)
+        for key in ("train_loss_auc", "wall_time_s", "images_per_s"):
+            numbers = [v for v in (as_float(run.summary.get(key)) for run in finished) if v is not None]
+            values[f"{key}_mean"] = _mean(numbers)
+        groups.append(GroupStats(model, variant, lr, members, values))
+    groups.sort(key=lambda g: (g.model, variant_sort_key(g.variant), g.lr))
+    return groups
+
+
+@dataclass
+class StableLr:
+    model: str
+    variant: str
+    largest_stable_lr: float | None
+    smallest_unstable_lr: float | None
+    top_of_grid: bool        # stable at the largest lr tried: the grid did not find the limit
+    largest_training_lr: float | None  # stable and every seed reached min_acc
+
+
+def largest_stable_lrs(groups: list[GroupStats], min_acc: float = DEFAULT_MIN_ACC) -> list[StableLr]:
+    by_variant: dict[tuple[str, str], list[GroupStats]] = defaultdict(list)
+    for group in groups:
+        by_variant[(group.model, group.variant)].append(group)
+    results = []
+    for (model, variant), members in by_variant.items():
+        stable = [g.lr for g in members if g.stable]
+        unstable = [g.lr for g in members if g.values["n_diverged"] > 0]
+        largest = max(stable) if stable else None
+        training = [g.lr for g in members if g.trains(min_acc)]
+        results.append(StableLr(model, variant, largest, min(unstable) if unstable else None,
+                                largest is not None and largest == max(g.lr for g in members),
+                                max(training) if training else None))
+    results.sort(key=lambda r: (r.model, variant_sort_key(r.variant)))
+    return results
+
+
+def varying_config_keys(runs: list[RunRecord]) -> dict[str, list[Any]]:
+    """Config keys (other than the grid axes) whose values differ between runs: a warning sign when comparing."""
+    seen: dict[str, set] = defaultdict(set)
+    for run in runs:
+        if not run.config:
+            continue
+        for key, value in flatten(run.config).items():
+            if key.startswith(AXIS_OR_MACHINE_KEYS) or key in AXIS_OR_MACHINE_KEYS:
+                continue
+            seen[key].add(repr(value))
+    return {key: sorted(values) for key, values in sorted(seen.items()) if len(values) > 1}
+
+
+def choose_shared_lr(groups: list[GroupStats], requested: float | None) -> float | None:
+    """The lr for per-variant curve plots: the largest lr tried by every variant at which the reference variant
+    (correct_bn if present) is stable -- where the variants differ most while the reference still trains."""
+    if requested is not None:
+        return requested
+    lrs_by_variant: dict[str, set[float]] = defaultdict(set)
+    for group in groups:
+        lrs_by_variant[group.variant].add(group.lr)
+    if not lrs_by_variant:
+        return None
+    common = sorted(set.intersection(*lrs_by_variant.values())) or sorted({g.lr for g in groups})
+    reference = "correct_bn" if "correct_bn" in lrs_by_variant else sorted(lrs_by_variant, key=variant_sort_key)[0]
+    stable = [g.lr for g in groups if g.variant == reference and g.stable and g.lr in common]
+    return max(stable) if stable else common[0]
+
+
+@dataclass
+class ProvenanceCounts:
+    """Per provenance field, how many runs recorded each value; and how many runs recorded no provenance."""
+    values: dict[str, Counter]
+    runs_without: int
+
+
+def _provenance_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def provenance_counts(runs: list[RunRecord]) -> ProvenanceCounts:
+    records = [run.summary.get("provenance") for run in runs]
+    records = [record for record in records if isinstance(record, dict) and record]
+    keys = {key for record in records for key in record}
+    ordered = [key for key in PROVENANCE_KEYS if key in keys] + sorted(keys - set(PROVENANCE_KEYS))
+    values = {key: Counter(_provenance_text(record[key]) if key in record else "not recorded"
+                           for record in records) for key in ordered}
+    return ProvenanceCounts(values, len(runs) - len(records))
