@@ -194,8 +194,8 @@ def test_torch_compile_run_matches_the_eager_run(tmp_path):
     for mine, theirs in zip(compiled_steps, eager_steps):
         assert mine["train/loss"] == pytest.approx(theirs["train/loss"], rel=1e-3)
     compiled_epochs = read_metrics(tmp_path / "compiled")[1]
-    # the summary's rate skips epoch 1, which holds the compile time
-    assert compiled_summary["images_per_s"] == pytest.approx(compiled_epochs[1]["train/images_per_s"], rel=1e-3)
+    # the summary's rate skips epoch 1, which holds the compile time (the summary rounds it to 0.1 image/s)
+    assert compiled_summary["images_per_s"] == pytest.approx(compiled_epochs[1]["train/images_per_s"], abs=0.051)
     assert compiled_summary["images_per_s"] > compiled_epochs[0]["train/images_per_s"]
 
 
