@@ -204,8 +204,36 @@ def test_stat_groups_must_divide_channels():
         BatchNorm2d(6, stat_groups=4)
 
 
-def test_triton_backend_on_cpu_tensor_is_a_clear_error():
-    with pytest.raises(ValueError, match="CUDA tensor"):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the kernels are compiled, not interpreted")
+def test_triton_backend_runs_cpu_tensors_in_the_interpreter():
+    """With TRITON_INTERPRET=1 (tests/conftest.py, without a GPU) backend='triton' runs the kernels on CPU tensors,
+    and backend='auto' keeps the PyTorch path there."""
+    from bnexp.norm import layer as layer_module
+    from bnexp.norm import triton_function
+
+    x = random_input((4, 6, 3, 5), seed=6)
+    assert layer_module.resolve_backend("triton", x) == "triton"
+    assert layer_module.resolve_backend("auto", x) == "torch"
+    ours = BatchNorm2d(6, stat_groups=3, backend="triton")
+    reference = BatchNorm2d(6, stat_groups=3, backend="torch")
+    randomize_affine(ours, seed=9)
+    reference.load_state_dict(ours.state_dict())
+    calls = []
+    normalize = triton_function._normalize_impl
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(triton_function, "_normalize_impl", lambda *args: calls.append(1) or normalize(*args))
+        y = ours(x)
+    assert len(calls) == 1  # the kernels ran
+    torch.testing.assert_close(y, reference(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+    torch.testing.assert_close(ours.running_var, reference.running_var)
+
+
+def test_triton_backend_on_cpu_tensor_without_the_interpreter_is_a_clear_error(monkeypatch):
+    from bnexp.norm import layer as layer_module
+
+    monkeypatch.setattr(layer_module, "_triton_interpreting", lambda: False)
+    with pytest.raises(ValueError, match="CUDA tensor.*TRITON_INTERPRET=1"):
         BatchNorm2d(3, backend="triton")(torch.randn(2, 3, 2, 2))
 
 

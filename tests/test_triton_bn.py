@@ -2,9 +2,9 @@
 
 Without CUDA the kernels run in the Triton interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1
 before anything imports triton); bnexp.norm.triton_function is therefore imported inside the `tbn` fixture only.
-On CPU the fixture shrinks the tiles and the target program count so that the small shapes used here still walk
-several tiles per program and split every reduction over several programs (the paths the GPU takes on big
-inputs). Every buffer the kernels must write is filled with NaN first, so an unwritten element fails.
+In the interpreter the `tbn` fixture shrinks the tiles and the target program count so that the small shapes used
+here still walk several tiles per program and split every reduction over several programs (the paths the GPU
+takes on big inputs). Every buffer the kernels must write is filled with NaN first, so an unwritten element fails.
 
 References: a float64 computation written here (with autograd for the gradients), the PyTorch path
 bnexp.norm.functional.torch_grouped_batch_norm, and torch's own batch_norm / nn.BatchNorm2d for per-channel mode.
@@ -21,16 +21,18 @@ requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 @pytest.fixture(scope="module")
 def tbn():
+    """bnexp.norm.triton_function, with every buffer the kernels must write (outputs and workspaces) filled with NaN
+    first, so that an element a kernel forgets to write fails the comparison; in the interpreter, with tiles of 64
+    elements and 5 programs, so that the small shapes here walk several tiles per program and split every reduction
+    over several programs (the paths a GPU takes on big inputs), with the GPU's 32-bit offsets."""
     from bnexp.norm import triton_function as tf
 
-    saved = (tf._POISON_OUTPUTS, dict(tf._TUNING))
-    tf._POISON_OUTPUTS = True
-    if not CUDA:
-        tf._TUNING.update(tile=64, programs=5)
-    yield tf
-    tf._POISON_OUTPUTS = saved[0]
-    tf._TUNING.clear()
-    tf._TUNING.update(saved[1])
+    allocate_fp32, allocate_like = tf._new_fp32, tf._empty_like
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tf, "_new_fp32", lambda numel, like: allocate_fp32(numel, like).fill_(float("nan")))
+        patch.setattr(tf, "_empty_like", lambda x: allocate_like(x).fill_(float("nan")))
+        patch.setattr(tf, "INTERPRETER_TUNING", tf.Tuning(tile=64, programs=5))
+        yield tf
 
 
 @pytest.fixture(autouse=True)
@@ -137,11 +139,11 @@ def _case_id(case):
 
 # ------------------------------------------------------------------------------------------------ training mode
 @pytest.fixture(params=["autograd_fn", "custom_ops"])
-def path(request, tbn):
+def path(request, tbn, monkeypatch):
     """Both host paths: the eager autograd.Function and the custom ops torch.compile uses."""
-    tbn._FORCE_CUSTOM_OPS = request.param == "custom_ops"
-    yield request.param
-    tbn._FORCE_CUSTOM_OPS = False
+    if request.param == "custom_ops":
+        monkeypatch.setattr(tbn, "triton_grouped_batch_norm", tbn.grouped_batch_norm_custom_ops)
+    return request.param
 
 
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=_case_id)
@@ -306,28 +308,23 @@ def test_large_mean_small_spread(tbn):
 
 
 @pytest.mark.parametrize("tuning", [dict(tile=16, programs=1), dict(tile=32, programs=64, finalize_tile=4),
-                                    dict(tile=4096, programs=3)],
-                         ids=["tile16-1prog", "tile32-64prog-fin4", "tile4096"])
-def test_tilings_agree(tbn, tuning):
+                                    dict(tile=4096, programs=3), dict(tile=64, programs=5, int64_offsets=True)],
+                         ids=["tile16-1prog", "tile32-64prog-fin4", "tile4096", "tile64-int64"])
+def test_tilings_agree(tbn, tuning, monkeypatch):
     """Different tile sizes / split counts compute the same function (exercises the partial merges)."""
-    saved = dict(tbn._TUNING)
-    tbn._TUNING.update(tuning)
-    try:
-        for shape, groups, layout in [((3, 6, 4, 5), 3, "nchw"), ((3, 6, 4, 5), 1, "cl")]:
-            x = make_input(shape, layout)
-            weight, bias = make_affine(6)
-            rm, rv = make_running(groups)
-            dy = torch.randn_like(x)
-            rm_t, rv_t = rm.clone(), rv.clone()
-            y, dx, dw, db = run_triton(tbn, x, weight, bias, rm_t, rv_t, None, dy,
-                                       use_batch_stats=True, momentum=0.3, eps=1e-5, stat_groups=groups)
-            ref = f64_reference(x, weight, bias, rm, rv, dy, use_batch_stats=True, momentum_factor=0.3,
-                                eps=1e-5, groups=groups)
-            for out, r in zip((y, dx, dw, db, rm_t, rv_t), ref):
-                assert rel_err(out, r) < 1e-5
-    finally:
-        tbn._TUNING.clear()
-        tbn._TUNING.update(saved)
+    monkeypatch.setattr(tbn, "_tuning", lambda x: tbn.Tuning(**tuning))
+    for shape, groups, layout in [((3, 6, 4, 5), 3, "nchw"), ((3, 6, 4, 5), 1, "cl")]:
+        x = make_input(shape, layout)
+        weight, bias = make_affine(6)
+        rm, rv = make_running(groups)
+        dy = torch.randn_like(x)
+        rm_t, rv_t = rm.clone(), rv.clone()
+        y, dx, dw, db = run_triton(tbn, x, weight, bias, rm_t, rv_t, None, dy,
+                                   use_batch_stats=True, momentum=0.3, eps=1e-5, stat_groups=groups)
+        ref = f64_reference(x, weight, bias, rm, rv, dy, use_batch_stats=True, momentum_factor=0.3,
+                            eps=1e-5, groups=groups)
+        for out, r in zip((y, dx, dw, db, rm_t, rv_t), ref):
+            assert rel_err(out, r) < 1e-5
 
 
 def test_other_strides_and_mismatched_grad_layout(tbn):

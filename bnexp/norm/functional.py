@@ -32,33 +32,41 @@ def torch_grouped_batch_norm(
     """Grouped BatchNorm in plain PyTorch.
 
     x is (N, C, H, W) in any layout; weight/bias are per channel (C,) or None;
-    running_mean/var are (stat_groups,) fp32 or None. With use_batch_stats the
+    running_mean/var are (stat_groups,) or None, in any float dtype. With use_batch_stats the
     running buffers are updated in place (unbiased variance); momentum=None means
     a cumulative average with factor 1/num_batches_tracked, read on the device.
     Returns y in x's dtype and memory format.
     """
     batch, channels, height, width = x.shape
     updates_running = use_batch_stats and running_mean is not None
+    # Statistics in fp32 even for half inputs, as the Triton kernels do (float64 stays float64).
     compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    if stat_groups == channels and x.dtype == compute_dtype and not (updates_running and momentum is None):
+    buffers_in_compute_dtype = running_mean is None or running_mean.dtype == compute_dtype
+    fused_running_update = buffers_in_compute_dtype and not (updates_running and momentum is None)
+    if stat_groups == channels and x.dtype == compute_dtype and fused_running_update:
         # Per-channel statistics are F.batch_norm itself: one fused call, in x's own layout, with no view,
         # no separate affine passes and no layout copies.
         return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum or 0.0, eps)
 
     was_channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    # Statistics in fp32 even for half inputs, as the Triton kernels do (float64 stays float64).
     grouped = x.to(compute_dtype).reshape(batch, stat_groups, -1)
 
-    if updates_running and momentum is None:
-        # F.batch_norm wants a Python float; 1/num_batches_tracked would need a host sync.
-        factor = 1.0 / num_batches_tracked.to(torch.float32)
+    if use_batch_stats and not fused_running_update and running_mean is not None:
+        # The update F.batch_norm cannot fuse: the cumulative average (F.batch_norm wants a Python float, and
+        # 1/num_batches_tracked would need a host sync), or buffers in another dtype than the statistics (a
+        # half-precision layer). The factor is computed in the statistics' precision at least, so float64 buffers
+        # average exactly as nn.BatchNorm2d's do.
+        factor_dtype = torch.promote_types(running_mean.dtype, compute_dtype)
+        factor = momentum if momentum is not None else 1.0 / num_batches_tracked.to(factor_dtype)
         with torch.no_grad():
             count = grouped.shape[0] * grouped.shape[2]
             var, mean = torch.var_mean(grouped, dim=(0, 2), correction=0)
-            running_mean.lerp_(mean, factor)
-            running_var.lerp_(var * (count / max(count - 1, 1)), factor)
+            running_mean.lerp_(mean.to(running_mean.dtype), factor)
+            running_var.lerp_((var * (count / max(count - 1, 1))).to(running_var.dtype), factor)
         y = F.batch_norm(grouped, None, None, None, None, True, 0.0, eps)
     else:
+        if not use_batch_stats and not buffers_in_compute_dtype:
+            running_mean, running_var = running_mean.to(compute_dtype), running_var.to(compute_dtype)
         y = F.batch_norm(grouped, running_mean, running_var, None, None,
                          use_batch_stats, momentum or 0.0, eps)
 

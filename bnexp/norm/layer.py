@@ -24,8 +24,7 @@ _warned_fallback = False
 
 
 @functools.lru_cache(maxsize=1)
-def _triton_status() -> tuple[bool, str]:
-    # asked on every CUDA forward of every layer; the answer cannot change within a process
+def _cached_triton_status() -> tuple[bool, str]:
     try:
         from bnexp.norm.triton_function import triton_status
     except Exception as error:  # an ImportError, or a broken Triton install
@@ -33,15 +32,40 @@ def _triton_status() -> tuple[bool, str]:
     return triton_status()
 
 
+@functools.lru_cache(maxsize=1)
+def _cached_triton_interpreting() -> bool:
+    try:
+        from bnexp.norm.triton_function import kernels_interpreted
+    except Exception:
+        return False
+    return kernels_interpreted()
+
+
+# Both answers hold for the whole process (Triton fixes interpreter or compiled kernels at import) and are asked
+# on every forward of every layer: cached, and constants to torch.compile, which then neither traces nor guards them.
+@torch.compiler.assume_constant_result
+def _triton_status() -> tuple[bool, str]:
+    return _cached_triton_status()
+
+
+@torch.compiler.assume_constant_result
+def _triton_interpreting() -> bool:
+    return _cached_triton_interpreting()
+
+
 def resolve_backend(requested: str, x: Tensor) -> str:
-    """Pick 'torch' or 'triton' for this input; Triton only runs CUDA tensors."""
+    """Pick 'torch' or 'triton' for this input: Triton runs CUDA tensors, and CPU tensors in the interpreter
+    (TRITON_INTERPRET=1), which only backend='triton' asks for ('auto' keeps the fast PyTorch path on the CPU)."""
     global _warned_fallback
     if requested == "torch" or (requested == "auto" and not x.is_cuda):
         return "torch"
-    if requested == "triton" and not x.is_cuda:
+    if not x.is_cuda:  # backend='triton' on a CPU tensor
+        if x.device.type == "cpu" and _triton_interpreting():
+            return "triton"
         raise ValueError(
-            f"backend='triton' needs a CUDA tensor, got one on {x.device}. "
-            "Use backend='auto' (Triton on CUDA, PyTorch elsewhere) or backend='torch'.")
+            f"backend='triton' needs a CUDA tensor, got one on {x.device}. CPU tensors run the Triton kernels "
+            "only in Triton's interpreter: set TRITON_INTERPRET=1 in the environment before Python starts. "
+            "Or use backend='auto' (Triton on CUDA, PyTorch elsewhere) or backend='torch'.")
     usable, reason = _triton_status()
     if usable:
         return "triton"
@@ -61,7 +85,8 @@ class BatchNorm2d(nn.Module):
     Extra arguments beyond `nn.BatchNorm2d`:
       stat_groups: number of statistic groups (divides num_features); None means per-channel.
       affine_per_channel: if False, one gamma/beta per statistic group instead of per channel.
-      backend: 'auto' (Triton for CUDA tensors, PyTorch otherwise), 'torch' or 'triton'.
+      backend: 'auto' (Triton for CUDA tensors, PyTorch otherwise), 'torch' or 'triton' (CUDA tensors, or CPU
+               tensors in the Triton interpreter).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,

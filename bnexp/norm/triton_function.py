@@ -3,7 +3,10 @@
 Public:
     triton_grouped_batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked, *,
                               use_batch_stats, momentum, eps, stat_groups) -> Tensor
+    grouped_batch_norm_custom_ops(...)  the same, always through the custom ops (what torch.compile runs)
     triton_status() -> (ok, reason)      can Triton run kernels on CUDA tensors here?
+    kernels_interpreted() -> bool        were the kernels built for the Triton interpreter (CPU tensors)?
+    Tuning, cuda_tuning(sm_count), INTERPRETER_TUNING: the launch sizes the host code plans with
 
 Structure. The kernels are driven by three host functions (_stats_impl, _normalize_impl, _backward_impl), reached
 two ways:
@@ -26,9 +29,9 @@ import to run the kernels on CPU tensors (the tests do this when there is no GPU
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-import os
 from typing import Optional
 
 import torch
@@ -45,25 +48,28 @@ except Exception as exc:  # pragma: no cover - depends on the environment
     _k = None
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
-__all__ = ["triton_grouped_batch_norm", "triton_status"]
-
-# Test hooks (not part of the API). _POISON_OUTPUTS fills every buffer the kernels must write (outputs and
-# workspaces) with NaN first, so an element a kernel forgets to write fails the comparison. _TUNING overrides
-# the tile size (elements), the target number of programs and the finalize tile, so small test shapes still
-# exercise multi-tile loops and split reductions.
-_POISON_OUTPUTS = False
-_TUNING: dict = {"tile": None, "programs": None, "finalize_tile": None}
-_FORCE_CUSTOM_OPS = False  # tests: take the custom-op path in eager mode too
+__all__ = ["INTERPRETER_TUNING", "Tuning", "cuda_tuning", "grouped_batch_norm_custom_ops", "kernels_interpreted",
+           "triton_grouped_batch_norm", "triton_status"]
 
 _NUM_WARPS_STREAM = 8
 _NUM_WARPS_FINALIZE = 4
+
+
+def kernels_interpreted() -> bool:
+    """True when the kernels were built for the Triton interpreter (TRITON_INTERPRET=1 was set before triton
+    decorated them): they then run on CPU tensors, and not on CUDA ones."""
+    if _k is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_k.bn_stats_partial_kernel, InterpretedFunction)
 
 
 def triton_status() -> tuple[bool, str]:
     """(True, "") when Triton kernels can run on CUDA tensors in this process, else (False, why not)."""
     if _IMPORT_ERROR is not None:
         return False, f"triton import failed: {_IMPORT_ERROR}"
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if kernels_interpreted():
         return False, "TRITON_INTERPRET is set: kernels run in the interpreter on CPU tensors only"
     if not torch.cuda.is_available():
         return False, "no CUDA device visible to torch"
@@ -81,8 +87,33 @@ def triton_status() -> tuple[bool, str]:
 # ----------------------------------------------------------------------------------------------------------
 # Host-side planning
 # ----------------------------------------------------------------------------------------------------------
-def _next_pow2(v: int) -> int:
-    return 1 << max(0, (int(v) - 1).bit_length())
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """Launch sizes of the kernels, and their offset width.
+
+    tile: elements of one streaming tile (BLOCK_M x BLOCK_C); programs: how many programs the streaming grid aims
+    for (the reduction over positions is split across programs to reach it); finalize_tile: elements of a
+    finalize tile (None: 2048, or 8192 when a group has many partials); int64_offsets: address with 64-bit
+    offsets even where 32 bits suffice.
+    """
+
+    tile: int
+    programs: int
+    finalize_tile: Optional[int] = None
+    int64_offsets: bool = False
+
+
+def cuda_tuning(sm_count: int) -> Tuning:
+    # a few resident programs per SM: enough bytes in flight, and the whole grid is resident so the reverse walk
+    # of the second pass finds the first pass's last tiles in L2
+    return Tuning(tile=4096, programs=4 * sm_count)
+
+
+# The interpreter runs one program after another, and each operation costs the same Python overhead whatever
+# the tile's size, so it is fastest with the fewest tiles and programs: the largest tile Triton allows (a small
+# layer is one tile) and 64-bit offsets, which the interpreter does not re-check for int32 overflow at every
+# operation. The kernel tests plan small tiles of their own, so that loops and split reductions still run.
+INTERPRETER_TUNING = Tuning(tile=1 << 20, programs=4, int64_offsets=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,14 +121,10 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _target_programs(device: torch.device) -> int:
-    if _TUNING.get("programs"):
-        return int(_TUNING["programs"])
-    if device.type == "cuda":
-        # a few resident programs per SM: enough bytes in flight, and the whole grid is resident so the
-        # reverse walk of the second pass finds the first pass's last tiles in L2
-        return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    return 4  # interpreter: keep it small
+def _tuning(x: Tensor) -> Tuning:
+    if x.device.type != "cuda":
+        return INTERPRETER_TUNING
+    return cuda_tuning(_sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()))
 
 
 def _supported_layout(x: Tensor) -> bool:
@@ -133,23 +160,25 @@ _PLANS: dict = {}
 
 
 def _get_plan(x: Tensor) -> "_Plan":
-    # plans are pure functions of shape / strides / device / tuning: cache them (host overhead matters for the
-    # small shapes, where a training step's BatchNorm is launch-bound)
-    key = (x.shape, x.stride(), x.device, _TUNING.get("tile"), _TUNING.get("programs"))
+    # plans are pure functions of shape / strides / tuning: cache them (host overhead matters for the small
+    # shapes, where a training step's BatchNorm is launch-bound)
+    tuning = _tuning(x)
+    key = (x.shape, x.stride(), tuning)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) > 4096:
             _PLANS.clear()
-        plan = _PLANS[key] = _Plan(tuple(x.shape), tuple(x.stride()), _target_programs(x.device),
-                                   int(_TUNING.get("tile") or 4096))
+        plan = _PLANS[key] = _Plan(tuple(x.shape), tuple(x.stride()), tuning)
     return plan
 
 
 class _Plan:
     """Tile sizes and the split of the positions over programs, shared by all streaming kernels of a call."""
 
-    def __init__(self, shape, stride, programs: int, tile: int):
+    def __init__(self, shape, stride, tuning: Tuning):
         num_channels = shape[1]
+        tile = tuning.tile
+        self.tuning = tuning
         self.num_channels = num_channels
         (self.num_positions, self.positions_per_image,
          self.stride_n, self.stride_hw, self.stride_c) = _canonical_view(shape, stride)
@@ -160,22 +189,23 @@ class _Plan:
         else:
             contiguous_run = self.positions_per_image if self.stride_hw == 1 else 1
         if self.stride_c == 1 and num_channels > 1:  # channels are the contiguous axis
-            block_c = min(_next_pow2(num_channels), 64, tile)
+            block_c = min(triton.next_power_of_2(num_channels), 64, tile)
         else:
-            block_c = min(_next_pow2(num_channels), _next_pow2(-(-128 // min(contiguous_run, 128))), tile)
-        block_m = min(max(tile // block_c, 1), _next_pow2(self.num_positions))
+            block_c = min(triton.next_power_of_2(num_channels),
+                          triton.next_power_of_2(triton.cdiv(128, min(contiguous_run, 128))), tile)
+        block_m = min(max(tile // block_c, 1), triton.next_power_of_2(self.num_positions))
         # few positions: widen the tile along channels
-        block_c = min(_next_pow2(num_channels), max(block_c, tile // block_m))
+        block_c = min(triton.next_power_of_2(num_channels), max(block_c, tile // block_m))
         self.BLOCK_M, self.BLOCK_C = block_m, block_c
-        self.num_channel_blocks = -(-num_channels // block_c)
-        num_position_tiles = -(-self.num_positions // block_m)
-        wanted_splits = min(num_position_tiles, max(1, -(-programs // self.num_channel_blocks)))
-        self.tiles_per_split = -(-num_position_tiles // wanted_splits)
-        self.num_splits = -(-num_position_tiles // self.tiles_per_split)
+        self.num_channel_blocks = triton.cdiv(num_channels, block_c)
+        num_position_tiles = triton.cdiv(self.num_positions, block_m)
+        wanted_splits = min(num_position_tiles, max(1, triton.cdiv(tuning.programs, self.num_channel_blocks)))
+        self.tiles_per_split = triton.cdiv(num_position_tiles, wanted_splits)
+        self.num_splits = triton.cdiv(num_position_tiles, self.tiles_per_split)
         self.positions_per_split = self.tiles_per_split * block_m
         self.grid = (self.num_channel_blocks, self.num_splits)
         numel = math.prod(shape)
-        self.USE_INT64 = numel >= 2**31 - 1 or max(stride) * max(shape) >= 2**31 - 1
+        self.USE_INT64 = tuning.int64_offsets or numel >= 2**31 - 1 or max(stride) * max(shape) >= 2**31 - 1
 
     def finalize_blocks(self, channels_per_group: int) -> tuple[int, int, int]:
         """(BLOCK_S, BLOCK_CG, num_warps) of a finalize program merging num_splits x channels_per_group partials.
@@ -184,24 +214,18 @@ class _Plan:
         num_splits * C partials in one program) a wider tile and more warps keep that walk short.
         """
         many_partials = self.num_splits * channels_per_group > 2048
-        tile = int(_TUNING.get("finalize_tile") or (8192 if many_partials else 2048))
-        block_s = min(_next_pow2(self.num_splits), 256 if many_partials else 128, tile)
-        block_cg = min(_next_pow2(channels_per_group), max(1, tile // block_s))
+        tile = self.tuning.finalize_tile or (8192 if many_partials else 2048)
+        block_s = min(triton.next_power_of_2(self.num_splits), 256 if many_partials else 128, tile)
+        block_cg = min(triton.next_power_of_2(channels_per_group), max(1, tile // block_s))
         return block_s, block_cg, (8 if many_partials else _NUM_WARPS_FINALIZE)
 
 
-def _new(numel: int, like: Tensor) -> Tensor:
-    buffer = torch.empty(numel, device=like.device, dtype=torch.float32)
-    if _POISON_OUTPUTS:
-        buffer.fill_(float("nan"))
-    return buffer
+def _new_fp32(numel: int, like: Tensor) -> Tensor:
+    return torch.empty(numel, device=like.device, dtype=torch.float32)
 
 
 def _empty_like(x: Tensor) -> Tensor:
-    buffer = torch.empty_like(x)  # x is NCHW- or channels_last-contiguous: same strides
-    if _POISON_OUTPUTS:
-        buffer.fill_(float("nan"))
-    return buffer
+    return torch.empty_like(x)  # x is NCHW- or channels_last-contiguous: same strides
 
 
 def _as_layout(x: Tensor) -> Tensor:
@@ -222,8 +246,8 @@ def _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps
     plan = _get_plan(x)
     num_groups = int(stat_groups)
     channels_per_group = plan.num_channels // num_groups
-    workspace = _new(2 * plan.num_splits * plan.num_channels, x)
-    stats = _new(2 * num_groups, x).view(2, num_groups)
+    workspace = _new_fp32(2 * plan.num_splits * plan.num_channels, x)
+    stats = _new_fp32(2 * num_groups, x).view(2, num_groups)
     _k.bn_stats_partial_kernel[plan.grid](
         x, workspace, plan.num_positions, plan.num_channels, plan.stride_n, plan.stride_hw, plan.stride_c,
         plan.positions_per_split, plan.tiles_per_split,
@@ -277,8 +301,8 @@ def _backward_impl(grad_y, x, stats, weight, use_batch_stats, stat_groups) -> tu
     num_groups = int(stat_groups)
     channels_per_group = plan.num_channels // num_groups
     partials_numel = 2 * plan.num_splits * plan.num_channels
-    workspace = _new(partials_numel + 2 * num_groups, x)  # partial sums, then the (2, G) dx coefficients
-    dweight_dbias = _new(2 * plan.num_channels, x).view(2, plan.num_channels)
+    workspace = _new_fp32(partials_numel + 2 * num_groups, x)  # partial sums, then the (2, G) dx coefficients
+    dweight_dbias = _new_fp32(2 * plan.num_channels, x).view(2, plan.num_channels)
     dx = _empty_like(x)
     stream_launch_args = dict(POSITIONS_PER_IMAGE=plan.positions_per_image, BLOCK_M=plan.BLOCK_M,
                               BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64, num_warps=_NUM_WARPS_STREAM)
@@ -441,14 +465,34 @@ def triton_grouped_batch_norm(
     x: (N, C, H, W) fp32/fp16/bf16, NCHW or channels_last (other strides are copied to contiguous first).
     Statistics over groups of C // stat_groups consecutive channels; running buffers (G,) updated in place
     when use_batch_stats (momentum, or 1 / num_batches_tracked read on device when momentum is None).
-    Returns y in x's dtype and memory format.
+    Returns y in x's dtype and memory format. Eager calls go through an autograd.Function; under torch.compile
+    the same kernels are reached through the custom ops (grouped_batch_norm_custom_ops).
     """
-    if torch.compiler.is_compiling() or _FORCE_CUSTOM_OPS:
-        if use_batch_stats:
-            stats = torch.ops.bnexp.grouped_bn_stats(
-                x.detach(), running_mean, running_var, num_batches_tracked, momentum, float(eps), int(stat_groups))
-        else:
-            stats = _eval_stats(running_mean, running_var, eps)
-        return torch.ops.bnexp.grouped_bn_normalize(x, stats, weight, bias, bool(use_batch_stats), int(stat_groups))
+    if torch.compiler.is_compiling():
+        return grouped_batch_norm_custom_ops(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                                             use_batch_stats=use_batch_stats, momentum=momentum, eps=eps,
+                                             stat_groups=stat_groups)
     return _GroupedBatchNormFn.apply(x, weight, bias, running_mean, running_var, num_batches_tracked,
                                      bool(use_batch_stats), momentum, float(eps), int(stat_groups))
+
+
+def grouped_batch_norm_custom_ops(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    num_batches_tracked: Optional[Tensor],
+    *,
+    use_batch_stats: bool,
+    momentum: Optional[float],
+    eps: float,
+    stat_groups: int,
+) -> Tensor:
+    """triton_grouped_batch_norm through the bnexp:: custom ops: the graph torch.compile captures (no break)."""
+    if use_batch_stats:
+        stats = torch.ops.bnexp.grouped_bn_stats(
+            x.detach(), running_mean, running_var, num_batches_tracked, momentum, float(eps), int(stat_groups))
+    else:
+        stats = _eval_stats(running_mean, running_var, eps)
+    return torch.ops.bnexp.grouped_bn_normalize(x, stats, weight, bias, bool(use_batch_stats), int(stat_groups))
