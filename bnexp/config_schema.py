@@ -13,6 +13,7 @@ Booleans are typed `Any` and checked here, because OmegaConf would read `train.c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import typing
@@ -113,7 +114,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = setting("synthetic")  # its choices: the registered data schemas below
+    name: str = setting("synthetic", choices=lambda: tuple(GROUP_OPTION_SCHEMAS["data"]))
     train_size: Optional[int] = setting("5000", at_least=1)
     test_size: Optional[int] = setting("1000", at_least=1)
     subset_seed: int = setting("0", at_least=0, at_most=MAX_SEED)
@@ -143,7 +144,7 @@ class SyntheticDataConfig(DataConfig):
 
 @dataclass
 class OptimConfig:
-    name: str = setting("sgd")
+    name: str = setting("sgd", choices=lambda: tuple(GROUP_OPTION_SCHEMAS["optim"]))
     lr: float = setting("0.1", at_least=0.0)
     weight_decay: float = setting("5e-4", at_least=0.0)
     label_smoothing: float = setting("0.1", at_least=0.0, at_most=1.0)
@@ -164,7 +165,7 @@ class AdamwConfig(OptimConfig):
 
 @dataclass
 class LoggerConfig:
-    name: str = setting("none")
+    name: str = setting("none", choices=lambda: tuple(GROUP_OPTION_SCHEMAS["logger"]))
 
 
 @dataclass
@@ -250,7 +251,7 @@ def field_of(schema: type, dotted_key: str) -> dataclasses.Field | None:
             return None
         if depth == len(parts) - 1:
             return found
-        child = typing.get_type_hints(node_schema).get(part)
+        child = _type_hints(node_schema).get(part)
         if not (isinstance(child, type) and dataclasses.is_dataclass(child)):
             return None
         node_schemas = [child, *GROUP_OPTION_SCHEMAS.get(part, {}).values()] if depth == 0 else [child]
@@ -270,7 +271,7 @@ def describe_unknown_key(dotted_key: str, node_schema: type | None = None) -> st
         return (f"{dotted_key} is not a key of {parent}={current}; it belongs to "
                 f"{' and '.join(f'{parent}={owner}' for owner in owners)}")
     if parent:
-        schema = typing.get_type_hints(TrainConfig).get(parent) if "." not in parent else None
+        schema = _type_hints(TrainConfig).get(parent) if "." not in parent else None
         schemas = [schema, *options.values()] if isinstance(schema, type) else []
     else:
         schemas = [TrainConfig]
@@ -293,9 +294,9 @@ def describe_type_error(dotted_key: str, value: Any) -> str:
     parent = dotted_key.rpartition(".")[0]
     hints = {}
     for schema in [TrainConfig, *GROUP_OPTION_SCHEMAS.get(parent, {}).values(),
-                   typing.get_type_hints(TrainConfig).get(parent, TrainConfig)]:
+                   _type_hints(TrainConfig).get(parent, TrainConfig)]:
         if isinstance(schema, type) and dataclasses.is_dataclass(schema):
-            hints.update(typing.get_type_hints(schema))
+            hints.update(_type_hints(schema))
     kind, _ = _kind_of(hints.get(found.name, Any), found.metadata)
     example = found.metadata.get("example")
     return f"{dotted_key}={_show(value)} is not {_KIND_WORDS.get(kind, 'of its type')}" + \
@@ -413,8 +414,13 @@ def _node_schema(node: Any, base: type, key: str, problems: list[str]) -> type:
     return base
 
 
+@functools.cache
+def _type_hints(schema: type) -> dict[str, Any]:
+    return typing.get_type_hints(schema)
+
+
 def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> None:
-    hints = typing.get_type_hints(schema)
+    hints = _type_hints(schema)
     for schema_field in dataclasses.fields(schema):
         name, key = schema_field.name, prefix + schema_field.name
         if isinstance(node, DictConfig):
@@ -492,7 +498,8 @@ def _cross_key_problems(cfg: Any) -> Iterator[str]:
                f"(data.train_size); e.g. train.batch_size={min(512, train_size)}")
 
 
-def norm_layer_widths(model_name: str, width: float) -> list[int]:
+@functools.lru_cache(maxsize=64)
+def norm_layer_widths(model_name: str, width: float) -> tuple[int, ...]:
     """The channel count of every norm layer of a model, from a copy built on the meta device (no memory,
     no init cost), so that a group count that does not divide one is refused before any data is read."""
     import torch
@@ -500,4 +507,4 @@ def norm_layer_widths(model_name: str, width: float) -> list[int]:
     from bnexp.models import build_model
     with torch.device("meta"):
         model = build_model(model_name, "torch", width=width)
-    return [module.num_features for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    return tuple(module.num_features for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d))

@@ -118,7 +118,8 @@ def _decode_image(named: tuple[str, bytes]) -> np.ndarray:
         with Image.open(io.BytesIO(encoded)) as image:
             array = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for unreadable or truncated files
-        raise ImageDecodeError(f"{name}: {error}") from None
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(error))  # the file is named instead
+        raise ImageDecodeError(f"{name}: {reason}") from None
     if array.shape != (32, 32, 3):
         raise ImageDecodeError(f"{name}: expected a 32x32 image, got {array.shape[1]}x{array.shape[0]}")
     return array

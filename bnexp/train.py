@@ -12,12 +12,14 @@ from omegaconf import DictConfig
 
 import bnexp.config_schema  # noqa: F401  (registers the schemas conf/train.yaml extends)
 from bnexp.config import CONF_DIR, describe_composition_error
-from bnexp.data import DatasetError
-from bnexp.trainer import RunInterrupted, train
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # imported here, not at the top: a command line Hydra refuses is answered without loading torch
+    from bnexp.data import DatasetError
+    from bnexp.trainer import RunInterrupted, train
+
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
     try:
