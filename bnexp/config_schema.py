@@ -233,28 +233,22 @@ register_schemas()
 
 # ---------------------------------------------------------------- checking a config against the schema
 
-def field_of(schema: type, dotted_key: str) -> dataclasses.Field | None:
-    """The schema field of a dotted key (`variant.stat_groups`), or None when there is none. For `data`,
-    `optim` and `logger` the base schema's fields are found, and the options' own ones in any option."""
-    node_schemas = [schema]
+def _locate(dotted_key: str) -> tuple[dataclasses.Field, type] | None:
+    """The schema field of a dotted key (`variant.stat_groups`) and the schema that declares it, or None. Below
+    `data`, `optim` and `logger` the fields of every option count."""
+    candidates = [TrainConfig]
     parts = dotted_key.split(".")
     for depth, part in enumerate(parts):
-        found = None
-        for node_schema in node_schemas:
-            for candidate in dataclasses.fields(node_schema):
-                if candidate.name == part:
-                    found = candidate
-                    break
-            if found:
-                break
+        found = next(((schema_field, schema) for schema in candidates for schema_field in dataclasses.fields(schema)
+                      if schema_field.name == part), None)
         if found is None:
             return None
         if depth == len(parts) - 1:
             return found
-        child = _type_hints(node_schema).get(part)
+        child = _type_hints(found[1]).get(part)
         if not (isinstance(child, type) and dataclasses.is_dataclass(child)):
             return None
-        node_schemas = [child, *GROUP_OPTION_SCHEMAS.get(part, {}).values()] if depth == 0 else [child]
+        candidates = [child, *GROUP_OPTION_SCHEMAS.get(part, {}).values()] if depth == 0 else [child]
     return None
 
 
@@ -288,25 +282,21 @@ def describe_unknown_key(dotted_key: str, node_schema: type | None = None) -> st
 def describe_type_error(dotted_key: str, value: Any) -> str:
     """'<key>=<value> is not an integer; e.g. <key>=8', for a value Hydra could not convert to the key's type."""
     dotted_key = re.sub(r"\[\d+\]$", "", dotted_key)  # an item of a list: the list's key
-    found = field_of(TrainConfig, dotted_key)
-    if found is None:
+    located = _locate(dotted_key)
+    if located is None:
         return f"{dotted_key}={_show(value)} has the wrong type"
-    parent = dotted_key.rpartition(".")[0]
-    hints = {}
-    for schema in [TrainConfig, *GROUP_OPTION_SCHEMAS.get(parent, {}).values(),
-                   _type_hints(TrainConfig).get(parent, TrainConfig)]:
-        if isinstance(schema, type) and dataclasses.is_dataclass(schema):
-            hints.update(_type_hints(schema))
-    kind, _ = _kind_of(hints.get(found.name, Any), found.metadata)
-    example = found.metadata.get("example")
+    schema_field, schema = located
+    kind, _ = _kind_of(_type_hints(schema)[schema_field.name], schema_field.metadata)
+    example = schema_field.metadata.get("example")
     return f"{dotted_key}={_show(value)} is not {_KIND_WORDS.get(kind, 'of its type')}" + \
         (f"; e.g. {dotted_key}={example}" if example else "")
 
 
 def example_setting(dotted_key: str) -> str | None:
     """`key=<example>` for a schema key, e.g. 'variant.stat_groups=8'."""
-    found = field_of(TrainConfig, dotted_key)
-    return f"{dotted_key}={found.metadata['example']}" if found and found.metadata.get("example") else None
+    located = _locate(dotted_key)
+    example = located[0].metadata.get("example") if located else None
+    return f"{dotted_key}={example}" if example else None
 
 
 def check_train_config(cfg: Any) -> list[str]:
@@ -408,10 +398,8 @@ def _node_schema(node: Any, base: type, key: str, problems: list[str]) -> type:
             problems.append(f"{key}.name={_show(name)} does not match the {key} group's choice; "
                             f"choose the {key} with {key}={name} instead")
         return known
-    if name in options:
-        return options[name]
-    problems.append(f"{key}.name={_show(name)} is not one of {', '.join(options)}; e.g. {key}={next(iter(options))}")
-    return base
+    # an unknown name is reported by the check of the `name` field; the keys common to all options are still checked
+    return options.get(name, base)
 
 
 @functools.cache
