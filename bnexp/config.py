@@ -23,45 +23,79 @@ def compose_train_config(overrides: list[str]):
     """The resolved-on-access train config for these command-line overrides, without running Hydra's main."""
     from hydra import compose, initialize_config_dir
 
+    import bnexp.config_schema  # noqa: F401  (registers the schemas conf/train.yaml extends)
+
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 
-# (dotted key, kind, smallest allowed, largest allowed, how to fix) for the values the trainer does arithmetic on.
-# A wrong value gets one ValueError naming the key, instead of a TypeError or ZeroDivisionError deep in a loop.
-_CHECKED_TRAIN_KEYS = (
-    ("train.epochs", int, 1, None, "e.g. train.epochs=10"),
-    ("train.batch_size", int, 1, None, "e.g. train.batch_size=512 (at most data.train_size)"),
-    ("train.eval_batch_size", int, 1, None, "e.g. train.eval_batch_size=1024"),
-    ("train.log_every", int, 1, None, "e.g. train.log_every=25"),
-    ("train.augment_pad", int, 0, None, "0 turns cropping off"),
-    ("model.width", float, 1e-6, None, "a channel multiplier, e.g. model.width=0.25"),
-    ("optim.lr", float, 0.0, None, "e.g. optim.lr=0.1"),
-    ("optim.weight_decay", float, 0.0, None, "e.g. optim.weight_decay=5e-4"),
-    ("optim.label_smoothing", float, 0.0, 1.0, "e.g. optim.label_smoothing=0.1"),
-    ("optim.warmup_frac", float, 0.0, 1.0, "a fraction of all steps, e.g. optim.warmup_frac=0.1"),
-    ("divergence.loss_factor", float, 1.0, None, "e.g. divergence.loss_factor=5"),
-    ("seed", int, None, None, "e.g. seed=0"),
-)
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and a valid example."""
 
 
 def validate_train_config(cfg: Any) -> None:
-    """Raise one ValueError that names the key, the bad value and a fix, for the first out-of-place value."""
-    from omegaconf import OmegaConf
+    """Raise one ConfigError listing every bad value of a train config (one line each), before any data is read.
 
-    for dotted_key, kind, lowest, highest, fix in _CHECKED_TRAIN_KEYS:
-        value = OmegaConf.select(cfg, dotted_key, default=None)
-        if value is None:
-            continue  # optional keys (a config group without this setting) are not checked
-        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is int:
-            ok_type = ok_type and float(value).is_integer()
-        if not ok_type:
-            raise ValueError(f"{dotted_key}={value!r} is not {'an integer' if kind is int else 'a number'}; {fix}")
-        if lowest is not None and value < lowest:
-            raise ValueError(f"{dotted_key}={value!r} is too small (at least {lowest:g}); {fix}")
-        if highest is not None and value > highest:
-            raise ValueError(f"{dotted_key}={value!r} is too large (at most {highest:g}); {fix}")
-    device = OmegaConf.select(cfg, "device", default="auto")
-    if not (device in ("auto", "cpu", "cuda") or (isinstance(device, str) and re.fullmatch(r"cuda:\d+", device))):
-        raise ValueError(f"device={device!r} is not a device bnexp trains on; use device=auto, cpu, cuda or cuda:N")
+    Types, bounds and choices come from the schema (bnexp/config_schema.py); a composed config has its types
+    checked by Hydra already, a config built in Python gets them checked here."""
+    from bnexp.config_schema import check_train_config
+
+    problems = check_train_config(cfg)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def describe_composition_error(error: BaseException) -> str | None:
+    """One line saying what is wrong with a command line that Hydra could not compose, and the fix (a valid
+    example, the available choices, or the missing `+`); None when `error` is not a config error."""
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        plus = "" if group in _groups_in_train_defaults() else "+"
+        return (f"there is no {group} {name!r} (conf/{group}/{name}.yaml); choose one of "
+                f"{', '.join(error.options)}, e.g. {plus}{group}={error.options[0]}")
+    if isinstance(error, OverrideParseException):
+        return (f"cannot read the command line: {_one_line(str(error))}. Overrides are key=value, quoted "
+                "where the value has spaces or brackets, e.g. optim.lr=0.1 'optim.betas=[0.9,0.99]'")
+    if not isinstance(error, (HydraException, OmegaConfBaseException)):
+        return None
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    full_key = getattr(cause, "full_key", None)
+    if isinstance(cause, OmegaConfBaseException) and full_key:
+        from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+        from bnexp.config_schema import describe_type_error, describe_unknown_key
+        if isinstance(cause, ValidationError):
+            return describe_type_error(full_key, cause.value)
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+            return describe_unknown_key(full_key, getattr(cause, "object_type", None))
+    plus_hint = re.search(r"Could not override '([^']+)'\. No match in the defaults list.*use (\+\S+)", str(error),
+                          flags=re.DOTALL)
+    if plus_hint:
+        return (f"{plus_hint.group(1)} is not chosen by default, so it is added with a plus: {plus_hint.group(2)} "
+                f"(conf/{plus_hint.group(1)}/ has the choices)")
+    message = _one_line(str(error))
+    if isinstance(cause, OmegaConfBaseException) and cause is not error:
+        message += f": {_one_line(cause.msg)}"
+    return f"{full_key}: {message}" if full_key else message
+
+
+def _one_line(text: str) -> str:
+    """Hydra's multi-line messages as one line, without the config search path it appends."""
+    lines = []
+    for line in str(text).splitlines():
+        if line.strip().startswith(("Config search path", "provider=", "full_key:", "object_type=", "reference_type=")):
+            continue
+        if line.strip():
+            lines.append(line.strip())
+    return "; ".join(lines)
+
+
+def _groups_in_train_defaults() -> set[str]:
+    """The groups conf/train.yaml selects by default (chosen with `group=x`; any other group needs `+group=x`)."""
+    import yaml
+
+    defaults = yaml.safe_load((CONF_DIR / "train.yaml").read_text()).get("defaults", [])
+    return {key for entry in defaults if isinstance(entry, dict) for key in entry}

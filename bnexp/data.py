@@ -14,10 +14,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import os
+import pickle
+import re
+import signal
+import socket
 import tarfile
+import time
+import zipfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +41,21 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz")
 CACHE_FORMAT_VERSION = 1
+# What reading a source or a cache can raise when the data is missing, truncated or corrupt. Only these become a
+# DatasetError (exit code 2): a kill (the trainer's SIGTERM exception, Ctrl-C) must pass through as itself.
+READ_ERRORS = (OSError, EOFError, ValueError, KeyError, tarfile.TarError, lzma.LZMAError, zlib.error,
+               zipfile.BadZipFile, pickle.UnpicklingError)
+# A decode cache's temporary file from a writer that died is removed once this old (or at once when the writer
+# ran on this host and is gone).
+STALE_TEMPORARY_CACHE_S = 3600
 
 
 class DatasetError(RuntimeError):
     """A dataset that is missing or unreadable; the message says how to fix it."""
+
+
+class ImageDecodeError(ValueError):
+    """One image file that cannot be decoded; names the file (a path in the folder or in the archive)."""
 
 
 @dataclass
@@ -53,7 +71,9 @@ class Split:
 
     def subset(self, size: int | None, seed: int) -> "Split":
         """A fixed random subset (the same for every variant), or the whole split when size is None."""
-        if size is None or size >= len(self):
+        if size is not None and size > len(self):
+            raise ValueError(f"a subset of {size} images was asked of a split of {len(self)}")
+        if size is None or size == len(self):
             return self
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:size]
         return Split(self.images[order], self.labels[order])
@@ -81,7 +101,7 @@ def load_torchvision_cifar10(data_dir: str, download: bool) -> Dataset:
     def load(train: bool) -> Split:
         try:
             dataset = torchvision.datasets.CIFAR10(root=data_dir, train=train, download=download)
-        except Exception as error:  # no network, a corrupt file, a missing dir
+        except (*READ_ERRORS, RuntimeError) as error:  # no network, a corrupt file, a missing dir
             raise DatasetError(f"Could not load CIFAR-10 into {data_dir!r} with torchvision "
                                f"(download={download}): {error}. {how_to_fix(data_dir)}") from error
         images = torch.from_numpy(np.ascontiguousarray(dataset.data)).permute(0, 3, 1, 2).contiguous()
@@ -92,18 +112,32 @@ def load_torchvision_cifar10(data_dir: str, download: bool) -> Dataset:
 
 # ---------------------------------------------------------------- image folder / archive
 
-def _decode_image(encoded: bytes) -> np.ndarray:
+def _decode_image(named: tuple[str, bytes]) -> np.ndarray:
+    """(file name, encoded bytes) -> (32, 32, 3) uint8; an ImageDecodeError that names the file otherwise."""
     from PIL import Image
-    with Image.open(io.BytesIO(encoded)) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    name, encoded = named
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for unreadable or truncated files
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(error))  # the file is named instead
+        raise ImageDecodeError(f"{name}: {reason}") from None
     if array.shape != (32, 32, 3):
-        raise ValueError(f"expected a 32x32 image, got {array.shape}")
+        raise ImageDecodeError(f"{name}: expected a 32x32 image, got {array.shape[1]}x{array.shape[0]}")
     return array
 
 
-def _list_encoded_images(path: Path) -> dict[str, list[tuple[str, bytes]]]:
-    """Map 'train'/'test' to (class name, encoded bytes) pairs, from a folder or an archive."""
-    found: dict[str, list[tuple[str, bytes]]] = {"train": [], "test": []}
+def _decode_worker_setup() -> None:
+    """A decode worker leaves signals to the run: SIGTERM ends it quietly (the run's own handler would raise its
+    interrupt inside a decode), and Ctrl-C, which reaches the whole process group, is handled by the run alone."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _list_encoded_images(path: Path) -> dict[str, list[tuple[str, str, bytes]]]:
+    """Map 'train'/'test' to (class name, file name, encoded bytes), from a folder or an archive; the file name is
+    the path inside the folder or the archive, for error messages."""
+    found: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
 
     def file_entry(relative_parts: tuple[str, ...]):
         # Accept <root>/{train,test}/<class>/<file> with any number of leading folders.
@@ -119,7 +153,7 @@ def _list_encoded_images(path: Path) -> dict[str, list[tuple[str, bytes]]]:
                 if file.suffix.lower() in IMAGE_SUFFIXES:
                     entry = file_entry(file.relative_to(path).parts)
                     if entry:
-                        found[entry[0]].append((entry[1], file.read_bytes()))
+                        found[entry[0]].append((entry[1], str(file.relative_to(path)), file.read_bytes()))
                         progress.update(1)
         else:
             with tarfile.open(path, "r:*") as archive:
@@ -127,10 +161,10 @@ def _list_encoded_images(path: Path) -> dict[str, list[tuple[str, bytes]]]:
                     if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
                         entry = file_entry(Path(member.name).parts)
                         if entry:
-                            found[entry[0]].append((entry[1], archive.extractfile(member).read()))
+                            found[entry[0]].append((entry[1], member.name, archive.extractfile(member).read()))
                             progress.update(1)
     for split in found:
-        found[split].sort(key=lambda pair: pair[0])
+        found[split].sort(key=lambda item: item[0])  # stable: files keep their order within a class
     return found
 
 
@@ -146,23 +180,32 @@ def _source_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _decode_split(pairs: list[tuple[str, bytes]], class_names: list[str], workers: int, split_name: str) -> Split:
-    encoded = [data for _, data in pairs]
-    parallel = workers > 1 and len(encoded) > 1000
-    with tqdm(total=len(encoded), unit="img", desc=f"decoding {split_name}", mininterval=1.0,
+def _decode_split(files: list[tuple[str, str, bytes]], class_names: list[str], workers: int,
+                  split_name: str) -> Split:
+    named = [(file_name, data) for _, file_name, data in files]
+    parallel = workers > 1 and len(named) > 1000
+    with tqdm(total=len(named), unit="img", desc=f"decoding {split_name}", mininterval=1.0,
               dynamic_ncols=True) as progress:
         arrays = []
-        with (ProcessPoolExecutor(max_workers=workers) if parallel else nullcontext()) as pool:
-            decoded = pool.map(_decode_image, encoded, chunksize=512) if parallel else map(_decode_image, encoded)
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_decode_worker_setup) if parallel else None
+        try:
+            # chunks of 64: little overhead, and a kill waits for at most one running chunk per worker
+            decoded = pool.map(_decode_image, named, chunksize=64) if pool else map(_decode_image, named)
             for array in decoded:  # in order, as they finish
                 arrays.append(array)
                 progress.update(1)
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)  # on a kill, the queued chunks are dropped
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor([class_names.index(name) for name, _ in pairs], dtype=torch.int64)
+    labels = torch.tensor([class_names.index(name) for name, _, _ in files], dtype=torch.int64)
     return Split(images, labels)
 
 
-def load_image_folder(path: str, cache_dir: str, workers: int | None = None) -> Dataset:
+def load_image_folder(path: str, cache_dir: str, workers: int | None = None, *, train_size: int | None = None,
+                      test_size: int | None = None) -> Dataset:
+    """The source's images, from the cache or decoded (then cached). train_size/test_size, when given, are
+    checked against the images the source holds as soon as they are counted, before any decoding."""
     source = Path(path).expanduser()
     if not source.exists():
         raise DatasetError(f"Dataset path {str(source)!r} does not exist. {how_to_fix(source)}")
@@ -172,24 +215,21 @@ def load_image_folder(path: str, cache_dir: str, workers: int | None = None) -> 
     cache_file = Path(cache_dir).expanduser() / f"{source.name.split('.')[0]}-{fingerprint}.npz"
     description = f"CIFAR-10 JPEG copy ({source.name})" if "jpeg" in source.name.lower() else \
         f"image folder ({source.name})"
-    if cache_file.exists():
-        try:
-            with np.load(cache_file) as cached:
-                if int(cached["format_version"]) == CACHE_FORMAT_VERSION:
-                    return Dataset(Split(torch.from_numpy(cached["train_images"]), torch.from_numpy(cached["train_labels"])),
-                                   Split(torch.from_numpy(cached["test_images"]), torch.from_numpy(cached["test_labels"])),
-                                   source=description)
-        except Exception:
-            pass  # a corrupt or old cache is simply rebuilt
+    _remove_stale_temporary_caches(cache_file)
+    cached = _read_cache(cache_file, description)
+    if cached is not None:
+        check_subset_sizes(len(cached.train), len(cached.test), train_size, test_size, source)
+        return cached
     try:
         encoded = _list_encoded_images(source)
-    except (tarfile.TarError, OSError, EOFError) as error:
+    except READ_ERRORS as error:
         raise DatasetError(f"Could not read {str(source)!r}: {error}. {how_to_fix(source)}") from error
     if not encoded["train"] or not encoded["test"]:
         raise DatasetError(f"{str(source)!r} holds no images under train/<class>/ and test/<class>/ "
                            f"(found {len(encoded['train'])} train, {len(encoded['test'])} test). {how_to_fix(source)}")
-    class_names = sorted({name for name, _ in encoded["train"]})
-    test_only = sorted({name for name, _ in encoded["test"]} - set(class_names))
+    check_subset_sizes(len(encoded["train"]), len(encoded["test"]), train_size, test_size, source)
+    class_names = sorted({name for name, _, _ in encoded["train"]})
+    test_only = sorted({name for name, _, _ in encoded["test"]} - set(class_names))
     if test_only:
         raise DatasetError(f"{str(source)!r} has test/ classes with no train/ folder: {test_only} (train/ has "
                            f"{class_names}); every test class needs a train/<class>/ folder. {how_to_fix(source)}")
@@ -197,11 +237,27 @@ def load_image_folder(path: str, cache_dir: str, workers: int | None = None) -> 
     try:
         train = _decode_split(encoded["train"], class_names, workers, "train")
         test = _decode_split(encoded["test"], class_names, workers, "test")
-    except Exception as error:
-        raise DatasetError(f"Could not decode the images in {str(source)!r}: {error}. {how_to_fix(source)}") from error
+    except ImageDecodeError as error:  # only a bad file: a kill during the decode stays a kill
+        raise DatasetError(f"Could not decode an image of {str(source)!r}: {error}. Replace or remove that file, "
+                           f"or use another source. {how_to_fix(source)}") from None
 
     _write_cache(cache_file, train, test, class_names, source)
     return Dataset(train, test, source=description)
+
+
+def _read_cache(cache_file: Path, description: str) -> Dataset | None:
+    """The cached arrays, or None when there is no cache or it is corrupt or old (then it is rebuilt)."""
+    if not cache_file.exists():
+        return None
+    try:
+        with np.load(cache_file) as cached:
+            if int(cached["format_version"]) != CACHE_FORMAT_VERSION:
+                return None
+            return Dataset(Split(torch.from_numpy(cached["train_images"]), torch.from_numpy(cached["train_labels"])),
+                           Split(torch.from_numpy(cached["test_images"]), torch.from_numpy(cached["test_labels"])),
+                           source=description)
+    except READ_ERRORS:
+        return None
 
 
 def _write_cache(cache_file: Path, train: Split, test: Split, class_names: list[str], source: Path) -> None:
@@ -229,8 +285,44 @@ def _cached_source_path(cache_file: Path) -> str | None:
     try:
         with np.load(cache_file) as cached:
             return str(cached["source_path"]) if "source_path" in cached.files else None
-    except Exception:
+    except READ_ERRORS:
         return None
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"  # no '-': it separates the fields
+
+
+# '<cache>.tmp-<host>-<pid>.npz', or '<cache>.tmp<pid>.npz' as written before the host was part of the name
+_TEMPORARY_CACHE = re.compile(r"\.tmp(?:-(?P<host>[^-]+)-)?(?P<pid>\d+)\.npz$")
+
+
+def _remove_stale_temporary_caches(cache_file: Path) -> None:
+    """Remove the temporary files of this source's caches whose writer died (SIGKILL, power loss) mid-write: the
+    writer ran on this host and its process is gone, or the file is untouched for STALE_TEMPORARY_CACHE_S."""
+    this_host = _host_tag()
+    source_prefix = cache_file.name.rsplit("-", 1)[0]
+    for candidate in cache_file.parent.glob(f"{source_prefix}-*.tmp*.npz"):
+        match = _TEMPORARY_CACHE.search(candidate.name)
+        if not match:
+            continue
+        try:
+            age_s = time.time() - candidate.stat().st_mtime
+            writer_gone = match["host"] in (None, this_host) and not _process_exists(int(match["pid"]))
+            if writer_gone or age_s > STALE_TEMPORARY_CACHE_S:
+                candidate.unlink(missing_ok=True)
+        except OSError:
+            continue  # removed by another run meanwhile, or not ours to remove
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 # ---------------------------------------------------------------- synthetic
@@ -259,19 +351,34 @@ def load_dataset(data_cfg) -> Dataset:
     run seed: runs with different seeds see the same images (only init, order and augmentation change)."""
     name = data_cfg.name
     subset_seed = data_cfg.get("subset_seed", 0)
+    train_size, test_size = data_cfg.get("train_size"), data_cfg.get("test_size")
     if name == "cifar10":
         dataset = load_torchvision_cifar10(data_cfg.data_dir, data_cfg.get("download", True))
     elif name == "cifar10_folder":
-        if not data_cfg.get("path"):
+        if "path" not in data_cfg or not data_cfg["path"]:  # a DictConfig has no key whose value is ??? (unset)
             raise DatasetError(f"data=cifar10_folder needs data.path. {how_to_fix(None)}")
-        dataset = load_image_folder(data_cfg.path, data_cfg.data_dir, data_cfg.get("decode_workers"))
+        dataset = load_image_folder(data_cfg.path, data_cfg.data_dir, data_cfg.get("decode_workers"),
+                                    train_size=train_size, test_size=test_size)
     elif name == "synthetic":
-        dataset = make_synthetic(data_cfg.get("train_size") or 50_000, data_cfg.get("test_size") or 10_000,
-                                 subset_seed)
+        dataset = make_synthetic(train_size or 50_000, test_size or 10_000, subset_seed)
     else:
         raise DatasetError(f"unknown data source {name!r}: use data=cifar10, data=cifar10_folder or data=synthetic")
-    return Dataset(dataset.train.subset(data_cfg.get("train_size"), subset_seed),
-                   dataset.test.subset(data_cfg.get("test_size"), subset_seed + 1), dataset.source)
+    check_subset_sizes(len(dataset.train), len(dataset.test), train_size, test_size, dataset.source)
+    return Dataset(dataset.train.subset(train_size, subset_seed),
+                   dataset.test.subset(test_size, subset_seed + 1), dataset.source)
+
+
+def check_subset_sizes(train_images: int, test_images: int, train_size: int | None, test_size: int | None,
+                       source) -> None:
+    """A subset larger than the split it is cut from is a config error naming what the source holds (it is
+    never clamped: a run must train on the number of images its config says)."""
+    from bnexp.config import ConfigError
+
+    for key, asked, available in (("data.train_size", train_size, train_images),
+                                  ("data.test_size", test_size, test_images)):
+        if asked is not None and asked > available:
+            raise ConfigError(f"{key}={asked} is more than the {available} images the source holds "
+                              f"({source}); use {key}={available} or less, or {key}=null for all of them")
 
 
 # ---------------------------------------------------------------- on-device batches

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,8 +24,10 @@ class LocalSink:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.summary_path = self.run_dir / "summary.json"
         if self.summary_path.exists():
-            print(f"[bnexp] {self.run_dir} already holds a run; its config.yaml, metrics.jsonl and summary.json "
-                  "are being replaced (give hydra.run.dir a new folder to keep both)", file=sys.stderr)
+            print(f"[bnexp] {self.run_dir} already holds a run; its config.yaml, metrics.jsonl, summary.json and "
+                  "wandb/ are being replaced (give hydra.run.dir a new folder to keep both)", file=sys.stderr)
+            # the old run's W&B files would sit beside the new run's outputs, and a logger=wandb rerun adds its own
+            shutil.rmtree(self.run_dir / "wandb", ignore_errors=True)
         (self.run_dir / "config.yaml").write_text(resolved_config_yaml)
         # Line-buffered, so a killed run keeps every line logged before the kill. "w": a new run in the same
         # dir (hydra.run.dir=... given twice) replaces the old run's metrics instead of appending to them.

@@ -1,21 +1,26 @@
 """`python -m bnexp.train +variant=<name> [overrides]`: one run, written to the Hydra output dir."""
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from bnexp.config import CONF_DIR
-from bnexp.data import DatasetError
+import bnexp.config_schema  # noqa: F401  (registers the schemas conf/train.yaml extends)
+from bnexp.config import CONF_DIR, describe_composition_error
 from bnexp.orphan_guard import die_with_parent
-from bnexp.trainer import RunInterrupted, train
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # imported here, not at the top: a command line Hydra refuses is answered without loading torch
+    from bnexp.data import DatasetError
+    from bnexp.trainer import RunInterrupted, train
+
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
     try:
@@ -34,10 +39,40 @@ def main(cfg: DictConfig) -> None:
     print(f"bnexp.train: {summary['status']} | best test acc {summary['best_test_acc']} | run dir {run_dir}")
 
 
+def _raised_by_the_run(error: BaseException) -> bool:
+    """Whether an exception came out of the task function (a run's own crash), not out of Hydra composing the
+    config or setting up the run dir."""
+    task_code = main.__wrapped__.__code__
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code is task_code:
+            return True
+        frame = frame.tb_next
+    return False
+
+
+def run_cli() -> None:
+    """main() with every config error of the command line, Hydra's own included, as one line and exit code 2."""
+    wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # Without it Hydra prints a composition error itself and exits 1; with it the error reaches us, and a bad
+    # command line exits 2 with one line, like every other config error.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as error:  # noqa: BLE001 - sorted below: config errors get one line, crashes a traceback
+        message = None if _raised_by_the_run(error) else describe_composition_error(error)
+        if message is None:
+            raise
+        if wants_traceback:
+            traceback.print_exc()
+        print(f"bnexp.train: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     die_with_parent()  # a run started by bnexp.sweep ends with the sweep
     if not (CONF_DIR / "train.yaml").is_file():
         # conf/ sits beside the package in the repo; a non-editable install copies the package without it
         sys.exit(f"bnexp.train: error: the configs are not at {CONF_DIR}. Install bnexp from its repository "
                  "with `pip install -e .` (editable), so that conf/ stays next to the package.")
-    main()
+    run_cli()

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import netrc
 import os
+import secrets
+import shutil
+import string
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -114,19 +117,18 @@ class WandbSink:
             dir=str(wandb_dir),
             # One W&B run per Hydra multirun job, even though jobs share the process.
             reinit="finish_previous",
-            settings=wandb.Settings(
-                init_timeout=float(config_value(logger_cfg, "init_timeout", 30)),
-                console=str(config_value(logger_cfg, "console", "off")),
-            ),
         )
-        try:
-            self.run = wandb.init(mode=mode, **init_kwargs)
-        except Exception as error:  # noqa: BLE001 - any init failure must not cost the local run
-            if mode != "online":
-                raise
-            print(f"[bnexp] wandb online init failed ({type(error).__name__}: {error}); logging offline", file=sys.stderr)
-            mode, reason = "offline", "online init failed"
-            self.run = wandb.init(mode=mode, **init_kwargs)
+        settings = dict(
+            init_timeout=float(config_value(logger_cfg, "init_timeout", 30)),
+            console=str(config_value(logger_cfg, "console", "off")),
+            # Otherwise wandb first looks up the account to print "logged in as": twice, 5 s each when the
+            # host cannot be reached, before init_timeout starts counting. bnexp prints its own lines.
+            quiet=True,
+        )
+        if mode == "online":
+            self.run, mode, reason = self._init_online_or_offline(init_kwargs, settings, wandb_dir)
+        else:
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **init_kwargs)
         self.mode = mode
         if mode == "offline":
             offline_dir = Path(self.run.dir).parent  # run.dir is <offline-run-dir>/files
@@ -136,6 +138,31 @@ class WandbSink:
         self._step_keys: set[str] = set()
         self._define_axes()
         self._finished = False
+
+    @staticmethod
+    def _init_online_or_offline(init_kwargs: dict, settings: dict, wandb_dir: Path) -> tuple[Any, str, str | None]:
+        """An online run, or an offline one when the online start fails or passes init_timeout (no network).
+
+        The online attempt gets its run id from us (or the W&B agent's WANDB_RUN_ID), so that the run-<time>-<id>
+        dir it leaves behind when it fails, which holds nothing but its logs, can be told apart and removed: the
+        offline run's dir is then the only one. wandb.teardown() first closes the failed attempt, so that nothing
+        writes into that dir any more and the offline run may take the same id (an agent's)."""
+        run_id = os.environ.get("WANDB_RUN_ID") or "".join(
+            secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        attempt_dirs = lambda: set((wandb_dir / "wandb").glob(f"run-*-{run_id}"))  # noqa: E731
+        dirs_before = attempt_dirs()
+        try:
+            run = wandb.init(mode="online", id=run_id, settings=wandb.Settings(**settings), **init_kwargs)
+            return run, "online", None
+        except Exception as error:  # noqa: BLE001 - any init failure must not cost the local run
+            failure = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+        wandb.teardown()
+        for leftover in attempt_dirs() - dirs_before:
+            shutil.rmtree(leftover, ignore_errors=True)
+        print(f"[bnexp] wandb online init failed ({failure}); logging offline (the failed attempt's files are "
+              "removed)", file=sys.stderr)
+        run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **init_kwargs)
+        return run, "offline", "online init failed"
 
     # ------------------------------------------------------------------ metric axes
     def _define_axes(self) -> None:

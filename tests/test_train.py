@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -210,7 +211,18 @@ def test_torch_compile_run_matches_the_eager_run(tmp_path):
     ("device=tpu", r"device='tpu'.*device=auto, cpu, cuda"),
 ])
 def test_bad_config_values_name_the_key_and_leave_a_failed_summary(override, message, tmp_path):
-    cfg = compose_config([*TINY_RUN, override])
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+
+    from bnexp.config import describe_composition_error
+    try:
+        cfg = compose_config([*TINY_RUN, override])
+    except ConfigCompositionException as error:
+        # A value of the wrong type stops Hydra's composition (the schema types every key), naming the key; a
+        # config built in Python, without the schema, is refused by train() with the same message.
+        assert re.search(message, describe_composition_error(error))
+        cfg = OmegaConf.create(OmegaConf.to_container(compose_config(TINY_RUN)))
+        OmegaConf.update(cfg, override.split("=")[0], override.split("=", 1)[1])
     with pytest.raises(ValueError, match=message):
         train(cfg, str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
