@@ -1,0 +1,221 @@
+"""Faults a run dir must survive: two writers, a kill in every phase of a run, a SIGKILL that leaves no end.
+
+The kill-phase tests land a real SIGTERM/SIGINT in a chosen phase by patching that phase's function (in the test's
+own process, or in a child started through tests/kill_at_phase.py) to signal its own process, so the phase is hit
+deterministically and the production code has no test hook.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bnexp import sinks as sinks_module
+from bnexp import trainer as trainer_module
+from bnexp.rundirs import run_status
+from bnexp.runlock import LOCK_FILE, RunDirLock, RunDirLocked, lock_state
+from bnexp.trainer import RunInterrupted, train
+from tests.helpers import TINY_RUN, compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+LONG_RUN = [*TINY_RUN, "train.epochs=500"]  # long enough to be caught alive; it is always stopped early
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def _train_process(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bnexp.train", *overrides, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_logged_step(run_dir: Path, process: subprocess.Popen, timeout: float = 180) -> None:
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.time() < deadline, "the run never logged a step"
+        time.sleep(0.2)
+
+
+def _json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]  # raises on a line that is not JSON
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One writer per run dir
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_two_runs_started_together_into_one_dir_one_is_refused_and_the_dir_is_one_runs(tmp_path):
+    run_dir = tmp_path / "shared"
+    processes = {seed: _train_process(run_dir, *LONG_RUN, f"seed={seed}") for seed in (1, 2)}
+    try:
+        deadline = time.time() + 240
+        while all(p.poll() is None for p in processes.values()):  # the loser exits as soon as it asks for the lock
+            assert time.time() < deadline, "neither run was refused"
+            time.sleep(0.2)
+        loser_seed = next(seed for seed, p in processes.items() if p.poll() is not None)
+        winner_seed = 3 - loser_seed
+        winner, loser = processes[winner_seed], processes[loser_seed]
+        _, loser_err = loser.communicate()
+        assert loser.returncode == 2, loser_err
+        assert f"pid {winner.pid}" in loser_err and "in use by another run" in loser_err, loser_err
+        assert "Traceback" not in loser_err
+        assert winner.poll() is None  # the refusal did not disturb the winner
+        _wait_for_logged_step(run_dir, winner)
+        assert run_status(run_dir) == "running"
+        winner.send_signal(signal.SIGTERM)
+        winner.communicate(timeout=120)
+        assert winner.returncode == 143
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = (run_dir / "config.yaml").read_text()
+    assert summary["seed"] == winner_seed and f"seed: {winner_seed}\n" in config
+    assert summary["status"] == "failed" and summary["error"].startswith("killed")
+    records = _json_lines(run_dir / "metrics.jsonl")
+    assert records and [r["step"] for r in records if r["kind"] == "step"] == \
+        sorted(r["step"] for r in records if r["kind"] == "step")  # one run's steps, in order, no repeats
+    assert run_status(run_dir) == "failed"
+
+
+def test_a_locked_dir_is_refused_in_process_and_left_untouched(tmp_path):
+    (tmp_path / "summary.json").write_text('{"status": "finished", "seed": 7}\n')
+    with RunDirLock(tmp_path):
+        assert lock_state(tmp_path) == "held"
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        with pytest.raises(RunDirLocked, match=rf"pid {os.getpid()} on .*since 20"):
+            train(compose_config(["+variant=no_bn", *TINY_RUN]), str(tmp_path))
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert lock_state(tmp_path) == "free"
+    train(compose_config(["+variant=no_bn", *TINY_RUN]), str(tmp_path))  # free again: the next run may write
+    assert run_status(tmp_path) == "finished"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A run that died without writing its end
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_a_sigkilled_run_is_killed_in_status_report_and_sweep_and_resume_redoes_it(tmp_path):
+    from bnexp import report, sweep
+
+    out_dir = tmp_path / "sweep"
+    arguments = ["sweep=smoke", f"sweep.out_dir={out_dir}", "sweep.only_variants=[correct_bn]", "sweep.lrs=[0.1]",
+                 "sweep.train_module=tests.fake_train"]
+    sweep_cfg = sweep.compose_sweep_config(arguments)
+    (job,) = sweep.build_jobs(sweep_cfg, [])
+    # the real trainer, into the sweep's own run dir for that job, killed with no chance to write its end
+    process = _train_process(job.run_dir, *job.overrides, *LONG_RUN[1:])
+    _wait_for_logged_step(job.run_dir, process)
+    assert run_status(job.run_dir) == "running"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert json.loads((job.run_dir / "summary.json").read_text())["status"] == "running"  # as it was left
+    assert (job.run_dir / LOCK_FILE).is_file() and lock_state(job.run_dir) == "free"
+    assert run_status(job.run_dir) == "killed"
+
+    report_path = report.build_report([out_dir], tmp_path / "report")
+    text = report_path.read_text()
+    assert "1 killed" in text and "running" not in text.split("## Data source")[0]
+    assert "(killed)" in text
+
+    dry = subprocess.run([sys.executable, "-m", "bnexp.sweep", *arguments, "--dry-run"], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0 and "[pending]" in dry.stdout and "1 to run" in dry.stdout, dry.stdout
+    resumed = subprocess.run([sys.executable, "-m", "bnexp.sweep", *arguments], cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "redoing 1 killed" in resumed.stdout
+    status = json.loads((out_dir / "sweep_status.json").read_text())
+    assert status["counts"] == {"finished": 1}
+    assert status["runs"][0]["previous_status"] == "killed"
+    assert run_status(job.run_dir) == "finished"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Kills are kills wherever they land
+# ----------------------------------------------------------------------------------------------------------------
+
+def _signal_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(0.5)  # the handler runs in this thread at the next bytecode; the sleep is never finished
+
+
+def _patch_phase(monkeypatch, phase: str, signum: int) -> None:
+    """Make `phase` of a run signal its own process while it is in that phase."""
+    if phase == "train step":
+        class SignallingStep(trainer_module.TrainStep):
+            def __call__(self, step, *args, **kwargs):
+                if step == 1:
+                    _signal_self(signum)
+                return super().__call__(step, *args, **kwargs)
+        monkeypatch.setattr(trainer_module, "TrainStep", SignallingStep)
+    elif phase == "evaluation":
+        original_evaluate = trainer_module.evaluate
+
+        def signalling_evaluate(*args, **kwargs):
+            _signal_self(signum)
+            return original_evaluate(*args, **kwargs)
+        monkeypatch.setattr(trainer_module, "evaluate", signalling_evaluate)
+    elif phase in ("first summary write", "last summary write"):
+        original_write = sinks_module.write_json_atomic
+        wanted_status = "running" if phase == "first summary write" else "finished"
+
+        def signalling_write(path, value):
+            if value.get("status") == wanted_status:
+                os.kill(os.getpid(), signum)  # lands mid-write: the write must still complete
+            return original_write(path, value)
+        monkeypatch.setattr(sinks_module, "write_json_atomic", signalling_write)
+    else:
+        raise AssertionError(phase)
+
+
+PHASES = ["first summary write", "train step", "evaluation", "last summary write"]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_sigterm_in_each_phase_is_a_killed_failed_run(phase, tmp_path, monkeypatch):
+    _patch_phase(monkeypatch, phase, signal.SIGTERM)
+    with pytest.raises(RunInterrupted, match="signal 15"):
+        train(compose_config(["+variant=shared_bn", *TINY_RUN]), str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed", phase
+    assert summary["error"].startswith("killed: RunInterrupted"), summary["error"]
+    assert run_status(tmp_path) == "failed" and lock_state(tmp_path) == "free"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+    if phase in ("evaluation", "last summary write"):
+        assert summary["steps_done"] == 4  # the steps before the kill are kept
+    _json_lines(tmp_path / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("phase", ["train step", "last summary write"])
+def test_sigint_in_a_phase_is_a_killed_failed_run(phase, tmp_path, monkeypatch):
+    _patch_phase(monkeypatch, phase, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose_config(["+variant=no_bn", *TINY_RUN]), str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("killed: KeyboardInterrupt")
+
+
+@pytest.mark.parametrize("phase, signum, exit_code", [("evaluation", signal.SIGTERM, 143),
+                                                      ("last summary write", signal.SIGTERM, 143),
+                                                      ("last summary write", signal.SIGINT, 130)])
+def test_the_command_exits_143_or_130_for_a_kill_in_a_phase(phase, signum, exit_code, tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "tests.kill_at_phase", phase, str(int(signum)),
+                             "+variant=no_bn", *TINY_RUN, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == exit_code, result.stderr
+    assert "Traceback" not in result.stderr and "stopped" in result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("killed")
