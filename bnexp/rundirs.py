@@ -86,7 +86,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         if path.is_file():
             try:
                 loaded = yaml.safe_load(path.read_text())
-            except (OSError, yaml.YAMLError):
+            except (OSError, ValueError, yaml.YAMLError):  # ValueError: bytes that are not UTF-8
                 continue
             if isinstance(loaded, dict):
                 return loaded
@@ -98,7 +98,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     records: list[dict[str, Any]] = []
     try:
-        with open(path) as handle:
+        with open(path, errors="replace") as handle:  # a damaged byte spoils its line only
             for line in handle:
                 line = line.strip()
                 if not line:

@@ -6,6 +6,8 @@ deterministically and the production code has no test hook.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
 import signal
@@ -207,8 +209,7 @@ def test_sigint_in_a_phase_is_a_killed_failed_run(phase, tmp_path, monkeypatch):
     assert summary["status"] == "failed" and summary["error"].startswith("killed: KeyboardInterrupt")
 
 
-@pytest.mark.parametrize("phase, signum, exit_code", [("evaluation", signal.SIGTERM, 143),
-                                                      ("last summary write", signal.SIGTERM, 143),
+@pytest.mark.parametrize("phase, signum, exit_code", [("last summary write", signal.SIGTERM, 143),
                                                       ("last summary write", signal.SIGINT, 130)])
 def test_the_command_exits_143_or_130_for_a_kill_in_a_phase(phase, signum, exit_code, tmp_path):
     run_dir = tmp_path / "run"
@@ -219,3 +220,154 @@ def test_the_command_exits_143_or_130_for_a_kill_in_a_phase(phase, signum, exit_
     assert "Traceback" not in result.stderr and "stopped" in result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"].startswith("killed")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The report over broken trees
+# ----------------------------------------------------------------------------------------------------------------
+
+def _rewrite_json(path: Path, change) -> None:
+    value = json.loads(path.read_text())
+    change(value)
+    path.write_text(json.dumps(value))
+
+
+def _cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def _leave_running(run_dir: Path) -> None:
+    _rewrite_json(run_dir / "summary.json", lambda s: s.update(status="running", final_test_acc=None,
+                                                               best_test_acc=None, steps_done=0))
+
+
+def _killed(run_dir: Path, locks) -> None:
+    _leave_running(run_dir)
+    with RunDirLock(run_dir):  # a lock file that its process held, then left behind by dying
+        pass
+
+
+def _live(run_dir: Path, locks) -> None:
+    _leave_running(run_dir)
+    locks.enter_context(RunDirLock(run_dir))  # held for as long as the report reads the tree
+
+
+def _garbage_metrics(run_dir: Path) -> None:
+    with open(run_dir / "metrics.jsonl", "ab") as metrics:
+        metrics.write(b'not json at all\n["a", "list"]\n{"kind": "step", "step": "seven", "train/loss": 1}\n'
+                      b'{"kind": "step", "step": 99, "train/loss": "high", "grad_norm/global": []}\n\xff\xfe\n'
+                      b'{"kind": "step", "step": 100, "train/lo')
+
+
+def _wrong_types(run_dir: Path) -> None:
+    _rewrite_json(run_dir / "summary.json", lambda s: s.update(
+        steps_to_acc=["0.5"], error=5, final_test_acc="abc", provenance="x", init_grad_norms=[1],
+        max_grad_norm={"a": 1}, images_per_s="fast", data_source=7, model=None))
+
+
+def _lr_not_a_number(run_dir: Path) -> None:
+    _rewrite_json(run_dir / "summary.json", lambda s: s.update(lr="abc"))
+    (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace("lr: ", "lr: abc #"))
+
+
+# name -> (how to damage a healthy finished run dir, what the report must make of it: a status or "skipped").
+# A damage taking `locks` gets the test's ExitStack, to hold a lock over the report.
+DAMAGES = {
+    "finished": (lambda d: None, "finished"),
+    "diverged": (lambda d: _rewrite_json(d / "summary.json", lambda s: s.update(status="diverged", diverged_step=3,
+                                                                                   final_test_acc=None)), "diverged"),
+    "failed": (lambda d: _rewrite_json(d / "summary.json", lambda s: s.update(status="failed", error="killed: x\ny",
+                                                                                 final_test_acc=None)), "failed"),
+    "killed": (_killed, "killed"),
+    "live": (_live, "running"),
+    "running without a lock": (_leave_running, "incomplete"),
+    "summary cut short": (lambda d: _cut_in_half(d / "summary.json"), "skipped"),
+    "summary not an object": (lambda d: (d / "summary.json").write_text("[1, 2]"), "skipped"),
+    "summary not utf-8": (lambda d: (d / "summary.json").write_bytes(b"\xff\xfe{\x00"), "skipped"),
+    "summary without status": (lambda d: _rewrite_json(d / "summary.json", lambda s: s.pop("status")), "skipped"),
+    "unknown status": (lambda d: _rewrite_json(d / "summary.json", lambda s: s.update(status="paused")), "skipped"),
+    "lr not a number": (_lr_not_a_number, "skipped"),
+    "seed not an integer": (lambda d: _rewrite_json(d / "summary.json", lambda s: s.update(seed="two")), "skipped"),
+    "fields of the wrong type": (_wrong_types, "finished"),
+    "config cut short": (lambda d: _cut_in_half(d / "config.yaml"), "finished"),
+    "config not a mapping": (lambda d: (d / "config.yaml").write_text("- a\n- b\n"), "finished"),
+    "config not utf-8": (lambda d: (d / "config.yaml").write_bytes(b"\xff\xfe: ["), "finished"),
+    "metrics with garbage lines": (_garbage_metrics, "finished"),
+    "no metrics": (lambda d: (d / "metrics.jsonl").unlink(), "finished"),
+    "foreign program's dir": (lambda d: ((d / "summary.json").write_text('{"accuracy": 0.9}'),
+                                         (d / "config.yaml").write_text("lr: fast\n")), "skipped"),
+}
+
+
+def _damage(run_dir: Path, name: str, locks) -> None:
+    damage = DAMAGES[name][0]
+    damage(run_dir, locks) if damage in (_killed, _live) else damage(run_dir)
+
+
+def _check_report(root: Path, out: Path, expected: dict[Path, str]) -> str:
+    from bnexp import report
+    assert report.main([str(root), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    skipped_section = text.split("## Run dirs skipped", 1)[1] if "## Run dirs skipped" in text else ""
+    with open(out / "runs.csv") as handle:
+        statuses = {Path(row["run_dir"]).resolve(): row["status"] for row in csv.DictReader(handle)}
+    for run_dir, outcome in expected.items():
+        if outcome == "skipped":
+            assert str(run_dir.resolve()) in skipped_section, (run_dir, text)
+            assert run_dir.resolve() not in statuses
+        else:
+            assert statuses.get(run_dir.resolve()) == outcome, (run_dir, statuses)
+    unfinished = [o for o in expected.values() if o not in ("finished", "diverged", "skipped")]
+    if unfinished:
+        assert "**Missing results:**" in text
+    for status in set(unfinished):
+        assert f"({status})" in text  # each listed under "Runs that did not complete"
+    for plot in text.split("## Plots", 1)[1].split("\n### ")[1:]:
+        if "_Skipped:" not in plot:
+            assert (out / plot.split("](", 1)[1].split(")", 1)[0]).is_file()
+    return text
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_report_survives_randomly_broken_trees(seed, tmp_path):
+    """Trees of healthy, unfinished and damaged run dirs, drawn by a seeded generator."""
+    import random
+
+    from tests.test_report import make_run_dir
+    rng = random.Random(seed)
+    expected = {}
+    with contextlib.ExitStack() as locks:
+        for index in range(rng.randint(1, 7)):
+            name = rng.choice(list(DAMAGES))
+            run_dir = make_run_dir(tmp_path / "sweep" / "runs" / f"run{index}", rng.choice(["correct_bn", "no_bn"]),
+                                   rng.choice([0.1, 0.4]), rng.randint(0, 2), instrumented=rng.random() < 0.7)
+            _damage(run_dir, name, locks)
+            expected[run_dir] = DAMAGES[name][1]
+        if rng.random() < 0.3:
+            (tmp_path / "sweep" / "runs" / "empty").mkdir()  # a dir the sweep made but never wrote to
+        _check_report(tmp_path / "sweep", tmp_path / "report", expected)
+
+
+@pytest.mark.parametrize("state", ["empty", "all failed", "one just started", "a single killed run", "every damage"])
+def test_the_report_covers_every_state_a_sweep_can_be_in(state, tmp_path):
+    from tests.test_report import make_run_dir
+    root = tmp_path / "sweep"
+    root.mkdir()
+    names = {"empty": [], "all failed": ["failed", "failed"], "one just started": ["live"],
+             "a single killed run": ["killed"], "every damage": list(DAMAGES)}[state]
+    expected = {}
+    with contextlib.ExitStack() as locks:
+        for index, name in enumerate(names):
+            run_dir = make_run_dir(root / f"run{index}", "correct_bn", 0.1 * (index + 1), 0)
+            _damage(run_dir, name, locks)
+            expected[run_dir] = DAMAGES[name][1]
+        text = _check_report(root, tmp_path / "report", expected)
+    if state == "empty":
+        assert "No usable run dirs" in text
+    if state in ("all failed", "one just started", "a single killed run"):
+        assert "none has finished or diverged yet" in text
+        assert "_Skipped: no run has finished or diverged yet" in text
+    if state == "every damage":
+        n_skipped = sum(outcome == "skipped" for _, outcome in DAMAGES.values())
+        assert f"**Skipped:** {n_skipped} run dirs" in text
