@@ -36,6 +36,7 @@ from bnexp.records import (
     accuracy_targets,
     aggregate,
     choose_shared_lr,
+    discover_runs,  # noqa: F401  (bnexp.dashboard imports it from here)
     largest_stable_lrs,
     load_runs,
     provenance_counts,

@@ -125,6 +125,7 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
             with stop.held():  # a kill during the first write lands after it, as a failed run
                 sinks.sinks.append(LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary))
             stop.raise_pending()
+            sinks.sinks.extend(extra_sinks or [])
             validate_train_config(cfg)
             # inside the try: a logger failure is a failed run
             sinks.sinks.extend(logger_sinks(cfg, run_dir, summary["provenance"]))
