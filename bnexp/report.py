@@ -11,6 +11,8 @@ a sweep run dir with sweep_job.json), groups runs by model x variant x lr (bnexp
   *.png                  plots (see bnexp/report_plots.py)
   report.md              all of the above with the config, the data source and the versions that made the runs
 Optional fields (instrumentation) may be missing in older runs; the affected plot is skipped with a note.
+A damaged or foreign run dir is skipped and listed with the reason; runs without a result yet (running, failed,
+killed) are counted and listed, so the report is written for every state a sweep can be in.
 """
 from __future__ import annotations
 
