@@ -17,6 +17,7 @@ import numpy as np
 
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
+    RUN_STATUSES,
     SWEEP_JOB_FILE,
     as_float,
     find_run_dirs,
@@ -26,6 +27,7 @@ from bnexp.rundirs import (
     read_json,
     read_metrics,
     read_summary,
+    run_status,
 )
 
 # Settings that identify the grid axes or only the machine; everything else should agree across compared runs.
@@ -59,8 +61,9 @@ class RunRecord:
     def step_records(self) -> list[dict[str, Any]]:
         """The per-step records of metrics.jsonl (read once; the tables and several plots use them)."""
         if self._step_records is None:
+            # a record whose step is not a number (another program's line) has no place on a step axis
             self._step_records = [r for r in read_metrics(self.run_dir)
-                                  if r.get("kind", "step") == "step" and "step" in r]
+                                  if r.get("kind", "step") == "step" and _is_finite_number(r.get("step"))]
         return self._step_records
 
 
@@ -100,25 +103,75 @@ def variant_label(config: dict[str, Any], summary: dict[str, Any]) -> str:
     return name
 
 
+class SkippedRunDir(Exception):
+    """A run dir the report cannot use; the message says why."""
+
+
+@dataclass
+class Skipped:
+    run_dir: Path
+    reason: str
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plain_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """summary.json with the fields the report reads in the types it reads them in: a field of another type (a
+    foreign or damaged file) is dropped rather than allowed to break a table."""
+    plain = dict(summary)
+    if not isinstance(plain.get("steps_to_acc"), dict):
+        plain.pop("steps_to_acc", None)
+    else:
+        plain["steps_to_acc"] = {key: value for key, value in plain["steps_to_acc"].items()
+                                 if as_float(key) is not None}
+    for key in ("error", "data_source", "variant", "model", "sweep_variant", "max_grad_norm_layer"):
+        if plain.get(key) is not None and not isinstance(plain[key], str):
+            plain[key] = str(plain[key])
+    return plain
+
+
 def load_run(run_dir: Path) -> RunRecord:
-    summary = read_summary(run_dir) or {}
+    """The run in `run_dir`; raises SkippedRunDir when it cannot be placed in the study."""
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise SkippedRunDir("summary.json is not a readable JSON object (damaged, or cut short by a crash)")
+    status = run_status(run_dir, summary)
+    if status not in RUN_STATUSES or status == "missing":
+        raise SkippedRunDir(f"summary.json status {summary.get('status')!r} is not one bnexp writes "
+                            f"({', '.join(s for s in RUN_STATUSES if s != 'missing')})")
+    summary = _plain_summary(summary)
     config = read_config(run_dir)
     job = read_json(run_dir / SWEEP_JOB_FILE) or {}  # the sweep's own record; helps when config is absent
     if not config and job.get("variant"):
-        summary.setdefault("sweep_variant", job["variant"])
-    lr = as_float(summary.get("lr"))
-    if lr is None:
-        lr = as_float(get_path(config, "optim.lr", job.get("lr")))
+        summary.setdefault("sweep_variant", str(job["variant"]))
+    given_lr = summary.get("lr")
+    if given_lr is None:
+        given_lr = get_path(config, "optim.lr", job.get("lr"))
+    lr = as_float(given_lr)
+    if lr is None or not math.isfinite(lr) or lr <= 0:
+        raise SkippedRunDir(f"its lr ({given_lr!r}) is not a positive number, so it has no place on the lr axis "
+                            f"(status {status})")
     seed = summary.get("seed", get_path(config, "seed", job.get("seed")))
+    if seed is not None and not (_is_finite_number(seed) and float(seed).is_integer()):
+        raise SkippedRunDir(f"its seed ({seed!r}) is not an integer (status {status})")
     model = summary.get("model") or get_path(config, "model.name") or job.get("model") or UNKNOWN_MODEL
-    return RunRecord(run_dir=run_dir, summary=summary, config=config,
-                     status=str(summary.get("status") or "missing"),
+    return RunRecord(run_dir=run_dir, summary=summary, config=config, status=status,
                      variant=variant_label(config, summary), model=str(model), lr=lr,
                      seed=int(seed) if seed is not None else None)
 
 
-def discover_runs(paths: Iterable[Path]) -> list[RunRecord]:
-    runs = [load_run(run_dir) for run_dir in find_run_dirs(paths)]
+def load_runs(paths: Iterable[Path]) -> tuple[list[RunRecord], list[Skipped]]:
+    """Every run dir below `paths`: the runs the report can use, and the dirs it skipped with the reason."""
+    runs, skipped = [], []
+    for run_dir in find_run_dirs(paths):
+        try:
+            runs.append(load_run(run_dir))
+        except SkippedRunDir as reason:
+            skipped.append(Skipped(run_dir, str(reason)))
+        except Exception as error:  # a damage not foreseen above must cost one run dir, not the report
+            skipped.append(Skipped(run_dir, f"could not be read ({type(error).__name__}: {error})"))
     # A run that failed before its config was written does not know its model (the trainer's default); with
     # one model in the study it is that one, rather than a spurious second model in every table.
     known_models = {run.model for run in runs if run.model != UNKNOWN_MODEL}
@@ -126,7 +179,11 @@ def discover_runs(paths: Iterable[Path]) -> list[RunRecord]:
         for run in runs:
             if run.model == UNKNOWN_MODEL:
                 run.model = next(iter(known_models))
-    return runs
+    return runs, skipped
+
+
+def discover_runs(paths: Iterable[Path]) -> list[RunRecord]:
+    return load_runs(paths)[0]
 
 
 def variant_sort_key(label: str) -> tuple:

@@ -11,6 +11,8 @@ a sweep run dir with sweep_job.json), groups runs by model x variant x lr (bnexp
   *.png                  plots (see bnexp/report_plots.py)
   report.md              all of the above with the config, the data source and the versions that made the runs
 Optional fields (instrumentation) may be missing in older runs; the affected plot is skipped with a note.
+A damaged or foreign run dir is skipped and listed with the reason; runs without a result yet (running, failed,
+killed) are counted and listed, so the report is written for every state a sweep can be in.
 """
 from __future__ import annotations
 
@@ -31,12 +33,14 @@ from bnexp.records import (
     GroupStats,
     ProvenanceCounts,
     RunRecord,
+    Skipped,
     StableLr,
     accuracy_targets,
     aggregate,
     choose_shared_lr,
-    discover_runs,
+    discover_runs,  # noqa: F401  (bnexp.dashboard imports it from here)
     largest_stable_lrs,
+    load_runs,
     provenance_counts,
     variant_sort_key,
     varying_config_keys,
@@ -189,6 +193,40 @@ def describe_data_sources(runs: list[RunRecord]) -> list[str]:
     return lines
 
 
+# What a run of each unfinished status is, for a run that recorded no error of its own.
+STATUS_WITHOUT_ERROR = {
+    "running": "still running (its process holds the run dir's lock)",
+    "killed": "its process died without writing its end (SIGKILL, out of memory, a crash of the machine)",
+    "incomplete": "summary.json says running, but there is no run.lock to tell whether its process lives "
+                  "(from a bnexp before the lock, or another program)",
+}
+
+
+def what_is_missing(runs: list[RunRecord], skipped: list[Skipped], paths: list[Path]) -> list[str]:
+    """The report's opening lines: how many runs it found, which have no result yet and what was left out."""
+    if not runs:
+        found = f"No usable run dirs under {', '.join(f'`{shown_path(p)}`' for p in paths)}"
+        return [found + (f" ({len(skipped)} skipped, listed at the end)." if skipped else
+                         ": no sweep has started a run there yet, or the path is not the sweep's dir.")
+                + " The tables below are empty and the plots skipped."]
+    counts = Counter(run.status for run in runs)
+    lines = [f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.most_common()) + "."]
+    unfinished = [(status, n) for status, n in counts.most_common() if status not in ("finished", "diverged")]
+    if unfinished:
+        words = {"running": "still running", "killed": "killed (no end written)",
+                 "incomplete": "incomplete (no end written, no lock to ask)"}
+        completed = counts["finished"] + counts["diverged"]
+        lines += ["", "**Missing results:** " + ", ".join(f"{n} run{'s' if n != 1 else ''} {words.get(s, s)}"
+                                                         for s, n in unfinished)
+                  + (f"; the tables and plots use the {completed} that finished or diverged"
+                     if completed else "; none has finished or diverged yet, so the tables have no results")
+                  + ". They are listed under \"Runs that did not complete\"."]
+    if skipped:
+        lines += ["", f"**Skipped:** {len(skipped)} run dir{'s' if len(skipped) != 1 else ''} that could not be "
+                      "read, listed under \"Run dirs skipped\" with the reason."]
+    return lines
+
+
 def provenance_markdown(counts: ProvenanceCounts, n_runs: int) -> list[str]:
     """The "Made from" section: every recorded value of each provenance field, with its number of runs."""
     not_recorded = ("from a bnexp that did not record it yet, or failed before training started")
@@ -209,9 +247,10 @@ def provenance_markdown(counts: ProvenanceCounts, n_runs: int) -> list[str]:
 
 def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = None,
                  min_acc: float = DEFAULT_MIN_ACC) -> Path:
-    runs = discover_runs(paths)
+    runs, skipped = load_runs(paths)
     if not runs:
-        raise SystemExit(f"bnexp.report: no run dirs (summary.json + config.yaml) found under {paths}")
+        print(f"bnexp.report: warning: no usable run dirs under {[str(p) for p in paths]}"
+              + (f" ({len(skipped)} skipped)" if skipped else "") + "; report.md says so", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = aggregate(runs, min_acc)
     stable = largest_stable_lrs(groups, min_acc)
@@ -227,7 +266,6 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
 
     plots = report_plots.make_all_plots(runs, groups, out_dir, chosen_lr, min_acc)
 
-    status_counts = Counter(run.status for run in runs)
     varying = varying_config_keys(runs)
     reference_config = next((run.config for run in runs if run.config), {})
     flat_reference = flatten(reference_config)
@@ -237,7 +275,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         "# BatchNorm learning-rate stability report", "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M %Z')} by `python -m bnexp.report` from "
         + ", ".join(f"`{p}`" for p in paths) + ".", "",
-        f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in status_counts.most_common()) + ".", "",
+        *what_is_missing(runs, skipped, paths), "",
         "## Data source", "", *describe_data_sources(runs), "",
         "## Made from", "", *provenance_markdown(provenance_counts(runs), len(runs)), "",
         "## Config", "",
@@ -275,11 +313,19 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     incomplete = [run for run in runs if not run.completed]
     if incomplete:
         lines += ["## Runs that did not complete", "",
-                  "Failed, killed or still running; re-running the sweep redoes them.", ""]
+                  "Failed, killed, incomplete or still running (see README \"Outputs\" for each status); re-running "
+                  "the sweep redoes all but the running ones.", ""]
         for run in incomplete:
             error = (run.summary.get("error") or "").strip().splitlines()
             lines.append(f"- {run.variant} lr={run.lr:g} seed={run.seed} ({run.status}): "
-                         f"{error[0] if error else 'no error recorded'} — `{shown_path(run.run_dir)}`")
+                         f"{error[0] if error else STATUS_WITHOUT_ERROR.get(run.status, 'no error recorded')} — "
+                         f"`{shown_path(run.run_dir)}`")
+        lines.append("")
+    if skipped:
+        lines += ["## Run dirs skipped", "",
+                  "These dirs look like run dirs (a summary.json beside a config, a sweep job record or a run lock) "
+                  "but could not be used; nothing above counts them.", ""]
+        lines += [f"- `{shown_path(item.run_dir)}`: {item.reason}" for item in skipped]
         lines.append("")
     report_path = out_dir / "report.md"
     report_path.write_text("\n".join(lines))

@@ -5,6 +5,7 @@ instrumentation, no metrics.jsonl) it returns path=None with a note that the rep
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -31,6 +32,20 @@ class PlotResult:
     path: Path | None
     caption: str = ""
     note: str = ""
+
+
+def never_raises(title: str):
+    """A plot that fails on data it did not foresee becomes a note in the report instead of ending the report."""
+    def decorate(plot_function):
+        @functools.wraps(plot_function)
+        def plot_or_note(*args, **kwargs) -> PlotResult:
+            try:
+                return plot_function(*args, **kwargs)
+            except Exception as error:
+                plt.close("all")
+                return PlotResult(title, None, note=f"could not be drawn ({type(error).__name__}: {error})")
+        return plot_or_note
+    return decorate
 
 
 def _series_name(model: str, variant: str, show_model: bool) -> str:
@@ -69,6 +84,7 @@ def _runs_at_lr(runs: list[RunRecord], lr: float | None) -> dict[str, list[RunRe
     return _runs_by_series([run for run in runs if run.lr is not None and math.isclose(run.lr, lr, rel_tol=1e-9)])
 
 
+@never_raises("Test accuracy vs learning rate")
 def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float | None = None) -> PlotResult:
     title = "Test accuracy vs learning rate"
     show_model = len({g.model for g in groups}) > 1
@@ -77,6 +93,8 @@ def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float 
         series[_series_name(group.model, group.variant, show_model)].append(group)
     if not series:
         return PlotResult(title, None, note="no runs with an lr")
+    if not any(math.isfinite(g.values["final_test_acc_mean"]) or g.values["n_diverged"] for g in groups):
+        return PlotResult(title, None, note="no run has finished or diverged yet: no accuracy to plot")
     colors = _colors(list(series))
     figure, axes = plt.subplots(figsize=(8, 5))
     marked_diverged = False
@@ -108,6 +126,7 @@ def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float 
                                    "(on the x axis when every seed diverged).")
 
 
+@never_raises("Training loss")
 def plot_loss_curves(runs: list[RunRecord], lr: float | None, out_dir: Path) -> PlotResult:
     title = f"Training loss at lr={lr:g}" if lr is not None else "Training loss"
     by_variant = _runs_at_lr(runs, lr)
@@ -171,6 +190,7 @@ def log_grad_norm_matrix(records: list[dict], layers: list[str]) -> np.ndarray:
         return np.log10(np.where(matrix >= 0, matrix, np.nan))
 
 
+@never_raises("Per-layer gradient norm")
 def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Path) -> PlotResult:
     title = f"Per-layer gradient norm over training at lr={lr:g}" if lr is not None else "Per-layer gradient norm"
     panels = []
@@ -228,6 +248,7 @@ def _init_grad_norms(run: RunRecord) -> dict[str, float]:
             if v is not None}
 
 
+@never_raises("Per-layer gradient norm at initialisation")
 def plot_init_grad_norms(runs: list[RunRecord], out_dir: Path) -> PlotResult:
     title = "Per-layer gradient norm at initialisation"
     per_variant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

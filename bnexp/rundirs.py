@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator
 import yaml
 
 from bnexp.fileio import atomic_write, json_safe
+from bnexp.runlock import LOCK_FILE, lock_state
 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
@@ -22,6 +23,10 @@ SWEEP_JOB_FILE = "sweep_job.json"  # bnexp.sweep's record of a job: marks its ru
 
 # Terminal statuses that a resumed sweep does not redo.
 COMPLETED_STATUSES = ("finished", "diverged")
+# What run_status can say. `killed`: summary.json still says running but no process holds the run dir's lock, so
+# the run died without writing its end (SIGKILL, out of memory). `incomplete`: it says running and there is no
+# lock file to ask (a run from a bnexp before the lock, or another program), so it cannot be told from a live run.
+RUN_STATUSES = ("finished", "diverged", "failed", "running", "killed", "incomplete", "missing")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -50,12 +55,28 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return read_json(Path(run_dir) / SUMMARY_FILE)
 
 
-def run_status(run_dir: Path) -> str:
-    """finished | diverged | failed | running | missing (no readable summary.json)."""
-    summary = read_summary(run_dir)
+def run_status(run_dir: Path, summary: dict[str, Any] | None = None) -> str:
+    """What became of the run, one of RUN_STATUSES (or the summary's own word when it is not one of them).
+
+    The one place that decides whether a `running` summary belongs to a live process: the report, the sweep's
+    status and its resume all ask here. `summary`: the caller's copy of summary.json, to save a read."""
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir) if summary is None else summary
     if summary is None:
         return "missing"
-    return str(summary.get("status") or "missing")
+    status = summary.get("status")
+    if not isinstance(status, str) or not status:
+        return "missing"
+    if status != "running":
+        return status
+    lock = lock_state(run_dir)
+    if lock == "held":
+        return "running"
+    if lock == "none":
+        return "incomplete"
+    # The lock is free: the run may have written its end and let go between our two looks, so read again.
+    again = read_summary(run_dir) or {}
+    return again["status"] if again.get("status") not in (None, "running") else "killed"
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -65,7 +86,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         if path.is_file():
             try:
                 loaded = yaml.safe_load(path.read_text())
-            except (OSError, yaml.YAMLError):
+            except (OSError, ValueError, yaml.YAMLError):  # ValueError: bytes that are not UTF-8
                 continue
             if isinstance(loaded, dict):
                 return loaded
@@ -77,7 +98,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     records: list[dict[str, Any]] = []
     try:
-        with open(path) as handle:
+        with open(path, errors="replace") as handle:  # a damaged byte spoils its line only
             for line in handle:
                 line = line.strip()
                 if not line:
@@ -95,10 +116,10 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def is_run_dir(path: Path) -> bool:
     """summary.json plus a config, or plus the sweep's job record (a sweep run whose trainer died before Hydra
-    wrote its config is still a run)."""
+    wrote its config is still a run), or plus the trainer's lock file."""
     path = Path(path)
     return (path / SUMMARY_FILE).is_file() and any((path / name).is_file()
-                                                   for name in (*CONFIG_FILES, SWEEP_JOB_FILE))
+                                                   for name in (*CONFIG_FILES, SWEEP_JOB_FILE, LOCK_FILE))
 
 
 def find_run_dirs(roots: Iterable[Path]) -> list[Path]:

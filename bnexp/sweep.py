@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from tqdm import tqdm
 from bnexp.config import CONF_DIR
 from bnexp.fileio import atomic_write
 from bnexp.orphan_guard import SWEEP_PID_VARIABLE
+from bnexp.runlock import LOCK_FILE, RunDirLocked, describe_holder, lock_state
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
     SWEEP_JOB_FILE,
@@ -339,7 +341,10 @@ def record_failure(job: SweepJob, returncode: int | None, reason: str, stderr_ta
 def run_job(job: SweepJob, train_module: str, env: dict[str, str], timeout_s: float | None,
             processes: TrainingProcesses) -> JobOutcome:
     """Run one training subprocess to completion and classify how it ended."""
-    # A redo starts from an empty dir: appending to a killed attempt's metrics.jsonl would mix two runs.
+    # A redo starts from an empty dir: appending to a killed attempt's metrics.jsonl would mix two runs. A dir that
+    # a live process still holds (a run left from elsewhere) is not ours to empty.
+    if lock_state(job.run_dir) == "held":
+        raise RunDirLocked(f"{job.run_dir} is in use by another run ({describe_holder(job.run_dir / LOCK_FILE)})")
     if job.run_dir.exists():
         shutil.rmtree(job.run_dir)
     job.run_dir.mkdir(parents=True)
@@ -502,8 +507,11 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     timeout_s = sweep_cfg.get("timeout_s")
     devices = ", ".join(f"GPU {g}" for g in plan.gpu_of_worker) if plan.gpu_of_worker[0] is not None \
         else f"CPU, {plan.threads_per_worker} thread(s) each"
-    print(f"sweep {ledger.name}: {len(jobs)} runs ({skipped} already finished/diverged, {len(pending)} to run) "
-          f"with {plan.count} worker(s) [{devices}] -> {out_dir}", flush=True)
+    redone = Counter(row["previous_status"] for row in ledger.rows.values()
+                     if row["status"] == "pending" and row["previous_status"] != "missing")
+    redoing = f"; redoing {', '.join(f'{n} {status}' for status, n in sorted(redone.items()))}" if redone else ""
+    print(f"sweep {ledger.name}: {len(jobs)} runs ({skipped} already finished/diverged, {len(pending)} to run"
+          f"{redoing}) with {plan.count} worker(s) [{devices}] -> {out_dir}", flush=True)
 
     envs = [_child_env(gpu, plan.threads_per_worker) for gpu in plan.gpu_of_worker]
     processes = TrainingProcesses()

@@ -19,14 +19,16 @@ from bnexp.orphan_guard import die_with_parent
 def main(cfg: DictConfig) -> None:
     # imported here, not at the top: a command line Hydra refuses is answered without loading torch
     from bnexp.data import DatasetError
+    from bnexp.runlock import RunDirLocked
     from bnexp.trainer import RunInterrupted, train
 
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
     try:
         summary = train(cfg, run_dir)
-    except (DatasetError, ValueError) as error:
-        # A user error: say what and how to fix, not a traceback. The run dir keeps a 'failed' summary.
+    except (DatasetError, ValueError, RunDirLocked) as error:
+        # A user error: say what and how to fix, not a traceback. The run dir keeps a 'failed' summary, except
+        # when it is locked: then it belongs to a live run, and nothing in it was touched.
         print(f"bnexp.train: error: {error}\n(run dir: {run_dir})", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return  # one bad job must not abort the rest of a multirun

@@ -5,6 +5,7 @@ reads them back every `train.log_every` steps and at each epoch's end (the diver
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -19,6 +20,7 @@ from bnexp.data import TrainBatches, eval_batches, load_dataset, normalize
 from bnexp.instrument import LossCurve, StabilityProbe
 from bnexp.models import build_model
 from bnexp.provenance import provenance
+from bnexp.runlock import RunDirLock
 from bnexp.sinks import LocalSink, SinkGroup, logger_sinks
 from bnexp.step import LogWindow, TrainStep
 
@@ -109,31 +111,48 @@ def run_summary_base(cfg: DictConfig) -> dict:
 def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dict:
     """Train one run; returns its summary (also written to run_dir/summary.json).
 
-    A diverged run is a result (status 'diverged'); an exception or a kill is recorded as 'failed' with the
-    error, then re-raised. A sink that fails to finish is noted in the summary (`sink_error`) and on stderr; it is
-    raised only when the run itself raised nothing, so it never hides the run's own error.
+    The run holds run_dir's lock (bnexp/runlock.py) from before its first write to after its last: a second run
+    into the same dir raises RunDirLocked and touches nothing there. A diverged run is a result (status
+    'diverged'); an exception or a kill is recorded as 'failed' with the error, then re-raised. A sink that fails
+    to finish is noted in the summary (`sink_error`) and on stderr; it is raised only when the run itself raised
+    nothing, so it never hides the run's own error.
     """
     started = time.perf_counter()
     summary = run_summary_base(cfg)
-    sinks = SinkGroup([LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary)] + (extra_sinks or []))
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
-    try:
-        validate_train_config(cfg)
-        # inside the try: a logger failure is a failed run
-        sinks.sinks.extend(logger_sinks(cfg, run_dir, summary["provenance"]))
-        _train_loop(cfg, sinks, summary)
-    except BaseException as error:
-        summary["status"] = "failed"
-        summary["error"] = ("killed: " if isinstance(error, (RunInterrupted, KeyboardInterrupt)) else "") + \
-            f"{type(error).__name__}: {error}"
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        summary["wall_time_s"] = round(time.perf_counter() - started, 3)
-        sink_errors = sinks.finish(summary)
+    with RunDirLock(run_dir), StopSignals() as stop:
+        sinks = SinkGroup([])
+        try:
+            with stop.held():  # a kill during the first write lands after it, as a failed run
+                sinks.sinks.append(LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary))
+            stop.raise_pending()
+            sinks.sinks.extend(extra_sinks or [])
+            validate_train_config(cfg)
+            # inside the try: a logger failure is a failed run
+            sinks.sinks.extend(logger_sinks(cfg, run_dir, summary["provenance"]))
+            _train_loop(cfg, sinks, summary)
+        except BaseException as error:
+            summary["status"] = "failed"
+            summary["error"] = _describe_failure(error)
+            raise
+        finally:
+            summary["wall_time_s"] = round(time.perf_counter() - started, 3)
+            with stop.held():  # nor may a kill cut the last write short: the summary must say how the run ended
+                sink_errors = sinks.finish(summary)
+            if stop.pending is not None and summary["status"] != "failed":
+                # the kill landed while the end was being written: the run did not end on its own
+                interrupted = stop.interruption(stop.pending)
+                summary.update(status="failed", error=_describe_failure(interrupted))
+                if sinks.sinks:
+                    sinks.sinks[0].write_summary(summary)
+                raise interrupted
     if sink_errors:
         raise sink_errors[0]
     return summary
+
+
+def _describe_failure(error: BaseException) -> str:
+    killed = isinstance(error, (RunInterrupted, KeyboardInterrupt))
+    return ("killed: " if killed else "") + f"{type(error).__name__}: {error}"
 
 
 def _number_or_as_given(value, kind):
@@ -143,8 +162,46 @@ def _number_or_as_given(value, kind):
         return value
 
 
-def _raise_interrupted(signum, frame):
-    raise RunInterrupted(f"received signal {signum}")
+class StopSignals:
+    """While the run lives, SIGTERM raises RunInterrupted and SIGINT KeyboardInterrupt, wherever they land
+    (decode, a step, the evaluation). Inside `held()` (the summary writes) a signal is kept as `pending` instead,
+    so that no kill leaves a torn or stale summary behind; the caller raises it after the write."""
+
+    def __init__(self):
+        self.pending: int | None = None
+        self._holding = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @contextlib.contextmanager
+    def held(self):
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+
+    def raise_pending(self) -> None:
+        if self.pending is not None:
+            raise self.interruption(self.pending)
+
+    @staticmethod
+    def interruption(signum: int) -> BaseException:
+        return KeyboardInterrupt() if signum == signal.SIGINT else RunInterrupted(f"received signal {signum}")
+
+    def _on_signal(self, signum, frame):
+        if self._holding:
+            self.pending = self.pending or signum
+        else:
+            raise self.interruption(signum)
 
 
 def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:

@@ -152,7 +152,7 @@ def test_report_tolerates_old_failed_and_truncated_runs(tmp_path: Path):
     assert text.count("_Skipped:") == 2  # heatmap and init grad norms need instrumentation
     assert_png(out / "acc_vs_lr.png")
     assert_png(out / "loss_curves_lr0.1.png")
-    assert "Runs that did not complete" in text and "(failed)" in text and "(running)" in text
+    assert "Runs that did not complete" in text and "(failed)" in text and "(incomplete)" in text
     stable = {r["variant"]: r for r in read_csv(out / "stable_lr.csv")}
     assert float(stable["no_bn"]["largest_stable_lr"]) == 0.1  # lr 0.2 never completed: not stable
 
