@@ -94,6 +94,14 @@ def test_mechanism_metrics_match_a_direct_computation():
     def channel_output_max(y):
         return y.transpose(0, 1).reshape(y.shape[1], -1).max(dim=1).values.tolist()
 
+    # x_hat's per-channel std: the channel's std over its group's (norm1: one group of 6; norm2: per channel)
+    conv1_out = reference.conv1(x).double()
+    channel_var = conv1_out.transpose(0, 1).reshape(6, -1).var(dim=1, unbiased=False)
+    shared_var = conv1_out.var(unbiased=False)
+    expected_xhat = (channel_var / (shared_var + reference.norm1.eps)).sqrt().tolist()
+    assert record["bn/norm1/xhat_std_ratio"] == pytest.approx(by_hand_spread(expected_xhat), rel=1e-4)
+    assert record["bn/norm1/xhat_std_ratio"] > 1.2  # the conv blends the inputs of 0.2 to 5 std
+    assert record["bn/norm2/xhat_std_ratio"] == pytest.approx(1.0, abs=1e-3)
     for norm in ("norm1", "norm2"):
         assert record[f"bn/{norm}/out_std_ratio"] == pytest.approx(by_hand_spread(channel_std(parts[norm])), rel=1e-4)
         gammas = getattr(reference, norm).weight.abs().tolist()
@@ -116,6 +124,8 @@ def test_mechanism_metrics_match_a_direct_computation():
     assert summary["final_dead_frac_max"] == pytest.approx(max(dead))
     assert summary["final_out_std_ratio"] == pytest.approx(max(record["bn/norm1/out_std_ratio"],
                                                                record["bn/norm2/out_std_ratio"]))
+    assert summary["final_xhat_std_ratio"] == pytest.approx(record["bn/norm1/xhat_std_ratio"])
+    assert summary["final_zero_input_frac"] == pytest.approx(record["act/head/in_zero_frac"])
     assert summary["final_mechanism_step"] == 0
 
 
@@ -131,11 +141,11 @@ def test_shared_statistics_spread_channel_scales_and_per_channel_ones_do_not():
         model = nn.Sequential(conv, BatchNorm2d(3, stat_groups=stat_groups, backend="torch"), nn.ReLU(),
                               nn.Flatten(), nn.Linear(3 * 36, 2))
         record, _ = measure(model, x)
-        ratios[stat_groups] = record["bn/1/out_std_ratio"]
-    assert ratios[3] == pytest.approx(1.0, rel=1e-3)
-    assert ratios[1] == pytest.approx(by_hand_spread(x.transpose(0, 1).reshape(3, -1).std(1, unbiased=False)
-                                                     .tolist()), rel=1e-3)
-    assert ratios[1] > 10
+        ratios[stat_groups] = (record["bn/1/out_std_ratio"], record["bn/1/xhat_std_ratio"])
+    input_spread = by_hand_spread(x.transpose(0, 1).reshape(3, -1).std(1, unbiased=False).tolist())
+    assert ratios[3] == (pytest.approx(1.0, rel=1e-3), pytest.approx(1.0, rel=1e-3))
+    assert ratios[1] == (pytest.approx(input_spread, rel=1e-3), pytest.approx(input_spread, rel=1e-3))
+    assert input_spread > 10
 
 
 def test_a_dead_last_layer_zeroes_the_head_input_and_every_gradient():

@@ -54,11 +54,13 @@ class GradNormHistory:
 
 
 class MechanismHistory:
-    """The last measured `act/<layer>/dead_frac`, `bn/<norm>/out_std_ratio` and `bn/<norm>/gamma_ratio` values,
-    summarised over layers for summary.json (non-finite values, e.g. of a diverging step, are left out)."""
+    """The last measured `act/<act>/dead_frac`, `bn/<norm>/{xhat,out}_std_ratio`, `bn/<norm>/gamma_ratio` and
+    `act/<linear>/in_zero_frac` values, summarised over layers for summary.json (non-finite values, e.g. of a
+    diverging step, are left out)."""
 
     SUFFIXES = {"dead_frac": ("act/", "/dead_frac"), "out_std_ratio": ("bn/", "/out_std_ratio"),
-                "gamma_ratio": ("bn/", "/gamma_ratio")}
+                "gamma_ratio": ("bn/", "/gamma_ratio"), "xhat_std_ratio": ("bn/", "/xhat_std_ratio"),
+                "in_zero_frac": ("act/", "/in_zero_frac")}
 
     def __init__(self):
         self.latest: dict[str, list[float]] = {}
@@ -80,6 +82,8 @@ class MechanismHistory:
                 "final_dead_frac_max": reduce("dead_frac", max),
                 "final_out_std_ratio": reduce("out_std_ratio", max),
                 "final_gamma_ratio": reduce("gamma_ratio", max),
+                "final_xhat_std_ratio": reduce("xhat_std_ratio", max),
+                "final_zero_input_frac": reduce("in_zero_frac", max),
                 "final_mechanism_step": self.step}
 
 

@@ -46,10 +46,22 @@ class ForwardStat:
     each_call: bool = False  # measure every call of a module within a forward, not only the first
 
 
+# Ratios of per-channel scales are capped here: a channel of zero scale would make them infinite.
+MAX_SCALE_RATIO = 1e6
+
+
+def _spread(scales: torch.Tensor) -> torch.Tensor:
+    """max / min of non-negative per-channel scales, at most MAX_SCALE_RATIO (1 when all are 0)."""
+    low, high = torch.aminmax(scales)
+    return torch.where(high > 0, high / torch.maximum(low, high / MAX_SCALE_RATIO), torch.ones_like(high))
+
+
 def norm_input_stats(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-channel batch statistics of a norm layer's input, summarised over channels, and how far the running
+    """Per-channel batch statistics of a norm layer's input, summarised over channels; how far the running
     statistics (read before this batch updates them: what eval mode would use now) are from this batch's, at the
-    layer's own statistic granularity."""
+    layer's own statistic granularity; and `xhat_std_ratio`, the largest over the smallest per-channel std of the
+    normalised input x_hat (before gamma/beta): about 1 with per-channel statistics whatever the input, the input
+    channels' own std spread within a group when statistics are shared, i.e. the mixing itself."""
     if x.dim() < 2:
         return {}
     x = x if x.dtype == torch.float32 else x.float()  # fp32 statistics under autocast
@@ -70,22 +82,16 @@ def norm_input_stats(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tens
             eps = float(getattr(module, "eps", 1e-5))
             stats["running_mean_gap"] = ((running_mean.float() - group_mean).abs() / (group_var + eps).sqrt()).mean()
             stats["running_var_logratio"] = ((running_var.float() + eps) / (group_var + eps)).log().abs().mean()
+            # the std each channel has after subtracting and dividing by its group's statistic, before gamma/beta:
+            # 1 for every channel with per-channel statistics, the channels' own spread with shared ones
+            normalized_std = (channel_var / (group_var + eps).repeat_interleave(channels // groups)).sqrt()
+            stats["xhat_std_ratio"] = _spread(normalized_std)
     return stats
 
 
 def output_rms(_module: nn.Module, y: torch.Tensor) -> dict[str, torch.Tensor]:
     # vector_norm accumulates in fp32 without materialising a squared (or upcast) copy
     return {"rms": torch.linalg.vector_norm(y, dtype=torch.float32) / math.sqrt(max(y.numel(), 1))}
-
-
-# Ratios of per-channel scales are capped here: a channel of zero scale would make them infinite.
-MAX_SCALE_RATIO = 1e6
-
-
-def _spread(scales: torch.Tensor) -> torch.Tensor:
-    """max / min of non-negative per-channel scales, at most MAX_SCALE_RATIO (1 when all are 0)."""
-    low, high = torch.aminmax(scales)
-    return torch.where(high > 0, high / torch.maximum(low, high / MAX_SCALE_RATIO), torch.ones_like(high))
 
 
 def channel_dims(x: torch.Tensor) -> list[int]:
