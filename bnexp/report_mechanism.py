@@ -1,7 +1,9 @@
 """The report's mechanism section: how the channels leave each norm layer and how many units die, next to outcome.
 
 From the probe's keys in metrics.jsonl (bnexp/instrument/hooks.py):
-  bn/<norm>/out_std_ratio   largest / smallest per-channel output std of a norm layer (the mixing of scales)
+  bn/<norm>/xhat_std_ratio  largest / smallest per-channel std after normalising, before gamma (the mixing: 1 with
+                            per-channel statistics, the input channels' spread with shared ones)
+  bn/<norm>/out_std_ratio   largest / smallest per-channel output std of a norm layer (what the next layer sees)
   act/<act>/dead_frac       fraction of an activation's channels with no positive output in the whole batch
   act/<linear>/in_zero_frac fraction of exactly-zero inputs of a linear layer (the head: 1 = zero gradients)
 it draws, per variant at the report's shared lr, these over training (`mechanism_lr<lr>.png`), and for every run
@@ -22,7 +24,8 @@ from bnexp.records import RunRecord, variant_sort_key
 from bnexp.report_plots import PlotResult, _colors, _runs_at_lr, _save, plt
 from bnexp.rundirs import as_float
 
-SPREAD_SUFFIX, DEAD_SUFFIX, ZERO_INPUT_SUFFIX = "/out_std_ratio", "/dead_frac", "/in_zero_frac"
+SPREAD_SUFFIX, XHAT_SUFFIX = "/out_std_ratio", "/xhat_std_ratio"
+DEAD_SUFFIX, ZERO_INPUT_SUFFIX = "/dead_frac", "/in_zero_frac"
 LR_MARKERS = "osD^vP*Xph"
 
 
@@ -30,6 +33,7 @@ LR_MARKERS = "osD^vP*Xph"
 class MechanismPoint:
     """One measured step of one run, summarised over layers (None where the run has no such layer)."""
     step: int
+    xhat_max: float | None        # max over norm layers of xhat_std_ratio
     spread_max: float | None      # max over norm layers of out_std_ratio
     dead_mean: float | None       # mean over activation calls of dead_frac
     dead_max: float | None        # the deadest activation call
@@ -46,11 +50,12 @@ def mechanism_points(run: RunRecord) -> list[MechanismPoint]:
     for record in sorted(run.step_records(), key=lambda r: r["step"]):
         found: dict[str, list[float]] = defaultdict(list)
         for key, value in record.items():
-            for suffix in (SPREAD_SUFFIX, DEAD_SUFFIX, ZERO_INPUT_SUFFIX):
+            for suffix in (XHAT_SUFFIX, SPREAD_SUFFIX, DEAD_SUFFIX, ZERO_INPUT_SUFFIX):
                 if key.endswith(suffix) and (number := as_float(value)) is not None and math.isfinite(number):
                     found[suffix].append(number)
         if found:
-            points.append(MechanismPoint(int(record["step"]), _summarise(found[SPREAD_SUFFIX], max),
+            points.append(MechanismPoint(int(record["step"]), _summarise(found[XHAT_SUFFIX], max),
+                                         _summarise(found[SPREAD_SUFFIX], max),
                                          _summarise(found[DEAD_SUFFIX], lambda v: sum(v) / len(v)),
                                          _summarise(found[DEAD_SUFFIX], max),
                                          _summarise(found[ZERO_INPUT_SUFFIX], max)))
@@ -67,11 +72,13 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
     if not by_variant:
         return PlotResult(title, None, note=f"no run at lr={lr} records the mechanism metrics")
     colors = _colors(list(by_variant))
-    panels = (("spread_max", "largest / smallest channel output std\n(max over norm layers)", True),
+    panels = (("xhat_max", "channel std spread after normalising,\nbefore γ (max over norm layers)", True),
+              ("spread_max", "largest / smallest channel output std\n(max over norm layers)", True),
               ("dead_mean", "dead units after activations\n(mean over layers)", False),
               ("dead_max", "dead units in the deadest layer", False),
               ("zero_input_max", "exactly-zero inputs of the head", False))
-    figure, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    figure, axes = plt.subplots(3, 2, figsize=(11, 10), sharex=True)
+    axes[2][1].set_visible(False)
     for (field, label, log_y), ax in zip(panels, axes.flat):
         drawn = False
         for variant, members in by_variant.items():
@@ -89,17 +96,20 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
             ax.set_ylim(-0.03, 1.03)
         ax.set_ylabel(label, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-    for ax in axes[1]:
+    for ax in (axes[2][0], axes[1][1]):
         ax.set_xlabel("step")
+        ax.xaxis.set_tick_params(labelbottom=True)
     axes[0][0].legend(fontsize=8)
     figure.suptitle(f"lr={lr:g}: one line per seed, dashed = diverged", fontsize=10)
     path = _save(figure, out_dir / f"mechanism_lr{lr:g}.png")
     return PlotResult(title, path,
-                      "Top left: how unequal the channels leave the norm layers (1 = equal scales; per-channel "
-                      "statistics keep it near the γ spread, shared statistics pass the input's spread through). "
-                      "Top right and bottom left: channels with no positive output anywhere in the batch (ReLU: "
-                      "exactly 0; GELU: a pre-activation never above ~0). Bottom right: the head's inputs that are "
-                      "exactly 0; at 1 every gradient of the network is exactly 0.")
+                      "Top left: the mixing itself, how unequal the channels are after subtracting and dividing by "
+                      "their statistic, before γ (1 with per-channel statistics; with shared statistics the input "
+                      "channels' own spread passes through). Top right: how unequal they leave the layer, γ "
+                      "included (per-channel statistics keep it near the γ spread). Middle: channels with no "
+                      "positive output anywhere in the batch (ReLU: exactly 0; GELU: a pre-activation never above "
+                      "~0). Bottom: the head's inputs that are exactly 0; at 1 every gradient of the network is "
+                      "exactly 0.")
 
 
 def _final_point(points: list[MechanismPoint]) -> MechanismPoint | None:
@@ -161,6 +171,7 @@ def mechanism_table(runs: list[RunRecord], points_of: dict[Path, list[MechanismP
         rows.append({"model": model, "variant": variant, "lr": lr, "n_runs": len(members),
                      "dead_mean": mean([p.dead_mean for _, p in members]),
                      "dead_max": mean([p.dead_max for _, p in members]),
+                     "xhat_max": mean([p.xhat_max for _, p in members]),
                      "spread_max": mean([p.spread_max for _, p in members]),
                      "zero_input_max": mean([p.zero_input_max for _, p in members]),
                      "final_test_acc": mean([as_float(r.summary.get("final_test_acc")) for r, _ in members])})
@@ -190,15 +201,17 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
               + (f"; the other {len(runs) - measured} predate them and are left out" if measured < len(runs) else "")
               + ". Values at each run's last measured step, mean over its seeds (`mechanism.csv`): dead units "
               "after the activations (mean over layers, and the deadest layer), the largest ratio of channel "
-              "output stds over the norm layers, and the fraction of the head's inputs that are exactly 0.", "",
+              "stds over the norm layers after normalising (x̂, before γ) and at the output, and the fraction of "
+              "the head's inputs that are exactly 0.", "",
               "| " + ("model | " if show_model else "") + "variant | lr | runs | dead (mean) | dead (max layer) | "
-              "out-std spread | head zero inputs | final test acc |",
-              "|" + "---|" * (9 if show_model else 8)]
+              "x̂-std spread | out-std spread | head zero inputs | final test acc |",
+              "|" + "---|" * (10 if show_model else 9)]
     for row in table:
         acc = row["final_test_acc"]
         lines.append("| " + (f"{row['model']} | " if show_model else "")
                      + f"{row['variant']} | {row['lr']:g} | {row['n_runs']} | {_fmt(row['dead_mean'], '.2f')} | "
-                     f"{_fmt(row['dead_max'], '.2f')} | {_fmt(row['spread_max'], '.3g')} | "
+                     f"{_fmt(row['dead_max'], '.2f')} | {_fmt(row['xhat_max'], '.3g')} | "
+                     f"{_fmt(row['spread_max'], '.3g')} | "
                      f"{_fmt(row['zero_input_max'], '.2f')} | {'–' if acc is None else f'{100 * acc:.1f}%'} |")
     lines.append("")
     for plot in (plot_mechanism_over_training(runs, shared_lr, out_dir, points_of),
