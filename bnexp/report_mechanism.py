@@ -188,7 +188,7 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
     points_of = {run.run_dir: mechanism_points(run) for run in runs}
     measured = sum(1 for points in points_of.values() if points)
     if not measured:
-        return lines + ["_Skipped: no run records the mechanism metrics (`bn/<norm>/out_std_ratio`, "
+        return lines + ["_Not shown: no run records the mechanism metrics (`bn/<norm>/out_std_ratio`, "
                         "`act/<act>/dead_frac`, `act/<linear>/in_zero_frac`); these runs were made before the "
                         "probe measured them, or with `instrument.every=0`._", ""]
     table = mechanism_table(runs, points_of)
@@ -218,5 +218,5 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
                  plot_mechanism_vs_accuracy(runs, out_dir, points_of)):
         lines += [f"### {plot.title}", ""]
         lines += [plot.caption, "", f"![{plot.title}]({plot.path.name})", ""] if plot.path is not None else \
-            [f"_Skipped: {plot.note}_", ""]
+            [f"_Not shown: {plot.note}_", ""]
     return lines

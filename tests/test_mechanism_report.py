@@ -87,6 +87,6 @@ def test_runs_without_mechanism_keys_are_skipped_with_a_note(tmp_path):
     for seed in (0, 1):
         make_run_dir(runs / f"old_{seed}", "shared_bn", 0.4, seed, final_test_acc=0.1)
     text = report.build_report([runs], tmp_path / "out", shared_lr=0.4).read_text()
-    assert "_Skipped: no run records the mechanism metrics" in text
+    assert "_Not shown: no run records the mechanism metrics" in text
     assert not (tmp_path / "out" / "mechanism.csv").exists()
     assert not list((tmp_path / "out").glob("mechanism*.png"))
