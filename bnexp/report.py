@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from bnexp import report_plots
+from bnexp import report_mechanism, report_plots
 from bnexp.records import (
     DEFAULT_MIN_ACC,
     GroupStats,
@@ -310,6 +310,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
             lines += [plot.caption, "", f"![{plot.title}]({plot.path.name})", ""]
         else:
             lines += [f"_Skipped: {plot.note}_", ""]
+    lines += report_mechanism.mechanism_section(runs, out_dir, chosen_lr)
     incomplete = [run for run in runs if not run.completed]
     if incomplete:
         lines += ["## Runs that did not complete", "",

@@ -12,13 +12,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from bnexp.config import validate_train_config
 from bnexp.data import TrainBatches, eval_batches, load_dataset, normalize
 from bnexp.instrument import LossCurve, StabilityProbe
-from bnexp.models import build_model
+from bnexp.models import build_model, stat_groups_by_layer
 from bnexp.provenance import provenance
 from bnexp.runlock import RunDirLock
 from bnexp.sinks import LocalSink, SinkGroup, logger_sinks
@@ -105,7 +105,7 @@ def run_summary_base(cfg: DictConfig) -> dict:
             "data_source": None,
             "final_test_acc": None, "best_test_acc": None, "epochs_done": 0, "steps_done": 0,
             "wall_time_s": 0.0, "images_per_s": None, "diverged_step": None, "error": None,
-            "provenance": provenance(cfg.get("device"))}
+            "stat_groups_by_layer": None, "provenance": provenance(cfg.get("device"))}
 
 
 def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dict:
@@ -118,6 +118,7 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
     nothing, so it never hides the run's own error.
     """
     started = time.perf_counter()
+    record_stat_groups(cfg)
     summary = run_summary_base(cfg)
     with RunDirLock(run_dir), StopSignals() as stop:
         sinks = SinkGroup([])
@@ -153,6 +154,26 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
 def _describe_failure(error: BaseException) -> str:
     killed = isinstance(error, (RunInterrupted, KeyboardInterrupt))
     return ("killed: " if killed else "") + f"{type(error).__name__}: {error}"
+
+
+def model_from_config(cfg: DictConfig) -> torch.nn.Module:
+    return build_model(cfg.model.name, cfg.variant.norm, width=cfg.model.width,
+                       stat_groups=cfg.variant.stat_groups, channels_per_group=cfg.variant.get("channels_per_group"),
+                       affine_per_channel=cfg.variant.affine_per_channel, backend=cfg.variant.backend)
+
+
+def record_stat_groups(cfg: DictConfig) -> None:
+    """Put the statistic groups each norm layer gets into the run's config as `variant.stat_groups_by_layer`, so
+    config.yaml and the W&B config say what `stat_groups` / `channels_per_group` came to. The model is built on
+    the meta device (no memory, no random numbers drawn); a config that cannot build a model is left as it is and
+    fails in the run, where the error is recorded."""
+    try:
+        with torch.device("meta"):
+            groups = stat_groups_by_layer(model_from_config(cfg))
+    except Exception:
+        return
+    with open_dict(cfg):
+        cfg.variant.stat_groups_by_layer = groups
 
 
 def _number_or_as_given(value, kind):
@@ -219,9 +240,8 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
     amp = device_feature_enabled(cfg.train.amp, "train.amp", on_cuda)
     memory_format = (torch.channels_last if device_feature_enabled(cfg.train.channels_last, "train.channels_last",
                                                                   on_cuda) else torch.contiguous_format)
-    model = build_model(cfg.model.name, cfg.variant.norm, width=cfg.model.width,
-                        stat_groups=cfg.variant.stat_groups, affine_per_channel=cfg.variant.affine_per_channel,
-                        backend=cfg.variant.backend).to(device, memory_format=memory_format)
+    model = model_from_config(cfg).to(device, memory_format=memory_format)
+    summary["stat_groups_by_layer"] = stat_groups_by_layer(model)
     step_model = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(model, cfg.optim)
     probe = StabilityProbe(model, cfg.get("instrument"))

@@ -2,8 +2,9 @@
 
 - `probe.py`: StabilityProbe, the cadence (which steps are measured) and the measurements' trip to the host;
 - `layers.py`: gradient, parameter and update norms per layer;
-- `hooks.py`: activation statistics from forward hooks (norm-layer inputs, output RMS), one list to extend;
-- `history.py`: the host-side gradient-norm history and the summary fields derived from it;
+- `hooks.py`: activation statistics from forward hooks (norm-layer inputs, output RMS, the spread of channel scales
+  after each norm layer, dead units after each activation), one list to extend;
+- `history.py`: the host-side gradient-norm and mechanism history and the summary fields derived from it;
 - `loss.py`: loss spikes and the loss AUC, from the losses the trainer reads back.
 
 bnexp/step.py is the caller: TrainStep runs the probe around each step, LogWindow reads its measurements back.

@@ -1,4 +1,5 @@
-"""Host-side history of the gradient norms read back so far, and the summary.json fields derived from it."""
+"""Host-side history of what the probe read back so far, and the summary.json fields derived from it: gradient
+norms (GradNormHistory) and the last channel-mixing / dead-unit measurements (MechanismHistory)."""
 from __future__ import annotations
 
 import math
@@ -50,6 +51,40 @@ class GradNormHistory:
             return None
         first, last = latest[self.layer_names[0]], latest[self.layer_names[-1]]
         return first / last if math.isfinite(first) and math.isfinite(last) and last > 0 else None
+
+
+class MechanismHistory:
+    """The last measured `act/<act>/dead_frac`, `bn/<norm>/{xhat,out}_std_ratio`, `bn/<norm>/gamma_ratio` and
+    `act/<linear>/in_zero_frac` values, summarised over layers for summary.json (non-finite values, e.g. of a
+    diverging step, are left out)."""
+
+    SUFFIXES = {"dead_frac": ("act/", "/dead_frac"), "out_std_ratio": ("bn/", "/out_std_ratio"),
+                "gamma_ratio": ("bn/", "/gamma_ratio"), "xhat_std_ratio": ("bn/", "/xhat_std_ratio"),
+                "in_zero_frac": ("act/", "/in_zero_frac")}
+
+    def __init__(self):
+        self.latest: dict[str, list[float]] = {}
+        self.step: int | None = None
+
+    def add(self, record: Mapping[str, float]) -> None:
+        found = {name: [float(value) for key, value in record.items()
+                        if key.startswith(prefix) and key.endswith(suffix) and math.isfinite(float(value))]
+                 for name, (prefix, suffix) in self.SUFFIXES.items()}
+        if any(found.values()):
+            self.latest, self.step = found, int(record["step"])
+
+    def summary(self) -> dict:
+        def reduce(name, how):
+            values = self.latest.get(name)
+            return how(values) if values else None
+
+        return {"final_dead_frac": reduce("dead_frac", lambda values: sum(values) / len(values)),
+                "final_dead_frac_max": reduce("dead_frac", max),
+                "final_out_std_ratio": reduce("out_std_ratio", max),
+                "final_gamma_ratio": reduce("gamma_ratio", max),
+                "final_xhat_std_ratio": reduce("xhat_std_ratio", max),
+                "final_zero_input_frac": reduce("in_zero_frac", max),
+                "final_mechanism_step": self.step}
 
 
 def steps_to_accuracy(test_acc_by_step: Mapping[int, float] | Iterable[tuple[int, float]] | None,

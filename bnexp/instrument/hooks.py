@@ -3,6 +3,10 @@
 Each statistic is a `ForwardStat`: which modules it watches, whether it reads their input (before the module runs)
 or their output, and a function from (module, tensor) to named 0-d tensors. `FORWARD_STATS` is the list a probe
 records; a new statistic is one more entry there, nothing else changes. Keys are `<prefix>/<module name>/<name>`.
+
+A statistic is taken once per module and forward, except with `each_call`: a module applied several times in one
+forward (airbench's and ResNet's blocks apply one activation module after each of their two norms) is then measured
+at every call, and the k-th call (k >= 2) is named `<module name>.call<k>`.
 """
 from __future__ import annotations
 
@@ -26,18 +30,38 @@ def is_conv_linear_or_norm(module: nn.Module) -> bool:
     return is_norm_layer(module) or isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
 
 
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Mish)
+
+
+def is_activation(module: nn.Module) -> bool:
+    return isinstance(module, ACTIVATIONS)
+
+
 @dataclass(frozen=True)
 class ForwardStat:
     prefix: str
     watches: Callable[[nn.Module], bool]
     reads: Literal["input", "output"]
     compute: Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]  # may return {} to skip
+    each_call: bool = False  # measure every call of a module within a forward, not only the first
+
+
+# Ratios of per-channel scales are capped here: a channel of zero scale would make them infinite.
+MAX_SCALE_RATIO = 1e6
+
+
+def _spread(scales: torch.Tensor) -> torch.Tensor:
+    """max / min of non-negative per-channel scales, at most MAX_SCALE_RATIO (1 when all are 0)."""
+    low, high = torch.aminmax(scales)
+    return torch.where(high > 0, high / torch.maximum(low, high / MAX_SCALE_RATIO), torch.ones_like(high))
 
 
 def norm_input_stats(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-channel batch statistics of a norm layer's input, summarised over channels, and how far the running
+    """Per-channel batch statistics of a norm layer's input, summarised over channels; how far the running
     statistics (read before this batch updates them: what eval mode would use now) are from this batch's, at the
-    layer's own statistic granularity."""
+    layer's own statistic granularity; and `xhat_std_ratio`, the largest over the smallest per-channel std of the
+    normalised input x_hat (before gamma/beta): about 1 with per-channel statistics whatever the input, the input
+    channels' own std spread within a group when statistics are shared, i.e. the mixing itself."""
     if x.dim() < 2:
         return {}
     x = x if x.dtype == torch.float32 else x.float()  # fp32 statistics under autocast
@@ -58,6 +82,10 @@ def norm_input_stats(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tens
             eps = float(getattr(module, "eps", 1e-5))
             stats["running_mean_gap"] = ((running_mean.float() - group_mean).abs() / (group_var + eps).sqrt()).mean()
             stats["running_var_logratio"] = ((running_var.float() + eps) / (group_var + eps)).log().abs().mean()
+            # the std each channel has after subtracting and dividing by its group's statistic, before gamma/beta:
+            # 1 for every channel with per-channel statistics, the channels' own spread with shared ones
+            normalized_std = (channel_var / (group_var + eps).repeat_interleave(channels // groups)).sqrt()
+            stats["xhat_std_ratio"] = _spread(normalized_std)
     return stats
 
 
@@ -66,9 +94,65 @@ def output_rms(_module: nn.Module, y: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"rms": torch.linalg.vector_norm(y, dtype=torch.float32) / math.sqrt(max(y.numel(), 1))}
 
 
+def channel_dims(x: torch.Tensor) -> list[int]:
+    return [d for d in range(x.dim()) if d != 1]
+
+
+def norm_output_spread(module: nn.Module, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How unequal the channels leave a norm layer: `out_std_ratio` is the largest over the smallest per-channel
+    standard deviation of the output (over the batch and positions). With per-channel statistics each channel
+    leaves with std |gamma_c| (up to eps), so it stays near `gamma_ratio` (max |gamma| / min |gamma|, recorded
+    beside it when the layer has per-channel gamma); with statistics shared across channels every channel keeps
+    its input's scale relative to the others, so low-variance channels are squashed and large ones dominate."""
+    if y.dim() < 2:
+        return {}
+    y = y if y.dtype == torch.float32 else y.float()
+    stats = {"out_std_ratio": _spread(torch.var(y, dim=channel_dims(y), unbiased=False).sqrt())}
+    weight = getattr(module, "weight", None)
+    if torch.is_tensor(weight) and weight.numel() > 1:
+        stats["gamma_ratio"] = _spread(weight.detach().float().abs())
+    return stats
+
+
+# A unit is dead when its output never exceeds this anywhere in the batch (see activation_deadness).
+DEAD_THRESHOLD = 1e-6
+
+
+def activation_deadness(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """From an activation's input (its pre-activation), per channel over the batch and positions:
+
+    - `dead_frac`: the fraction of channels whose output never exceeds DEAD_THRESHOLD (1e-6) at any position of any
+      image. After ReLU that is an output of exactly 0 everywhere; after GELU a pre-activation never above ~2e-6, so
+      the unit passes only GELU's negative tail (>= -0.17, exactly 0 in fp32 below about -5.5). The activations
+      here are increasing wherever they are positive, so a channel's largest output is the activation of its
+      largest input, and one max over the input decides it.
+    - `preact_max`: the largest pre-activation in the batch. At or below 0 in the activation before the head, the
+      layer has no positive output left anywhere (every channel dead)."""
+    if x.dim() < 2:
+        return {}
+    channel_max = x.amax(dim=channel_dims(x)).float()
+    # forward, not __call__: the module's own (armed) hooks must not see this; a copy: ReLU(inplace=True) overwrites
+    largest_output = module.forward(channel_max.clone())
+    return {"dead_frac": (largest_output <= DEAD_THRESHOLD).float().mean(), "preact_max": channel_max.max()}
+
+
+def input_zero_fraction(_module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`in_zero_frac`: the fraction of exactly-zero entries in a linear layer's input. At 1 (the head of a net whose
+    last activation is dead, behind a max-pool that picks GELU's exact zeros) the layer's weight gradient is exactly
+    0, and so is every gradient below it: the network cannot recover."""
+    return {"in_zero_frac": (x == 0).float().mean()}
+
+
+def is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear)
+
+
 FORWARD_STATS = (
     ForwardStat("bn", is_norm_layer, "input", norm_input_stats),
     ForwardStat("act", is_conv_linear_or_norm, "output", output_rms),
+    ForwardStat("bn", is_norm_layer, "output", norm_output_spread),
+    ForwardStat("act", is_activation, "input", activation_deadness, each_call=True),
+    ForwardStat("act", is_linear, "input", input_zero_fraction),
 )
 
 
@@ -80,11 +164,11 @@ class ForwardHooks:
         self.watched = [(stat, name, module) for stat in stats for name, module in model.named_modules()
                         if stat.watches(module)]
         self._handles: list = []
-        self._measured: set[int] = set()  # indices into `watched` measured in this forward
+        self._calls: dict[int, int] = {}  # index into `watched` -> calls measured in this forward
 
     def arm(self) -> None:
         self.disarm()
-        self._measured = set()
+        self._calls = {}
         for index, (stat, _name, module) in enumerate(self.watched):
             if stat.reads == "input":
                 handle = module.register_forward_pre_hook(functools.partial(self._on_input, index))
@@ -104,11 +188,13 @@ class ForwardHooks:
         self._measure(index, output)
 
     def _measure(self, index: int, tensor) -> None:
-        # once per forward, even if the module runs twice (weight sharing, checkpointing)
-        if not torch.is_tensor(tensor) or index in self._measured:
-            return
-        self._measured.add(index)
         stat, name, module = self.watched[index]
+        calls = self._calls.get(index, 0)
+        # once per forward (weight sharing, checkpointing), unless the statistic wants every call
+        if not torch.is_tensor(tensor) or (calls and not stat.each_call):
+            return
+        self._calls[index] = calls + 1
+        name = f"{name}.call{calls + 1}" if calls else name
         with torch.no_grad():
             values = stat.compute(module, tensor.detach())
         if values:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bnexp.config import config_value
-from bnexp.instrument.history import GradNormHistory, steps_to_accuracy
+from bnexp.instrument.history import GradNormHistory, MechanismHistory, steps_to_accuracy
 from bnexp.instrument.hooks import ForwardHooks
 from bnexp.instrument.layers import ParameterLayers, unwrap_model
 
@@ -61,6 +61,7 @@ class StabilityProbe:
         self.layer_names = self.layers.names
         self.hooks = ForwardHooks(model, self._add) if setting("activations") else None
         self.history = GradNormHistory(self.layer_names)
+        self.mechanism = MechanismHistory()
         self._step: int | None = None  # the step being measured, and its values so far
         self._keys: list[str] = []
         self._values: list[torch.Tensor] = []
@@ -134,6 +135,7 @@ class StabilityProbe:
         for measurement, values in zip(measurements, host_values):
             record = {"step": measurement.step, **dict(zip(measurement.keys, values))}
             self.history.add(record)
+            self.mechanism.add(record)
             records.append(record)
         return records
 
@@ -144,5 +146,5 @@ class StabilityProbe:
 
     def summary(self, test_acc_by_step: Mapping[int, float] | Iterable[tuple[int, float]] | None = None) -> dict:
         """The probe's summary.json fields, from what has been read back (the host history)."""
-        return {**self.history.summary(), "steps_to_acc": steps_to_accuracy(test_acc_by_step, self.acc_targets),
+        return {**self.history.summary(), **self.mechanism.summary(), "steps_to_acc": steps_to_accuracy(test_acc_by_step, self.acc_targets),
                 "instrument_every": self.every}
