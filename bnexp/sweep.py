@@ -586,7 +586,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         detail = f" test_acc={accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""
         if outcome.status == "failed":
             detail = f" ({first_line(outcome.error, 'no error text')})"
-            if planner is not None:
+            if planner is not None and not processes.stopping:  # a run the sweep stopped tells nothing
                 planner.mark_failed(job.run_id)
         bar.write(f"{outcome.status:>8}: {job.describe()}{detail} [{outcome.wall_time_s:.1f}s] {job.run_dir}")
         # before update(): update() redraws, and the line should show the counts of this run
@@ -598,7 +598,9 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         for search, bracket in planner.newly_done():
             bar.write(f"    edge: {search.describe()}: {bracket.describe()}")
         in_flight = [futures[future] for future in futures if future not in recorded]
-        more = [job for job in planner.next_jobs(in_flight) if job.run_id not in {j.run_id for j in in_flight}]
+        # a run is started once per sweep: one that ended here has an outcome, so asking again would be a loop
+        ran_here = {job.run_id for job in futures.values()}
+        more = [job for job in planner.next_jobs(in_flight) if job.run_id not in ran_here]
         if more:
             ledger.add_jobs(more)
             bar.total += len(more)
@@ -628,9 +630,11 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         bar.write("interrupted: stopping running training processes ...")
         pool.shutdown(wait=False, cancel_futures=True)
         processes.stop(signal.SIGTERM)
-        if wait(futures, timeout=60).not_done:  # a run that ignores SIGTERM
+        # a queued run cancelled by shutdown never reaches a worker, so wait() would never count it done
+        started_runs = [future for future in futures if not future.cancelled()]
+        if wait(started_runs, timeout=60).not_done:  # a run that ignores SIGTERM
             processes.stop(signal.SIGKILL)
-            wait(futures, timeout=30)
+            wait(started_runs, timeout=30)
         note_started()
         for future in futures:  # record whatever the workers reported while stopping
             if future.done() and future not in recorded:

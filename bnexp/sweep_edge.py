@@ -116,7 +116,9 @@ class EdgePlanner:
     def _run_of_dir(self, run_dir: Path) -> tuple | None:
         """(search, lr, seed) of a run dir made with this sweep's recipe, else None (another recipe's run)."""
         if run_dir.name not in self._dir_jobs:
-            record = read_json(run_dir / SWEEP_JOB_FILE) or {}
+            record = read_json(run_dir / SWEEP_JOB_FILE)
+            if record is None:  # a run starting right now has not written it yet: decide at the next look
+                return None
             found = None
             try:
                 search = Search(str(record["variant"]), record.get("model"))
