@@ -128,3 +128,23 @@ def test_unknown_mode_is_a_clear_error(tmp_path: Path):
     result = run_sweep_cli(["sweep=cpu_mechanism", "sweep.mode=bisect", f"sweep.out_dir={tmp_path}"])
     assert result.returncode == 2
     assert "sweep.mode='bisect' is not one of" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_planner_runs_every_seed_of_an_lr_in_parallel_and_skips_busy_searches(tmp_path: Path):
+    from bnexp import sweep
+    from bnexp.sweep_edge import EdgePlanner
+
+    cfg = sweep.compose_sweep_config(["sweep=cpu_mechanism", "sweep.mode=edge", f"sweep.out_dir={tmp_path}"])
+    parallel = EdgePlanner(cfg, ["data.train_size=64"], one_at_a_time=False).next_jobs()
+    assert len(parallel) == len(cfg.variants) * len(cfg.seeds)
+    assert {job.lr for job in parallel} == {cfg.edge_start_lr}
+    assert all("data.train_size=64" in job.overrides for job in parallel)
+    # the same run dirs as the grid mode would use for those runs
+    grid_cfg = sweep.compose_sweep_config(["sweep=cpu_mechanism", f"sweep.out_dir={tmp_path}",
+                                           f"sweep.lrs=[{cfg.edge_start_lr}]"])
+    assert {job.run_dir for job in parallel} == {job.run_dir for job in sweep.build_jobs(grid_cfg, ["data.train_size=64"])}
+    sequential = EdgePlanner(cfg, ["data.train_size=64"], one_at_a_time=True)
+    first = sequential.next_jobs()
+    assert [job.seed for job in first] == [0] * len(cfg.variants)
+    assert {job.variant for job in sequential.next_jobs(in_flight=first[:2])} == set(cfg.variants) - {
+        job.variant for job in first[:2]}
