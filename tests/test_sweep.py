@@ -115,7 +115,8 @@ def test_every_sweep_config_composes_into_valid_runs(sweep_name: str, tmp_path: 
         if job.model:
             assert train_cfg.model.name == job.model
         build_model(train_cfg.model.name, train_cfg.variant.norm, width=train_cfg.model.width,
-                    stat_groups=train_cfg.variant.stat_groups, backend="torch")
+                    stat_groups=train_cfg.variant.stat_groups, backend="torch",
+                    channels_per_group=train_cfg.variant.get("channels_per_group"))
 
 
 def test_cli_overrides_split_and_later_train_override_wins(tmp_path: Path):

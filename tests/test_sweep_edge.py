@@ -57,7 +57,7 @@ def assert_brackets_match_the_thresholds(out_dir: Path) -> None:
 
 def test_edge_sweep_stopped_midway_resumes_to_the_known_edges_with_fewer_runs_than_a_grid(tmp_path: Path):
     arguments = [*EDGE, f"sweep.out_dir={tmp_path}"]
-    with background_sweep(arguments, env_extra={**EDGES_ENV, "FAKE_TRAIN_RUN_SLEEP": "0.4"}) as process:
+    with background_sweep(arguments, env_extra={**EDGES_ENV, "FAKE_TRAIN_RUN_SLEEP": "0.2"}) as process:
         wait_for(lambda: (tmp_path / "sweep_status.json").exists()
                  and read_status(tmp_path)["counts"].get("finished", 0) >= 4
                  and read_status(tmp_path)["counts"].get("running", 0) == 1, timeout=120)
