@@ -125,7 +125,9 @@ def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float 
     path = _save(figure, out_dir / "acc_vs_lr.png")
     return PlotResult(title, path, f"One line per variant: the mean final test accuracy over the seeds that "
                                    f"finished, with its 95% {method_name} interval as error bar (none for a "
-                                   "single seed); the faint dots are the seeds themselves. Red × marks an lr where "
+                                   "single seed); the faint dots are the seeds themselves, and each variant is nudged "
+                                   "sideways a little so that variants at the same lr do not hide each other. Red × "
+                                   "marks an lr where "
                                    "at least one seed diverged (on the x axis when every seed diverged).")
 
 

@@ -611,10 +611,10 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
 
     pool = ThreadPoolExecutor(max_workers=plan.count, thread_name_prefix="sweep-worker", initializer=take_slot)
     futures = {pool.submit(run_on_worker, job): job for job in pending}
-    if planner is not None:
-        plan_more()  # searches that are done already are announced
     interrupted = False
     try:
+        if planner is not None:
+            plan_more()  # announces the searches that are done already
         while len(recorded) < len(futures):
             done, _ = wait(set(futures) - recorded, timeout=0.5, return_when=FIRST_COMPLETED)
             started = note_started()
@@ -681,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
                     "config (conf/sweep/<name>.yaml); all others are passed to every training run.",
         epilog="example: python -m bnexp.sweep sweep=smoke sweep.workers=2 data=synthetic train.epochs=1")
     parser.add_argument("overrides", nargs="*", help="sweep=<name>, sweep.<key>=<value>, or train overrides")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit (edge mode: the first round)")
     parser.add_argument("--print-config", action="store_true", help="print the composed sweep config and exit")
     args = parser.parse_intermixed_args(argv)
     from hydra.errors import HydraException
