@@ -379,7 +379,8 @@ def test_differences_hold_only_beyond_their_interval(tmp_path: Path):
     assert rows["shared_bn"]["resolved"] == "True" and rows["no_bn"]["resolved"] == "False"
     section = (out / "report.md").read_text().split("## Differences\n", 1)[1].split("\n## ", 1)[0]
     assert "**lr 0.2**" in section
-    assert "- shared_bn − correct_bn: -30.0 points [-32.3, -27.7] (n=3 vs 3) → holds: shared_bn < correct_bn" in section
+    assert ("- shared_bn − correct_bn: -30.0 points [-32.3, -27.7] (n=3 vs 3) → holds: shared_bn < correct_bn"
+            in section)
     assert "- no_bn − correct_bn: -4.3 points" in section and "no_bn vs correct_bn: not resolved" in section
 
 

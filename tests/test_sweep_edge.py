@@ -16,7 +16,8 @@ EDGES_ENV = {"FAKE_TRAIN_EDGES": ",".join(f"{label}={threshold}" + (":collapse" 
                                           for label, (threshold, how) in THRESHOLDS.items())}
 SEEDS = (0, 1)
 # the study's config with the fake trainer; its edge_* keys: start 0.05, ratio 1.414, lr in [0.001, 12.8]
-EDGE = ["sweep=cpu_mechanism", "sweep.train_module=tests.fake_train", "sweep.mode=edge",
+# sweep.gpus=[]: CPU workers without asking torch for GPUs (its import is most of a small sweep's start)
+EDGE = ["sweep=cpu_mechanism", "sweep.train_module=tests.fake_train", "sweep.mode=edge", "sweep.gpus=[]",
         f"sweep.only_variants=[{','.join(THRESHOLDS)}]", f"sweep.seeds=[{','.join(map(str, SEEDS))}]"]
 SETTINGS = EdgeSearchSettings(start_lr=0.05, seeds=SEEDS, ratio=1.414, min_lr=0.001, max_lr=12.8)
 
@@ -91,14 +92,15 @@ def test_edge_sweep_stopped_midway_resumes_to_the_known_edges_with_fewer_runs_th
 
 
 def test_dense_grid_runs_in_the_out_dir_count_as_known_outcomes(tmp_path: Path):
-    grid = ["sweep=cpu_mechanism", "sweep.train_module=tests.fake_train", "sweep.only_variants=[correct_bn]",
+    grid = ["sweep=cpu_mechanism", "sweep.train_module=tests.fake_train", "sweep.gpus=[]",
+            "sweep.only_variants=[correct_bn]",
             "sweep.seeds=[0,1]", "sweep.lrs=[0.05,0.2,0.8,3.2]"]
     result = run_sweep_cli([*grid, f"sweep.out_dir={tmp_path}"], env_extra=EDGES_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     grid_runs = set(completed_runs(tmp_path))
     assert len(grid_runs) == 8
 
-    edge = [*EDGE[:3], "sweep.only_variants=[correct_bn]", "sweep.seeds=[0,1]", f"sweep.out_dir={tmp_path}"]
+    edge = [*EDGE[:4], "sweep.only_variants=[correct_bn]", "sweep.seeds=[0,1]", f"sweep.out_dir={tmp_path}"]
     dry = run_sweep_cli([*edge, "--dry-run"], env_extra=EDGES_ENV)
     assert dry.returncode == 0, dry.stderr[-3000:]
     # the grid already bracketed the edge at [0.8, 3.2): the first round bisects it, one seed at a time
@@ -115,7 +117,7 @@ def test_dense_grid_runs_in_the_out_dir_count_as_known_outcomes(tmp_path: Path):
 
 
 def test_a_run_that_fails_in_the_sweep_counts_as_not_training_and_exits_1(tmp_path: Path):
-    arguments = ["sweep=cpu_mechanism", "sweep.train_module=tests.fake_train", "sweep.mode=edge",
+    arguments = ["sweep=cpu_mechanism", "sweep.train_module=tests.fake_train", "sweep.mode=edge", "sweep.gpus=[]",
                  "+sweep.variants.crash=['+variant=crash']", "sweep.only_variants=[crash]", "sweep.seeds=[0]",
                  "sweep.edge_start_lr=0.004", f"sweep.out_dir={tmp_path}"]
     result = run_sweep_cli(arguments)
@@ -142,7 +144,8 @@ def test_planner_runs_every_seed_of_an_lr_in_parallel_and_skips_busy_searches(tm
     # the same run dirs as the grid mode would use for those runs
     grid_cfg = sweep.compose_sweep_config(["sweep=cpu_mechanism", f"sweep.out_dir={tmp_path}",
                                            f"sweep.lrs=[{cfg.edge_start_lr}]"])
-    assert {job.run_dir for job in parallel} == {job.run_dir for job in sweep.build_jobs(grid_cfg, ["data.train_size=64"])}
+    grid_jobs = sweep.build_jobs(grid_cfg, ["data.train_size=64"])
+    assert {job.run_dir for job in parallel} == {job.run_dir for job in grid_jobs}
     sequential = EdgePlanner(cfg, ["data.train_size=64"], one_at_a_time=True)
     first = sequential.next_jobs()
     assert [job.seed for job in first] == [0] * len(cfg.variants)
