@@ -44,6 +44,7 @@ from tqdm import tqdm
 from bnexp.config import CONF_DIR
 from bnexp.fileio import atomic_write
 from bnexp.orphan_guard import SWEEP_PID_VARIABLE
+from bnexp.sweep_edge import EdgePlanner, sweep_mode
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
     SWEEP_JOB_FILE,
@@ -485,14 +486,12 @@ def _lock_sweep_dir(out_dir: Path):
 
 def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bool = False) -> int:
     """Run (or resume) the sweep; returns the process exit code."""
-    from bnexp.sweep_edge import EdgePlanner, sweep_mode
-
     planner = None
     if sweep_mode(sweep_cfg) == "edge":
         # one worker runs an lr's seeds one at a time, so that an lr whose first seed fails costs one run
         searches = len(sweep_cfg.only_variants or sweep_cfg.variants) * max(1, len(sweep_cfg.get("models") or []))
         one_worker = plan_workers(sweep_cfg, searches * len(sweep_cfg.seeds)).count == 1
-        planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=one_worker)
+        planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=one_worker, build_jobs=build_jobs)
         jobs = planner.known_jobs() + planner.next_jobs()
     else:
         jobs = build_jobs(sweep_cfg, cli_train_overrides)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -75,9 +75,9 @@ class Search:
 class EdgePlanner:
     """Which runs each variant's edge search needs next, from the run dirs as they are now."""
 
-    def __init__(self, sweep_cfg: DictConfig, cli_train_overrides: list[str], one_at_a_time: bool):
-        from bnexp.sweep import build_jobs  # the grid's own job builder: the same run dirs for the same run
-
+    def __init__(self, sweep_cfg: DictConfig, cli_train_overrides: list[str], one_at_a_time: bool,
+                 build_jobs: Callable[[DictConfig, list[str]], list]):
+        # the grid's own job builder (bnexp.sweep.build_jobs), so that a run gets the grid's run dir
         self._build_jobs = build_jobs
         self.sweep_cfg = sweep_cfg
         self.cli_train_overrides = list(cli_train_overrides)
