@@ -3,11 +3,15 @@
 `discover_runs` finds every run dir below the given paths and reads each into a RunRecord (summary, config, grid
 coordinates); `aggregate` groups runs by model x variant x lr into GroupStats (accuracy over seeds, divergence,
 steps to targets, grad-norm trajectory); `largest_stable_lrs` reads the stable lr per variant off those groups;
-`provenance_counts` says which code and library versions made the runs.
+`provenance_counts` says which code and library versions made the runs. Uncertainty: each group's mean accuracy
+carries a 95% interval over its seeds (bnexp/intervals.py), `compare_to_reference` words the difference of each
+variant from the reference at each lr, and `edges_of_stability` reads each variant's edge bracket off its runs
+(bnexp/edge_search.py), with the channels each statistic pools (`channels_per_statistic`).
 """
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from bnexp import edge_search, intervals
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
     RUN_STATUSES,
@@ -37,6 +42,9 @@ UNKNOWN_MODEL = "default"
 # "Stable" (no seed diverged) is not "trains": a net can sit at chance without its loss ever blowing up.
 # A run counts as having learned when its final test accuracy reaches this (CIFAR-10 chance is 0.1).
 DEFAULT_MIN_ACC = 0.2
+# The report's interval over seeds: Student-t (honest about 3 seeds) unless asked for the bootstrap.
+DEFAULT_INTERVAL_METHOD = "t"
+INTERVAL_METHODS = ("t", "bootstrap")
 VARIANT_ORDER = ("correct_bn", "torch_bn", "grouped_bn", "shared_bn", "no_bn")
 # summary.json's `provenance` fields, in the order the report lists them (unknown fields follow, sorted).
 PROVENANCE_KEYS = ("bnexp_version", "git_commit", "git_dirty", "python", "torch", "triton", "cuda", "device")
@@ -188,9 +196,13 @@ def discover_runs(paths: Iterable[Path]) -> list[RunRecord]:
 
 def variant_sort_key(label: str) -> tuple:
     base = next((i for i, name in enumerate(VARIANT_ORDER) if label.startswith(name)), len(VARIANT_ORDER))
+    # grouped BN from close to per-channel to close to shared: by group size (grouped_bn_2ch, _4ch, ...) first,
+    # then by group count from many to few (grouped_bn_g8, _g4, _g1)
+    size = re.fullmatch(r".*_(\d+)ch", label)
+    if size:
+        return (base, 0, int(size.group(1)), label)
     groups = label.rsplit("_g", 1)[-1] if "_g" in label else ""
-    # grouped BN from many groups (close to per-channel) to few (close to shared)
-    return (base, -int(groups) if groups.isdigit() else 0, label)
+    return (base, 1, -int(groups) if groups.isdigit() else 0, label)
 
 
 def _mean(values: list[float]) -> float:
@@ -221,12 +233,30 @@ class GroupStats:
                                    for run in self.runs)
 
 
+def _interval_values(name: str, values: list[float], method: str) -> dict[str, Any]:
+    """<name>_n, <name>_ci_low/_ci_high (NaN when fewer than 2 values) and the interval's method."""
+    if not values:
+        return {f"{name}_n": 0, f"{name}_ci_low": math.nan, f"{name}_ci_high": math.nan, "interval": method}
+    interval = intervals.mean_interval(values, method)
+    return {f"{name}_n": interval.n,
+            f"{name}_ci_low": math.nan if interval.low is None else interval.low,
+            f"{name}_ci_high": math.nan if interval.high is None else interval.high,
+            "interval": method}
+
+
 def accuracy_targets(runs: list[RunRecord]) -> list[str]:
     targets = {key for run in runs for key in (run.summary.get("steps_to_acc") or {})}
     return sorted(targets, key=lambda t: float(t))
 
 
-def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) -> list[GroupStats]:
+def final_accuracies(runs: list[RunRecord]) -> list[float]:
+    """Final test accuracy of each seed that finished (diverged seeds have none; they are counted apart)."""
+    return [a for a in (as_float(run.summary.get("final_test_acc")) for run in runs if run.status == "finished")
+            if a is not None]
+
+
+def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
+              interval_method: str = DEFAULT_INTERVAL_METHOD) -> list[GroupStats]:
     grouped: dict[tuple, list[RunRecord]] = defaultdict(list)
     for run in runs:
         if run.lr is not None:
@@ -238,7 +268,7 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) -> list[G
         finished = [run for run in members if run.status == "finished"]
         diverged = [run for run in members if run.status == "diverged"]
         # Accuracy over seeds that finished without diverging; divergence is reported in its own column.
-        accuracies = [a for a in (as_float(run.summary.get("final_test_acc")) for run in finished) if a is not None]
+        accuracies = final_accuracies(members)
         best = [a for a in (as_float(run.summary.get("best_test_acc")) for run in finished) if a is not None]
         grad_norms = [g for g in (as_float(run.summary.get("max_grad_norm")) for run in members) if g is not None]
         completed = len(finished) + len(diverged)
@@ -247,6 +277,7 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) -> list[G
             "n_incomplete": len(members) - completed,
             "frac_diverged": len(diverged) / completed if completed else math.nan,
             "final_test_acc_mean": _mean(accuracies), "final_test_acc_std": _std(accuracies),
+            **_interval_values("final_test_acc", accuracies, interval_method),
             "best_test_acc_mean": _mean(best),
             "n_below_min_acc": sum(a < min_acc for a in accuracies),
         }
@@ -351,3 +382,138 @@ def provenance_counts(runs: list[RunRecord]) -> ProvenanceCounts:
     values = {key: Counter(_provenance_text(record[key]) if key in record else "not recorded"
                            for record in records) for key in ordered}
     return ProvenanceCounts(values, len(runs) - len(records))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Differences between variants, worded by whether they hold beyond their interval
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """A variant's final test accuracy against the reference's at one lr (finished seeds of each)."""
+    model: str
+    lr: float
+    variant: str
+    reference: str
+    difference: intervals.Difference   # mean(variant) - mean(reference), Welch t-interval
+
+    def verdict(self) -> str:
+        """'correct_bn > shared_bn', or '... not resolved (...)', from the interval of the difference."""
+        return self.difference.verdict(self.variant, self.reference)
+
+    def format(self) -> str:
+        """'shared_bn − correct_bn: -12.3 points [-20.1, -4.5] (n=3 vs 3) → holds: shared_bn < correct_bn'."""
+        d = self.difference
+        points = f"{100 * d.difference:+.1f} points"
+        if d.low is not None:
+            points += f" [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+        verdict = f"holds: {self.verdict()}" if d.resolved else self.verdict()
+        return f"{self.variant} − {self.reference}: {points} (n={d.n_a} vs {d.n_b}) → {verdict}"
+
+
+def compare_to_reference(groups: list[GroupStats], reference: str = "correct_bn",
+                         level: float = intervals.DEFAULT_LEVEL) -> list[Comparison]:
+    """Per model and lr, each other variant's final accuracy against `reference`'s, as a Welch difference.
+
+    Only lrs where both have a finished seed are compared; diverged seeds have no accuracy (the summary counts them).
+    """
+    by_key = {(g.model, g.variant, g.lr): g for g in groups}
+    comparisons = []
+    for group in groups:
+        base = by_key.get((group.model, reference, group.lr))
+        if group.variant == reference or base is None:
+            continue
+        values, base_values = final_accuracies(group.runs), final_accuracies(base.runs)
+        if values and base_values:
+            comparisons.append(Comparison(group.model, group.lr, group.variant, reference,
+                                          intervals.difference_interval(values, base_values, level)))
+    comparisons.sort(key=lambda c: (c.model, c.lr, variant_sort_key(c.variant)))
+    return comparisons
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The edge of stability per variant, from whatever runs exist (a dense grid, an edge search, or both)
+# ----------------------------------------------------------------------------------------------------------------
+
+ALL_CHANNELS = "all"
+NO_NORM = "no norm"
+
+
+def last_grad_norm(run: RunRecord) -> float | None:
+    """The last `grad_norm/global` in metrics.jsonl (0 when the network died), None when none was logged."""
+    return grad_norm_trajectory(run).last
+
+
+def run_outcome(run: RunRecord, min_acc: float = DEFAULT_MIN_ACC) -> edge_search.Outcome | None:
+    """How the run ended for the edge of stability: trains, diverged, collapsed, failed; None while unknown."""
+    return edge_search.classify_run(run.status, as_float(run.summary.get("final_test_acc")),
+                                    last_grad_norm(run) if run.status == "finished" else None, min_acc)
+
+
+def channels_per_statistic(config: dict[str, Any]) -> int | str | None:
+    """How many channels one statistic pools, from a run's config: 1 (per-channel), the group size
+    (`variant.channels_per_group`), 'all' (one statistic per layer: shared_bn, or stat_groups=1), 'no norm';
+    None for a fixed group count above 1, whose group size differs between layers of different widths."""
+    norm = get_path(config, "variant.norm")
+    group_size = get_path(config, "variant.channels_per_group")
+    stat_groups = get_path(config, "variant.stat_groups")
+    if norm == "none":
+        return NO_NORM
+    if norm == "per_channel":
+        return 1
+    if norm == "shared" or (norm == "grouped" and group_size is None and stat_groups == 1):
+        return ALL_CHANNELS
+    if norm == "grouped" and group_size is not None:
+        return int(group_size)
+    return None
+
+
+@dataclass
+class EdgeOfStability:
+    """One variant's edge: the last lr where every seed trained and the first where one did not."""
+    model: str
+    variant: str
+    bracket: edge_search.EdgeBracket
+    channels_per_statistic: int | str | None
+    lrs_tried: list[float]
+
+    @property
+    def max_stable_lr(self) -> float | None:
+        return self.bracket.max_stable_lr
+
+    @property
+    def first_failing_lr(self) -> float | None:
+        return self.bracket.first_fails.lr if self.bracket.first_fails else None
+
+    def describe(self) -> str:
+        return self.bracket.describe()
+
+
+def edges_of_stability(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) -> list[EdgeOfStability]:
+    """Per model x variant, the edge bracket from its runs, however they were laid out.
+
+    Each lr is decided on every seed the variant was run with: it trains when each of them trained, fails when
+    one diverged, collapsed (below `min_acc`, or a last grad norm of exactly 0) or failed; otherwise it is open.
+    The lrs tried bound the bracket: training at the largest says 'up to the cap', failing at the smallest
+    'no stable lr down to' it. No bisection is asked for here (the ratio is unbounded): the bracket is what the
+    runs show, as wide as their lr spacing.
+    """
+    by_variant: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for run in runs:
+        if run.lr is not None and run.seed is not None:
+            by_variant[(run.model, run.variant)].append(run)
+    edges = []
+    for (model, variant), members in by_variant.items():
+        outcomes: dict[float, dict[int, edge_search.Outcome]] = defaultdict(dict)
+        for run in members:
+            outcome = run_outcome(run, min_acc)
+            if outcome is not None:
+                outcomes[run.lr][run.seed] = outcome
+        lrs = sorted({run.lr for run in members})
+        settings = edge_search.EdgeSearchSettings(start_lr=lrs[0], seeds=sorted({run.seed for run in members}),
+                                                  ratio=math.inf, min_lr=lrs[0], max_lr=lrs[-1])
+        bracket = edge_search.find_bracket(settings, outcomes)
+        config = next((run.config for run in members if run.config), {})
+        edges.append(EdgeOfStability(model, variant, bracket, channels_per_statistic(config), lrs))
+    edges.sort(key=lambda e: (e.model, variant_sort_key(e.variant)))
+    return edges

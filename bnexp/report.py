@@ -5,9 +5,13 @@
 Finds every run dir below the given paths (a dir holding summary.json plus config.yaml or .hydra/config.yaml, or
 a sweep run dir with sweep_job.json), groups runs by model x variant x lr (bnexp/records.py) and writes to --out:
   runs.csv               one row per run (the per-run numbers everything else is computed from)
-  summary.csv/.md        per variant x lr: final test acc mean ± std over seeds, fraction diverged, steps to the
-                         accuracy targets, the global grad norm at step 0, its peak after step 0 and its last value, ...
+  summary.csv/.md        per variant x lr: final test acc mean with its 95% interval over seeds (t by default,
+                         --interval bootstrap) and n, fraction diverged, steps to the accuracy targets, the global
+                         grad norm at step 0, its peak after step 0 and its last value, ...
   stable_lr.csv          the largest lr per variant at which every seed finished without diverging
+  edge_of_stability.csv  per variant: the largest lr that trains, with its bracket (last that trains, first that
+                         does not), and the channels each statistic pools
+  differences.csv        per lr, each variant's accuracy minus the reference's, with its Welch interval and verdict
   *.png                  plots (see bnexp/report_plots.py)
   report.md              all of the above with the config, the data source and the versions that made the runs
 Optional fields (instrumentation) may be missing in older runs; the affected plot is skipped with a note.
@@ -29,7 +33,11 @@ import yaml
 
 from bnexp import report_mechanism, report_plots
 from bnexp.records import (
+    DEFAULT_INTERVAL_METHOD,
     DEFAULT_MIN_ACC,
+    INTERVAL_METHODS,
+    Comparison,
+    EdgeOfStability,
     GroupStats,
     ProvenanceCounts,
     RunRecord,
@@ -38,7 +46,9 @@ from bnexp.records import (
     accuracy_targets,
     aggregate,
     choose_shared_lr,
+    compare_to_reference,
     discover_runs,  # noqa: F401  (bnexp.dashboard imports it from here)
+    edges_of_stability,
     largest_stable_lrs,
     load_runs,
     provenance_counts,
@@ -110,6 +120,29 @@ def write_stable_csv(stable: list[StableLr], path: Path) -> None:
                              _csv_value(item.largest_training_lr)])
 
 
+def write_edge_csv(edges: list[EdgeOfStability], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "variant", "channels_per_statistic", "max_stable_lr", "first_failing_lr",
+                         "capped", "floored", "lrs_tried", "bracket"])
+        for edge in edges:
+            writer.writerow([edge.model, edge.variant, _csv_value(edge.channels_per_statistic),
+                             _csv_value(edge.max_stable_lr), _csv_value(edge.first_failing_lr),
+                             edge.bracket.capped, edge.bracket.floored,
+                             " ".join(f"{lr:g}" for lr in edge.lrs_tried), edge.describe()])
+
+
+def write_differences_csv(comparisons: list[Comparison], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "lr", "variant", "reference", "difference", "ci_low", "ci_high", "n_variant",
+                         "n_reference", "resolved", "verdict"])
+        for c in comparisons:
+            d = c.difference
+            writer.writerow([c.model, c.lr, c.variant, c.reference, d.difference, _csv_value(d.low),
+                             _csv_value(d.high), d.n_a, d.n_b, d.resolved, c.verdict()])
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     number = as_float(value)
     if number is None:
@@ -119,10 +152,15 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{number:.{digits}g}"
 
 
-def _fmt_acc(mean: float, std: float) -> str:
+def _fmt_acc(mean: float, low: float, high: float) -> str:
+    """'55.40 [53.10, 57.70]' in percent; the mean alone when there is no interval (one seed)."""
     if math.isnan(mean):
         return "–"
-    return f"{100 * mean:.2f}" + ("" if math.isnan(std) else f" ± {100 * std:.2f}")
+    return f"{100 * mean:.2f}" + ("" if math.isnan(low) else f" [{100 * low:.2f}, {100 * high:.2f}]")
+
+
+def interval_name(method: str) -> str:
+    return {"t": "Student-t", "bootstrap": "percentile bootstrap"}[method]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -131,9 +169,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: bool) -> str:
+def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: bool,
+                     interval_method: str = DEFAULT_INTERVAL_METHOD) -> str:
     show_incomplete = any(group.values["n_incomplete"] for group in groups)  # a column of blanks says nothing
-    header = (["model"] if show_model else []) + ["variant", "lr", "test acc % (mean ± std)", "diverged"]
+    header = (["model"] if show_model else []) + [
+        "variant", "lr", f"test acc % (mean [95% {interval_name(interval_method)} interval])", "n", "diverged"]
     header += (["incomplete"] if show_incomplete else [])
     header += [f"steps to {float(t):.0%}" for t in targets]
     header += ["grad norm at step 0", "peak grad norm after step 0", "last grad norm"]
@@ -142,8 +182,9 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
         v = group.values
         completed = v["n_finished"] + v["n_diverged"]
         row = ([group.model] if show_model else []) + [
-            group.variant, f"{group.lr:g}", _fmt_acc(v["final_test_acc_mean"], v["final_test_acc_std"]),
-            f"{v['n_diverged']}/{completed}" if completed else "–"]
+            group.variant, f"{group.lr:g}",
+            _fmt_acc(v["final_test_acc_mean"], v["final_test_acc_ci_low"], v["final_test_acc_ci_high"]),
+            str(v["final_test_acc_n"]), f"{v['n_diverged']}/{completed}" if completed else "–"]
         if show_incomplete:
             row.append(str(v["n_incomplete"]) if v["n_incomplete"] else "")
         for target in targets:
@@ -167,6 +208,32 @@ def stable_markdown(stable: list[StableLr], show_model: bool, min_acc: float = D
         training = "none" if item.largest_training_lr is None else f"{item.largest_training_lr:g}"
         rows.append(([item.model] if show_model else []) + [item.variant, largest, smallest, training])
     return markdown_table(header, rows)
+
+
+def edge_markdown(edges: list[EdgeOfStability], show_model: bool) -> str:
+    header = (["model"] if show_model else []) + ["variant", "channels per statistic", "max stable lr",
+                                                  "bracket", "lrs tried"]
+    rows = []
+    for edge in edges:
+        channels = "–" if edge.channels_per_statistic is None else str(edge.channels_per_statistic)
+        largest = "none" if edge.max_stable_lr is None else f"{edge.max_stable_lr:g}"
+        rows.append(([edge.model] if show_model else []) + [
+            edge.variant, channels, largest, edge.describe(), ", ".join(f"{lr:g}" for lr in edge.lrs_tried)])
+    return markdown_table(header, rows)
+
+
+def differences_markdown(comparisons: list[Comparison], show_model: bool) -> list[str]:
+    """Per lr, one line per variant: its difference from the reference with the interval, and the verdict."""
+    lines: list[str] = []
+    current = None
+    for comparison in comparisons:
+        key = (comparison.model, comparison.lr)
+        if key != current:
+            current = key
+            model = f"{comparison.model}, " if show_model else ""
+            lines += ["", f"**{model}lr {comparison.lr:g}**", ""]
+        lines.append(f"- {comparison.format()}")
+    return lines
 
 
 def describe_data_sources(runs: list[RunRecord]) -> list[str]:
@@ -246,14 +313,17 @@ def provenance_markdown(counts: ProvenanceCounts, n_runs: int) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = None,
-                 min_acc: float = DEFAULT_MIN_ACC) -> Path:
+                 min_acc: float = DEFAULT_MIN_ACC, interval_method: str = DEFAULT_INTERVAL_METHOD,
+                 reference: str = "correct_bn") -> Path:
     runs, skipped = load_runs(paths)
     if not runs:
         print(f"bnexp.report: warning: no usable run dirs under {[str(p) for p in paths]}"
               + (f" ({len(skipped)} skipped)" if skipped else "") + "; report.md says so", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = aggregate(runs, min_acc)
+    groups = aggregate(runs, min_acc, interval_method)
     stable = largest_stable_lrs(groups, min_acc)
+    edges = edges_of_stability(runs, min_acc)
+    comparisons = compare_to_reference(groups, reference)
     targets = accuracy_targets(runs)
     show_model = len({run.model for run in runs}) > 1
     chosen_lr = choose_shared_lr(groups, shared_lr)
@@ -261,10 +331,13 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     write_runs_csv(runs, out_dir / "runs.csv")
     write_summary_csv(groups, out_dir / "summary.csv")
     write_stable_csv(stable, out_dir / "stable_lr.csv")
-    summary_md = summary_markdown(groups, targets, show_model)
+    write_edge_csv(edges, out_dir / "edge_of_stability.csv")
+    write_differences_csv(comparisons, out_dir / "differences.csv")
+    summary_md = summary_markdown(groups, targets, show_model, interval_method)
     (out_dir / "summary.md").write_text(summary_md + "\n")
 
     plots = report_plots.make_all_plots(runs, groups, out_dir, chosen_lr, min_acc)
+    plots.append(report_plots.plot_edge_of_stability(edges, out_dir))
 
     varying = varying_config_keys(runs)
     reference_config = next((run.config for run in runs if run.config), {})
@@ -298,10 +371,29 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         f"stable). Stable is not the same as training: the last column also asks every seed to reach "
         f"{100 * min_acc:g}% final test accuracy (`--min-acc`), which a net stuck at chance does not.", "",
         stable_markdown(stable, show_model, min_acc), "",
+        "## Edge of stability", "",
+        "Per variant, the largest lr that trains, with its bracket: the last lr at which every seed trained and "
+        "the first at which one did not. A run trains when it finished with a final test accuracy of at least "
+        f"{100 * min_acc:g}% and a last `grad_norm/global` above 0; it *diverges* (non-finite or exploding loss), "
+        f"*collapses* (finished, but below {100 * min_acc:g}% or with a gradient of exactly 0) or *fails* (crashed). "
+        "The bracket is as narrow as the lrs tried around it (an edge-mode sweep bisects it to √2, a dense grid "
+        "leaves its own spacing). Channels per statistic: 1 is per-channel, `all` one statistic per layer.", "",
+        edge_markdown(edges, show_model), "",
         "## Results per variant and learning rate", "",
-        "Test accuracy is the final test accuracy averaged over the seeds that finished without diverging; "
+        f"Test accuracy is the mean final test accuracy over the n seeds that finished without diverging, with a "
+        f"95% {interval_name(interval_method)} interval over those seeds"
+        + (" (mean ± t(0.975, n−1)·s/√n: wide for few seeds, e.g. ×4.3 the standard error at n = 3)"
+           if interval_method == "t" else " (resampling the seeds; too narrow for a handful of seeds)")
+        + "; one seed gives no interval. "
         "`diverged` counts diverged seeds among completed ones; steps to a target average over the seeds that "
         "reached it. Grad norms are `grad_norm/global` from metrics.jsonl: at step 0 (set by the initialisation, mean over seeds), its peak after step 0 (max over seeds; inf once a norm went non-finite) and its last logged value (mean over finished seeds; 0 means the network died).", "", summary_md, "",
+        "## Differences", "",
+        f"Each variant's final test accuracy minus `{reference}`'s at the same lr, in percentage points, with the "
+        "95% Welch t-interval of the difference (unequal variances). A difference *holds* when its interval "
+        "excludes 0; otherwise it is *not resolved* by these seeds. Diverged seeds have no accuracy and are "
+        "left out here (see the table above).",
+        *(differences_markdown(comparisons, show_model) or ["", f"_No lr has finished seeds of `{reference}` and "
+                                                                "another variant._"]), "",
         "## Plots", "",
     ]
     for plot in plots:
@@ -339,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output dir, e.g. results/lr_stability")
     parser.add_argument("--lr", type=float, default=None,
                         help="lr for the per-variant curve plots (default: largest lr where correct_bn is stable)")
+    parser.add_argument("--interval", choices=INTERVAL_METHODS, default=DEFAULT_INTERVAL_METHOD,
+                        help="the 95%% interval over seeds: t (Student-t, the default) or bootstrap (percentile)")
+    parser.add_argument("--reference", default="correct_bn",
+                        help="the variant every other one is compared with in the Differences section")
     parser.add_argument("--min-acc", type=float, default=DEFAULT_MIN_ACC,
                         help=f"final test accuracy a run must reach to count as training (default {DEFAULT_MIN_ACC})")
     args = parser.parse_args(argv)
@@ -346,8 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"bnexp.report: error: no such path(s): {missing}", file=sys.stderr)
         return 2
-    report_path = build_report(args.paths, args.out, args.lr, args.min_acc)
-    print(f"wrote {report_path} (+ summary.csv, summary.md, stable_lr.csv, runs.csv, plots) in {args.out}")
+    report_path = build_report(args.paths, args.out, args.lr, args.min_acc, args.interval, args.reference)
+    print(f"wrote {report_path} (+ summary.csv, summary.md, stable_lr.csv, edge_of_stability.csv, "
+          f"differences.csv, runs.csv, plots) in {args.out}")
     return 0
 
 

@@ -19,7 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
-from bnexp.records import GroupStats, RunRecord, variant_sort_key  # noqa: E402
+from bnexp.records import (ALL_CHANNELS, NO_NORM, EdgeOfStability, GroupStats, RunRecord,  # noqa: E402
+                           final_accuracies, variant_sort_key)
 from bnexp.rundirs import as_float  # noqa: E402
 
 LAYER_PREFIX = "grad_norm/"
@@ -84,6 +85,13 @@ def _runs_at_lr(runs: list[RunRecord], lr: float | None) -> dict[str, list[RunRe
     return _runs_by_series([run for run in runs if run.lr is not None and math.isclose(run.lr, lr, rel_tol=1e-9)])
 
 
+def _seed_offsets(count: int, spread: float = 0.04) -> np.ndarray:
+    """Multiplicative x offsets (log axis) that spread a group's seed points so that equal values stay visible."""
+    if count <= 1:
+        return np.ones(count)
+    return 10 ** np.linspace(-spread, spread, count)
+
+
 @never_raises("Test accuracy vs learning rate")
 def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float | None = None) -> PlotResult:
     title = "Test accuracy vs learning rate"
@@ -95,21 +103,32 @@ def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float 
         return PlotResult(title, None, note="no runs with an lr")
     if not any(math.isfinite(g.values["final_test_acc_mean"]) or g.values["n_diverged"] for g in groups):
         return PlotResult(title, None, note="no run has finished or diverged yet: no accuracy to plot")
+    method = next((g.values.get("interval") for g in groups if g.values.get("interval")), "t")
+    method_name = {"t": "Student-t", "bootstrap": "bootstrap"}.get(method, method)
     colors = _colors(list(series))
     figure, axes = plt.subplots(figsize=(8, 5))
     marked_diverged = False
-    for name, members in series.items():
+    # each series' seed points sit slightly apart on x, so that series at the same lr do not hide each other
+    series_shift = _seed_offsets(len(series), spread=0.03)
+    for (name, members), shift in zip(series.items(), series_shift):
         members = sorted(members, key=lambda g: g.lr)
         lrs = np.array([g.lr for g in members])
         means = np.array([100 * g.values["final_test_acc_mean"] for g in members])
-        stds = np.array([100 * g.values["final_test_acc_std"] for g in members])
-        axes.errorbar(lrs, means, yerr=np.nan_to_num(stds), marker="o", ms=4, capsize=3, color=colors[name],
-                      label=name)
+        lows = np.array([100 * g.values.get("final_test_acc_ci_low", math.nan) for g in members])
+        highs = np.array([100 * g.values.get("final_test_acc_ci_high", math.nan) for g in members])
+        # asymmetric bars: a bootstrap interval need not be centred on the mean; no bar where n < 2
+        yerr = np.vstack([np.nan_to_num(means - lows), np.nan_to_num(highs - means)])
+        axes.errorbar(lrs * shift, means, yerr=yerr, marker="o", ms=4, capsize=3, color=colors[name],
+                      label=name, zorder=3)
+        for group in members:
+            seeds = [100 * a for a in final_accuracies(group.runs)]
+            axes.scatter(group.lr * shift * _seed_offsets(len(seeds), spread=0.015), seeds, s=9,
+                         color=colors[name], alpha=0.45, edgecolors="none", zorder=2)
         for group, mean in zip(members, means):
             if group.values["n_diverged"] > 0:
                 # Diverged seeds: a red x at the mean of the surviving seeds, or on the floor when none survived.
                 y = mean if not math.isnan(mean) else 0.0
-                axes.scatter([group.lr], [y], marker="x", s=70, color="red", zorder=5,
+                axes.scatter([group.lr * shift], [y], marker="x", s=70, color="red", zorder=5,
                              label=None if marked_diverged else "≥1 seed diverged")
                 marked_diverged = True
     if min_acc is not None:
@@ -120,10 +139,14 @@ def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float 
     axes.set_ylim(bottom=0)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    axes.set_title("mean ± std over non-diverged seeds")
+    axes.set_title(f"mean with 95% {method_name} interval over non-diverged seeds; dots: single seeds")
     path = _save(figure, out_dir / "acc_vs_lr.png")
-    return PlotResult(title, path, "One line per variant; red × marks an lr where at least one seed diverged "
-                                   "(on the x axis when every seed diverged).")
+    return PlotResult(title, path, f"One line per variant: the mean final test accuracy over the seeds that "
+                                   f"finished, with its 95% {method_name} interval as error bar (none for a "
+                                   "single seed); the faint dots are the seeds themselves, and each variant is nudged "
+                                   "sideways a little so that variants at the same lr do not hide each other. Red × "
+                                   "marks an lr where "
+                                   "at least one seed diverged (on the x axis when every seed diverged).")
 
 
 @never_raises("Training loss")
@@ -280,6 +303,66 @@ def plot_init_grad_norms(runs: list[RunRecord], out_dir: Path) -> PlotResult:
     path = _save(figure, out_dir / "init_grad_norms.png")
     return PlotResult(title, path, "Gradient norm of each layer at the first step, averaged over every run of "
                                    "the variant (all lrs and seeds: at initialisation the lr has not acted yet).")
+
+
+def _channel_axis_order(edges: list[EdgeOfStability]) -> list[int | str]:
+    sizes = sorted({e.channels_per_statistic for e in edges if isinstance(e.channels_per_statistic, int)})
+    return [*sizes, *(c for c in (ALL_CHANNELS, NO_NORM) if any(e.channels_per_statistic == c for e in edges))]
+
+
+def plot_edge_of_stability(edges: list[EdgeOfStability], out_dir: Path) -> PlotResult:
+    """Max stable lr against the channels one statistic pools, the bracket drawn as a bar up to the first lr that
+    does not train."""
+    title = "Edge of stability against channels per statistic"
+    placed = [e for e in edges if e.channels_per_statistic is not None]
+    if not placed:
+        return PlotResult(title, None, note="no variant with a known number of channels per statistic "
+                                            "(per-channel, channels_per_group, one statistic per layer or no norm)")
+    order = _channel_axis_order(placed)
+    position = {value: index for index, value in enumerate(order)}
+    show_model = len({e.model for e in placed}) > 1
+    names = [_series_name(e.model, e.variant, show_model) for e in placed]
+    colors = _colors(names)
+    figure, axes = plt.subplots(figsize=(8, 5))
+    at_position: dict[int, int] = defaultdict(int)
+    floor_lr = min(lr for e in placed for lr in e.lrs_tried)
+    for edge, name in zip(placed, names):
+        x = position[edge.channels_per_statistic]
+        x_shifted = x + 0.12 * at_position[x]  # variants sharing a column (e.g. two with one statistic) side by side
+        at_position[x] += 1
+        marker = "s" if edge.channels_per_statistic == NO_NORM else "o"
+        low, high = edge.max_stable_lr, edge.first_failing_lr
+        if low is None:  # nothing trained: the bar runs up to the lowest lr that failed
+            axes.scatter([x_shifted], [high], marker="v", s=60, color=colors[name], label=f"{name} (none trains)")
+            continue
+        axes.scatter([x_shifted], [low], marker=marker, s=50, color=colors[name], zorder=3,
+                     label=name + (" (no norm)" if edge.channels_per_statistic == NO_NORM else ""))
+        if high is not None:
+            axes.vlines(x_shifted, low, high, color=colors[name], lw=2, alpha=0.6)
+            axes.scatter([x_shifted], [high], marker="_", s=120, color=colors[name])
+        else:  # trained at every lr tried: only a lower bound
+            axes.annotate("", xy=(x_shifted, low * 1.6), xytext=(x_shifted, low),
+                          arrowprops={"arrowstyle": "->", "color": colors[name]})
+    axes.set_yscale("log")
+    axes.set_ylim(bottom=floor_lr / 2)
+    axes.set_xticks(range(len(order)))
+    axes.set_xticklabels([str(value) for value in order])
+    if NO_NORM in position:
+        axes.axvline(position[NO_NORM] - 0.5, color="grey", lw=0.8, ls=":")
+    axes.set_xlabel("channels per statistic (1 = per-channel, all = one statistic per layer)")
+    axes.set_ylabel("learning rate")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    axes.set_title("marker: max stable lr; bar up to the first lr that does not train")
+    path = _save(figure, out_dir / "edge_of_stability.png")
+    left_out = [e.variant for e in edges if e.channels_per_statistic is None]
+    caption = ("Per variant, the largest lr at which every seed trained (marker) and the bracket up to the first "
+               "lr at which one did not (bar end); an arrow means it trained at every lr tried, a ▽ that none "
+               "trained (at the lowest lr that failed). No normalisation stands apart, right of the dotted line.")
+    if left_out:
+        caption += (f" Not shown: {', '.join(left_out)} (a fixed group count pools a different number of "
+                    "channels in layers of different widths).")
+    return PlotResult(title, path, caption)
 
 
 def make_all_plots(runs: list[RunRecord], groups: list[GroupStats], out_dir: Path,

@@ -13,6 +13,9 @@ so a crash or kill of one run cannot take the sweep down. The run id is derived 
 overrides (readable part + hash of all overrides), which is what makes the sweep resumable: a re-run skips runs
 whose summary.json says finished/diverged and redoes running (killed), failed or missing ones.
 Sweep-level bookkeeping goes to <out_dir>/sweep_status.json and <out_dir>/runs.csv.
+
+`sweep.mode=edge` searches each variant's edge of stability instead of running the lr grid (bnexp/sweep_edge.py):
+the runs are chosen as outcomes come in, from the same run dirs, so it resumes the same way.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from bnexp.config import CONF_DIR
 from bnexp.fileio import atomic_write
 from bnexp.orphan_guard import SWEEP_PID_VARIABLE
 from bnexp.runlock import LOCK_FILE, RunDirLocked, describe_holder, lock_state
+from bnexp.sweep_edge import EdgePlanner, sweep_mode
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
     SWEEP_JOB_FILE,
@@ -405,6 +409,10 @@ class SweepLedger:
         self.config = OmegaConf.to_container(sweep_cfg)
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.rows: dict[str, dict[str, Any]] = {}
+        self.extra: dict[str, Any] = {}  # more fields for sweep_status.json (the edge mode's brackets)
+        self.add_jobs(jobs)
+
+    def add_jobs(self, jobs: list[SweepJob]) -> None:
         for job in jobs:
             summary = read_summary(job.run_dir) or {}
             status = run_status(job.run_dir)
@@ -440,7 +448,7 @@ class SweepLedger:
         write_json_atomic(self.out_dir / STATUS_FILE, {
             "sweep": self.name, "state": state, "started_at": self.started_at,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": self.counts(),
-            "config": self.config, "runs": list(self.rows.values())})
+            "config": self.config, **self.extra, "runs": list(self.rows.values())})
         with atomic_write(self.out_dir / RUNS_CSV, newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=RUN_FIELDS, extrasaction="ignore")
             writer.writeheader()
@@ -483,7 +491,15 @@ def _lock_sweep_dir(out_dir: Path):
 
 def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bool = False) -> int:
     """Run (or resume) the sweep; returns the process exit code."""
-    jobs = build_jobs(sweep_cfg, cli_train_overrides)
+    planner = None
+    if sweep_mode(sweep_cfg) == "edge":
+        # one worker runs an lr's seeds one at a time, so that an lr whose first seed fails costs one run
+        searches = len(sweep_cfg.only_variants or sweep_cfg.variants) * max(1, len(sweep_cfg.get("models") or []))
+        one_worker = plan_workers(sweep_cfg, searches * len(sweep_cfg.seeds)).count == 1
+        planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=one_worker, build_jobs=build_jobs)
+        jobs = planner.known_jobs() + planner.next_jobs()
+    else:
+        jobs = build_jobs(sweep_cfg, cli_train_overrides)
     out_dir = Path(sweep_cfg.out_dir).resolve()
     train_module = str(sweep_cfg.get("train_module") or "bnexp.train")
     pending = [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
@@ -493,25 +509,41 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         for job in jobs:
             state = "pending" if job in pending else "done (skip)"
             print(f"[{state}] {' '.join(train_command(job, train_module))}")
+        if planner is not None:
+            print(f"{planner.describe_settings()}; so far:")
+            for search, bracket in planner.brackets().items():
+                print(f"  {search.describe()}: {bracket.describe()}")
+            print(f"edge mode: {len(pending)} run(s) in the first round, {skipped} known; later rounds depend on "
+                  f"their outcomes; out_dir={out_dir}")
+            return 0
         print(f"{len(jobs)} runs, {len(pending)} to run, {skipped} already done; out_dir={out_dir}")
         return 0
 
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_sweep_dir(out_dir)  # noqa: F841  (held until this process exits)
     # Job statuses are read after taking the lock: another sweep may have just finished some of them.
+    if planner is not None:
+        jobs = planner.known_jobs() + planner.next_jobs()
     pending = [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
     skipped = len(jobs) - len(pending)
     ledger = SweepLedger(sweep_cfg, jobs, out_dir)
+    if planner is not None:
+        ledger.extra["edge"] = planner.status()
     ledger.save("running")
-    plan = plan_workers(sweep_cfg, len(pending))
+    plan = plan_workers(sweep_cfg, len(pending) if planner is None else searches * len(sweep_cfg.seeds))
     timeout_s = sweep_cfg.get("timeout_s")
     devices = ", ".join(f"GPU {g}" for g in plan.gpu_of_worker) if plan.gpu_of_worker[0] is not None \
         else f"CPU, {plan.threads_per_worker} thread(s) each"
     redone = Counter(row["previous_status"] for row in ledger.rows.values()
                      if row["status"] == "pending" and row["previous_status"] != "missing")
     redoing = f"; redoing {', '.join(f'{n} {status}' for status, n in sorted(redone.items()))}" if redone else ""
-    print(f"sweep {ledger.name}: {len(jobs)} runs ({skipped} already finished/diverged, {len(pending)} to run"
-          f"{redoing}) with {plan.count} worker(s) [{devices}] -> {out_dir}", flush=True)
+    if planner is None:
+        print(f"sweep {ledger.name}: {len(jobs)} runs ({skipped} already finished/diverged, {len(pending)} to run"
+              f"{redoing}) with {plan.count} worker(s) [{devices}] -> {out_dir}", flush=True)
+    else:
+        print(f"sweep {ledger.name} (edge mode): {len(planner.searches)} searches, {skipped} runs already "
+              f"finished/diverged, {len(pending)} to run first{redoing}, with {plan.count} worker(s) [{devices}] -> "
+              f"{out_dir}\n{planner.describe_settings()}", flush=True)
 
     envs = [_child_env(gpu, plan.threads_per_worker) for gpu in plan.gpu_of_worker]
     processes = TrainingProcesses()
@@ -561,20 +593,42 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         detail = f" test_acc={accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""
         if outcome.status == "failed":
             detail = f" ({first_line(outcome.error, 'no error text')})"
+            if planner is not None and not processes.stopping:  # a run the sweep stopped tells nothing
+                planner.mark_failed(job.run_id)
         bar.write(f"{outcome.status:>8}: {job.describe()}{detail} [{outcome.wall_time_s:.1f}s] {job.run_dir}")
         # before update(): update() redraws, and the line should show the counts of this run
         bar.set_postfix_str(_progress_text(ledger, skipped), refresh=False)
         bar.update(1)
 
+    def plan_more() -> None:
+        """Edge mode: start the runs the searches need now, given what has finished."""
+        for search, bracket in planner.newly_done():
+            bar.write(f"    edge: {search.describe()}: {bracket.describe()}")
+        in_flight = [futures[future] for future in futures if future not in recorded]
+        # a run is started once per sweep: one that ended here has an outcome, so asking again would be a loop
+        ran_here = {job.run_id for job in futures.values()}
+        more = [job for job in planner.next_jobs(in_flight) if job.run_id not in ran_here]
+        if more:
+            ledger.add_jobs(more)
+            bar.total += len(more)
+            bar.refresh()
+            for job in more:
+                futures[pool.submit(run_on_worker, job)] = job
+        ledger.extra["edge"] = planner.status()
+
     pool = ThreadPoolExecutor(max_workers=plan.count, thread_name_prefix="sweep-worker", initializer=take_slot)
     futures = {pool.submit(run_on_worker, job): job for job in pending}
     interrupted = False
     try:
+        if planner is not None:
+            plan_more()  # announces the searches that are done already
         while len(recorded) < len(futures):
             done, _ = wait(set(futures) - recorded, timeout=0.5, return_when=FIRST_COMPLETED)
             started = note_started()
             for future in done:
                 note_done(future)
+            if planner is not None and done and not processes.stopping:
+                plan_more()
             if started or done:
                 bar.set_postfix_str(_progress_text(ledger, skipped), refresh=False)
                 ledger.save("running")
@@ -583,9 +637,11 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         bar.write("interrupted: stopping running training processes ...")
         pool.shutdown(wait=False, cancel_futures=True)
         processes.stop(signal.SIGTERM)
-        if wait(futures, timeout=60).not_done:  # a run that ignores SIGTERM
+        # a queued run cancelled by shutdown never reaches a worker, so wait() would never count it done
+        started_runs = [future for future in futures if not future.cancelled()]
+        if wait(started_runs, timeout=60).not_done:  # a run that ignores SIGTERM
             processes.stop(signal.SIGKILL)
-            wait(futures, timeout=30)
+            wait(started_runs, timeout=30)
         note_started()
         for future in futures:  # record whatever the workers reported while stopping
             if future.done() and future not in recorded:
@@ -597,12 +653,17 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     for row in ledger.rows.values():
         if row["status"] == "running":  # only possible after an interrupt
             row.update(status="failed", error="sweep interrupted before the run ended")
+    if planner is not None:
+        ledger.extra["edge"] = planner.status()
     ledger.save("interrupted" if interrupted else "done")
 
     failures = ledger.failures()
     counts = ledger.counts()
     print(f"sweep {ledger.name}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
           + f" -> {out_dir / STATUS_FILE}")
+    if planner is not None:
+        for search, bracket in planner.brackets().items():
+            print(f"  {search.describe()}: {bracket.describe()}")
     if failures:
         print(f"{len(failures)} run(s) did not finish; re-run the same command to redo only these:",
               file=sys.stderr)
@@ -627,7 +688,8 @@ def main(argv: list[str] | None = None) -> int:
                     "config (conf/sweep/<name>.yaml); all others are passed to every training run.",
         epilog="example: python -m bnexp.sweep sweep=smoke sweep.workers=2 data=synthetic train.epochs=1")
     parser.add_argument("overrides", nargs="*", help="sweep=<name>, sweep.<key>=<value>, or train overrides")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the commands and exit (edge mode: the first round)")
     parser.add_argument("--print-config", action="store_true", help="print the composed sweep config and exit")
     args = parser.parse_intermixed_args(argv)
     from hydra.errors import HydraException

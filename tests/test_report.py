@@ -325,3 +325,135 @@ def test_report_shows_run_dirs_below_the_current_dir_relative(tmp_path: Path, mo
     text = (tmp_path / "report" / "report.md").read_text()
     assert str(tmp_path) not in text
     assert f"`{os.path.join('sweep', 'runs', 'bad')}`" in text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Uncertainty: intervals over seeds, differences, per-seed points; the edge of stability
+# ----------------------------------------------------------------------------------------------------------------
+
+T_975_DF1 = 12.706204736174707   # published two-sided 95% Student-t quantiles
+T_975_DF4 = 2.7764451051977987
+
+
+def test_summary_gives_each_mean_its_95_interval_and_n(sweep_like_dir: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    assert report.main([str(sweep_like_dir), "--out", str(out)]) == 0
+    rows = {(r["variant"], float(r["lr"])): r for r in read_csv(out / "summary.csv")}
+    row = rows[("correct_bn", 0.1)]  # seeds 0.80, 0.84: s = 0.02·√2, half width t(0.975, 1)·s/√2
+    assert int(row["final_test_acc_n"]) == 2 and row["interval"] == "t"
+    assert float(row["final_test_acc_ci_low"]) == pytest.approx(0.82 - T_975_DF1 * 0.02, rel=1e-9)
+    assert float(row["final_test_acc_ci_high"]) == pytest.approx(0.82 + T_975_DF1 * 0.02, rel=1e-9)
+    one = rows[("no_bn", 1.0)]  # one seed finished, one diverged: n=1, no interval
+    assert int(one["final_test_acc_n"]) == 1 and one["final_test_acc_ci_low"] == "" == one["final_test_acc_ci_high"]
+    table = (out / "summary.md").read_text()
+    assert "| test acc % (mean [95% Student-t interval]) | n |" in table
+    assert "| correct_bn | 0.1 | 82.00 [56.59, 107.41] | 2 |" in table
+    assert "| no_bn | 1 | 40.00 | 1 | 1/2 |" in table
+    assert "95% Student-t interval over those seeds" in (out / "report.md").read_text()
+
+    bootstrap = tmp_path / "bootstrap"
+    assert report.main([str(sweep_like_dir), "--out", str(bootstrap), "--interval", "bootstrap"]) == 0
+    row = {(r["variant"], float(r["lr"])): r for r in read_csv(bootstrap / "summary.csv")}[("correct_bn", 0.1)]
+    # every resample of 2 seeds: means 0.80, 0.82, 0.82, 0.84; their 2.5% and 97.5% points, interpolated
+    assert row["interval"] == "bootstrap"
+    assert float(row["final_test_acc_ci_low"]) == pytest.approx(0.80 + 0.075 * 0.02)
+    assert float(row["final_test_acc_ci_high"]) == pytest.approx(0.82 + 0.925 * 0.02)
+    assert "percentile bootstrap" in (bootstrap / "report.md").read_text()
+
+
+def test_differences_hold_only_beyond_their_interval(tmp_path: Path):
+    root = tmp_path / "runs"
+    accs = {"correct_bn": (0.80, 0.81, 0.82), "shared_bn": (0.50, 0.51, 0.52), "no_bn": (0.60, 0.95, 0.75)}
+    for variant, by_seed in accs.items():
+        for seed, acc in enumerate(by_seed):
+            make_run_dir(root / f"{variant}_{seed}", variant, 0.2, seed, final_test_acc=acc)
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    rows = {r["variant"]: r for r in read_csv(out / "differences.csv")}
+    assert set(rows) == {"shared_bn", "no_bn"} and all(r["reference"] == "correct_bn" for r in rows.values())
+    # equal variances (0.0001) and n: Welch's df is 2(n-1) = 4, the standard error √(2 · 0.0001 / 3)
+    half = T_975_DF4 * math.sqrt(2 * 0.0001 / 3)
+    assert float(rows["shared_bn"]["difference"]) == pytest.approx(-0.30)
+    assert float(rows["shared_bn"]["ci_low"]) == pytest.approx(-0.30 - half, rel=1e-6)
+    assert float(rows["shared_bn"]["ci_high"]) == pytest.approx(-0.30 + half, rel=1e-6)
+    assert rows["shared_bn"]["resolved"] == "True" and rows["no_bn"]["resolved"] == "False"
+    section = (out / "report.md").read_text().split("## Differences\n", 1)[1].split("\n## ", 1)[0]
+    assert "**lr 0.2**" in section
+    assert ("- shared_bn − correct_bn: -30.0 points [-32.3, -27.7] (n=3 vs 3) → holds: shared_bn < correct_bn"
+            in section)
+    assert "- no_bn − correct_bn: -4.3 points" in section and "no_bn vs correct_bn: not resolved" in section
+
+
+def test_accuracy_plot_draws_every_seed_and_the_interval(sweep_like_dir: Path, tmp_path: Path, monkeypatch):
+    from bnexp import report_plots
+
+    drawn = {}
+
+    def keep_figure(figure, path):
+        axes = figure.axes[0]
+        drawn["points"] = sorted(round(float(y), 6) for collection in axes.collections
+                                 if type(collection).__name__ == "PathCollection"
+                                 for _, y in collection.get_offsets())
+        drawn["bars"] = sorted((round(float(segment[0][1]), 6), round(float(segment[1][1]), 6))
+                               for collection in axes.collections if type(collection).__name__ == "LineCollection"
+                               for segment in collection.get_segments())
+        return report_plots.plt.close(figure)
+
+    monkeypatch.setattr(report_plots, "_save", keep_figure)
+    groups = records.aggregate(records.discover_runs([sweep_like_dir]))
+    report_plots.plot_accuracy_vs_lr(groups, tmp_path)
+    finished = {round(100 * acc, 6) for acc in (0.80, 0.84, 0.70, 0.74, 0.60, 0.50, 0.40, 0.75, 0.77, 0.65, 0.66)}
+    assert finished <= set(drawn["points"])
+    low, high = 100 * (0.82 - T_975_DF1 * 0.02), 100 * (0.82 + T_975_DF1 * 0.02)
+    assert (round(low, 6), round(high, 6)) in drawn["bars"]
+
+
+def write_grad_norms(run_dir: Path, norms: list[float]) -> None:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for record in lines:
+        if record["kind"] == "step":
+            record["grad_norm/global"] = norms[min(record["step"], len(norms) - 1)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_edge_of_stability_per_variant_with_its_bracket_and_plot(tmp_path: Path):
+    root = tmp_path / "runs"
+    by_size = {"variant": {"name": "grouped_bn_4ch", "norm": "grouped", "stat_groups": None,
+                           "channels_per_group": 4}}
+    lrs = (0.1, 0.4, 1.6)
+    for seed in (0, 1):
+        for lr in lrs:
+            # correct_bn: seed 1 diverges at 1.6 only
+            make_run_dir(root / f"c_{lr}_{seed}", "correct_bn", lr, seed,
+                         status="diverged" if (lr, seed) == (1.6, 1) else "finished", final_test_acc=0.7)
+            # shared_bn: at 0.4 and above the gradient dies (accuracy alone would pass), so it collapses
+            shared = make_run_dir(root / f"s_{lr}_{seed}", "shared_bn", lr, seed, final_test_acc=0.5)
+            if lr >= 0.4:
+                write_grad_norms(shared, [3.0, 1.0, 0.0])
+            # 4 channels per statistic: at chance from 1.6 on
+            make_run_dir(root / f"g_{lr}_{seed}", "grouped_bn", lr, seed, extra_config=by_size,
+                         final_test_acc=0.1 if lr >= 1.6 else 0.6)
+            # no normalisation: diverges at every lr tried
+            make_run_dir(root / f"n_{lr}_{seed}", "no_bn", lr, seed, status="diverged", final_test_acc=None)
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    edges = {r["variant"]: r for r in read_csv(out / "edge_of_stability.csv")}
+    assert edges["correct_bn"]["bracket"] == "max stable lr 0.4 (0.4 trains, 1.6 diverges)"
+    assert edges["shared_bn"]["bracket"] == "max stable lr 0.1 (0.1 trains, 0.4 collapses)"
+    assert edges["grouped_bn_4ch"]["bracket"] == "max stable lr 0.4 (0.4 trains, 1.6 collapses)"
+    assert edges["no_bn"]["bracket"] == "no stable lr down to 0.1 (0.1 diverges)"
+    assert edges["no_bn"]["max_stable_lr"] == "" and edges["no_bn"]["floored"] == "True"
+    assert {v: r["channels_per_statistic"] for v, r in edges.items()} == {
+        "correct_bn": "1", "grouped_bn_4ch": "4", "shared_bn": "all", "no_bn": "no norm"}
+    assert float(edges["correct_bn"]["max_stable_lr"]) == 0.4 and float(edges["correct_bn"]["first_failing_lr"]) == 1.6
+    assert_png(out / "edge_of_stability.png")
+    text = (out / "report.md").read_text()
+    assert "| correct_bn | 1 | 0.4 | max stable lr 0.4 (0.4 trains, 1.6 diverges) | 0.1, 0.4, 1.6 |" in text
+    assert "](edge_of_stability.png)" in text
+
+    only_low = tmp_path / "low"
+    for seed in (0, 1):
+        make_run_dir(only_low / f"c_{seed}", "correct_bn", 0.1, seed)
+    assert report.main([str(only_low), "--out", str(tmp_path / "low_report")]) == 0
+    (edge,) = read_csv(tmp_path / "low_report" / "edge_of_stability.csv")
+    assert edge["capped"] == "True" and edge["bracket"].startswith("max stable lr >= 0.1")
