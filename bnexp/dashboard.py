@@ -10,24 +10,24 @@ The dashboard is first a plain spec (sections of panels, each naming the logged 
 config keys it plots, plus the grouping), written by --dry-run as JSON; `build_workspace` and `build_report` turn it
 into wandb-workspaces objects, and only saving them needs the network. tests/test_dashboard.py checks every key
 of the spec against what a real run logs to W&B. This is the only module that imports wandb-workspaces;
-bnexp/dashboard_preview.py draws the same panels locally (--preview).
+bnexp/dashboard_spec.py holds the spec's types; bnexp/dashboard_preview.py draws the same panels locally (--preview).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import netrc
 import os
 import re
 import socket
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
 from bnexp.config import CONF_DIR
+from bnexp.dashboard_spec import (  # noqa: F401  (the spec's names, used here and by the tests)
+    DashboardError, DashboardSpec, Grouping, Key, Panel, ReportSpec, Section, config, history, summary)
 
 SPEC_FORMAT = "bnexp-dashboard/1"
 DEFAULT_PROJECT = "bnexp"
@@ -37,98 +37,6 @@ DEFAULT_TIMEOUT_S = 120.0
 # grid is 168 runs.
 MAX_RUNS_PER_PANEL = 200
 DRY_RUN_HINT = "to build the dashboard without W&B, run with --dry-run --out dashboard.json"
-
-
-class DashboardError(Exception):
-    """A user-facing failure: printed without a traceback, exit code 2."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The spec: plain data, no wandb
-# ----------------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Key:
-    """One value a panel reads. source: history (logged with run.log), summary (run summary), config (run config,
-    dotted path) or run (a run attribute such as its group)."""
-    source: str
-    name: str
-
-
-def history(name: str) -> Key:
-    return Key("history", name)
-
-
-def summary(name: str) -> Key:
-    return Key("summary", name)
-
-
-def config(name: str) -> Key:
-    return Key("config", name)
-
-
-@dataclass
-class Panel:
-    kind: str                 # line | scatter | markdown | runs_table
-    title: str
-    x: Key | None = None      # line: the history key on the x axis; scatter: a config or summary key
-    y: list[Key] = field(default_factory=list)
-    regex: str | None = None  # line: every history key this matches is a y series
-    log_x: bool = False
-    log_y: bool = False
-    markdown: str | None = None
-    columns: list[Key] = field(default_factory=list)  # runs_table
-
-
-@dataclass
-class Section:
-    name: str
-    x_axis: str               # the section's default x axis (a history key)
-    panels: list[Panel]
-    pinned: bool = False
-
-
-@dataclass
-class Grouping:
-    """Runs grouped by `keys` in order: one line per group, `aggregate` over its runs, `band` around it."""
-    keys: list[Key]
-    mirrors: dict[str, str]   # run attribute -> the config key the W&B sink copies into it
-    lr_key: Key
-    lr_filter: float | None = None
-    split_by_lr: bool = False
-    aggregate: str = "mean"
-    band: str = "minmax"
-
-    def group_keys(self) -> list[Key]:
-        return self.keys + ([self.lr_key] if self.split_by_lr else [])
-
-
-@dataclass
-class ReportSpec:
-    title: str
-    filter: dict[str, str]    # exactly one of tag, sweep, group
-    text: str
-    sections: list[str]       # the workspace sections the report repeats, in order
-
-
-@dataclass
-class DashboardSpec:
-    format: str
-    project: str
-    entity: str | None        # None: the API key's default entity
-    workspace_name: str
-    grouping: Grouping
-    sections: list[Section]
-    report: ReportSpec | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    def panels(self) -> list[Panel]:
-        return [panel for section in self.sections for panel in section.panels]
-
-    def section(self, name: str) -> Section:
-        return next(section for section in self.sections if section.name == name)
 
 
 # Regexes are anchored and use only syntax that Python and JavaScript (the W&B app) read alike.

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from bnexp.dashboard import DashboardError, DashboardSpec, Grouping, Key, Panel
+from bnexp.dashboard_spec import DashboardError, DashboardSpec, Grouping, Key, Panel
 
 
 

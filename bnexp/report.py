@@ -402,7 +402,11 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
             lines += [plot.caption, "", f"![{plot.title}]({plot.path.name})", ""]
         else:
             lines += [f"_Skipped: {plot.note}_", ""]
-    lines += report_mechanism.mechanism_section(runs, out_dir, chosen_lr)
+    try:
+        lines += report_mechanism.mechanism_section(runs, out_dir, chosen_lr)
+    except Exception as error:  # noqa: BLE001 - the report must be written whatever one run dir holds
+        lines += ["## Mechanism: channel scales and dead units", "",
+                  f"_Not shown: the section could not be made ({type(error).__name__}: {first_line(str(error))})._", ""]
     incomplete = [run for run in runs if not run.completed]
     if incomplete:
         lines += ["## Runs that did not complete", "",

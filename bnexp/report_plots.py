@@ -310,6 +310,7 @@ def _channel_axis_order(edges: list[EdgeOfStability]) -> list[int | str]:
     return [*sizes, *(c for c in (ALL_CHANNELS, NO_NORM) if any(e.channels_per_statistic == c for e in edges))]
 
 
+@never_raises("Max stable learning rate vs channels per statistic")
 def plot_edge_of_stability(edges: list[EdgeOfStability], out_dir: Path) -> PlotResult:
     """Max stable lr against the channels one statistic pools, the bracket drawn as a bar up to the first lr that
     does not train."""
