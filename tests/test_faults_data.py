@@ -24,7 +24,7 @@ from PIL import Image
 from bnexp import data
 from bnexp.config import ConfigError
 from bnexp.data import DatasetError, load_dataset, load_image_folder
-from bnexp.trainer import RunInterrupted, _raise_interrupted
+from bnexp.trainer import RunInterrupted, StopSignals
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("cat", "dog", "ship")
@@ -122,9 +122,8 @@ def test_a_subset_larger_than_the_folder_is_refused_naming_the_count(tmp_path_fa
 
 @pytest.fixture
 def trainer_sigterm_handler():
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    yield
-    signal.signal(signal.SIGTERM, previous)
+    with StopSignals():  # the handlers a run installs for its whole life, decode included
+        yield
 
 
 def test_sigterm_during_a_serial_decode_raises_the_kill_not_a_dataset_error(tmp_path, monkeypatch,
