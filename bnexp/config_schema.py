@@ -18,7 +18,7 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
@@ -88,6 +88,9 @@ class VariantConfig:
     channels_per_group: Optional[int] = setting("4", at_least=1)
     affine_per_channel: Any = setting("true", kind="bool")
     backend: str = setting("auto", choices=("auto", "torch", "triton"))
+    # Not a setting: the run writes here each norm layer's statistic groups (layer name -> groups), so
+    # config.yaml and the W&B config say what stat_groups / channels_per_group came to (a given value is replaced).
+    stat_groups_by_layer: Optional[Dict[str, int]] = field(default=None, metadata={"example": None, "recorded": True})
 
 
 @dataclass

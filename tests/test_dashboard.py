@@ -20,6 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Pydantic V1 style:DeprecationWar
 from bnexp import dashboard  # noqa: E402
 from bnexp.dashboard import build_report, build_spec, build_workspace, main, missing_keys  # noqa: E402
 from tests.helpers import TINY_RUN  # noqa: E402
+from tests.wandb_offline import read_finished_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION_ORDER = ["About these runs", "Accuracy", "Loss", "Gradient norms", "Update ratios", "BatchNorm statistics",
@@ -29,18 +30,6 @@ SECTION_ORDER = ["About these runs", "Accuracy", "Loss", "Gradient norms", "Upda
 # ---------------------------------------------------------------------------------------------------------------
 # A real run, logged to W&B offline: what the dashboard's keys are checked against
 # ---------------------------------------------------------------------------------------------------------------
-
-def _finished_offline_run(offline_dir: Path, timeout_s: float = 30.0) -> dict:
-    """The offline run once its exit record is on disk (wandb-core may write the last records after finish())."""
-    from bnexp.wandb_sink import read_offline_run
-
-    deadline = time.monotonic() + timeout_s
-    run = read_offline_run(offline_dir)
-    while run["exit_code"] is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        run = read_offline_run(offline_dir)
-    return run
-
 
 @pytest.fixture(scope="module")
 def logged_run(tmp_path_factory):
@@ -57,7 +46,7 @@ def logged_run(tmp_path_factory):
                               "logger=wandb"])
         train(cfg, str(root / "run"))
     (offline_dir,) = sorted((root / "wandb_dir" / "wandb").glob("offline-run-*"))
-    run = _finished_offline_run(offline_dir)
+    run = read_finished_run(offline_dir, timeout_s=30.0)
     assert run["exit_code"] == 0
     return {
         "history": {key for row in run["history"] for key in row},
