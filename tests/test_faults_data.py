@@ -142,7 +142,8 @@ def test_a_kill_while_the_cache_is_written_leaves_no_temporary_file(tmp_path, mo
     real_savez = np.savez
 
     def savez_then_killed(file, **arrays):
-        Path(file).write_bytes(b"PK half of a zip")
+        file.write(b"PK half of a zip")  # the cache's temporary file, open for writing
+        file.flush()
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises here
         real_savez(file, **arrays)

@@ -324,7 +324,7 @@ def test_provenance_says_what_produced_the_run(tmp_path):
 
     import torch
 
-    cfg = compose_config(["+variant=no_bn", *TINY_RUN, "train.epochs=abc"])  # even a run that fails at once
+    cfg = compose_config(["+variant=no_bn", *TINY_RUN, "train.epochs=0"])  # even a run that fails at once
     with pytest.raises(ValueError):
         train(cfg, str(tmp_path))
     recorded = json.loads((tmp_path / "summary.json").read_text())["provenance"]

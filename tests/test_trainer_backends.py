@@ -75,7 +75,8 @@ def run_trainer(overrides: list[str], run_dir: Path, compile_options: dict | Non
 
     def build_and_record(self, *args, **kwargs):
         build_layer(self, *args, **kwargs)
-        layers.append(self)
+        if not self.running_mean.is_meta:  # the trainer's shape-only model that records each layer's groups
+            layers.append(self)
 
     def count_and_normalize(*args, **kwargs):
         nonlocal triton_calls
