@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -80,6 +81,15 @@ def shown_path(path: Path) -> str:
         return str(Path(path).relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def portable_config(config: dict) -> dict:
+    """The run's config with an absolute data path written relative to the current dir (`../data/x.tar.xz`), so
+    the committed report names where the data lies beside the checkout, not a folder of the machine it ran on."""
+    data = config.get("data")
+    if not isinstance(data, dict) or not str(data.get("path") or "").startswith("/"):
+        return config
+    return {**config, "data": {**data, "path": os.path.relpath(data["path"])}}
 
 
 def _csv_value(value: Any) -> Any:
@@ -365,7 +375,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         lines.append("")
     lines += [
         "<details><summary>Full config of that run</summary>", "", "```yaml",
-        yaml.safe_dump(reference_config, sort_keys=False).strip(), "```", "</details>", "",
+        yaml.safe_dump(portable_config(reference_config), sort_keys=False).strip(), "```", "</details>", "",
         "## Largest stable learning rate", "",
         "Largest lr at which every seed finished without diverging (failed or unfinished runs do not count as "
         f"stable). Stable is not the same as training: the last column also asks every seed to reach "

@@ -315,16 +315,22 @@ def test_report_lists_the_versions_its_runs_were_made_from(tmp_path: Path):
 
 
 def test_report_shows_run_dirs_below_the_current_dir_relative(tmp_path: Path, monkeypatch):
-    """A committed report must not carry this machine's absolute paths."""
-    make_run_dir(tmp_path / "sweep" / "runs" / "ok", "correct_bn", 0.1, 0)
-    make_run_dir(tmp_path / "sweep" / "runs" / "bad", "no_bn", 0.1, 0, status="failed", final_test_acc=None)
-    monkeypatch.chdir(tmp_path)
+    """A committed report must not carry this machine's absolute paths: neither the run dirs below the current
+    dir nor the data archive beside it, which the runs' configs name by its absolute path."""
+    checkout = tmp_path / "checkout"
+    archive = tmp_path / "shared" / "cifar10.tar.xz"
+    data = {"data": {"name": "cifar10_folder", "path": str(archive)}}
+    make_run_dir(checkout / "sweep" / "runs" / "ok", "correct_bn", 0.1, 0, extra_config=data)
+    make_run_dir(checkout / "sweep" / "runs" / "bad", "no_bn", 0.1, 0, status="failed", final_test_acc=None,
+                 extra_config=data)
+    monkeypatch.chdir(checkout)
     assert report.main(["sweep", "--out", "report"]) == 0
-    assert sorted(row["run_dir"] for row in read_csv(tmp_path / "report" / "runs.csv")) == [
+    assert sorted(row["run_dir"] for row in read_csv(checkout / "report" / "runs.csv")) == [
         os.path.join("sweep", "runs", "bad"), os.path.join("sweep", "runs", "ok")]
-    text = (tmp_path / "report" / "report.md").read_text()
+    text = (checkout / "report" / "report.md").read_text()
     assert str(tmp_path) not in text
     assert f"`{os.path.join('sweep', 'runs', 'bad')}`" in text
+    assert f"path: {os.path.join('..', 'shared', 'cifar10.tar.xz')}" in text
 
 
 # ----------------------------------------------------------------------------------------------------------------
