@@ -84,13 +84,9 @@ def describe_composition_error(error: BaseException) -> str | None:
 
 def _one_line(text: str) -> str:
     """Hydra's multi-line messages as one line, without the config search path it appends."""
-    lines = []
-    for line in str(text).splitlines():
-        if line.strip().startswith(("Config search path", "provider=", "full_key:", "object_type=", "reference_type=")):
-            continue
-        if line.strip():
-            lines.append(line.strip())
-    return "; ".join(lines)
+    lines = [line.strip() for line in str(text).splitlines()]
+    return "; ".join(line for line in lines if line and not line.startswith(
+        ("Config search path", "provider=", "full_key:", "object_type=", "reference_type=")))
 
 
 def _groups_in_train_defaults() -> set[str]:

@@ -343,30 +343,20 @@ def _spell(value: Any) -> str:
     return value if isinstance(value, str) else _show(value)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 _KIND_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
                "list:float": "a list of numbers", "list:str": "a list of strings"}
 
 
+# The Python types of each kind; a bool is an int to Python, but never a number here.
+_KIND_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
 def _type_ok(value: Any, kind: str) -> bool:
-    if kind == "int":
-        return _is_int(value)
-    if kind == "float":
-        return _is_number(value)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind == "bool":
-        return isinstance(value, bool)
     if kind.startswith("list:"):
         return isinstance(value, (list, tuple)) and all(_type_ok(item, kind[5:]) for item in value)
-    return True
+    if kind not in _KIND_TYPES:
+        return True
+    return isinstance(value, _KIND_TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
 
 
 def _value_problem(value: Any, kind: str, rules: Mapping) -> str | None:

@@ -436,10 +436,7 @@ class SweepLedger:
                                      final_test_acc=outcome.summary.get("final_test_acc"))
 
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.rows.values():
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
-        return counts
+        return dict(Counter(row["status"] for row in self.rows.values()))
 
     def failures(self) -> list[dict[str, Any]]:
         return [row for row in self.rows.values() if row["status"] not in COMPLETED_STATUSES]
@@ -497,12 +494,15 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         searches = len(sweep_cfg.only_variants or sweep_cfg.variants) * max(1, len(sweep_cfg.get("models") or []))
         one_worker = plan_workers(sweep_cfg, searches * len(sweep_cfg.seeds)).count == 1
         planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=one_worker, build_jobs=build_jobs)
-        jobs = planner.known_jobs() + planner.next_jobs()
-    else:
-        jobs = build_jobs(sweep_cfg, cli_train_overrides)
+
+    def jobs_and_pending() -> tuple[list[SweepJob], list[SweepJob]]:
+        """The jobs (edge mode: those known and the first round) and those not finished/diverged yet."""
+        jobs = planner.known_jobs() + planner.next_jobs() if planner else build_jobs(sweep_cfg, cli_train_overrides)
+        return jobs, [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
+
     out_dir = Path(sweep_cfg.out_dir).resolve()
     train_module = str(sweep_cfg.get("train_module") or "bnexp.train")
-    pending = [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
+    jobs, pending = jobs_and_pending()
     skipped = len(jobs) - len(pending)
 
     if dry_run:
@@ -511,8 +511,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
             print(f"[{state}] {' '.join(train_command(job, train_module))}")
         if planner is not None:
             print(f"{planner.describe_settings()}; so far:")
-            for search, bracket in planner.brackets().items():
-                print(f"  {search.describe()}: {bracket.describe()}")
+            _print_brackets(planner)
             print(f"edge mode: {len(pending)} run(s) in the first round, {skipped} known; later rounds depend on "
                   f"their outcomes; out_dir={out_dir}")
             return 0
@@ -522,9 +521,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_sweep_dir(out_dir)  # noqa: F841  (held until this process exits)
     # Job statuses are read after taking the lock: another sweep may have just finished some of them.
-    if planner is not None:
-        jobs = planner.known_jobs() + planner.next_jobs()
-    pending = [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
+    jobs, pending = jobs_and_pending()
     skipped = len(jobs) - len(pending)
     ledger = SweepLedger(sweep_cfg, jobs, out_dir)
     if planner is not None:
@@ -585,10 +582,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         job, outcome = futures[future], (None if future.cancelled() else future.result())
         if outcome is None:
             return
-        if ledger.rows[job.run_id]["status"] == "pending":  # started and ended between two looks
-            slot = started_on[job.run_id]
-            ledger.mark_running(job.run_id, slot, plan.gpu_of_worker[slot])
-        ledger.mark_done(job, outcome)
+        ledger.mark_done(job, outcome)  # marked running already: note_started() runs first, after the run ended
         accuracy = outcome.summary.get("final_test_acc")
         detail = f" test_acc={accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""
         if outcome.status == "failed":
@@ -662,19 +656,21 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     print(f"sweep {ledger.name}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
           + f" -> {out_dir / STATUS_FILE}")
     if planner is not None:
-        for search, bracket in planner.brackets().items():
-            print(f"  {search.describe()}: {bracket.describe()}")
+        _print_brackets(planner)
     if failures:
         print(f"{len(failures)} run(s) did not finish; re-run the same command to redo only these:",
               file=sys.stderr)
         for row in failures:
-            if row["status"] == "pending":
-                error_line = "not started (sweep interrupted)"
-            else:
-                error_line = first_line(row.get("error"), row["status"])
+            error_line = ("not started (sweep interrupted)" if row["status"] == "pending"
+                          else first_line(row.get("error"), row["status"]))
             print(f"  - {row['run_id']}: {error_line}\n    see {row['run_dir']}/stderr.log", file=sys.stderr)
         return 130 if interrupted else 1
     return 0
+
+
+def _print_brackets(planner: EdgePlanner) -> None:
+    for search, bracket in planner.brackets().items():
+        print(f"  {search.describe()}: {bracket.describe()}")
 
 
 def _raise_keyboard_interrupt(signum, frame):
