@@ -5,6 +5,7 @@ everything back). Readers are tolerant: a killed run can leave a half-written me
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -95,23 +96,15 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """All records of metrics.jsonl; skips blank or truncated lines (a killed run can leave one)."""
-    path = Path(run_dir) / METRICS_FILE
-    records: list[dict[str, Any]] = []
+    records: list[Any] = []
     try:
-        with open(path, errors="replace") as handle:  # a damaged byte spoils its line only
-            for line in handle:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    records.append(record)
+        with open(Path(run_dir) / METRICS_FILE, errors="replace") as handle:  # a damaged byte spoils its line only
+            for line in filter(str.strip, handle):
+                with contextlib.suppress(ValueError):
+                    records.append(json.loads(line))
     except OSError:
         return []
-    return records
+    return [record for record in records if isinstance(record, dict)]
 
 
 def is_run_dir(path: Path) -> bool:

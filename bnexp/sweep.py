@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import hashlib
 import itertools
 import json
@@ -45,7 +44,7 @@ from tqdm import tqdm
 from bnexp.config import CONF_DIR
 from bnexp.fileio import atomic_write
 from bnexp.orphan_guard import SWEEP_PID_VARIABLE
-from bnexp.runlock import LOCK_FILE, RunDirLocked, describe_holder, lock_state
+from bnexp.runlock import LOCK_FILE, RunDirLocked, describe_holder, lock_state, take_lock
 from bnexp.sweep_edge import EdgePlanner, sweep_mode
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
@@ -60,6 +59,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 STDERR_TAIL_LINES = 25
 STATUS_FILE = "sweep_status.json"
 RUNS_CSV = "runs.csv"
+SWEEP_LOCK_FILE = "sweep.lock"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -471,18 +471,10 @@ class SweepLockedError(RuntimeError):
 def _lock_sweep_dir(out_dir: Path):
     """An exclusive lock on <out_dir>/sweep.lock: two sweeps on one dir would redo each other's running runs.
     flock is released by the kernel when the process dies, so a killed sweep never leaves a stale lock."""
-    handle = open(out_dir / "sweep.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "unknown"
-        handle.close()
-        raise SweepLockedError(f"another sweep (pid {owner}) is running in {out_dir}; wait for it or stop it")
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
+    handle = take_lock(out_dir / SWEEP_LOCK_FILE, patience_s=0.0)
+    if handle is None:
+        raise SweepLockedError(f"another sweep ({describe_holder(out_dir / SWEEP_LOCK_FILE)}) is running in "
+                               f"{out_dir}; wait for it or stop it")
     return handle
 
 
