@@ -337,12 +337,9 @@ def varying_config_keys(runs: list[RunRecord]) -> dict[str, list[Any]]:
     """Config keys (other than the grid axes) whose values differ between runs: a warning sign when comparing."""
     seen: dict[str, set] = defaultdict(set)
     for run in runs:
-        if not run.config:
-            continue
         for key, value in flatten(run.config).items():
-            if key.startswith(AXIS_OR_MACHINE_KEYS) or key in AXIS_OR_MACHINE_KEYS:
-                continue
-            seen[key].add(repr(value))
+            if not key.startswith(AXIS_OR_MACHINE_KEYS):  # a key equal to one starts with it too
+                seen[key].add(repr(value))
     return {key: sorted(values) for key, values in sorted(seen.items()) if len(values) > 1}
 
 

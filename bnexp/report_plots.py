@@ -59,7 +59,8 @@ def _colors(names: list[str]) -> dict[str, Any]:
 
 
 def _save(figure, path: Path) -> Path:
-    figure.tight_layout()
+    if figure.get_layout_engine() is None:  # a figure made with a layout (constrained) lays itself out
+        figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
@@ -247,9 +248,7 @@ def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Pa
         axes.set_title(f"{variant} (seed {seed})", fontsize=9)
     axes_list[-1, 0].set_xlabel("step")
     figure.colorbar(image, ax=axes_list[:, 0].tolist(), label="log10 grad norm", shrink=0.8)
-    figure.savefig(out_dir / f"grad_norm_heatmap_lr{lr:g}.png", dpi=110)
-    plt.close(figure)
-    return PlotResult(title, out_dir / f"grad_norm_heatmap_lr{lr:g}.png",
+    return PlotResult(title, _save(figure, out_dir / f"grad_norm_heatmap_lr{lr:g}.png"),
                       "log10 of each layer's gradient norm (rows, in model order) over logged steps; one panel "
                       "per variant, shared colour scale. Black: exactly zero gradient (the network died); "
                       "blank: nothing logged (after a divergence).")
