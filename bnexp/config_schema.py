@@ -299,13 +299,6 @@ def describe_type_error(dotted_key: str, value: Any) -> str:
         (f"; e.g. {dotted_key}={example}" if example else "")
 
 
-def example_setting(dotted_key: str) -> str | None:
-    """`key=<example>` for a schema key, e.g. 'variant.stat_groups=8'."""
-    located = _locate(dotted_key)
-    example = located[0].metadata.get("example") if located else None
-    return f"{dotted_key}={example}" if example else None
-
-
 def check_train_config(cfg: Any) -> list[str]:
     """Every problem of a train config, one line each (empty when it is valid): the key, the value and a valid
     example. Works on a composed config and on a plain one; keys the config does not have are not checked."""
@@ -408,17 +401,17 @@ def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> No
     hints = _type_hints(schema)
     for schema_field in dataclasses.fields(schema):
         name, key = schema_field.name, prefix + schema_field.name
+        example = f"; e.g. {key}={schema_field.metadata['example']}" if schema_field.metadata.get("example") else ""
         if isinstance(node, DictConfig):
             if name not in node.keys():
                 continue  # optional (e.g. a config built in Python without this group)
             if OmegaConf.is_missing(node, name):
-                example = example_setting(key)
-                problems.append(f"{key} is not set" + (f"; e.g. {example}" if example else ""))
+                problems.append(f"{key} is not set{example}")
                 continue
             try:
                 value = node[name]
             except Exception as error:  # an interpolation that cannot be resolved
-                problems.append(f"{key} cannot be resolved ({error}); e.g. {example_setting(key)}")
+                problems.append(f"{key} cannot be resolved ({error}){example}")
                 continue
         elif isinstance(node, dict):
             if name not in node:
@@ -436,7 +429,6 @@ def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> No
         if isinstance(value, ListConfig):
             value = OmegaConf.to_container(value, resolve=True)
         kind, optional = _kind_of(annotation, schema_field.metadata)
-        example = f"; e.g. {key}={schema_field.metadata['example']}" if schema_field.metadata.get("example") else ""
         if value is None:
             if not optional:
                 problems.append(f"{key}=null is not allowed{example}")
