@@ -232,15 +232,14 @@ def plan_workers(sweep_cfg: DictConfig, n_jobs: int) -> WorkerPlan:
 
 
 def _child_env(gpu: str | None, threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["HYDRA_FULL_ERROR"] = "1"  # full traceback in stderr.log, so the recorded error is the real one
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[variable] = str(threads)
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+           "PYTHONUNBUFFERED": "1",
+           "HYDRA_FULL_ERROR": "1",  # full traceback in stderr.log, so the recorded error is the real one
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           SWEEP_PID_VARIABLE: str(os.getpid())}  # the run dies with the sweep (bnexp.orphan_guard)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    env[SWEEP_PID_VARIABLE] = str(os.getpid())  # the run dies with the sweep (bnexp.orphan_guard)
     return env
 
 
