@@ -400,9 +400,9 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
                   "Failed, killed, incomplete or still running (see README \"Outputs\" for each status); re-running "
                   "the sweep redoes all but the running ones.", ""]
         for run in incomplete:
-            error = (run.summary.get("error") or "").strip().splitlines()
-            lines.append(f"- {run.variant} lr={run.lr:g} seed={run.seed} ({run.status}): "
-                         f"{error[0] if error else STATUS_WITHOUT_ERROR.get(run.status, 'no error recorded')} — "
+            error = first_line((run.summary.get("error") or "").strip(),
+                               STATUS_WITHOUT_ERROR.get(run.status, "no error recorded"))
+            lines.append(f"- {run.variant} lr={run.lr:g} seed={run.seed} ({run.status}): {error} — "
                          f"`{shown_path(run.run_dir)}`")
         lines.append("")
     if skipped:

@@ -83,14 +83,12 @@ def run_status(run_dir: Path, summary: dict[str, Any] | None = None) -> str:
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's resolved config as a plain dict ({} when neither config file is readable)."""
     for name in CONFIG_FILES:
-        path = Path(run_dir) / name
-        if path.is_file():
-            try:
-                loaded = yaml.safe_load(path.read_text())
-            except (OSError, ValueError, yaml.YAMLError):  # ValueError: bytes that are not UTF-8
-                continue
-            if isinstance(loaded, dict):
-                return loaded
+        try:
+            loaded = yaml.safe_load((Path(run_dir) / name).read_text())
+        except (OSError, ValueError, yaml.YAMLError):  # missing or unreadable; ValueError: bytes that are not UTF-8
+            continue
+        if isinstance(loaded, dict):
+            return loaded
     return {}
 
 
@@ -117,11 +115,7 @@ def is_run_dir(path: Path) -> bool:
 
 def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
     """Every run dir at or below the given roots (sweep dirs, Hydra multirun dirs, single runs), deduplicated."""
-    found: dict[Path, None] = {}
-    for root in roots:
-        for run_dir in _walk_run_dirs(Path(root)):
-            found.setdefault(run_dir.resolve(), None)
-    return sorted(found)
+    return sorted({run_dir.resolve() for root in roots for run_dir in _walk_run_dirs(Path(root))})
 
 
 def _walk_run_dirs(root: Path) -> Iterator[Path]:
