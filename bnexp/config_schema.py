@@ -69,9 +69,7 @@ def _device_problem(value: str) -> str | None:
 
 
 def _betas_problem(value: list) -> str | None:
-    if len(value) != 2 or not all(0 <= beta < 1 for beta in value):
-        return "must be two numbers in [0, 1)"
-    return None
+    return None if len(value) == 2 and all(0 <= beta < 1 for beta in value) else "must be two numbers in [0, 1)"
 
 
 def _acc_targets_problem(value: list) -> str | None:
@@ -392,9 +390,7 @@ def _node_schema(node: Any, base: type, key: str, problems: list[str]) -> type:
     return options.get(name, base)
 
 
-@functools.cache
-def _type_hints(schema: type) -> dict[str, Any]:
-    return typing.get_type_hints(schema)
+_type_hints = functools.cache(typing.get_type_hints)  # a schema's annotations, resolved once
 
 
 def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> None:

@@ -124,15 +124,11 @@ def _merge_overrides(*override_lists: list[str]) -> list[str]:
     return list(merged.values())
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
-
-
 def make_run_id(variant: str, model: str | None, lr: float, seed: int, overrides: list[str]) -> str:
     """Readable grid coordinates + a hash of every override, so any change to the recipe gets a new dir."""
     digest = hashlib.sha1(json.dumps(sorted(overrides)).encode()).hexdigest()[:8]
     readable = "_".join(part for part in (model, variant, f"lr{lr:g}", f"seed{seed}") if part)
-    return f"{_safe_name(readable)}_{digest}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", readable).strip("-") + f"_{digest}"
 
 
 def build_jobs(sweep_cfg: DictConfig, cli_train_overrides: list[str]) -> list[SweepJob]:
