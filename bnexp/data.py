@@ -11,6 +11,7 @@ A whole split lives as one (N, 3, 32, 32) uint8 tensor on the training device; a
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -376,17 +377,15 @@ def check_subset_sizes(train_images: int, test_images: int, train_size: int | No
 
 # ---------------------------------------------------------------- on-device batches
 
-_normalize_constants: dict[tuple, tuple[Tensor, Tensor]] = {}
+@functools.cache
+def _mean_and_std(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    # Made once per device: building them from Python lists every step would be a host-to-device copy.
+    return tuple(torch.tensor(values, dtype=dtype).view(1, 3, 1, 1).mul(255).to(device)
+                 for values in (CIFAR10_MEAN, CIFAR10_STD))
 
 
 def normalize(images_uint8: Tensor, dtype=torch.float32) -> Tensor:
-    key = (images_uint8.device, dtype)
-    if key not in _normalize_constants:
-        # Made once per device: building them from Python lists every step would be a host-to-device copy.
-        mean = torch.tensor(CIFAR10_MEAN, dtype=dtype).view(1, 3, 1, 1).mul(255).to(images_uint8.device)
-        std = torch.tensor(CIFAR10_STD, dtype=dtype).view(1, 3, 1, 1).mul(255).to(images_uint8.device)
-        _normalize_constants[key] = (mean, std)
-    mean, std = _normalize_constants[key]
+    mean, std = _mean_and_std(images_uint8.device, dtype)
     return (images_uint8.to(dtype) - mean) / std
 
 
