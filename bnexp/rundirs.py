@@ -119,15 +119,10 @@ def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
 
 
 def _walk_run_dirs(root: Path) -> Iterator[Path]:
-    if is_run_dir(root):
-        yield root
-        return  # a run dir does not contain other runs
-    if not root.is_dir():
-        return
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):  # root itself first; nothing when it is not a dir
         dirnames[:] = sorted(d for d in dirnames if d != ".hydra" and not d.startswith(".tmp"))
         if SUMMARY_FILE in filenames and is_run_dir(Path(dirpath)):
-            dirnames[:] = []
+            dirnames[:] = []  # a run dir does not contain other runs
             yield Path(dirpath)
 
 

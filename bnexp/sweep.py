@@ -20,6 +20,7 @@ the runs are chosen as outcomes come in, from the same run dirs, so it resumes t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import itertools
@@ -211,19 +212,12 @@ class WorkerPlan:
 
 def plan_workers(sweep_cfg: DictConfig, n_jobs: int) -> WorkerPlan:
     gpus = visible_gpu_ids(sweep_cfg.get("gpus", "auto"))
-    workers_setting = sweep_cfg.get("workers", "auto")
-    if workers_setting in (None, "auto"):
-        count = len(gpus) if gpus else 1  # one run per GPU; on CPU one run already uses every core
-    else:
-        count = int(workers_setting)
-    count = max(1, min(count, max(n_jobs, 1)))
+    workers, threads = sweep_cfg.get("workers", "auto"), sweep_cfg.get("threads_per_worker", "auto")
+    # auto: one run per GPU; on CPU one run already uses every core
+    count = max(1, min((len(gpus) or 1) if workers in (None, "auto") else int(workers), max(n_jobs, 1)))
     gpu_of_worker = [gpus[i % len(gpus)] if gpus else None for i in range(count)]
-    threads_setting = sweep_cfg.get("threads_per_worker", "auto")
-    if threads_setting in (None, "auto"):
-        # Split the cores so parallel CPU runs do not oversubscribe each other.
-        threads = max(1, (os.cpu_count() or 1) // count)
-    else:
-        threads = int(threads_setting)
+    # auto: split the cores so parallel CPU runs do not oversubscribe each other
+    threads = max(1, (os.cpu_count() or 1) // count) if threads in (None, "auto") else int(threads)
     return WorkerPlan(count, gpu_of_worker, threads)
 
 
@@ -245,10 +239,8 @@ class SweepStopped(Exception):
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
     if process.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
             os.killpg(process.pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 class TrainingProcesses:
