@@ -238,23 +238,23 @@ register_schemas()
 
 # ---------------------------------------------------------------- checking a config against the schema
 
-def _locate(dotted_key: str) -> tuple[dataclasses.Field, type] | None:
-    """The schema field of a dotted key (`variant.stat_groups`) and the schema that declares it, or None. Below
-    `data`, `optim` and `logger` the fields of every option count."""
-    candidates = [TrainConfig]
-    parts = dotted_key.split(".")
-    for depth, part in enumerate(parts):
-        found = next(((schema_field, schema) for schema in candidates for schema_field in dataclasses.fields(schema)
-                      if schema_field.name == part), None)
-        if found is None:
-            return None
-        if depth == len(parts) - 1:
-            return found
-        child = _type_hints(found[1]).get(part)
+def _schemas_at(prefix: str) -> list[type]:
+    """The schemas whose fields are the keys below a dotted prefix ('': the top level); below `data`, `optim` and
+    `logger` the fields of every option count. [] when the prefix is no config group."""
+    schemas = [TrainConfig]
+    for part in filter(None, prefix.split(".")):
+        child = next((_type_hints(schema)[part] for schema in schemas if part in _type_hints(schema)), None)
         if not (isinstance(child, type) and dataclasses.is_dataclass(child)):
-            return None
-        candidates = [child, *GROUP_OPTION_SCHEMAS.get(part, {}).values()] if depth == 0 else [child]
-    return None
+            return []
+        schemas = [child, *GROUP_OPTION_SCHEMAS.get(part, {}).values()] if schemas[0] is TrainConfig else [child]
+    return schemas
+
+
+def _locate(dotted_key: str) -> tuple[dataclasses.Field, type] | None:
+    """The schema field of a dotted key (`variant.stat_groups`) and the schema that declares it, or None."""
+    parent, _, leaf = dotted_key.rpartition(".")
+    return next(((schema_field, schema) for schema in _schemas_at(parent)
+                 for schema_field in dataclasses.fields(schema) if schema_field.name == leaf), None)
 
 
 def describe_unknown_key(dotted_key: str, node_schema: type | None = None) -> str:
@@ -269,12 +269,7 @@ def describe_unknown_key(dotted_key: str, node_schema: type | None = None) -> st
         current = next(option for option, schema in options.items() if schema is node_schema)
         return (f"{dotted_key} is not a key of {parent}={current}; it belongs to "
                 f"{' and '.join(f'{parent}={owner}' for owner in owners)}")
-    if parent:
-        schema = _type_hints(TrainConfig).get(parent) if "." not in parent else None
-        schemas = [schema, *options.values()] if isinstance(schema, type) else []
-    else:
-        schemas = [TrainConfig]
-    names = sorted({f.name for schema in schemas for f in dataclasses.fields(schema)})
+    names = sorted({f.name for schema in _schemas_at(parent) for f in dataclasses.fields(schema)})
     close = difflib.get_close_matches(leaf, names, n=1)
     prefix = f"{parent}." if parent else ""
     if close:
