@@ -422,8 +422,8 @@ class SweepLedger:
                                      wall_time_s=round(outcome.wall_time_s, 2), error=outcome.error,
                                      final_test_acc=outcome.summary.get("final_test_acc"))
 
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(row["status"] for row in self.rows.values()))
+    def counts(self) -> Counter:
+        return Counter(row["status"] for row in self.rows.values())
 
     def failures(self) -> list[dict[str, Any]]:
         return [row for row in self.rows.values() if row["status"] not in COMPLETED_STATUSES]
@@ -446,9 +446,8 @@ class SweepLedger:
 
 def _progress_text(ledger: SweepLedger, skipped: int) -> str:
     counts = ledger.counts()
-    done = counts.get("finished", 0) + counts.get("diverged", 0)
-    return (f"done={done} (diverged={counts.get('diverged', 0)}, skipped={skipped}) "
-            f"running={counts.get('running', 0)} failed={counts.get('failed', 0)}")
+    return (f"done={counts['finished'] + counts['diverged']} (diverged={counts['diverged']}, skipped={skipped}) "
+            f"running={counts['running']} failed={counts['failed']}")
 
 
 class SweepLockedError(RuntimeError):
