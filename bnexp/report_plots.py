@@ -66,14 +66,11 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def _series_key(run: RunRecord, show_model: bool) -> tuple:
-    return (run.model if show_model else "", variant_sort_key(run.variant))
-
-
 def _runs_by_series(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     """Runs grouped by variant (model/variant when several models are compared), in report order."""
     show_model = len({run.model for run in runs}) > 1
-    ordered = sorted(runs, key=lambda r: (_series_key(r, show_model), r.seed is None, r.seed))
+    ordered = sorted(runs, key=lambda r: (r.model if show_model else "", variant_sort_key(r.variant),
+                                          r.seed is None, r.seed))
     by_series: dict[str, list] = {}
     for run in ordered:
         by_series.setdefault(_series_name(run.model, run.variant, show_model), []).append(run)
