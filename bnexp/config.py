@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -9,14 +10,11 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def config_value(cfg: Any, key: str, default: Any = None) -> Any:
-    """`cfg[key]` from a dict, a DictConfig or None; the default when the key is missing or null."""
-    if cfg is None:
-        return default
-    try:
-        value = cfg.get(key, default)
-    except AttributeError:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
+    """`cfg[key]` from a dict, a DictConfig or None, a dotted key (`optim.lr`) level by level; the default when
+    a level is missing or not a mapping, or the value is null."""
+    for part in key.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, Mapping) else None
+    return default if cfg is None else cfg
 
 
 def compose_train_config(overrides: list[str]):
@@ -84,13 +82,9 @@ def describe_composition_error(error: BaseException) -> str | None:
 
 def _one_line(text: str) -> str:
     """Hydra's multi-line messages as one line, without the config search path it appends."""
-    lines = []
-    for line in str(text).splitlines():
-        if line.strip().startswith(("Config search path", "provider=", "full_key:", "object_type=", "reference_type=")):
-            continue
-        if line.strip():
-            lines.append(line.strip())
-    return "; ".join(lines)
+    lines = [line.strip() for line in str(text).splitlines()]
+    return "; ".join(line for line in lines if line and not line.startswith(
+        ("Config search path", "provider=", "full_key:", "object_type=", "reference_type=")))
 
 
 def _groups_in_train_defaults() -> set[str]:

@@ -67,9 +67,7 @@ def _device_problem(value: str) -> str | None:
 
 
 def _betas_problem(value: list) -> str | None:
-    if len(value) != 2 or not all(0 <= beta < 1 for beta in value):
-        return "must be two numbers in [0, 1)"
-    return None
+    return None if len(value) == 2 and all(0 <= beta < 1 for beta in value) else "must be two numbers in [0, 1)"
 
 
 def _acc_targets_problem(value: list) -> str | None:
@@ -238,23 +236,23 @@ register_schemas()
 
 # ---------------------------------------------------------------- checking a config against the schema
 
-def _locate(dotted_key: str) -> tuple[dataclasses.Field, type] | None:
-    """The schema field of a dotted key (`variant.stat_groups`) and the schema that declares it, or None. Below
-    `data`, `optim` and `logger` the fields of every option count."""
-    candidates = [TrainConfig]
-    parts = dotted_key.split(".")
-    for depth, part in enumerate(parts):
-        found = next(((schema_field, schema) for schema in candidates for schema_field in dataclasses.fields(schema)
-                      if schema_field.name == part), None)
-        if found is None:
-            return None
-        if depth == len(parts) - 1:
-            return found
-        child = _type_hints(found[1]).get(part)
+def _schemas_at(prefix: str) -> list[type]:
+    """The schemas whose fields are the keys below a dotted prefix ('': the top level); below `data`, `optim` and
+    `logger` the fields of every option count. [] when the prefix is no config group."""
+    schemas = [TrainConfig]
+    for part in filter(None, prefix.split(".")):
+        child = next((_type_hints(schema)[part] for schema in schemas if part in _type_hints(schema)), None)
         if not (isinstance(child, type) and dataclasses.is_dataclass(child)):
-            return None
-        candidates = [child, *GROUP_OPTION_SCHEMAS.get(part, {}).values()] if depth == 0 else [child]
-    return None
+            return []
+        schemas = [child, *GROUP_OPTION_SCHEMAS.get(part, {}).values()] if schemas[0] is TrainConfig else [child]
+    return schemas
+
+
+def _locate(dotted_key: str) -> tuple[dataclasses.Field, type] | None:
+    """The schema field of a dotted key (`variant.stat_groups`) and the schema that declares it, or None."""
+    parent, _, leaf = dotted_key.rpartition(".")
+    return next(((schema_field, schema) for schema in _schemas_at(parent)
+                 for schema_field in dataclasses.fields(schema) if schema_field.name == leaf), None)
 
 
 def describe_unknown_key(dotted_key: str, node_schema: type | None = None) -> str:
@@ -269,12 +267,7 @@ def describe_unknown_key(dotted_key: str, node_schema: type | None = None) -> st
         current = next(option for option, schema in options.items() if schema is node_schema)
         return (f"{dotted_key} is not a key of {parent}={current}; it belongs to "
                 f"{' and '.join(f'{parent}={owner}' for owner in owners)}")
-    if parent:
-        schema = _type_hints(TrainConfig).get(parent) if "." not in parent else None
-        schemas = [schema, *options.values()] if isinstance(schema, type) else []
-    else:
-        schemas = [TrainConfig]
-    names = sorted({f.name for schema in schemas for f in dataclasses.fields(schema)})
+    names = sorted({f.name for schema in _schemas_at(parent) for f in dataclasses.fields(schema)})
     close = difflib.get_close_matches(leaf, names, n=1)
     prefix = f"{parent}." if parent else ""
     if close:
@@ -295,13 +288,6 @@ def describe_type_error(dotted_key: str, value: Any) -> str:
     example = schema_field.metadata.get("example")
     return f"{dotted_key}={_show(value)} is not {_KIND_WORDS.get(kind, 'of its type')}" + \
         (f"; e.g. {dotted_key}={example}" if example else "")
-
-
-def example_setting(dotted_key: str) -> str | None:
-    """`key=<example>` for a schema key, e.g. 'variant.stat_groups=8'."""
-    located = _locate(dotted_key)
-    example = located[0].metadata.get("example") if located else None
-    return f"{dotted_key}={example}" if example else None
 
 
 def check_train_config(cfg: Any) -> list[str]:
@@ -343,30 +329,20 @@ def _spell(value: Any) -> str:
     return value if isinstance(value, str) else _show(value)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 _KIND_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
                "list:float": "a list of numbers", "list:str": "a list of strings"}
 
 
+# The Python types of each kind; a bool is an int to Python, but never a number here.
+_KIND_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
 def _type_ok(value: Any, kind: str) -> bool:
-    if kind == "int":
-        return _is_int(value)
-    if kind == "float":
-        return _is_number(value)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind == "bool":
-        return isinstance(value, bool)
     if kind.startswith("list:"):
         return isinstance(value, (list, tuple)) and all(_type_ok(item, kind[5:]) for item in value)
-    return True
+    if kind not in _KIND_TYPES:
+        return True
+    return isinstance(value, _KIND_TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
 
 
 def _value_problem(value: Any, kind: str, rules: Mapping) -> str | None:
@@ -407,26 +383,24 @@ def _node_schema(node: Any, base: type, key: str, problems: list[str]) -> type:
     return options.get(name, base)
 
 
-@functools.cache
-def _type_hints(schema: type) -> dict[str, Any]:
-    return typing.get_type_hints(schema)
+_type_hints = functools.cache(typing.get_type_hints)  # a schema's annotations, resolved once
 
 
 def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> None:
     hints = _type_hints(schema)
     for schema_field in dataclasses.fields(schema):
         name, key = schema_field.name, prefix + schema_field.name
+        example = f"; e.g. {key}={schema_field.metadata['example']}" if schema_field.metadata.get("example") else ""
         if isinstance(node, DictConfig):
             if name not in node.keys():
                 continue  # optional (e.g. a config built in Python without this group)
             if OmegaConf.is_missing(node, name):
-                example = example_setting(key)
-                problems.append(f"{key} is not set" + (f"; e.g. {example}" if example else ""))
+                problems.append(f"{key} is not set{example}")
                 continue
             try:
                 value = node[name]
             except Exception as error:  # an interpolation that cannot be resolved
-                problems.append(f"{key} cannot be resolved ({error}); e.g. {example_setting(key)}")
+                problems.append(f"{key} cannot be resolved ({error}){example}")
                 continue
         elif isinstance(node, dict):
             if name not in node:
@@ -444,7 +418,6 @@ def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> No
         if isinstance(value, ListConfig):
             value = OmegaConf.to_container(value, resolve=True)
         kind, optional = _kind_of(annotation, schema_field.metadata)
-        example = f"; e.g. {key}={schema_field.metadata['example']}" if schema_field.metadata.get("example") else ""
         if value is None:
             if not optional:
                 problems.append(f"{key}=null is not allowed{example}")

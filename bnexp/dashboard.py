@@ -26,6 +26,7 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from bnexp.config import CONF_DIR
+from bnexp.rundirs import flatten
 from bnexp.dashboard_spec import (  # noqa: F401  (the spec's names, used here and by the tests)
     DashboardError, DashboardSpec, Grouping, Key, Panel, ReportSpec, Section, config, history, summary)
 
@@ -263,22 +264,12 @@ def missing_keys(spec: DashboardSpec, history_keys: set[str], summary_keys: set[
                 problems.append(f"{where}: regex {panel.regex!r} matches no logged key")
     for key in spec.grouping.keys + [spec.grouping.lr_key]:
         check(key, "grouping")
-    flat_config = _flat_values(config)
+    flat_config = flatten(config)
     for attribute, config_key in spec.grouping.mirrors.items():
         if run_attributes.get(attribute) != flat_config.get(config_key):
             problems.append(f"grouping: run {attribute} {run_attributes.get(attribute)!r} is not config "
                             f"{config_key} {flat_config.get(config_key)!r}")
     return problems
-
-
-def _flat_values(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    values = {}
-    for name, value in mapping.items():
-        if isinstance(value, dict):
-            values.update(_flat_values(value, f"{prefix}{name}."))
-        else:
-            values[f"{prefix}{name}"] = value
-    return values
 
 
 # ----------------------------------------------------------------------------------------------------------------

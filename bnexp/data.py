@@ -11,6 +11,7 @@ A whole split lives as one (N, 3, 32, 32) uint8 tensor on the training device; a
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -139,30 +140,25 @@ def _list_encoded_images(path: Path) -> dict[str, list[tuple[str, str, bytes]]]:
     the path inside the folder or the archive, for error messages."""
     found: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
 
-    def file_entry(relative_parts: tuple[str, ...]):
-        # Accept <root>/{train,test}/<class>/<file> with any number of leading folders.
-        for index, part in enumerate(relative_parts[:-2]):
-            if part in found and len(relative_parts) - index == 3:
-                return part, relative_parts[index + 1]
-        return None
-
-    # the first read of an archive takes a while (a few seconds for CIFAR-10's .tar.xz): show the count and rate
-    with tqdm(unit="file", desc=f"reading {path.name}", mininterval=1.0, dynamic_ncols=True) as progress:
+    def files():
+        """(name inside the source, a reader of its bytes) of every file, from the folder or the archive."""
         if path.is_dir():
             for file in sorted(path.rglob("*")):
-                if file.suffix.lower() in IMAGE_SUFFIXES:
-                    entry = file_entry(file.relative_to(path).parts)
-                    if entry:
-                        found[entry[0]].append((entry[1], str(file.relative_to(path)), file.read_bytes()))
-                        progress.update(1)
+                yield str(file.relative_to(path)), file.read_bytes
         else:
             with tarfile.open(path, "r:*") as archive:
                 for member in archive:
-                    if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
-                        entry = file_entry(Path(member.name).parts)
-                        if entry:
-                            found[entry[0]].append((entry[1], member.name, archive.extractfile(member).read()))
-                            progress.update(1)
+                    if member.isfile():
+                        yield member.name, archive.extractfile(member).read
+
+    # the first read of an archive takes a while (a few seconds for CIFAR-10's .tar.xz): show the count and rate
+    with tqdm(unit="file", desc=f"reading {path.name}", mininterval=1.0, dynamic_ncols=True) as progress:
+        for name, read in files():
+            parts = Path(name).parts
+            # <root>/{train,test}/<class>/<file> with any number of leading folders
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and len(parts) >= 3 and parts[-3] in found:
+                found[parts[-3]].append((parts[-2], name, read()))
+                progress.update(1)
     for split in found:
         found[split].sort(key=lambda item: item[0])  # stable: files keep their order within a class
     return found
@@ -247,9 +243,7 @@ def load_image_folder(path: str, cache_dir: str, workers: int | None = None, *, 
 
 def _read_cache(cache_file: Path, description: str) -> Dataset | None:
     """The cached arrays, or None when there is no cache or it is corrupt or old (then it is rebuilt)."""
-    if not cache_file.exists():
-        return None
-    try:
+    try:  # no cache: np.load's FileNotFoundError is one of READ_ERRORS
         with np.load(cache_file) as cached:
             if int(cached["format_version"]) != CACHE_FORMAT_VERSION:
                 return None
@@ -321,7 +315,7 @@ def _process_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # another user's process
+        pass  # another user's process
     return True
 
 
@@ -383,17 +377,15 @@ def check_subset_sizes(train_images: int, test_images: int, train_size: int | No
 
 # ---------------------------------------------------------------- on-device batches
 
-_normalize_constants: dict[tuple, tuple[Tensor, Tensor]] = {}
+@functools.cache
+def _mean_and_std(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    # Made once per device: building them from Python lists every step would be a host-to-device copy.
+    return tuple(torch.tensor(values, dtype=dtype).view(1, 3, 1, 1).mul(255).to(device)
+                 for values in (CIFAR10_MEAN, CIFAR10_STD))
 
 
 def normalize(images_uint8: Tensor, dtype=torch.float32) -> Tensor:
-    key = (images_uint8.device, dtype)
-    if key not in _normalize_constants:
-        # Made once per device: building them from Python lists every step would be a host-to-device copy.
-        mean = torch.tensor(CIFAR10_MEAN, dtype=dtype).view(1, 3, 1, 1).mul(255).to(images_uint8.device)
-        std = torch.tensor(CIFAR10_STD, dtype=dtype).view(1, 3, 1, 1).mul(255).to(images_uint8.device)
-        _normalize_constants[key] = (mean, std)
-    mean, std = _normalize_constants[key]
+    mean, std = _mean_and_std(images_uint8.device, dtype)
     return (images_uint8.to(dtype) - mean) / std
 
 

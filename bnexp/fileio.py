@@ -20,12 +20,8 @@ from typing import IO, Any, Iterator
 _PROCESS_STARTED = time.time()
 
 
-def _temporary_pattern(path: Path) -> str:
-    return f".{glob.escape(path.name)}.*.tmp"
-
-
 def _remove_stale_temporaries(path: Path) -> None:
-    for candidate in path.parent.glob(_temporary_pattern(path)):
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         try:
             if candidate.stat().st_mtime < _PROCESS_STARTED:
                 candidate.unlink()

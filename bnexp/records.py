@@ -249,10 +249,14 @@ def accuracy_targets(runs: list[RunRecord]) -> list[str]:
     return sorted(targets, key=lambda t: float(t))
 
 
+def _summary_numbers(runs: list[RunRecord], key: str) -> list[float]:
+    """The runs' summary.json `key`, where it is a number (not NaN)."""
+    return [value for value in (as_float(run.summary.get(key)) for run in runs) if value is not None]
+
+
 def final_accuracies(runs: list[RunRecord]) -> list[float]:
     """Final test accuracy of each seed that finished (diverged seeds have none; they are counted apart)."""
-    return [a for a in (as_float(run.summary.get("final_test_acc")) for run in runs if run.status == "finished")
-            if a is not None]
+    return _summary_numbers([run for run in runs if run.status == "finished"], "final_test_acc")
 
 
 def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
@@ -269,8 +273,8 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
         diverged = [run for run in members if run.status == "diverged"]
         # Accuracy over seeds that finished without diverging; divergence is reported in its own column.
         accuracies = final_accuracies(members)
-        best = [a for a in (as_float(run.summary.get("best_test_acc")) for run in finished) if a is not None]
-        grad_norms = [g for g in (as_float(run.summary.get("max_grad_norm")) for run in members) if g is not None]
+        best = _summary_numbers(finished, "best_test_acc")
+        grad_norms = _summary_numbers(members, "max_grad_norm")
         completed = len(finished) + len(diverged)
         values: dict[str, Any] = {
             "n_runs": len(members), "n_finished": len(finished), "n_diverged": len(diverged),
@@ -296,8 +300,7 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
         values["grad_norm_peak_after_init_max"] = max(peaks) if peaks else math.nan
         values["grad_norm_last_mean"] = _mean(last)
         for key in ("train_loss_auc", "wall_time_s", "images_per_s"):
-            numbers = [v for v in (as_float(run.summary.get(key)) for run in finished) if v is not None]
-            values[f"{key}_mean"] = _mean(numbers)
+            values[f"{key}_mean"] = _mean(_summary_numbers(finished, key))
         groups.append(GroupStats(model, variant, lr, members, values))
     groups.sort(key=lambda g: (g.model, variant_sort_key(g.variant), g.lr))
     return groups
@@ -334,12 +337,9 @@ def varying_config_keys(runs: list[RunRecord]) -> dict[str, list[Any]]:
     """Config keys (other than the grid axes) whose values differ between runs: a warning sign when comparing."""
     seen: dict[str, set] = defaultdict(set)
     for run in runs:
-        if not run.config:
-            continue
         for key, value in flatten(run.config).items():
-            if key.startswith(AXIS_OR_MACHINE_KEYS) or key in AXIS_OR_MACHINE_KEYS:
-                continue
-            seen[key].add(repr(value))
+            if not key.startswith(AXIS_OR_MACHINE_KEYS):  # a key equal to one starts with it too
+                seen[key].add(repr(value))
     return {key: sorted(values) for key, values in sorted(seen.items()) if len(values) > 1}
 
 
@@ -439,15 +439,11 @@ ALL_CHANNELS = "all"
 NO_NORM = "no norm"
 
 
-def last_grad_norm(run: RunRecord) -> float | None:
-    """The last `grad_norm/global` in metrics.jsonl (0 when the network died), None when none was logged."""
-    return grad_norm_trajectory(run).last
-
-
 def run_outcome(run: RunRecord, min_acc: float = DEFAULT_MIN_ACC) -> edge_search.Outcome | None:
-    """How the run ended for the edge of stability: trains, diverged, collapsed, failed; None while unknown."""
-    return edge_search.classify_run(run.status, as_float(run.summary.get("final_test_acc")),
-                                    last_grad_norm(run) if run.status == "finished" else None, min_acc)
+    """How the run ended for the edge of stability: trains, diverged, collapsed, failed; None while unknown.
+    A finished run's last `grad_norm/global` of exactly 0 (the network died) makes it collapsed."""
+    last_grad_norm = grad_norm_trajectory(run).last if run.status == "finished" else None
+    return edge_search.classify_run(run.status, as_float(run.summary.get("final_test_acc")), last_grad_norm, min_acc)
 
 
 def channels_per_statistic(config: dict[str, Any]) -> int | str | None:
@@ -484,9 +480,6 @@ class EdgeOfStability:
     @property
     def first_failing_lr(self) -> float | None:
         return self.bracket.first_fails.lr if self.bracket.first_fails else None
-
-    def describe(self) -> str:
-        return self.bracket.describe()
 
 
 def edges_of_stability(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) -> list[EdgeOfStability]:

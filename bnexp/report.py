@@ -28,7 +28,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -92,65 +92,52 @@ def portable_config(config: dict) -> dict:
     return {**config, "data": {**data, "path": os.path.relpath(data["path"])}}
 
 
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    return value
+def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
+    """A header and rows, a NaN written as an empty cell."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows([["" if isinstance(value, float) and math.isnan(value) else value for value in row]
+                          for row in rows])
 
 
 def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(RUN_COLUMNS)
-        for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr or 0, r.seed or 0)):
-            error = run.summary.get("error")
-            row = {"model": run.model, "variant": run.variant, "lr": run.lr, "seed": run.seed, "status": run.status,
-                   "run_dir": shown_path(run.run_dir), "error": first_line(error)}
-            writer.writerow([_csv_value(row.get(c, run.summary.get(c))) for c in RUN_COLUMNS])
+    rows = []
+    for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr or 0, r.seed or 0)):
+        row = {"model": run.model, "variant": run.variant, "lr": run.lr, "seed": run.seed, "status": run.status,
+               "run_dir": shown_path(run.run_dir), "error": first_line(run.summary.get("error"))}
+        rows.append([row.get(c, run.summary.get(c)) for c in RUN_COLUMNS])
+    _write_csv(path, list(RUN_COLUMNS), rows)
 
 
 def write_summary_csv(groups: list[GroupStats], path: Path) -> None:
     value_columns = list(dict.fromkeys(key for group in groups for key in group.values))
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["model", "variant", "lr", *value_columns])
-        for group in groups:
-            writer.writerow([group.model, group.variant, group.lr,
-                             *(_csv_value(group.values.get(c, math.nan)) for c in value_columns)])
+    _write_csv(path, ["model", "variant", "lr", *value_columns],
+               [[group.model, group.variant, group.lr, *(group.values.get(c, math.nan) for c in value_columns)]
+                for group in groups])
 
 
 def write_stable_csv(stable: list[StableLr], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["model", "variant", "largest_stable_lr", "smallest_unstable_lr", "stable_at_top_of_grid",
-                         "largest_training_lr"])
-        for item in stable:
-            writer.writerow([item.model, item.variant, _csv_value(item.largest_stable_lr),
-                             _csv_value(item.smallest_unstable_lr), item.top_of_grid,
-                             _csv_value(item.largest_training_lr)])
+    _write_csv(path, ["model", "variant", "largest_stable_lr", "smallest_unstable_lr", "stable_at_top_of_grid",
+                      "largest_training_lr"],
+               [[item.model, item.variant, item.largest_stable_lr, item.smallest_unstable_lr, item.top_of_grid,
+                 item.largest_training_lr] for item in stable])
 
 
 def write_edge_csv(edges: list[EdgeOfStability], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["model", "variant", "channels_per_statistic", "max_stable_lr", "first_failing_lr",
-                         "capped", "floored", "lrs_tried", "bracket"])
-        for edge in edges:
-            writer.writerow([edge.model, edge.variant, _csv_value(edge.channels_per_statistic),
-                             _csv_value(edge.max_stable_lr), _csv_value(edge.first_failing_lr),
-                             edge.bracket.capped, edge.bracket.floored,
-                             " ".join(f"{lr:g}" for lr in edge.lrs_tried), edge.describe()])
+    _write_csv(path, ["model", "variant", "channels_per_statistic", "max_stable_lr", "first_failing_lr", "capped",
+                      "floored", "lrs_tried", "bracket"],
+               [[edge.model, edge.variant, edge.channels_per_statistic, edge.max_stable_lr, edge.first_failing_lr,
+                 edge.bracket.capped, edge.bracket.floored, " ".join(f"{lr:g}" for lr in edge.lrs_tried),
+                 edge.bracket.describe()] for edge in edges])
 
 
 def write_differences_csv(comparisons: list[Comparison], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["model", "lr", "variant", "reference", "difference", "ci_low", "ci_high", "n_variant",
-                         "n_reference", "resolved", "verdict"])
-        for c in comparisons:
-            d = c.difference
-            writer.writerow([c.model, c.lr, c.variant, c.reference, d.difference, _csv_value(d.low),
-                             _csv_value(d.high), d.n_a, d.n_b, d.resolved, c.verdict()])
+    _write_csv(path, ["model", "lr", "variant", "reference", "difference", "ci_low", "ci_high", "n_variant",
+                      "n_reference", "resolved", "verdict"],
+               [[c.model, c.lr, c.variant, c.reference, c.difference.difference, c.difference.low,
+                 c.difference.high, c.difference.n_a, c.difference.n_b, c.difference.resolved, c.verdict()]
+                for c in comparisons])
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -228,7 +215,7 @@ def edge_markdown(edges: list[EdgeOfStability], show_model: bool) -> str:
         channels = "–" if edge.channels_per_statistic is None else str(edge.channels_per_statistic)
         largest = "none" if edge.max_stable_lr is None else f"{edge.max_stable_lr:g}"
         rows.append(([edge.model] if show_model else []) + [
-            edge.variant, channels, largest, edge.describe(), ", ".join(f"{lr:g}" for lr in edge.lrs_tried)])
+            edge.variant, channels, largest, edge.bracket.describe(), ", ".join(f"{lr:g}" for lr in edge.lrs_tried)])
     return markdown_table(header, rows)
 
 
@@ -423,9 +410,9 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
                   "Failed, killed, incomplete or still running (see README \"Outputs\" for each status); re-running "
                   "the sweep redoes all but the running ones.", ""]
         for run in incomplete:
-            error = (run.summary.get("error") or "").strip().splitlines()
-            lines.append(f"- {run.variant} lr={run.lr:g} seed={run.seed} ({run.status}): "
-                         f"{error[0] if error else STATUS_WITHOUT_ERROR.get(run.status, 'no error recorded')} — "
+            error = first_line((run.summary.get("error") or "").strip(),
+                               STATUS_WITHOUT_ERROR.get(run.status, "no error recorded"))
+            lines.append(f"- {run.variant} lr={run.lr:g} seed={run.seed} ({run.status}): {error} — "
                          f"`{shown_path(run.run_dir)}`")
         lines.append("")
     if skipped:

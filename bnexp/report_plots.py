@@ -59,20 +59,18 @@ def _colors(names: list[str]) -> dict[str, Any]:
 
 
 def _save(figure, path: Path) -> Path:
-    figure.tight_layout()
+    if figure.get_layout_engine() is None:  # a figure made with a layout (constrained) lays itself out
+        figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
 
 
-def _series_key(run: RunRecord, show_model: bool) -> tuple:
-    return (run.model if show_model else "", variant_sort_key(run.variant))
-
-
 def _runs_by_series(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     """Runs grouped by variant (model/variant when several models are compared), in report order."""
     show_model = len({run.model for run in runs}) > 1
-    ordered = sorted(runs, key=lambda r: (_series_key(r, show_model), r.seed is None, r.seed))
+    ordered = sorted(runs, key=lambda r: (r.model if show_model else "", variant_sort_key(r.variant),
+                                          r.seed is None, r.seed))
     by_series: dict[str, list] = {}
     for run in ordered:
         by_series.setdefault(_series_name(run.model, run.variant, show_model), []).append(run)
@@ -183,13 +181,10 @@ def plot_loss_curves(runs: list[RunRecord], lr: float | None, out_dir: Path) -> 
     return PlotResult(title, path, "Per-step training loss of every seed, one colour per variant.")
 
 
-def _layer_names(records: list[dict]) -> list[str]:
-    names: dict[str, None] = {}
-    for record in records:
-        for key in record:
-            if key.startswith(LAYER_PREFIX) and key != GLOBAL_KEY:
-                names.setdefault(key[len(LAYER_PREFIX):], None)
-    return list(names)
+def _layer_grad_norms(record: dict) -> dict[str, Any]:
+    """A record's per-layer `grad_norm/<layer>` values by layer name (not `grad_norm/global`)."""
+    return {key[len(LAYER_PREFIX):]: value for key, value in record.items()
+            if key.startswith(LAYER_PREFIX) and key != GLOBAL_KEY}
 
 
 def _cell_edges(steps: list[int]) -> np.ndarray:
@@ -220,7 +215,7 @@ def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Pa
     for variant, members in _runs_at_lr(runs, lr).items():
         for run in members:  # the lowest seed that has per-layer records
             records = run.step_records()
-            layers = _layer_names(records)
+            layers = list(dict.fromkeys(layer for record in records for layer in _layer_grad_norms(record)))
             if layers:
                 records = [r for r in records if any(LAYER_PREFIX + n in r for n in layers)]
                 steps = [r["step"] for r in records]
@@ -230,7 +225,7 @@ def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Pa
     if not panels:
         return PlotResult(title, None, note="no per-layer `grad_norm/<layer>` keys in metrics.jsonl "
                                             "(runs without instrumentation)")
-    finite = np.concatenate([p[4][np.isfinite(p[4])] for p in panels]) if panels else np.array([])
+    finite = np.concatenate([p[4][np.isfinite(p[4])] for p in panels])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     colormap = matplotlib.colormaps["viridis"].with_extremes(under="black")
     n_layers = max(len(p[2]) for p in panels)
@@ -250,25 +245,18 @@ def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Pa
         axes.set_title(f"{variant} (seed {seed})", fontsize=9)
     axes_list[-1, 0].set_xlabel("step")
     figure.colorbar(image, ax=axes_list[:, 0].tolist(), label="log10 grad norm", shrink=0.8)
-    figure.savefig(out_dir / f"grad_norm_heatmap_lr{lr:g}.png", dpi=110)
-    plt.close(figure)
-    return PlotResult(title, out_dir / f"grad_norm_heatmap_lr{lr:g}.png",
+    return PlotResult(title, _save(figure, out_dir / f"grad_norm_heatmap_lr{lr:g}.png"),
                       "log10 of each layer's gradient norm (rows, in model order) over logged steps; one panel "
                       "per variant, shared colour scale. Black: exactly zero gradient (the network died); "
                       "blank: nothing logged (after a divergence).")
 
 
 def _init_grad_norms(run: RunRecord) -> dict[str, float]:
-    from_summary = run.summary.get("init_grad_norms")
-    if isinstance(from_summary, dict) and from_summary:
-        return {k: v for k, v in ((k, as_float(v)) for k, v in from_summary.items()) if v is not None}
-    records = run.step_records()
-    if not records:
-        return {}
-    first = min(records, key=lambda r: r["step"])  # step-0 record as a fallback for older summaries
-    return {k[len(LAYER_PREFIX):]: v for k, v in ((k, as_float(first[k])) for k in first
-                                                  if k.startswith(LAYER_PREFIX) and k != GLOBAL_KEY)
-            if v is not None}
+    norms = run.summary.get("init_grad_norms")
+    if not (isinstance(norms, dict) and norms):  # the step-0 record, as a fallback for older summaries
+        records = run.step_records()
+        norms = _layer_grad_norms(min(records, key=lambda r: r["step"])) if records else {}
+    return {layer: value for layer, value in ((layer, as_float(v)) for layer, v in norms.items()) if value is not None}
 
 
 @never_raises("Per-layer gradient norm at initialisation")

@@ -5,6 +5,7 @@ everything back). Readers are tolerant: a killed run can leave a half-written me
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -82,36 +83,26 @@ def run_status(run_dir: Path, summary: dict[str, Any] | None = None) -> str:
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's resolved config as a plain dict ({} when neither config file is readable)."""
     for name in CONFIG_FILES:
-        path = Path(run_dir) / name
-        if path.is_file():
-            try:
-                loaded = yaml.safe_load(path.read_text())
-            except (OSError, ValueError, yaml.YAMLError):  # ValueError: bytes that are not UTF-8
-                continue
-            if isinstance(loaded, dict):
-                return loaded
+        try:
+            loaded = yaml.safe_load((Path(run_dir) / name).read_text())
+        except (OSError, ValueError, yaml.YAMLError):  # missing or unreadable; ValueError: bytes that are not UTF-8
+            continue
+        if isinstance(loaded, dict):
+            return loaded
     return {}
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """All records of metrics.jsonl; skips blank or truncated lines (a killed run can leave one)."""
-    path = Path(run_dir) / METRICS_FILE
-    records: list[dict[str, Any]] = []
+    records: list[Any] = []
     try:
-        with open(path, errors="replace") as handle:  # a damaged byte spoils its line only
-            for line in handle:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    records.append(record)
+        with open(Path(run_dir) / METRICS_FILE, errors="replace") as handle:  # a damaged byte spoils its line only
+            for line in filter(str.strip, handle):
+                with contextlib.suppress(ValueError):
+                    records.append(json.loads(line))
     except OSError:
         return []
-    return records
+    return [record for record in records if isinstance(record, dict)]
 
 
 def is_run_dir(path: Path) -> bool:
@@ -124,23 +115,14 @@ def is_run_dir(path: Path) -> bool:
 
 def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
     """Every run dir at or below the given roots (sweep dirs, Hydra multirun dirs, single runs), deduplicated."""
-    found: dict[Path, None] = {}
-    for root in roots:
-        for run_dir in _walk_run_dirs(Path(root)):
-            found.setdefault(run_dir.resolve(), None)
-    return sorted(found)
+    return sorted({run_dir.resolve() for root in roots for run_dir in _walk_run_dirs(Path(root))})
 
 
 def _walk_run_dirs(root: Path) -> Iterator[Path]:
-    if is_run_dir(root):
-        yield root
-        return  # a run dir does not contain other runs
-    if not root.is_dir():
-        return
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):  # root itself first; nothing when it is not a dir
         dirnames[:] = sorted(d for d in dirnames if d != ".hydra" and not d.startswith(".tmp"))
         if SUMMARY_FILE in filenames and is_run_dir(Path(dirpath)):
-            dirnames[:] = []
+            dirnames[:] = []  # a run dir does not contain other runs
             yield Path(dirpath)
 
 

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import IO
 
 LOCK_FILE = "run.lock"
 # A reader probing the lock holds it for microseconds; a starting run retries for this long before giving up.
@@ -35,6 +36,30 @@ def describe_holder(lock_path: Path) -> str:
     return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started_at', '?')}"
 
 
+def take_lock(path: Path, patience_s: float) -> IO | None:
+    """An exclusive flock on `path`, with this process's pid, host and start time written in; None when another
+    process still holds it after `patience_s`. The lock lasts until the returned handle is closed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # "a+": open without truncating, so a holder's pid stays readable until this process owns the lock
+    handle = open(path, "a+")
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                return None
+            time.sleep(0.05)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+    handle.flush()
+    return handle
+
+
 class RunDirLock:
     """`with RunDirLock(run_dir):` the run dir is this process's until the block ends (or the process dies)."""
 
@@ -43,28 +68,11 @@ class RunDirLock:
         self._handle = None
 
     def __enter__(self) -> "RunDirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # "a+": open without truncating, so a holder's pid stays readable until this process owns the lock
-        handle = open(self.path, "a+")
-        deadline = time.monotonic() + _ACQUIRE_PATIENCE_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.close()
-                    raise RunDirLocked(
-                        f"{self.path.parent} is in use by another run ({describe_holder(self.path)}); "
-                        "wait for it to end or stop it, or give this run its own folder "
-                        "(hydra.run.dir=<new folder>)") from None
-                time.sleep(0.05)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
-        handle.flush()
-        self._handle = handle
+        self._handle = take_lock(self.path, _ACQUIRE_PATIENCE_S)
+        if self._handle is None:
+            raise RunDirLocked(f"{self.path.parent} is in use by another run ({describe_holder(self.path)}); "
+                               "wait for it to end or stop it, or give this run its own folder "
+                               "(hydra.run.dir=<new folder>)")
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -20,8 +20,8 @@ the runs are chosen as outcomes come in, from the same run dirs, so it resumes t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import fcntl
 import hashlib
 import itertools
 import json
@@ -45,7 +45,7 @@ from tqdm import tqdm
 from bnexp.config import CONF_DIR
 from bnexp.fileio import atomic_write
 from bnexp.orphan_guard import SWEEP_PID_VARIABLE
-from bnexp.runlock import LOCK_FILE, RunDirLocked, describe_holder, lock_state
+from bnexp.runlock import LOCK_FILE, RunDirLocked, describe_holder, lock_state, take_lock
 from bnexp.sweep_edge import EdgePlanner, sweep_mode
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
@@ -60,6 +60,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 STDERR_TAIL_LINES = 25
 STATUS_FILE = "sweep_status.json"
 RUNS_CSV = "runs.csv"
+SWEEP_LOCK_FILE = "sweep.lock"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -124,15 +125,11 @@ def _merge_overrides(*override_lists: list[str]) -> list[str]:
     return list(merged.values())
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
-
-
 def make_run_id(variant: str, model: str | None, lr: float, seed: int, overrides: list[str]) -> str:
     """Readable grid coordinates + a hash of every override, so any change to the recipe gets a new dir."""
     digest = hashlib.sha1(json.dumps(sorted(overrides)).encode()).hexdigest()[:8]
     readable = "_".join(part for part in (model, variant, f"lr{lr:g}", f"seed{seed}") if part)
-    return f"{_safe_name(readable)}_{digest}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", readable).strip("-") + f"_{digest}"
 
 
 def build_jobs(sweep_cfg: DictConfig, cli_train_overrides: list[str]) -> list[SweepJob]:
@@ -215,32 +212,24 @@ class WorkerPlan:
 
 def plan_workers(sweep_cfg: DictConfig, n_jobs: int) -> WorkerPlan:
     gpus = visible_gpu_ids(sweep_cfg.get("gpus", "auto"))
-    workers_setting = sweep_cfg.get("workers", "auto")
-    if workers_setting in (None, "auto"):
-        count = len(gpus) if gpus else 1  # one run per GPU; on CPU one run already uses every core
-    else:
-        count = int(workers_setting)
-    count = max(1, min(count, max(n_jobs, 1)))
+    workers, threads = sweep_cfg.get("workers", "auto"), sweep_cfg.get("threads_per_worker", "auto")
+    # auto: one run per GPU; on CPU one run already uses every core
+    count = max(1, min((len(gpus) or 1) if workers in (None, "auto") else int(workers), max(n_jobs, 1)))
     gpu_of_worker = [gpus[i % len(gpus)] if gpus else None for i in range(count)]
-    threads_setting = sweep_cfg.get("threads_per_worker", "auto")
-    if threads_setting in (None, "auto"):
-        # Split the cores so parallel CPU runs do not oversubscribe each other.
-        threads = max(1, (os.cpu_count() or 1) // count)
-    else:
-        threads = int(threads_setting)
+    # auto: split the cores so parallel CPU runs do not oversubscribe each other
+    threads = max(1, (os.cpu_count() or 1) // count) if threads in (None, "auto") else int(threads)
     return WorkerPlan(count, gpu_of_worker, threads)
 
 
 def _child_env(gpu: str | None, threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["HYDRA_FULL_ERROR"] = "1"  # full traceback in stderr.log, so the recorded error is the real one
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[variable] = str(threads)
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+           "PYTHONUNBUFFERED": "1",
+           "HYDRA_FULL_ERROR": "1",  # full traceback in stderr.log, so the recorded error is the real one
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           SWEEP_PID_VARIABLE: str(os.getpid())}  # the run dies with the sweep (bnexp.orphan_guard)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    env[SWEEP_PID_VARIABLE] = str(os.getpid())  # the run dies with the sweep (bnexp.orphan_guard)
     return env
 
 
@@ -250,10 +239,8 @@ class SweepStopped(Exception):
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
     if process.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
             os.killpg(process.pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 class TrainingProcesses:
@@ -435,11 +422,8 @@ class SweepLedger:
                                      wall_time_s=round(outcome.wall_time_s, 2), error=outcome.error,
                                      final_test_acc=outcome.summary.get("final_test_acc"))
 
-    def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.rows.values():
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
-        return counts
+    def counts(self) -> Counter:
+        return Counter(row["status"] for row in self.rows.values())
 
     def failures(self) -> list[dict[str, Any]]:
         return [row for row in self.rows.values() if row["status"] not in COMPLETED_STATUSES]
@@ -462,9 +446,8 @@ class SweepLedger:
 
 def _progress_text(ledger: SweepLedger, skipped: int) -> str:
     counts = ledger.counts()
-    done = counts.get("finished", 0) + counts.get("diverged", 0)
-    return (f"done={done} (diverged={counts.get('diverged', 0)}, skipped={skipped}) "
-            f"running={counts.get('running', 0)} failed={counts.get('failed', 0)}")
+    return (f"done={counts['finished'] + counts['diverged']} (diverged={counts['diverged']}, skipped={skipped}) "
+            f"running={counts['running']} failed={counts['failed']}")
 
 
 class SweepLockedError(RuntimeError):
@@ -474,18 +457,10 @@ class SweepLockedError(RuntimeError):
 def _lock_sweep_dir(out_dir: Path):
     """An exclusive lock on <out_dir>/sweep.lock: two sweeps on one dir would redo each other's running runs.
     flock is released by the kernel when the process dies, so a killed sweep never leaves a stale lock."""
-    handle = open(out_dir / "sweep.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "unknown"
-        handle.close()
-        raise SweepLockedError(f"another sweep (pid {owner}) is running in {out_dir}; wait for it or stop it")
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
+    handle = take_lock(out_dir / SWEEP_LOCK_FILE, patience_s=0.0)
+    if handle is None:
+        raise SweepLockedError(f"another sweep ({describe_holder(out_dir / SWEEP_LOCK_FILE)}) is running in "
+                               f"{out_dir}; wait for it or stop it")
     return handle
 
 
@@ -497,12 +472,15 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         searches = len(sweep_cfg.only_variants or sweep_cfg.variants) * max(1, len(sweep_cfg.get("models") or []))
         one_worker = plan_workers(sweep_cfg, searches * len(sweep_cfg.seeds)).count == 1
         planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=one_worker, build_jobs=build_jobs)
-        jobs = planner.known_jobs() + planner.next_jobs()
-    else:
-        jobs = build_jobs(sweep_cfg, cli_train_overrides)
+
+    def jobs_and_pending() -> tuple[list[SweepJob], list[SweepJob]]:
+        """The jobs (edge mode: those known and the first round) and those not finished/diverged yet."""
+        jobs = planner.known_jobs() + planner.next_jobs() if planner else build_jobs(sweep_cfg, cli_train_overrides)
+        return jobs, [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
+
     out_dir = Path(sweep_cfg.out_dir).resolve()
     train_module = str(sweep_cfg.get("train_module") or "bnexp.train")
-    pending = [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
+    jobs, pending = jobs_and_pending()
     skipped = len(jobs) - len(pending)
 
     if dry_run:
@@ -511,8 +489,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
             print(f"[{state}] {' '.join(train_command(job, train_module))}")
         if planner is not None:
             print(f"{planner.describe_settings()}; so far:")
-            for search, bracket in planner.brackets().items():
-                print(f"  {search.describe()}: {bracket.describe()}")
+            _print_brackets(planner)
             print(f"edge mode: {len(pending)} run(s) in the first round, {skipped} known; later rounds depend on "
                   f"their outcomes; out_dir={out_dir}")
             return 0
@@ -522,9 +499,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_sweep_dir(out_dir)  # noqa: F841  (held until this process exits)
     # Job statuses are read after taking the lock: another sweep may have just finished some of them.
-    if planner is not None:
-        jobs = planner.known_jobs() + planner.next_jobs()
-    pending = [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
+    jobs, pending = jobs_and_pending()
     skipped = len(jobs) - len(pending)
     ledger = SweepLedger(sweep_cfg, jobs, out_dir)
     if planner is not None:
@@ -585,10 +560,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         job, outcome = futures[future], (None if future.cancelled() else future.result())
         if outcome is None:
             return
-        if ledger.rows[job.run_id]["status"] == "pending":  # started and ended between two looks
-            slot = started_on[job.run_id]
-            ledger.mark_running(job.run_id, slot, plan.gpu_of_worker[slot])
-        ledger.mark_done(job, outcome)
+        ledger.mark_done(job, outcome)  # marked running already: note_started() runs first, after the run ended
         accuracy = outcome.summary.get("final_test_acc")
         detail = f" test_acc={accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""
         if outcome.status == "failed":
@@ -662,19 +634,21 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     print(f"sweep {ledger.name}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
           + f" -> {out_dir / STATUS_FILE}")
     if planner is not None:
-        for search, bracket in planner.brackets().items():
-            print(f"  {search.describe()}: {bracket.describe()}")
+        _print_brackets(planner)
     if failures:
         print(f"{len(failures)} run(s) did not finish; re-run the same command to redo only these:",
               file=sys.stderr)
         for row in failures:
-            if row["status"] == "pending":
-                error_line = "not started (sweep interrupted)"
-            else:
-                error_line = first_line(row.get("error"), row["status"])
+            error_line = ("not started (sweep interrupted)" if row["status"] == "pending"
+                          else first_line(row.get("error"), row["status"]))
             print(f"  - {row['run_id']}: {error_line}\n    see {row['run_dir']}/stderr.log", file=sys.stderr)
         return 130 if interrupted else 1
     return 0
+
+
+def _print_brackets(planner: EdgePlanner) -> None:
+    for search, bracket in planner.brackets().items():
+        print(f"  {search.describe()}: {bracket.describe()}")
 
 
 def _raise_keyboard_interrupt(signum, frame):

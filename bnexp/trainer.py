@@ -37,15 +37,11 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def device_feature_enabled(setting, name: str, on_cuda: bool) -> bool:
-    """train.amp / train.channels_last: `auto` turns the feature on for CUDA only (on the CPU bf16 autocast and
-    channels_last are slower, not faster); true / false force it on any device (true on the CPU is how the
-    tests exercise the CUDA code path)."""
-    if setting is None or (isinstance(setting, str) and setting.lower() == "auto"):
-        return on_cuda
-    if isinstance(setting, bool):
-        return setting
-    raise ValueError(f"{name}={setting!r} is not a valid setting; use {name}=auto (CUDA only), true or false")
+def device_feature_enabled(setting: str | bool, on_cuda: bool) -> bool:
+    """train.amp / train.channels_last (auto, true or false: the schema allows no other value): `auto` turns the
+    feature on for CUDA only (on the CPU bf16 autocast and channels_last are slower, not faster); true / false
+    force it on any device (true on the CPU is how the tests exercise the CUDA code path)."""
+    return on_cuda if setting == "auto" else setting
 
 
 def seed_everything(seed: int) -> None:
@@ -237,9 +233,9 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
 
     # The model, its optimiser, the stability probe and the step that runs them.
     on_cuda = device.type == "cuda"
-    amp = device_feature_enabled(cfg.train.amp, "train.amp", on_cuda)
-    memory_format = (torch.channels_last if device_feature_enabled(cfg.train.channels_last, "train.channels_last",
-                                                                  on_cuda) else torch.contiguous_format)
+    amp = device_feature_enabled(cfg.train.amp, on_cuda)
+    memory_format = torch.channels_last if device_feature_enabled(cfg.train.channels_last, on_cuda) \
+        else torch.contiguous_format
     model = model_from_config(cfg).to(device, memory_format=memory_format)
     summary["stat_groups_by_layer"] = stat_groups_by_layer(model)
     step_model = torch.compile(model) if cfg.train.compile else model

@@ -44,12 +44,10 @@ def has_wandb_credentials() -> bool:
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
     netrc_paths = [os.environ.get("NETRC"), os.path.expanduser("~/.netrc"), os.path.expanduser("~/_netrc")]
     for path in filter(None, netrc_paths):
-        if not os.path.isfile(path):
-            continue
         try:
             if netrc.netrc(path).authenticators(host):
                 return True
-        except (netrc.NetrcParseError, OSError):
+        except (netrc.NetrcParseError, OSError):  # no such file, or not one netrc can read
             continue
     return False
 
@@ -91,11 +89,9 @@ class WandbSink:
 
         self.run_dir = Path(run_dir)
         logger_cfg = config_value(cfg, "logger")
-        variant_name = config_value(config_value(cfg, "variant"), "name", "variant")
-        model_name = config_value(config_value(cfg, "model"), "name", "model")
-        data_name = config_value(config_value(cfg, "data"), "name", None)
-        lr = config_value(config_value(cfg, "optim"), "lr", None)
-        seed = config_value(cfg, "seed", None)
+        variant_name = config_value(cfg, "variant.name", "variant")
+        model_name = config_value(cfg, "model.name", "model")
+        data_name, lr, seed = config_value(cfg, "data.name"), config_value(cfg, "optim.lr"), config_value(cfg, "seed")
 
         config_dict = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
         tags = [str(t) for t in (config_value(logger_cfg, "tags", []) or [])]

@@ -56,6 +56,10 @@ def _spread(scales: torch.Tensor) -> torch.Tensor:
     return torch.where(high > 0, high / torch.maximum(low, high / MAX_SCALE_RATIO), torch.ones_like(high))
 
 
+def channel_dims(x: torch.Tensor) -> list[int]:
+    return [d for d in range(x.dim()) if d != 1]
+
+
 def norm_input_stats(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-channel batch statistics of a norm layer's input, summarised over channels; how far the running
     statistics (read before this batch updates them: what eval mode would use now) are from this batch's, at the
@@ -65,7 +69,7 @@ def norm_input_stats(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tens
     if x.dim() < 2:
         return {}
     x = x if x.dtype == torch.float32 else x.float()  # fp32 statistics under autocast
-    channel_var, channel_mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != 1], unbiased=False)
+    channel_var, channel_mean = torch.var_mean(x, dim=channel_dims(x), unbiased=False)
     mean_min, mean_max = torch.aminmax(channel_mean)
     var_min, var_max = torch.aminmax(channel_var)
     stats = {"mean_mean": channel_mean.mean(), "mean_min": mean_min, "mean_max": mean_max,
@@ -92,10 +96,6 @@ def norm_input_stats(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tens
 def output_rms(_module: nn.Module, y: torch.Tensor) -> dict[str, torch.Tensor]:
     # vector_norm accumulates in fp32 without materialising a squared (or upcast) copy
     return {"rms": torch.linalg.vector_norm(y, dtype=torch.float32) / math.sqrt(max(y.numel(), 1))}
-
-
-def channel_dims(x: torch.Tensor) -> list[int]:
-    return [d for d in range(x.dim()) if d != 1]
 
 
 def norm_output_spread(module: nn.Module, y: torch.Tensor) -> dict[str, torch.Tensor]:

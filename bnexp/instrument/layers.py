@@ -16,14 +16,8 @@ def tensor_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The user module behind torch.compile / DataParallel wrappers, so that layer names stay stable."""
-    while True:
-        if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        else:
-            return model
+    """The user module behind torch.compile's wrapper (its `_orig_mod`), so that layer names stay stable."""
+    return getattr(model, "_orig_mod", model)
 
 
 class ParameterLayers:

@@ -6,8 +6,7 @@ import statistics
 from collections import deque
 from typing import Any
 
-from bnexp.config import config_value
-from bnexp.instrument.probe import DEFAULT_INSTRUMENT_CFG
+from bnexp.instrument.probe import instrument_setting
 
 
 class LossCurve:
@@ -15,10 +14,8 @@ class LossCurve:
     losses before it; NaN losses are left out of that median."""
 
     def __init__(self, instrument_cfg: Any = None):
-        self.spike_factor = float(config_value(instrument_cfg, "loss_spike_factor",
-                                               DEFAULT_INSTRUMENT_CFG["loss_spike_factor"]))
-        self.recent = deque(maxlen=max(1, int(config_value(instrument_cfg, "loss_window",
-                                                           DEFAULT_INSTRUMENT_CFG["loss_window"]))))
+        self.spike_factor = float(instrument_setting(instrument_cfg, "loss_spike_factor"))
+        self.recent = deque(maxlen=max(1, int(instrument_setting(instrument_cfg, "loss_window"))))
         self.steps = 0
         self.loss_sum = 0.0
         self.spikes = 0

@@ -31,6 +31,11 @@ DEFAULT_INSTRUMENT_CFG = {
 }
 
 
+def instrument_setting(instrument_cfg: Any, key: str) -> Any:
+    """`instrument.<key>` of the run's config, or its default (no config: tests and benchmarks)."""
+    return config_value(instrument_cfg, key, DEFAULT_INSTRUMENT_CFG[key])
+
+
 class Measurement(NamedTuple):
     step: int
     keys: list[str]
@@ -50,16 +55,13 @@ class StabilityProbe:
     """Called around each optimisation step: before_forward, after_backward, after_optimizer_step."""
 
     def __init__(self, model: nn.Module, instrument_cfg: Any = None):
-        def setting(key):
-            return config_value(instrument_cfg, key, DEFAULT_INSTRUMENT_CFG[key])
-
         model = unwrap_model(model)
-        self.every = int(setting("every"))
-        self.acc_targets = [float(target) for target in setting("acc_targets")]
-        self.record_update_ratio = bool(setting("update_ratio"))
+        self.every = int(instrument_setting(instrument_cfg, "every"))
+        self.acc_targets = [float(target) for target in instrument_setting(instrument_cfg, "acc_targets")]
+        self.record_update_ratio = bool(instrument_setting(instrument_cfg, "update_ratio"))
         self.layers = ParameterLayers(model)
         self.layer_names = self.layers.names
-        self.hooks = ForwardHooks(model, self._add) if setting("activations") else None
+        self.hooks = ForwardHooks(model, self._add) if instrument_setting(instrument_cfg, "activations") else None
         self.history = GradNormHistory(self.layer_names)
         self.mechanism = MechanismHistory()
         self._step: int | None = None  # the step being measured, and its values so far
