@@ -83,13 +83,15 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-def portable_config(config: dict) -> dict:
-    """The run's config with an absolute data path written relative to the current dir (`../data/x.tar.xz`), so
-    the committed report names where the data lies beside the checkout, not a folder of the machine it ran on."""
-    data = config.get("data")
-    if not isinstance(data, dict) or not str(data.get("path") or "").startswith("/"):
-        return config
-    return {**config, "data": {**data, "path": os.path.relpath(data["path"])}}
+def portable_config(config: Any) -> Any:
+    """The run's config with every absolute path in it (data.path, data.data_dir, ...) written relative to the
+    current dir (`../data/x.tar.xz`), so a committed report names where files lie beside the checkout, not
+    folders of the machine it ran on."""
+    if isinstance(config, dict):
+        return {key: portable_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [portable_config(value) for value in config]
+    return os.path.relpath(config) if isinstance(config, str) and os.path.isabs(config) else config
 
 
 def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:

@@ -101,7 +101,13 @@ def run_summary_base(cfg: DictConfig) -> dict:
             "data_source": None,
             "final_test_acc": None, "best_test_acc": None, "epochs_done": 0, "steps_done": 0,
             "wall_time_s": 0.0, "images_per_s": None, "diverged_step": None, "error": None,
-            "stat_groups_by_layer": None, "provenance": provenance(cfg.get("device"))}
+            "stat_groups_by_layer": _recorded_stat_groups(cfg), "provenance": provenance(cfg.get("device"))}
+
+
+def _recorded_stat_groups(cfg: DictConfig) -> dict | None:
+    """What record_stat_groups put into the config, as a plain dict (None when the model could not be built)."""
+    groups = cfg.variant.get("stat_groups_by_layer")
+    return OmegaConf.to_container(groups) if isinstance(groups, DictConfig) else groups
 
 
 def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dict:
@@ -237,7 +243,6 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
     memory_format = torch.channels_last if device_feature_enabled(cfg.train.channels_last, on_cuda) \
         else torch.contiguous_format
     model = model_from_config(cfg).to(device, memory_format=memory_format)
-    summary["stat_groups_by_layer"] = stat_groups_by_layer(model)
     step_model = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(model, cfg.optim)
     probe = StabilityProbe(model, cfg.get("instrument"))

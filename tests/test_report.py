@@ -319,7 +319,7 @@ def test_report_shows_run_dirs_below_the_current_dir_relative(tmp_path: Path, mo
     dir nor the data archive beside it, which the runs' configs name by its absolute path."""
     checkout = tmp_path / "checkout"
     archive = tmp_path / "shared" / "cifar10.tar.xz"
-    data = {"data": {"name": "cifar10_folder", "path": str(archive)}}
+    data = {"data": {"name": "cifar10_folder", "path": str(archive), "data_dir": str(tmp_path / "cache")}}
     make_run_dir(checkout / "sweep" / "runs" / "ok", "correct_bn", 0.1, 0, extra_config=data)
     make_run_dir(checkout / "sweep" / "runs" / "bad", "no_bn", 0.1, 0, status="failed", final_test_acc=None,
                  extra_config=data)
@@ -331,6 +331,7 @@ def test_report_shows_run_dirs_below_the_current_dir_relative(tmp_path: Path, mo
     assert str(tmp_path) not in text
     assert f"`{os.path.join('sweep', 'runs', 'bad')}`" in text
     assert f"path: {os.path.join('..', 'shared', 'cifar10.tar.xz')}" in text
+    assert f"data_dir: {os.path.join('..', 'cache')}" in text
 
 
 # ----------------------------------------------------------------------------------------------------------------
