@@ -18,6 +18,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import bnexp.config_schema  # noqa: F401  (registers the schemas conf/train.yaml extends, as the CLI does)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 TINY_RUN = ["optim.lr=0.05", "seed=0", "data=synthetic", "data.train_size=128", "data.test_size=64",
