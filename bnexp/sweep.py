@@ -566,7 +566,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         if outcome.status == "failed":
             detail = f" ({first_line(outcome.error, 'no error text')})"
             if planner is not None and not processes.stopping:  # a run the sweep stopped tells nothing
-                planner.mark_failed(job.run_id)
+                planner.failed_here.add(job.run_id)
         bar.write(f"{outcome.status:>8}: {job.describe()}{detail} [{outcome.wall_time_s:.1f}s] {job.run_dir}")
         # before update(): update() redraws, and the line should show the counts of this run
         bar.set_postfix_str(_progress_text(ledger, skipped), refresh=False)
