@@ -54,7 +54,7 @@ def edge_settings(sweep_cfg: DictConfig) -> tuple[edge_search.EdgeSearchSettings
     seeds = tuple(int(seed) for seed in sweep_cfg.seeds)
     grid_lrs = [float(lr) for lr in (sweep_cfg.get("lrs") or [])]
     defaults = edge_search.EdgeSearchSettings(start_lr=0.1)
-    start_lr = _setting(sweep_cfg, "edge_start_lr", min(grid_lrs) if grid_lrs else defaults.start_lr)
+    start_lr = _setting(sweep_cfg, "edge_start_lr", min(grid_lrs, default=defaults.start_lr))
     settings = edge_search.EdgeSearchSettings(
         start_lr=start_lr, seeds=seeds, ratio=_setting(sweep_cfg, "edge_ratio", defaults.ratio),
         growth=_setting(sweep_cfg, "edge_growth", defaults.growth),
@@ -128,17 +128,14 @@ class EdgePlanner:
     def outcomes(self) -> dict[Search, dict[float, dict[int, edge_search.Outcome]]]:
         """Every known outcome per search, read from the run dirs (a dense grid's runs included)."""
         known: dict[Search, dict[float, dict[int, edge_search.Outcome]]] = {s: {} for s in self.searches}
-        if not self.runs_dir.is_dir():
-            return known
-        for run_dir in sorted(path for path in self.runs_dir.iterdir() if path.is_dir()):
+        for run_dir in sorted(path for path in self.runs_dir.glob("*") if path.is_dir()):  # none before the first run
             located = self._run_of_dir(run_dir)
             if located is None:
                 continue
             search, lr, seed = located
             outcome = self._completed.get(run_dir.name)
             if outcome is None:
-                status = run_status(run_dir)
-                if status in COMPLETED_STATUSES:
+                if run_status(run_dir) in COMPLETED_STATUSES:
                     outcome = run_outcome(load_run(run_dir), self.min_acc)
                     self._completed[run_dir.name] = outcome
                 elif run_dir.name in self.failed_here:
