@@ -190,7 +190,7 @@ def visible_gpu_ids(gpus_setting: Any) -> list[str]:
         return [str(g) for g in gpus_setting]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+        return [g for g in map(str.strip, visible.split(",")) if g not in ("", "-1")]
     try:
         import torch  # imported lazily: the sweep itself never computes anything
         return [str(i) for i in range(torch.cuda.device_count())]
@@ -427,8 +427,7 @@ class SweepLedger:
         with atomic_write(self.out_dir / RUNS_CSV, newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=RUN_FIELDS, extrasaction="ignore")
             writer.writeheader()
-            for row in self.rows.values():
-                writer.writerow({**row, "error": first_line(row.get("error"))})
+            writer.writerows({**row, "error": first_line(row.get("error"))} for row in self.rows.values())
 
 
 # ----------------------------------------------------------------------------------------------------------------
