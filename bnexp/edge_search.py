@@ -84,7 +84,7 @@ def round_lr(lr: float) -> float:
 
 
 def same_lr(first: float, second: float) -> bool:
-    return abs(first - second) <= SAME_LR_TOLERANCE * max(abs(first), abs(second))
+    return math.isclose(first, second, rel_tol=SAME_LR_TOLERANCE)
 
 
 @dataclass(frozen=True)
