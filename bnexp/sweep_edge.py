@@ -104,8 +104,8 @@ class EdgePlanner:
         """The sweep job of one run, exactly as the grid mode would build it."""
         key = (search, edge_search.round_lr(lr), seed)
         if key not in self._jobs:
-            (self._jobs[key],) = self._grid_jobs(only_variants=[search.variant], lrs=[float(lr)], seeds=[int(seed)],
-                                                 models=[search.model] if search.model else None)
+            (self._jobs[key],) = self._grid_jobs(only_variants=[search.variant], lrs=[float(lr)],
+                                                 seeds=[int(seed)], models=[search.model] if search.model else None)
         return self._jobs[key]
 
     def _run_of_dir(self, run_dir: Path) -> tuple | None:
@@ -128,7 +128,8 @@ class EdgePlanner:
     def outcomes(self) -> dict[Search, dict[float, dict[int, edge_search.Outcome]]]:
         """Every known outcome per search, read from the run dirs (a dense grid's runs included)."""
         known: dict[Search, dict[float, dict[int, edge_search.Outcome]]] = {s: {} for s in self.searches}
-        for run_dir in sorted(path for path in self.runs_dir.glob("*") if path.is_dir()):  # none before the first run
+        # glob: no runs dir (before the first run) lists nothing
+        for run_dir in sorted(path for path in self.runs_dir.glob("*") if path.is_dir()):
             located = self._run_of_dir(run_dir)
             if located is None:
                 continue
