@@ -104,8 +104,9 @@ class EdgePlanner:
         """The sweep job of one run, exactly as the grid mode would build it."""
         key = (search, edge_search.round_lr(lr), seed)
         if key not in self._jobs:
-            (self._jobs[key],) = self._grid_jobs(only_variants=[search.variant], lrs=[float(lr)],
-                                                 seeds=[int(seed)], models=[search.model] if search.model else None)
+            models = [search.model] if search.model else None
+            (self._jobs[key],) = self._grid_jobs(only_variants=[search.variant], models=models, lrs=[float(lr)],
+                                                 seeds=[int(seed)])
         return self._jobs[key]
 
     def _run_of_dir(self, run_dir: Path) -> tuple | None:
