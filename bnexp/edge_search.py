@@ -45,17 +45,10 @@ def classify_run(status: str | None, final_test_acc: float | None, last_grad_nor
     `min_acc` is the accuracy that counts as trained (0.2 is twice chance on CIFAR-10's 10 classes);
     `last_grad_norm`, when given, marks a run whose gradient died (exactly 0) as collapsed whatever its accuracy.
     """
-    if status == "diverged":
-        return Outcome.DIVERGED
-    if status == "failed":
-        return Outcome.FAILED
-    if status != "finished":
-        return None
-    if last_grad_norm is not None and last_grad_norm == 0.0:
-        return Outcome.COLLAPSED
-    if final_test_acc is None or not math.isfinite(final_test_acc) or final_test_acc < min_acc:
-        return Outcome.COLLAPSED
-    return Outcome.TRAINS
+    if status != "finished":  # a diverged or failed run's status is its outcome
+        return Outcome(status) if status in (Outcome.DIVERGED, Outcome.FAILED) else None
+    trained = final_test_acc is not None and math.isfinite(final_test_acc) and final_test_acc >= min_acc
+    return Outcome.TRAINS if trained and last_grad_norm != 0.0 else Outcome.COLLAPSED
 
 
 @dataclass(frozen=True)
@@ -82,16 +75,16 @@ class EdgeSearchSettings:
             raise ValueError(f"edge search growth={self.growth} must be above 1 (e.g. 2 to double)")
 
 
-def round_lr(lr: float) -> float:
-    return float(f"{lr:.{LR_DIGITS}g}")
-
-
 def format_lr(lr: float) -> str:
     return f"{lr:.{LR_DIGITS}g}"
 
 
+def round_lr(lr: float) -> float:
+    return float(format_lr(lr))
+
+
 def same_lr(first: float, second: float) -> bool:
-    return abs(first - second) <= SAME_LR_TOLERANCE * max(abs(first), abs(second))
+    return math.isclose(first, second, rel_tol=SAME_LR_TOLERANCE)
 
 
 @dataclass(frozen=True)
@@ -102,8 +95,8 @@ class LrVerdict:
     seeds: tuple[int, ...]
 
     @property
-    def failing(self) -> list[Outcome]:
-        return [outcome for seed, outcome in sorted(self.outcomes.items()) if outcome != Outcome.TRAINS]
+    def failing(self) -> set[Outcome]:
+        return set(self.outcomes.values()) - {Outcome.TRAINS}
 
     @property
     def fails(self) -> bool:
@@ -111,7 +104,7 @@ class LrVerdict:
 
     @property
     def trains(self) -> bool:
-        return not self.fails and all(seed in self.outcomes for seed in self.seeds)
+        return not self.fails and not self.missing_seeds
 
     @property
     def missing_seeds(self) -> list[int]:
@@ -192,13 +185,11 @@ def find_bracket(settings: EdgeSearchSettings,
     """
     verdicts = lr_verdicts(outcomes, settings.seeds)
     runs = sum(len(verdict.outcomes) for verdict in verdicts)
-    failing = [verdict for verdict in verdicts if verdict.fails]
-    first_fails = failing[0] if failing else None
-    training = [verdict for verdict in verdicts if verdict.trains
-                and (first_fails is None or verdict.lr < first_fails.lr)]
-    last_trains = training[-1] if training else None
-    non_monotone = tuple(verdict.lr for verdict in verdicts
-                         if verdict.trains and first_fails is not None and verdict.lr > first_fails.lr)
+    first_fails = next((verdict for verdict in verdicts if verdict.fails), None)
+    lowest_failing_lr = first_fails.lr if first_fails else math.inf
+    last_trains = next((verdict for verdict in reversed(verdicts)
+                        if verdict.trains and verdict.lr < lowest_failing_lr), None)
+    non_monotone = tuple(verdict.lr for verdict in verdicts if verdict.trains and verdict.lr > lowest_failing_lr)
 
     def bracket(next_lr: float | None, **flags) -> EdgeBracket:
         return EdgeBracket(last_trains, first_fails, next_lr, non_monotone=non_monotone, runs=runs, **flags)
@@ -228,11 +219,10 @@ def next_runs(settings: EdgeSearchSettings, outcomes: Mapping[float, Mapping[int
     bracket = find_bracket(settings, outcomes)
     if bracket.done:
         return []
-    known = next((verdict for verdict in lr_verdicts(outcomes, settings.seeds) if same_lr(verdict.lr, bracket.next_lr)),
-                 None)
     # the bracket only asks for an lr no verdict has decided, so this lr has seeds left to run
-    missing = known.missing_seeds if known else list(settings.seeds)
-    runs = [(bracket.next_lr if known is None else known.lr, seed) for seed in missing]
+    known = next((verdict for verdict in lr_verdicts(outcomes, settings.seeds)
+                  if same_lr(verdict.lr, bracket.next_lr)), LrVerdict(bracket.next_lr, {}, settings.seeds))
+    runs = [(known.lr, seed) for seed in known.missing_seeds]
     return runs[:1] if one_at_a_time else runs
 
 

@@ -157,16 +157,11 @@ def build_jobs(sweep_cfg: DictConfig, cli_train_overrides: list[str]) -> list[Sw
 
     runs_dir = Path(sweep_cfg.out_dir).resolve() / "runs"
     jobs: dict[str, SweepJob] = {}
-    for label, variant_overrides in variants.items():
-        for model in models:
-            for lr in lrs:
-                for seed in seeds:
-                    grid = [*variant_overrides, *([f"model={model}"] if model else []),
-                            f"optim.lr={lr!r}", f"seed={seed}"]
-                    overrides = _merge_overrides(common, cli_train_overrides, grid)
-                    run_id = make_run_id(label, model, lr, seed, overrides)
-                    jobs.setdefault(run_id, SweepJob(run_id, label, model, lr, seed, tuple(overrides),
-                                                     runs_dir / run_id))
+    for label, model, lr, seed in itertools.product(variants, models, lrs, seeds):
+        grid = [*variants[label], *([f"model={model}"] if model else []), f"optim.lr={lr!r}", f"seed={seed}"]
+        overrides = _merge_overrides(common, cli_train_overrides, grid)
+        run_id = make_run_id(label, model, lr, seed, overrides)
+        jobs.setdefault(run_id, SweepJob(run_id, label, model, lr, seed, tuple(overrides), runs_dir / run_id))
     return list(jobs.values())
 
 
@@ -195,7 +190,7 @@ def visible_gpu_ids(gpus_setting: Any) -> list[str]:
         return [str(g) for g in gpus_setting]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+        return [g for g in map(str.strip, visible.split(",")) if g not in ("", "-1")]
     try:
         import torch  # imported lazily: the sweep itself never computes anything
         return [str(i) for i in range(torch.cuda.device_count())]
@@ -302,10 +297,8 @@ def _describe_returncode(returncode: int) -> str:
 def _error_headline(stderr_tail: str) -> str:
     """The line of a stderr tail that says what went wrong: the last exception / 'error:' line, else the last."""
     lines = [line.strip() for line in stderr_tail.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if re.search(r"(Error|Exception|error:|Killed|Traceback)", line):
-            return line
-    return lines[-1] if lines else ""
+    says_what = re.compile(r"(Error|Exception|error:|Killed|Traceback)")
+    return next((line for line in reversed(lines) if says_what.search(line)), lines[-1] if lines else "")
 
 
 def record_failure(job: SweepJob, returncode: int | None, reason: str, stderr_tail: str) -> dict[str, Any]:
@@ -321,10 +314,8 @@ def record_failure(job: SweepJob, returncode: int | None, reason: str, stderr_ta
     if own_error:
         summary["trainer_error"] = own_error  # the trainer's own account, kept verbatim
     headline = first_line(str(own_error).strip()) if own_error else _error_headline(stderr_tail)
-    summary["status"] = "failed"
-    summary["error"] = (f"{reason}: {headline}" if headline else reason) + (f"\n{stderr_tail}" if stderr_tail else "")
-    summary["returncode"] = returncode
-    summary["sweep_variant"] = job.variant
+    error = (f"{reason}: {headline}" if headline else reason) + (f"\n{stderr_tail}" if stderr_tail else "")
+    summary.update(status="failed", error=error, returncode=returncode, sweep_variant=job.variant)
     write_json_atomic(job.run_dir / "summary.json", summary)
     return summary
 
@@ -436,8 +427,7 @@ class SweepLedger:
         with atomic_write(self.out_dir / RUNS_CSV, newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=RUN_FIELDS, extrasaction="ignore")
             writer.writeheader()
-            for row in self.rows.values():
-                writer.writerow({**row, "error": first_line(row.get("error"))})
+            writer.writerows({**row, "error": first_line(row.get("error"))} for row in self.rows.values())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -466,12 +456,12 @@ def _lock_sweep_dir(out_dir: Path):
 
 def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bool = False) -> int:
     """Run (or resume) the sweep; returns the process exit code."""
-    planner = None
+    planner = plan = None
     if sweep_mode(sweep_cfg) == "edge":
         # one worker runs an lr's seeds one at a time, so that an lr whose first seed fails costs one run
         searches = len(sweep_cfg.only_variants or sweep_cfg.variants) * max(1, len(sweep_cfg.get("models") or []))
-        one_worker = plan_workers(sweep_cfg, searches * len(sweep_cfg.seeds)).count == 1
-        planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=one_worker, build_jobs=build_jobs)
+        plan = plan_workers(sweep_cfg, searches * len(sweep_cfg.seeds))
+        planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=plan.count == 1, build_jobs=build_jobs)
 
     def jobs_and_pending() -> tuple[list[SweepJob], list[SweepJob]]:
         """The jobs (edge mode: those known and the first round) and those not finished/diverged yet."""
@@ -492,8 +482,8 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
             _print_brackets(planner)
             print(f"edge mode: {len(pending)} run(s) in the first round, {skipped} known; later rounds depend on "
                   f"their outcomes; out_dir={out_dir}")
-            return 0
-        print(f"{len(jobs)} runs, {len(pending)} to run, {skipped} already done; out_dir={out_dir}")
+        else:
+            print(f"{len(jobs)} runs, {len(pending)} to run, {skipped} already done; out_dir={out_dir}")
         return 0
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -505,7 +495,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     if planner is not None:
         ledger.extra["edge"] = planner.status()
     ledger.save("running")
-    plan = plan_workers(sweep_cfg, len(pending) if planner is None else searches * len(sweep_cfg.seeds))
+    plan = plan or plan_workers(sweep_cfg, len(pending))  # the edge mode's plan is made above
     timeout_s = sweep_cfg.get("timeout_s")
     devices = ", ".join(f"GPU {g}" for g in plan.gpu_of_worker) if plan.gpu_of_worker[0] is not None \
         else f"CPU, {plan.threads_per_worker} thread(s) each"
@@ -566,7 +556,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         if outcome.status == "failed":
             detail = f" ({first_line(outcome.error, 'no error text')})"
             if planner is not None and not processes.stopping:  # a run the sweep stopped tells nothing
-                planner.mark_failed(job.run_id)
+                planner.failed_here.add(job.run_id)
         bar.write(f"{outcome.status:>8}: {job.describe()}{detail} [{outcome.wall_time_s:.1f}s] {job.run_dir}")
         # before update(): update() redraws, and the line should show the counts of this run
         bar.set_postfix_str(_progress_text(ledger, skipped), refresh=False)
@@ -651,10 +641,6 @@ def _print_brackets(planner: EdgePlanner) -> None:
         print(f"  {search.describe()}: {bracket.describe()}")
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bnexp.sweep",
@@ -670,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     # SIGTERM (e.g. a batch system stopping the job) takes the same orderly path as Ctrl-C.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         sweep_overrides, train_overrides = split_cli_overrides(args.overrides)
         sweep_cfg = compose_sweep_config(sweep_overrides)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from bnexp import edge_search
 from bnexp.records import DEFAULT_MIN_ACC, load_run, run_outcome
@@ -54,7 +54,7 @@ def edge_settings(sweep_cfg: DictConfig) -> tuple[edge_search.EdgeSearchSettings
     seeds = tuple(int(seed) for seed in sweep_cfg.seeds)
     grid_lrs = [float(lr) for lr in (sweep_cfg.get("lrs") or [])]
     defaults = edge_search.EdgeSearchSettings(start_lr=0.1)
-    start_lr = _setting(sweep_cfg, "edge_start_lr", min(grid_lrs) if grid_lrs else defaults.start_lr)
+    start_lr = _setting(sweep_cfg, "edge_start_lr", min(grid_lrs, default=defaults.start_lr))
     settings = edge_search.EdgeSearchSettings(
         start_lr=start_lr, seeds=seeds, ratio=_setting(sweep_cfg, "edge_ratio", defaults.ratio),
         growth=_setting(sweep_cfg, "edge_growth", defaults.growth),
@@ -84,33 +84,29 @@ class EdgePlanner:
         self.settings, self.min_acc = edge_settings(sweep_cfg)
         self.one_at_a_time = one_at_a_time
         self.runs_dir = Path(sweep_cfg.out_dir).resolve() / "runs"
-        variants = list(sweep_cfg.only_variants or sweep_cfg.variants)
-        unknown = [label for label in variants if label not in sweep_cfg.variants]
-        if unknown:
-            raise ValueError(f"sweep.only_variants names unknown variants {unknown}; known: {list(sweep_cfg.variants)}")
-        models = list(sweep_cfg.get("models") or []) or [None]
-        self.searches = [Search(str(variant), None if model is None else str(model))
-                         for variant in variants for model in models]
+        # one search per variant x model cell of the grid (whose builder checks sweep.only_variants)
+        self.searches = [Search(job.variant, job.model)
+                         for job in self._grid_jobs(lrs=[self.settings.start_lr], seeds=[self.settings.seeds[0]])]
         self.failed_here: set[str] = set()      # run ids that failed in this sweep: they count as not training
-        self._jobs: dict[tuple, object] = {}    # (search, lr, seed) -> SweepJob | None
+        self._jobs: dict[tuple, object] = {}    # (search, lr, seed) -> SweepJob
         self._dir_jobs: dict[str, tuple | None] = {}  # run dir name -> (search, lr, seed) when it is this recipe's
         self._completed: dict[str, edge_search.Outcome] = {}  # run id -> outcome of a finished/diverged run
         self._announced: set[Search] = set()
 
     # --- jobs ----------------------------------------------------------------------------------------------------
 
+    def _grid_jobs(self, **axes) -> list:
+        """The grid mode's jobs for the sweep config with the given keys (grid axes) replaced."""
+        return self._build_jobs(OmegaConf.merge(OmegaConf.to_container(self.sweep_cfg), axes),
+                                self.cli_train_overrides)
+
     def job(self, search: Search, lr: float, seed: int):
-        """The sweep job of one run, exactly as the grid mode would build it (None if the grid leaves it out)."""
+        """The sweep job of one run, exactly as the grid mode would build it."""
         key = (search, edge_search.round_lr(lr), seed)
         if key not in self._jobs:
-            single = OmegaConf.create(OmegaConf.to_container(self.sweep_cfg))
-            with open_dict(single):
-                single.only_variants = [search.variant]
-                single.models = [search.model] if search.model else None
-                single.lrs = [float(lr)]
-                single.seeds = [int(seed)]
-            jobs = self._build_jobs(single, self.cli_train_overrides)
-            self._jobs[key] = jobs[0] if jobs else None
+            models = [search.model] if search.model else None
+            (self._jobs[key],) = self._grid_jobs(only_variants=[search.variant], models=models, lrs=[float(lr)],
+                                                 seeds=[int(seed)])
         return self._jobs[key]
 
     def _run_of_dir(self, run_dir: Path) -> tuple | None:
@@ -119,38 +115,29 @@ class EdgePlanner:
             record = read_json(run_dir / SWEEP_JOB_FILE)
             if record is None:  # a run starting right now has not written it yet: decide at the next look
                 return None
-            found = None
             try:
                 search = Search(str(record["variant"]), record.get("model"))
                 lr, seed = float(record["lr"]), int(record["seed"])
             except (KeyError, TypeError, ValueError):
                 search = None
-            if search in self.searches:
-                job = self.job(search, lr, seed)
-                if job is not None and job.run_id == run_dir.name:
-                    found = (search, lr, seed)
-            self._dir_jobs[run_dir.name] = found
+            ours = search in self.searches and self.job(search, lr, seed).run_id == run_dir.name
+            self._dir_jobs[run_dir.name] = (search, lr, seed) if ours else None
         return self._dir_jobs[run_dir.name]
-
-    def mark_failed(self, run_id: str) -> None:
-        self.failed_here.add(run_id)
 
     # --- outcomes ------------------------------------------------------------------------------------------------
 
     def outcomes(self) -> dict[Search, dict[float, dict[int, edge_search.Outcome]]]:
         """Every known outcome per search, read from the run dirs (a dense grid's runs included)."""
         known: dict[Search, dict[float, dict[int, edge_search.Outcome]]] = {s: {} for s in self.searches}
-        if not self.runs_dir.is_dir():
-            return known
-        for run_dir in sorted(path for path in self.runs_dir.iterdir() if path.is_dir()):
+        # glob: no runs dir (before the first run) lists nothing
+        for run_dir in sorted(path for path in self.runs_dir.glob("*") if path.is_dir()):
             located = self._run_of_dir(run_dir)
             if located is None:
                 continue
             search, lr, seed = located
             outcome = self._completed.get(run_dir.name)
             if outcome is None:
-                status = run_status(run_dir)
-                if status in COMPLETED_STATUSES:
+                if run_status(run_dir) in COMPLETED_STATUSES:
                     outcome = run_outcome(load_run(run_dir), self.min_acc)
                     self._completed[run_dir.name] = outcome
                 elif run_dir.name in self.failed_here:
@@ -165,37 +152,23 @@ class EdgePlanner:
 
     def known_jobs(self) -> list:
         """The jobs of every run with a known outcome that the searches use (shown as done in the bookkeeping)."""
-        jobs = []
-        for search, by_lr in self.outcomes().items():
-            for lr, by_seed in sorted(by_lr.items()):
-                for seed in sorted(by_seed):
-                    job = self.job(search, lr, seed)
-                    if job is not None and run_status(job.run_dir) in COMPLETED_STATUSES:
-                        jobs.append(job)
-        return jobs
+        jobs = [self.job(search, lr, seed) for search, by_lr in self.outcomes().items()
+                for lr, by_seed in sorted(by_lr.items()) for seed in sorted(by_seed)]
+        return [job for job in jobs if run_status(job.run_dir) in COMPLETED_STATUSES]
 
     def next_jobs(self, in_flight: Iterable = ()) -> list:
         """The runs to start now: for each search with no run in flight, the seeds of its next lr (the first one
         only with one worker). Empty for every search that is done."""
-        busy = {(job.variant, job.model) for job in in_flight}
+        busy = {Search(job.variant, job.model) for job in in_flight}
         outcomes = self.outcomes()
-        jobs = []
-        for search in self.searches:
-            if (search.variant, search.model) in busy:
-                continue
-            for lr, seed in edge_search.next_runs(self.settings, outcomes[search], self.one_at_a_time):
-                job = self.job(search, lr, seed)
-                if job is not None:
-                    jobs.append(job)
-        return jobs
+        return [self.job(search, lr, seed) for search in self.searches if search not in busy
+                for lr, seed in edge_search.next_runs(self.settings, outcomes[search], self.one_at_a_time)]
 
     def newly_done(self) -> list[tuple[Search, edge_search.EdgeBracket]]:
         """Searches that finished since the last call, with their brackets (for the progress log)."""
-        done = []
-        for search, bracket in self.brackets().items():
-            if bracket.done and search not in self._announced:
-                self._announced.add(search)
-                done.append((search, bracket))
+        done = [(search, bracket) for search, bracket in self.brackets().items()
+                if bracket.done and search not in self._announced]
+        self._announced.update(search for search, _ in done)
         return done
 
     def status(self) -> dict:
