@@ -15,8 +15,6 @@ bnexp/dashboard_spec.py holds the spec's types; bnexp/dashboard_preview.py draws
 from __future__ import annotations
 
 import argparse
-import netrc
-import os
 import re
 import socket
 import sys
@@ -412,27 +410,15 @@ def _probe(base_url: str, timeout_s: float) -> None:
         raise DashboardError(f"cannot reach the W&B server {base_url} ({error}); {DRY_RUN_HINT}") from error
 
 
-def _has_credentials(base_url: str) -> bool:
-    """An API key wandb would use without prompting: the sink's check, or a netrc entry for this very host (newer
-    wandb versions default to a host other than api.wandb.ai)."""
-    from bnexp.wandb_sink import has_wandb_credentials
-
-    if has_wandb_credentials():
-        return True
-    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
-    try:
-        return bool(netrc.netrc(path).authenticators(urlparse(base_url).hostname or ""))
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
 def publish(spec: DashboardSpec, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[str]:
     """Save the workspace (and the report, if the spec has one) to W&B; returns their URLs."""
     import wandb
 
+    from bnexp.wandb_sink import has_wandb_credentials
+
     base_url = str(wandb.setup().settings.base_url)
     # Checked before any wandb call: without a key, wandb may prompt for one, which would wait for a user.
-    if not _has_credentials(base_url):
+    if not has_wandb_credentials(base_url):
         raise DashboardError(f"no W&B credentials (set WANDB_API_KEY or run `wandb login`); {DRY_RUN_HINT}")
 
     def save() -> list[str]:

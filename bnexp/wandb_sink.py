@@ -37,18 +37,23 @@ EPOCH_ONLY_PREFIXES = ("test/",)
 RESERVED_KEYS = ("kind", "step", "epoch")
 
 
-def has_wandb_credentials() -> bool:
-    """True if an API key is available without prompting: WANDB_API_KEY or a netrc entry for the W&B host."""
+def has_wandb_credentials(base_url: str | None = None) -> bool:
+    """True if an API key is available without prompting: WANDB_API_KEY, or a netrc entry for the W&B host
+    (WANDB_BASE_URL's) or for `base_url` (the one wandb itself will use: newer versions default to a host other
+    than api.wandb.ai)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    hosts = [urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"]
+    if base_url:
+        hosts.append(urlparse(base_url).hostname or "")
     netrc_paths = [os.environ.get("NETRC"), os.path.expanduser("~/.netrc"), os.path.expanduser("~/_netrc")]
     for path in filter(None, netrc_paths):
         try:
-            if netrc.netrc(path).authenticators(host):
-                return True
+            entries = netrc.netrc(path)
         except (netrc.NetrcParseError, OSError):  # no such file, or not one netrc can read
             continue
+        if any(entries.authenticators(host) for host in hosts):
+            return True
     return False
 
 
