@@ -50,27 +50,13 @@ ACT_RMS_REGEX = r"^act/.+/rms$"
 LR_KEY = config("optim.lr")
 
 
-def acc_targets() -> list[float]:
-    """The accuracy targets of summary.json's steps_to_acc, as conf/instrument sets them."""
-    from omegaconf import OmegaConf
-
-    return [float(t) for t in OmegaConf.load(CONF_DIR / "instrument" / "default.yaml").acc_targets]
-
-
-def variant_descriptions() -> list[tuple[str, str]]:
-    """(name, the first comment line of conf/variant/<name>.yaml), in the report's order."""
+def _about_markdown(grouping: Grouping) -> str:
     from bnexp.report import variant_sort_key
 
-    found = {}
-    for path in sorted((CONF_DIR / "variant").glob("*.yaml")):
-        comment = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
-                       "")
-        found[path.stem] = comment
-    return [(name, found[name]) for name in sorted(found, key=variant_sort_key)]
-
-
-def _about_markdown(grouping: Grouping) -> str:
-    rows = "\n".join(f"| `{name}` | {text} |" for name, text in variant_descriptions())
+    rows = ""  # each variant with the first comment line of its conf/variant/<name>.yaml, in the report's order
+    for path in sorted((CONF_DIR / "variant").glob("*.yaml"), key=lambda path: variant_sort_key(path.stem)):
+        comments = (line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#"))
+        rows += f"\n| `{path.stem}` | {next(comments, '')} |"
     lr_text = (f"Only runs at lr {grouping.lr_filter:g}." if grouping.lr_filter is not None else
                "One line per variant *and* lr." if grouping.split_by_lr else
                "All lrs pooled: filter or group by the `optim.lr` column of the runs table to compare one lr.")
@@ -79,7 +65,7 @@ def _about_markdown(grouping: Grouping) -> str:
         "The same CNN trained with per-channel, grouped, shared or no normalisation statistics. Each line is one "
         "variant (the run group; grouped BN also split by `variant.stat_groups`), the mean over its runs with a "
         f"min–max band over seeds. {lr_text}\n\n"
-        f"| variant | what it normalises with |\n|---|---|\n{rows}\n\n"
+        f"| variant | what it normalises with |\n|---|---|{rows}\n\n"
         "Sections run from outcome to cause: accuracy, loss, gradient norms, update ratios, the norm layers' "
         "input statistics, activation RMS, and a summary per run.")
 
@@ -99,10 +85,13 @@ def _stable_lr_markdown(runs: list | None) -> str:
 
 
 def run_table_columns() -> list[Key]:
-    """The runs table: what a reader compares across runs."""
+    """The runs table: what a reader compares across runs; steps_to_acc's targets as conf/instrument sets them."""
+    from omegaconf import OmegaConf
+
+    acc_targets = OmegaConf.load(CONF_DIR / "instrument" / "default.yaml").acc_targets
     return ([summary("status"), LR_KEY, config("seed"), summary("best_test_acc"), summary("final_test_acc"),
              summary("max_grad_norm"), summary("max_grad_norm_layer"), summary("max_global_grad_norm")]
-            + [summary(f"steps_to_acc.{target}") for target in acc_targets()]
+            + [summary(f"steps_to_acc.{float(target)}") for target in acc_targets]
             + [summary("loss_spikes"), summary("diverged_step")])
 
 
@@ -166,12 +155,6 @@ def build_sections(grouping: Grouping, runs: list | None = None) -> list[Section
     ]
 
 
-def default_grouping(lr_filter: float | None = None, split_by_lr: bool = False) -> Grouping:
-    # The sink sets a run's group to variant.name; grouped BN runs differ only in stat_groups, hence the second key.
-    return Grouping(keys=[Key("run", "group"), config("variant.stat_groups")], mirrors={"group": "variant.name"},
-                    lr_key=LR_KEY, lr_filter=lr_filter, split_by_lr=split_by_lr)
-
-
 def _describe_grid(runs: list | None, filter_: dict[str, str]) -> tuple[str, str]:
     """(grid, data source) sentences for the report: from local run dirs if given, else the named sweep config."""
     if runs:
@@ -206,7 +189,9 @@ def build_spec(project: str = DEFAULT_PROJECT, entity: str | None = None, name: 
                lr_filter: float | None = None, split_by_lr: bool = False, runs: list | None = None,
                report_filter: dict[str, str] | None = None, report_title: str | None = None,
                local_report: str | None = None) -> DashboardSpec:
-    grouping = default_grouping(lr_filter, split_by_lr)
+    # The sink sets a run's group to variant.name; grouped BN runs differ only in stat_groups, hence the second key.
+    grouping = Grouping(keys=[Key("run", "group"), config("variant.stat_groups")], mirrors={"group": "variant.name"},
+                        lr_key=LR_KEY, lr_filter=lr_filter, split_by_lr=split_by_lr)
     sections = build_sections(grouping, runs)
     report = None
     if report_filter is not None:
