@@ -155,30 +155,29 @@ def build_sections(grouping: Grouping, runs: list | None = None) -> list[Section
     ]
 
 
+def _grid_sentence(variants: list[str], lrs: list[float], seeds: list[int]) -> str:
+    return (f"{len(variants)} variants ({', '.join(variants)}) x {len(lrs)} lrs "
+            f"({', '.join(f'{float(lr):g}' for lr in lrs)}) x {len(seeds)} seeds")
+
+
 def _describe_grid(runs: list | None, filter_: dict[str, str]) -> tuple[str, str]:
     """(grid, data source) sentences for the report: from local run dirs if given, else the named sweep config."""
     if runs:
         from bnexp.report import describe_data_sources, variant_sort_key
 
-        variants = sorted({run.variant for run in runs}, key=variant_sort_key)
-        lrs = sorted({run.lr for run in runs if run.lr is not None})
-        seeds = sorted({run.seed for run in runs if run.seed is not None})
-        models = sorted({run.model for run in runs})
-        grid = (f"{len(variants)} variants ({', '.join(variants)}) x {len(lrs)} lrs "
-                f"({', '.join(f'{lr:g}' for lr in lrs)}) x {len(seeds)} seeds on {', '.join(models)}: "
-                f"{len(runs)} local run dirs.")
-        return grid, "\n".join(describe_data_sources(runs))
+        grid = _grid_sentence(sorted({run.variant for run in runs}, key=variant_sort_key),
+                              sorted({run.lr for run in runs if run.lr is not None}),
+                              sorted({run.seed for run in runs if run.seed is not None}))
+        models = ", ".join(sorted({run.model for run in runs}))
+        return f"{grid} on {models}: {len(runs)} local run dirs.", "\n".join(describe_data_sources(runs))
     sweep_name = filter_.get("tag") or filter_.get("group") or ""
     sweep_file = CONF_DIR / "sweep" / f"{sweep_name}.yaml"
     if sweep_name and re.fullmatch(r"[\w.-]+", sweep_name) and sweep_file.is_file():
         from omegaconf import OmegaConf
 
         sweep = OmegaConf.load(sweep_file)
-        variants = list(sweep.variants)
         data = [o for o in (sweep.train_overrides or []) if str(o).startswith("data")] or ["data=cifar10 (default)"]
-        grid = (f"`conf/sweep/{sweep_name}.yaml`: {len(variants)} variants ({', '.join(variants)}) x "
-                f"{len(sweep.lrs)} lrs ({', '.join(f'{float(lr):g}' for lr in sweep.lrs)}) x {len(sweep.seeds)} "
-                "seeds.")
+        grid = f"`conf/sweep/{sweep_name}.yaml`: {_grid_sentence(list(sweep.variants), sweep.lrs, sweep.seeds)}."
         return grid, "Data: " + ", ".join(f"`{o}`" for o in data) + " (the runs' `data_source` summary field says "\
             "which copy each used)."
     return ("As logged: the runs table lists each run's variant, lr and seed.",
