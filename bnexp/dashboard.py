@@ -24,8 +24,8 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from bnexp.config import CONF_DIR
-from bnexp.rundirs import flatten
-from bnexp.dashboard_spec import (  # noqa: F401  (the spec's names, used here and by the tests)
+from bnexp.rundirs import get_path
+from bnexp.dashboard_spec import (
     DashboardError, DashboardSpec, Grouping, Key, Panel, ReportSpec, Section, config, history, summary)
 
 SPEC_FORMAT = "bnexp-dashboard/1"
@@ -225,8 +225,7 @@ def flatten_keys(mapping: dict[str, Any], prefix: str = "") -> set[str]:
 def missing_keys(spec: DashboardSpec, history_keys: set[str], summary_keys: set[str], config: dict[str, Any],
                  run_attributes: dict[str, Any]) -> list[str]:
     """Every key, regex and grouping key of the spec that the given run does not have; [] when all are there."""
-    config_keys = flatten_keys(config)
-    known = {"history": history_keys, "summary": summary_keys, "config": config_keys}
+    known = {"history": history_keys, "summary": summary_keys, "config": flatten_keys(config)}
     problems = []
 
     def check(key: Key, where: str) -> None:
@@ -246,11 +245,10 @@ def missing_keys(spec: DashboardSpec, history_keys: set[str], summary_keys: set[
                 problems.append(f"{where}: regex {panel.regex!r} matches no logged key")
     for key in spec.grouping.keys + [spec.grouping.lr_key]:
         check(key, "grouping")
-    flat_config = flatten(config)
     for attribute, config_key in spec.grouping.mirrors.items():
-        if run_attributes.get(attribute) != flat_config.get(config_key):
+        if run_attributes.get(attribute) != get_path(config, config_key):
             problems.append(f"grouping: run {attribute} {run_attributes.get(attribute)!r} is not config "
-                            f"{config_key} {flat_config.get(config_key)!r}")
+                            f"{config_key} {get_path(config, config_key)!r}")
     return problems
 
 
@@ -301,9 +299,9 @@ def _filters(grouping: Grouping, expr: Any, report_filter: dict[str, str] | None
     return expr.And(*conditions) if conditions else ""
 
 
-def _runs_table(spec: DashboardSpec) -> list[str]:
-    panel = next(p for p in spec.panels() if p.kind == "runs_table")
-    return [_column_name(key) for key in panel.columns]
+def _pinned_columns(panels: list[Panel]) -> list[str]:
+    """The runs table's columns, as W&B names them; [] when these panels hold no runs table."""
+    return [_column_name(key) for panel in panels if panel.kind == "runs_table" for key in panel.columns]
 
 
 def build_workspace(spec: DashboardSpec, entity: str | None = None) -> Any:
@@ -324,7 +322,7 @@ def build_workspace(spec: DashboardSpec, entity: str | None = None) -> Any:
         settings=ws.WorkspaceSettings(x_axis="step", max_runs=MAX_RUNS_PER_PANEL),
         runset_settings=ws.RunsetSettings(groupby=_groupby(spec.grouping, expr),
                                           filters=_filters(spec.grouping, expr),
-                                          pinned_columns=_runs_table(spec)),
+                                          pinned_columns=_pinned_columns(spec.panels())),
     )
 
 
@@ -344,8 +342,7 @@ def build_report(spec: DashboardSpec, entity: str | None = None) -> Any:
         section = spec.section(name)
         runset = wr.Runset(entity=entity, project=spec.project, name=spec.report.title,
                            filters=_filters(spec.grouping, expr, spec.report.filter), groupby=groupby,
-                           pinned_columns=_runs_table(spec) if any(p.kind == "runs_table" for p in section.panels)
-                           else [])
+                           pinned_columns=_pinned_columns(section.panels))
         panels = [_wandb_panel(p, spec.grouping, wr) for p in section.panels if p.kind != "runs_table"]
         blocks += [wr.H2(text=section.name), wr.PanelGrid(runsets=[runset], panels=panels)]
     (kind, value), = spec.report.filter.items()
