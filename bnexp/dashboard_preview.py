@@ -15,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from bnexp.dashboard_spec import DashboardError, DashboardSpec, Grouping, Key, Panel
-
+from bnexp.rundirs import as_float, get_path, read_metrics
 
 
 def _group_label(run: Any, grouping: Grouping) -> str:
-    label = run.variant  # variant.name, with _g<stat_groups> for grouped BN: the workspace's two grouping keys
-    return f"{label} lr{run.lr:g}" if grouping.split_by_lr and run.lr is not None else label
+    # run.variant is variant.name, with _g<stat_groups> for grouped BN: the workspace's two grouping keys
+    return f"{run.variant} lr{run.lr:g}" if grouping.split_by_lr and run.lr is not None else run.variant
+
+
+def _run_value(run: Any, key: Key) -> Any:
+    """A run's config or summary value for a spec key."""
+    if key.source == "summary" and key.name.startswith("steps_to_acc."):  # its targets hold a dot: 0.5
+        return (run.summary.get("steps_to_acc") or {}).get(key.name.split(".", 1)[1])
+    return get_path(run.config if key.source == "config" else run.summary, key.name)
 
 
 def _series(records: list[dict], x_key: str, y_key: str) -> dict[float, float]:
@@ -61,17 +68,11 @@ def _draw_line_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dic
 
 
 def _draw_scatter_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dict[str, Any]) -> None:
-    from bnexp.rundirs import as_float, get_path
-
     (y_key,) = panel.y
     drawn = False
     for label, runs in groups.items():
-        points = []
-        for run in runs:
-            x = as_float(get_path(run.config, panel.x.name)) if panel.x.source == "config" else None
-            y = as_float(get_path(run.summary, y_key.name))
-            if x is not None and y is not None:
-                points.append((x, y))
+        points = [(as_float(_run_value(run, panel.x)), as_float(_run_value(run, y_key))) for run in runs]
+        points = [point for point in points if None not in point]
         if points:
             ax.scatter(*zip(*points), color=colors[label], s=22, label=label, alpha=0.85)
             drawn = True
@@ -86,12 +87,8 @@ def _draw_scatter_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: 
 
 
 def _draw_runs_table(ax: Any, panel: Panel, runs: list) -> None:
-    from bnexp.rundirs import get_path
-
     def cell(run: Any, key: Key) -> str:
-        value = get_path(run.config if key.source == "config" else run.summary, key.name)
-        if key.source == "summary" and key.name.startswith("steps_to_acc."):
-            value = (run.summary.get("steps_to_acc") or {}).get(key.name.split(".", 1)[1])
+        value = _run_value(run, key)
         if isinstance(value, float):
             return f"{value:.3g}"
         return "–" if value is None else str(value)
@@ -126,7 +123,6 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from bnexp.report import variant_sort_key
-    from bnexp.rundirs import read_metrics
 
     if spec.grouping.lr_filter is not None:
         runs = [run for run in runs if run.lr is not None and math.isclose(run.lr, spec.grouping.lr_filter)]
