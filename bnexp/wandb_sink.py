@@ -96,7 +96,7 @@ class WandbSink(AbstractContextManager):
         model_name = config_value(cfg, "model.name", "model")
         data_name, lr, seed = config_value(cfg, "data.name"), config_value(cfg, "optim.lr"), config_value(cfg, "seed")
 
-        tags = [str(t) for t in (config_value(logger_cfg, "tags", []) or [])]
+        tags = [str(t) for t in config_value(logger_cfg, "tags", [])]
         tags += [str(t) for t in (variant_name, model_name, data_name) if t and str(t) not in tags]
 
         mode, reason = resolve_wandb_mode(config_value(logger_cfg, "mode", "auto"))
@@ -176,10 +176,8 @@ class WandbSink(AbstractContextManager):
         if "epoch" in record:
             payload["epoch"] = _plain(record["epoch"])
         for key, value in record.items():
-            if key in RESERVED_KEYS:
-                continue
             value = _plain(value)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
+            if key in RESERVED_KEYS or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             if axis == "step":
                 self._step_keys.add(key)
