@@ -39,13 +39,14 @@ def _series(records: list[dict], x_key: str, y_key: str) -> dict[float, float]:
     return points
 
 
-def _draw_line_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dict[str, Any], cache: dict) -> None:
+def _draw_line_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dict[str, Any], metrics: dict) -> None:
     import numpy as np
 
+    kind = "epoch" if panel.x.name == "epoch" else "step"
     for label, runs in groups.items():
         per_key: dict[str, list[dict[float, float]]] = {}
         for run in runs:
-            records = cache[run.run_dir]["epoch" if panel.x.name == "epoch" else "step"]
+            records = [record for record in metrics[run.run_dir] if record.get("kind", "step") == kind]
             keys = [key.name for key in panel.y] or sorted(
                 {k for record in records for k in record if re.search(panel.regex, k)})
             for key in keys:
@@ -128,11 +129,7 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
         runs = [run for run in runs if run.lr is not None and math.isclose(run.lr, spec.grouping.lr_filter)]
     if not runs:
         raise DashboardError("no runs to draw (check --runs and --lr)")
-    cache = {}
-    for run in runs:
-        records = read_metrics(run.run_dir)
-        cache[run.run_dir] = {"step": [r for r in records if r.get("kind", "step") == "step"],
-                              "epoch": [r for r in records if r.get("kind") == "epoch"]}
+    metrics = {run.run_dir: read_metrics(run.run_dir) for run in runs}
     groups: dict[str, list] = {}
     for run in sorted(runs, key=lambda r: (variant_sort_key(r.variant), r.lr or 0.0, r.seed or 0)):
         groups.setdefault(_group_label(run, spec.grouping), []).append(run)
@@ -140,8 +137,7 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
     colors = {label: palette(index % 10) for index, label in enumerate(groups)}
 
     columns = 4
-    table_height = 0.3 * (len(runs) + 2)
-    heights = [2.6 if section.pinned else 3.0 for section in spec.sections] + [table_height]
+    heights = [2.6 if section.pinned else 3.0 for section in spec.sections] + [0.3 * (len(runs) + 2)]  # + the table
     figure = plt.figure(figsize=(6.0 * columns, sum(heights) * 1.25))
     grid = figure.add_gridspec(len(heights), columns, height_ratios=heights, hspace=0.6, wspace=0.25)
     handles = [plt.Line2D([], [], color=colors[label], lw=2) for label in groups]
@@ -157,7 +153,7 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
             ax = figure.add_subplot(grid[row, column])
             ax.set_title("\n".join(_wrap(panel.title, 62).splitlines()[:3]), fontsize=8, loc="left")
             if panel.kind == "line":
-                _draw_line_panel(ax, panel, groups, colors, cache)
+                _draw_line_panel(ax, panel, groups, colors, metrics)
             elif panel.kind == "scatter":
                 _draw_scatter_panel(ax, panel, groups, colors)
             else:
