@@ -39,14 +39,14 @@ def _series(records: list[dict], x_key: str, y_key: str) -> dict[float, float]:
     return points
 
 
-def _draw_line_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dict[str, Any], metrics: dict) -> None:
+def _draw_line_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dict[str, Any], logged: dict) -> None:
     import numpy as np
 
     kind = "epoch" if panel.x.name == "epoch" else "step"
     for label, runs in groups.items():
         per_key: dict[str, list[dict[float, float]]] = {}
         for run in runs:
-            records = [record for record in metrics[run.run_dir] if record.get("kind", "step") == kind]
+            records = [record for record in logged[run.run_dir] if record.get("kind", "step") == kind]
             keys = [key.name for key in panel.y] or sorted(
                 {k for record in records for k in record if re.search(panel.regex, k)})
             for key in keys:
@@ -137,7 +137,8 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
     colors = {label: palette(index % 10) for index, label in enumerate(groups)}
 
     columns = 4
-    heights = [2.6 if section.pinned else 3.0 for section in spec.sections] + [0.3 * (len(runs) + 2)]  # + the table
+    # a row per section, then the runs table
+    heights = [2.6 if section.pinned else 3.0 for section in spec.sections] + [0.3 * (len(runs) + 2)]
     figure = plt.figure(figsize=(6.0 * columns, sum(heights) * 1.25))
     grid = figure.add_gridspec(len(heights), columns, height_ratios=heights, hspace=0.6, wspace=0.25)
     handles = [plt.Line2D([], [], color=colors[label], lw=2) for label in groups]
