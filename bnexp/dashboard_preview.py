@@ -129,7 +129,7 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
         runs = [run for run in runs if run.lr is not None and math.isclose(run.lr, spec.grouping.lr_filter)]
     if not runs:
         raise DashboardError("no runs to draw (check --runs and --lr)")
-    metrics = {run.run_dir: read_metrics(run.run_dir) for run in runs}
+    logged = {run.run_dir: read_metrics(run.run_dir) for run in runs}
     groups: dict[str, list] = {}
     for run in sorted(runs, key=lambda r: (variant_sort_key(r.variant), r.lr or 0.0, r.seed or 0)):
         groups.setdefault(_group_label(run, spec.grouping), []).append(run)
@@ -154,7 +154,7 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
             ax = figure.add_subplot(grid[row, column])
             ax.set_title("\n".join(_wrap(panel.title, 62).splitlines()[:3]), fontsize=8, loc="left")
             if panel.kind == "line":
-                _draw_line_panel(ax, panel, groups, colors, metrics)
+                _draw_line_panel(ax, panel, groups, colors, logged)
             elif panel.kind == "scatter":
                 _draw_scatter_panel(ax, panel, groups, colors)
             else:
