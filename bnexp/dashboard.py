@@ -15,8 +15,6 @@ bnexp/dashboard_spec.py holds the spec's types; bnexp/dashboard_preview.py draws
 from __future__ import annotations
 
 import argparse
-import netrc
-import os
 import re
 import socket
 import sys
@@ -26,8 +24,8 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from bnexp.config import CONF_DIR
-from bnexp.rundirs import flatten
-from bnexp.dashboard_spec import (  # noqa: F401  (the spec's names, used here and by the tests)
+from bnexp.rundirs import get_path
+from bnexp.dashboard_spec import (
     DashboardError, DashboardSpec, Grouping, Key, Panel, ReportSpec, Section, config, history, summary)
 
 SPEC_FORMAT = "bnexp-dashboard/1"
@@ -52,27 +50,13 @@ ACT_RMS_REGEX = r"^act/.+/rms$"
 LR_KEY = config("optim.lr")
 
 
-def acc_targets() -> list[float]:
-    """The accuracy targets of summary.json's steps_to_acc, as conf/instrument sets them."""
-    from omegaconf import OmegaConf
-
-    return [float(t) for t in OmegaConf.load(CONF_DIR / "instrument" / "default.yaml").acc_targets]
-
-
-def variant_descriptions() -> list[tuple[str, str]]:
-    """(name, the first comment line of conf/variant/<name>.yaml), in the report's order."""
+def _about_markdown(grouping: Grouping) -> str:
     from bnexp.report import variant_sort_key
 
-    found = {}
-    for path in sorted((CONF_DIR / "variant").glob("*.yaml")):
-        comment = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")),
-                       "")
-        found[path.stem] = comment
-    return [(name, found[name]) for name in sorted(found, key=variant_sort_key)]
-
-
-def _about_markdown(grouping: Grouping) -> str:
-    rows = "\n".join(f"| `{name}` | {text} |" for name, text in variant_descriptions())
+    rows = ""  # each variant with the first comment line of its conf/variant/<name>.yaml, in the report's order
+    for path in sorted((CONF_DIR / "variant").glob("*.yaml"), key=lambda path: variant_sort_key(path.stem)):
+        comments = (line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#"))
+        rows += f"\n| `{path.stem}` | {next(comments, '')} |"
     lr_text = (f"Only runs at lr {grouping.lr_filter:g}." if grouping.lr_filter is not None else
                "One line per variant *and* lr." if grouping.split_by_lr else
                "All lrs pooled: filter or group by the `optim.lr` column of the runs table to compare one lr.")
@@ -81,7 +65,7 @@ def _about_markdown(grouping: Grouping) -> str:
         "The same CNN trained with per-channel, grouped, shared or no normalisation statistics. Each line is one "
         "variant (the run group; grouped BN also split by `variant.stat_groups`), the mean over its runs with a "
         f"min–max band over seeds. {lr_text}\n\n"
-        f"| variant | what it normalises with |\n|---|---|\n{rows}\n\n"
+        f"| variant | what it normalises with |\n|---|---|{rows}\n\n"
         "Sections run from outcome to cause: accuracy, loss, gradient norms, update ratios, the norm layers' "
         "input statistics, activation RMS, and a summary per run.")
 
@@ -101,10 +85,13 @@ def _stable_lr_markdown(runs: list | None) -> str:
 
 
 def run_table_columns() -> list[Key]:
-    """The runs table: what a reader compares across runs."""
+    """The runs table: what a reader compares across runs; steps_to_acc's targets as conf/instrument sets them."""
+    from omegaconf import OmegaConf
+
+    acc_targets = OmegaConf.load(CONF_DIR / "instrument" / "default.yaml").acc_targets
     return ([summary("status"), LR_KEY, config("seed"), summary("best_test_acc"), summary("final_test_acc"),
              summary("max_grad_norm"), summary("max_grad_norm_layer"), summary("max_global_grad_norm")]
-            + [summary(f"steps_to_acc.{target}") for target in acc_targets()]
+            + [summary(f"steps_to_acc.{float(target)}") for target in acc_targets]
             + [summary("loss_spikes"), summary("diverged_step")])
 
 
@@ -174,30 +161,29 @@ def default_grouping(lr_filter: float | None = None, split_by_lr: bool = False) 
                     lr_key=LR_KEY, lr_filter=lr_filter, split_by_lr=split_by_lr)
 
 
+def _grid_sentence(variants: list[str], lrs: list[float], seeds: list[int]) -> str:
+    return (f"{len(variants)} variants ({', '.join(variants)}) x {len(lrs)} lrs "
+            f"({', '.join(f'{float(lr):g}' for lr in lrs)}) x {len(seeds)} seeds")
+
+
 def _describe_grid(runs: list | None, filter_: dict[str, str]) -> tuple[str, str]:
     """(grid, data source) sentences for the report: from local run dirs if given, else the named sweep config."""
     if runs:
         from bnexp.report import describe_data_sources, variant_sort_key
 
-        variants = sorted({run.variant for run in runs}, key=variant_sort_key)
-        lrs = sorted({run.lr for run in runs if run.lr is not None})
-        seeds = sorted({run.seed for run in runs if run.seed is not None})
-        models = sorted({run.model for run in runs})
-        grid = (f"{len(variants)} variants ({', '.join(variants)}) x {len(lrs)} lrs "
-                f"({', '.join(f'{lr:g}' for lr in lrs)}) x {len(seeds)} seeds on {', '.join(models)}: "
-                f"{len(runs)} local run dirs.")
-        return grid, "\n".join(describe_data_sources(runs))
+        grid = _grid_sentence(sorted({run.variant for run in runs}, key=variant_sort_key),
+                              sorted({run.lr for run in runs if run.lr is not None}),
+                              sorted({run.seed for run in runs if run.seed is not None}))
+        models = ", ".join(sorted({run.model for run in runs}))
+        return f"{grid} on {models}: {len(runs)} local run dirs.", "\n".join(describe_data_sources(runs))
     sweep_name = filter_.get("tag") or filter_.get("group") or ""
     sweep_file = CONF_DIR / "sweep" / f"{sweep_name}.yaml"
     if sweep_name and re.fullmatch(r"[\w.-]+", sweep_name) and sweep_file.is_file():
         from omegaconf import OmegaConf
 
         sweep = OmegaConf.load(sweep_file)
-        variants = list(sweep.variants)
         data = [o for o in (sweep.train_overrides or []) if str(o).startswith("data")] or ["data=cifar10 (default)"]
-        grid = (f"`conf/sweep/{sweep_name}.yaml`: {len(variants)} variants ({', '.join(variants)}) x "
-                f"{len(sweep.lrs)} lrs ({', '.join(f'{float(lr):g}' for lr in sweep.lrs)}) x {len(sweep.seeds)} "
-                "seeds.")
+        grid = f"`conf/sweep/{sweep_name}.yaml`: {_grid_sentence(list(sweep.variants), sweep.lrs, sweep.seeds)}."
         return grid, "Data: " + ", ".join(f"`{o}`" for o in data) + " (the runs' `data_source` summary field says "\
             "which copy each used)."
     return ("As logged: the runs table lists each run's variant, lr and seed.",
@@ -243,8 +229,7 @@ def flatten_keys(mapping: dict[str, Any], prefix: str = "") -> set[str]:
 def missing_keys(spec: DashboardSpec, history_keys: set[str], summary_keys: set[str], config: dict[str, Any],
                  run_attributes: dict[str, Any]) -> list[str]:
     """Every key, regex and grouping key of the spec that the given run does not have; [] when all are there."""
-    config_keys = flatten_keys(config)
-    known = {"history": history_keys, "summary": summary_keys, "config": config_keys}
+    known = {"history": history_keys, "summary": summary_keys, "config": flatten_keys(config)}
     problems = []
 
     def check(key: Key, where: str) -> None:
@@ -264,11 +249,10 @@ def missing_keys(spec: DashboardSpec, history_keys: set[str], summary_keys: set[
                 problems.append(f"{where}: regex {panel.regex!r} matches no logged key")
     for key in spec.grouping.keys + [spec.grouping.lr_key]:
         check(key, "grouping")
-    flat_config = flatten(config)
     for attribute, config_key in spec.grouping.mirrors.items():
-        if run_attributes.get(attribute) != flat_config.get(config_key):
+        if run_attributes.get(attribute) != get_path(config, config_key):
             problems.append(f"grouping: run {attribute} {run_attributes.get(attribute)!r} is not config "
-                            f"{config_key} {flat_config.get(config_key)!r}")
+                            f"{config_key} {get_path(config, config_key)!r}")
     return problems
 
 
@@ -319,9 +303,9 @@ def _filters(grouping: Grouping, expr: Any, report_filter: dict[str, str] | None
     return expr.And(*conditions) if conditions else ""
 
 
-def _runs_table(spec: DashboardSpec) -> list[str]:
-    panel = next(p for p in spec.panels() if p.kind == "runs_table")
-    return [_column_name(key) for key in panel.columns]
+def _pinned_columns(panels: list[Panel]) -> list[str]:
+    """The runs table's columns, as W&B names them; [] when these panels hold no runs table."""
+    return [_column_name(key) for panel in panels if panel.kind == "runs_table" for key in panel.columns]
 
 
 def build_workspace(spec: DashboardSpec, entity: str | None = None) -> Any:
@@ -342,7 +326,7 @@ def build_workspace(spec: DashboardSpec, entity: str | None = None) -> Any:
         settings=ws.WorkspaceSettings(x_axis="step", max_runs=MAX_RUNS_PER_PANEL),
         runset_settings=ws.RunsetSettings(groupby=_groupby(spec.grouping, expr),
                                           filters=_filters(spec.grouping, expr),
-                                          pinned_columns=_runs_table(spec)),
+                                          pinned_columns=_pinned_columns(spec.panels())),
     )
 
 
@@ -362,8 +346,7 @@ def build_report(spec: DashboardSpec, entity: str | None = None) -> Any:
         section = spec.section(name)
         runset = wr.Runset(entity=entity, project=spec.project, name=spec.report.title,
                            filters=_filters(spec.grouping, expr, spec.report.filter), groupby=groupby,
-                           pinned_columns=_runs_table(spec) if any(p.kind == "runs_table" for p in section.panels)
-                           else [])
+                           pinned_columns=_pinned_columns(section.panels))
         panels = [_wandb_panel(p, spec.grouping, wr) for p in section.panels if p.kind != "runs_table"]
         blocks += [wr.H2(text=section.name), wr.PanelGrid(runsets=[runset], panels=panels)]
     (kind, value), = spec.report.filter.items()
@@ -412,27 +395,15 @@ def _probe(base_url: str, timeout_s: float) -> None:
         raise DashboardError(f"cannot reach the W&B server {base_url} ({error}); {DRY_RUN_HINT}") from error
 
 
-def _has_credentials(base_url: str) -> bool:
-    """An API key wandb would use without prompting: the sink's check, or a netrc entry for this very host (newer
-    wandb versions default to a host other than api.wandb.ai)."""
-    from bnexp.wandb_sink import has_wandb_credentials
-
-    if has_wandb_credentials():
-        return True
-    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
-    try:
-        return bool(netrc.netrc(path).authenticators(urlparse(base_url).hostname or ""))
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
 def publish(spec: DashboardSpec, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[str]:
     """Save the workspace (and the report, if the spec has one) to W&B; returns their URLs."""
     import wandb
 
+    from bnexp.wandb_sink import has_wandb_credentials
+
     base_url = str(wandb.setup().settings.base_url)
     # Checked before any wandb call: without a key, wandb may prompt for one, which would wait for a user.
-    if not _has_credentials(base_url):
+    if not has_wandb_credentials(base_url):
         raise DashboardError(f"no W&B credentials (set WANDB_API_KEY or run `wandb login`); {DRY_RUN_HINT}")
 
     def save() -> list[str]:

@@ -15,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from bnexp.dashboard_spec import DashboardError, DashboardSpec, Grouping, Key, Panel
-
+from bnexp.rundirs import as_float, get_path, read_metrics
 
 
 def _group_label(run: Any, grouping: Grouping) -> str:
-    label = run.variant  # variant.name, with _g<stat_groups> for grouped BN: the workspace's two grouping keys
-    return f"{label} lr{run.lr:g}" if grouping.split_by_lr and run.lr is not None else label
+    # run.variant is variant.name, with _g<stat_groups> for grouped BN: the workspace's two grouping keys
+    return f"{run.variant} lr{run.lr:g}" if grouping.split_by_lr and run.lr is not None else run.variant
+
+
+def _run_value(run: Any, key: Key) -> Any:
+    """A run's config or summary value for a spec key."""
+    if key.source == "summary" and key.name.startswith("steps_to_acc."):  # its targets hold a dot: 0.5
+        return (run.summary.get("steps_to_acc") or {}).get(key.name.split(".", 1)[1])
+    return get_path(run.config if key.source == "config" else run.summary, key.name)
 
 
 def _series(records: list[dict], x_key: str, y_key: str) -> dict[float, float]:
@@ -32,13 +39,14 @@ def _series(records: list[dict], x_key: str, y_key: str) -> dict[float, float]:
     return points
 
 
-def _draw_line_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dict[str, Any], cache: dict) -> None:
+def _draw_line_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dict[str, Any], logged: dict) -> None:
     import numpy as np
 
+    kind = "epoch" if panel.x.name == "epoch" else "step"
     for label, runs in groups.items():
         per_key: dict[str, list[dict[float, float]]] = {}
         for run in runs:
-            records = cache[run.run_dir]["epoch" if panel.x.name == "epoch" else "step"]
+            records = [record for record in logged[run.run_dir] if record.get("kind", "step") == kind]
             keys = [key.name for key in panel.y] or sorted(
                 {k for record in records for k in record if re.search(panel.regex, k)})
             for key in keys:
@@ -61,17 +69,11 @@ def _draw_line_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dic
 
 
 def _draw_scatter_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dict[str, Any]) -> None:
-    from bnexp.rundirs import as_float, get_path
-
     (y_key,) = panel.y
     drawn = False
     for label, runs in groups.items():
-        points = []
-        for run in runs:
-            x = as_float(get_path(run.config, panel.x.name)) if panel.x.source == "config" else None
-            y = as_float(get_path(run.summary, y_key.name))
-            if x is not None and y is not None:
-                points.append((x, y))
+        points = [(as_float(_run_value(run, panel.x)), as_float(_run_value(run, y_key))) for run in runs]
+        points = [point for point in points if None not in point]
         if points:
             ax.scatter(*zip(*points), color=colors[label], s=22, label=label, alpha=0.85)
             drawn = True
@@ -86,12 +88,8 @@ def _draw_scatter_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: 
 
 
 def _draw_runs_table(ax: Any, panel: Panel, runs: list) -> None:
-    from bnexp.rundirs import get_path
-
     def cell(run: Any, key: Key) -> str:
-        value = get_path(run.config if key.source == "config" else run.summary, key.name)
-        if key.source == "summary" and key.name.startswith("steps_to_acc."):
-            value = (run.summary.get("steps_to_acc") or {}).get(key.name.split(".", 1)[1])
+        value = _run_value(run, key)
         if isinstance(value, float):
             return f"{value:.3g}"
         return "–" if value is None else str(value)
@@ -126,17 +124,12 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from bnexp.report import variant_sort_key
-    from bnexp.rundirs import read_metrics
 
     if spec.grouping.lr_filter is not None:
         runs = [run for run in runs if run.lr is not None and math.isclose(run.lr, spec.grouping.lr_filter)]
     if not runs:
         raise DashboardError("no runs to draw (check --runs and --lr)")
-    cache = {}
-    for run in runs:
-        records = read_metrics(run.run_dir)
-        cache[run.run_dir] = {"step": [r for r in records if r.get("kind", "step") == "step"],
-                              "epoch": [r for r in records if r.get("kind") == "epoch"]}
+    logged = {run.run_dir: read_metrics(run.run_dir) for run in runs}
     groups: dict[str, list] = {}
     for run in sorted(runs, key=lambda r: (variant_sort_key(r.variant), r.lr or 0.0, r.seed or 0)):
         groups.setdefault(_group_label(run, spec.grouping), []).append(run)
@@ -144,8 +137,8 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
     colors = {label: palette(index % 10) for index, label in enumerate(groups)}
 
     columns = 4
-    table_height = 0.3 * (len(runs) + 2)
-    heights = [2.6 if section.pinned else 3.0 for section in spec.sections] + [table_height]
+    # a row per section, then the runs table
+    heights = [2.6 if section.pinned else 3.0 for section in spec.sections] + [0.3 * (len(runs) + 2)]
     figure = plt.figure(figsize=(6.0 * columns, sum(heights) * 1.25))
     grid = figure.add_gridspec(len(heights), columns, height_ratios=heights, hspace=0.6, wspace=0.25)
     handles = [plt.Line2D([], [], color=colors[label], lw=2) for label in groups]
@@ -161,7 +154,7 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
             ax = figure.add_subplot(grid[row, column])
             ax.set_title("\n".join(_wrap(panel.title, 62).splitlines()[:3]), fontsize=8, loc="left")
             if panel.kind == "line":
-                _draw_line_panel(ax, panel, groups, colors, cache)
+                _draw_line_panel(ax, panel, groups, colors, logged)
             elif panel.kind == "scatter":
                 _draw_scatter_panel(ax, panel, groups, colors)
             else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 
 class DashboardError(Exception):
@@ -20,16 +21,9 @@ class Key:
     name: str
 
 
-def history(name: str) -> Key:
-    return Key("history", name)
-
-
-def summary(name: str) -> Key:
-    return Key("summary", name)
-
-
-def config(name: str) -> Key:
-    return Key("config", name)
+history = partial(Key, "history")
+summary = partial(Key, "summary")
+config = partial(Key, "config")
 
 
 @dataclass

@@ -22,11 +22,14 @@ import secrets
 import shutil
 import string
 import sys
+from contextlib import AbstractContextManager
+from functools import partialmethod
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
 import wandb
+from omegaconf import OmegaConf
 
 from bnexp.config import config_value
 from bnexp.fileio import json_safe
@@ -37,18 +40,23 @@ EPOCH_ONLY_PREFIXES = ("test/",)
 RESERVED_KEYS = ("kind", "step", "epoch")
 
 
-def has_wandb_credentials() -> bool:
-    """True if an API key is available without prompting: WANDB_API_KEY or a netrc entry for the W&B host."""
+def has_wandb_credentials(base_url: str | None = None) -> bool:
+    """True if an API key is available without prompting: WANDB_API_KEY, or a netrc entry for the W&B host
+    (WANDB_BASE_URL's) or for `base_url` (the one wandb itself will use: newer versions default to a host other
+    than api.wandb.ai)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    hosts = [urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"]
+    if base_url:
+        hosts.append(urlparse(base_url).hostname or "")
     netrc_paths = [os.environ.get("NETRC"), os.path.expanduser("~/.netrc"), os.path.expanduser("~/_netrc")]
     for path in filter(None, netrc_paths):
         try:
-            if netrc.netrc(path).authenticators(host):
-                return True
+            entries = netrc.netrc(path)
         except (netrc.NetrcParseError, OSError):  # no such file, or not one netrc can read
             continue
+        if any(entries.authenticators(host) for host in hosts):
+            return True
     return False
 
 
@@ -72,34 +80,28 @@ def resolve_wandb_mode(requested: str | None) -> tuple[str, str | None]:
 
 def _plain(value: Any) -> Any:
     """Python scalars for wandb (numpy/torch scalars have .item())."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:
-            return value.item()
-        except (ValueError, RuntimeError):
-            return value
-    return value
+    try:
+        return value.item()
+    except (AttributeError, ValueError, RuntimeError):  # not a scalar array: passed on as it is
+        return value
 
 
-class WandbSink:
+class WandbSink(AbstractContextManager):
     """Mirror of the local sink that streams records to one W&B run per training job."""
 
     def __init__(self, cfg: Any, run_dir: str | os.PathLike, extra_config: Mapping[str, Any] | None = None):
         """`extra_config`: W&B config keys beside the resolved run config (the trainer's `bnexp_provenance`)."""
-        from omegaconf import DictConfig, OmegaConf
-
-        self.run_dir = Path(run_dir)
         logger_cfg = config_value(cfg, "logger")
         variant_name = config_value(cfg, "variant.name", "variant")
         model_name = config_value(cfg, "model.name", "model")
         data_name, lr, seed = config_value(cfg, "data.name"), config_value(cfg, "optim.lr"), config_value(cfg, "seed")
 
-        config_dict = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
-        tags = [str(t) for t in (config_value(logger_cfg, "tags", []) or [])]
+        tags = [str(t) for t in config_value(logger_cfg, "tags", [])]
         tags += [str(t) for t in (variant_name, model_name, data_name) if t and str(t) not in tags]
 
         mode, reason = resolve_wandb_mode(config_value(logger_cfg, "mode", "auto"))
         # Keep W&B's files inside the Hydra run dir (next to metrics.jsonl) unless WANDB_DIR says otherwise.
-        wandb_dir = Path(os.environ.get("WANDB_DIR") or self.run_dir)
+        wandb_dir = Path(os.environ.get("WANDB_DIR") or run_dir)
         wandb_dir.mkdir(parents=True, exist_ok=True)
 
         init_kwargs = dict(
@@ -109,7 +111,7 @@ class WandbSink:
             job_type=str(model_name),
             name=config_value(logger_cfg, "run_name", None) or f"{variant_name}-{model_name}-lr{lr}-seed{seed}",
             tags=tags,
-            config={**config_dict, **(extra_config or {})},
+            config={**OmegaConf.to_container(cfg, resolve=True), **(extra_config or {})},
             dir=str(wandb_dir),
             # One W&B run per Hydra multirun job, even though jobs share the process.
             reinit="finish_previous",
@@ -130,9 +132,17 @@ class WandbSink:
             offline_dir = Path(self.run.dir).parent  # run.dir is <offline-run-dir>/files
             print(f"[bnexp] wandb offline ({reason or 'requested'}); upload later with: wandb sync {offline_dir}")
 
+        self.run.define_metric("step")
+        self.run.define_metric("epoch")
+        for prefix in STEP_ONLY_PREFIXES:
+            self.run.define_metric(prefix + "*", step_metric="step")
+        for prefix in EPOCH_ONLY_PREFIXES:
+            self.run.define_metric(prefix + "*", step_metric="epoch")
+        # Best and last test accuracy both land in the run summary (W&B tables/sorting use it).
+        self.run.define_metric("test/acc", step_metric="epoch", summary="max,last")
         self._defined_keys: set[str] = set()
-        self._step_keys: set[str] = set()
-        self._define_axes()
+        # keys logged per step; train/loss and train/lr are, even when the epoch record comes first
+        self._step_keys = {"train/loss", "train/lr"}
         self._finished = False
 
     @staticmethod
@@ -160,67 +170,41 @@ class WandbSink:
         run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **init_kwargs)
         return run, "offline", "online init failed"
 
-    # ------------------------------------------------------------------ metric axes
-    def _define_axes(self) -> None:
-        self.run.define_metric("step")
-        self.run.define_metric("epoch")
-        for prefix in STEP_ONLY_PREFIXES:
-            self.run.define_metric(prefix + "*", step_metric="step")
-        for prefix in EPOCH_ONLY_PREFIXES:
-            self.run.define_metric(prefix + "*", step_metric="epoch")
-        # Best and last test accuracy both land in the run summary (W&B tables/sorting use it).
-        self.run.define_metric("test/acc", step_metric="epoch", summary="max,last")
-
-    def _define_key(self, key: str, step_metric: str) -> None:
-        """Give keys outside the glob prefixes (e.g. train/*) their x-axis on first appearance."""
-        if key in self._defined_keys or key.startswith(STEP_ONLY_PREFIXES + EPOCH_ONLY_PREFIXES):
-            return
-        self.run.define_metric(key, step_metric=step_metric)
-        self._defined_keys.add(key)
-
-    # ------------------------------------------------------------------ sink interface
-    def log_step(self, record: Mapping[str, Any]) -> None:
-        self._log(record, axis="step")
-
-    def log_epoch(self, record: Mapping[str, Any]) -> None:
-        self._log(record, axis="epoch")
-
     def _log(self, record: Mapping[str, Any], axis: str) -> None:
         """One W&B row: the record's numbers against its own axis ("step" or "epoch"), the other axis alongside."""
-        payload = {}
-        for axis_key in ("step", "epoch"):
-            if axis_key in record:
-                payload[axis_key] = int(record[axis_key]) if axis_key == "step" else _plain(record[axis_key])
+        payload = {"step": int(record["step"])} if "step" in record else {}
+        if "epoch" in record:
+            payload["epoch"] = _plain(record["epoch"])
         for key, value in record.items():
-            if key in RESERVED_KEYS:
-                continue
             value = _plain(value)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
+            if key in RESERVED_KEYS or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             if axis == "step":
                 self._step_keys.add(key)
-            elif key in self._step_keys or key in ("train/loss", "train/lr"):
+            elif key in self._step_keys:
                 # Same name already plotted per step: give the epoch value its own key (one x-axis per key).
                 prefix, _, leaf = key.rpartition("/")
                 key = f"{prefix}/epoch_{leaf}" if prefix else f"epoch_{leaf}"
-            self._define_key(key, axis)
+            # keys outside the glob prefixes (e.g. train/*) get their x-axis on first appearance
+            if key not in self._defined_keys and not key.startswith(STEP_ONLY_PREFIXES + EPOCH_ONLY_PREFIXES):
+                self.run.define_metric(key, step_metric=axis)
+                self._defined_keys.add(key)
             payload[key] = value
         self.run.log(payload)
+
+    log_step = partialmethod(_log, axis="step")
+    log_epoch = partialmethod(_log, axis="epoch")
 
     def finish(self, summary: Mapping[str, Any] | None = None) -> None:
         """Write the final summary and close the run; safe to call twice (exception paths)."""
         if self._finished:
             return
         self._finished = True
-        status = str((summary or {}).get("status", "finished"))
         try:
             if summary:
                 self.run.summary.update(json_safe(summary))
         finally:
-            self.run.finish(exit_code=1 if status == "failed" else 0)
-
-    def __enter__(self) -> "WandbSink":
-        return self
+            self.run.finish(exit_code=1 if summary and summary.get("status") == "failed" else 0)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.finish({"status": "failed"} if exc_type else None)

@@ -352,12 +352,14 @@ def test_host_that_never_answers_is_given_up_after_the_timeout(tmp_path):
 
 
 def test_credentials_for_the_configured_host_count(tmp_path, monkeypatch):
+    from bnexp.wandb_sink import has_wandb_credentials
+
     for name in ("WANDB_API_KEY", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     (tmp_path / "netrc").write_text("machine wandb.example.org\n  login user\n  password " + "k" * 40 + "\n")
-    assert dashboard._has_credentials("https://wandb.example.org")
-    assert not dashboard._has_credentials("https://other.example.org")
+    assert has_wandb_credentials("https://wandb.example.org")
+    assert not has_wandb_credentials("https://other.example.org")
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    assert dashboard._has_credentials("https://other.example.org")
+    assert has_wandb_credentials("https://other.example.org")
