@@ -235,24 +235,24 @@ def differences_markdown(comparisons: list[Comparison], show_model: bool) -> lis
     return lines
 
 
+# What a data source's name says about its accuracies: the first entry whose words the name contains.
+DATA_SOURCE_NOTES = (
+    (("jpeg", "jpg"), "the CIFAR-10 JPEG re-encoding (quality 75): accuracies run a few points below the original "
+                      "CIFAR-10 (the airbench94 recipe: 90.7% on this copy vs 94.0%)"),
+    (("synthetic",), "synthetic data: a pipeline check, the accuracies are not CIFAR-10 results"),
+    (("folder",), "an image folder: not the original CIFAR-10 batches; state which copy it holds"),
+    (("cifar",), "the original CIFAR-10"),
+)
+
+
 def describe_data_sources(runs: list[RunRecord]) -> list[str]:
     counts = Counter(str(run.summary.get("data_source") or get_path(run.config, "data.name") or "")
                      for run in runs)
     unrecorded = counts.pop("", 0)
     lines = []
     for source, count in counts.most_common():
-        lowered = source.lower()
-        if "jpeg" in lowered or "jpg" in lowered:
-            note = ("the CIFAR-10 JPEG re-encoding (quality 75): accuracies run a few points below the original "
-                    "CIFAR-10 (the airbench94 recipe: 90.7% on this copy vs 94.0%)")
-        elif "synthetic" in lowered:
-            note = "synthetic data: a pipeline check, the accuracies are not CIFAR-10 results"
-        elif "folder" in lowered:
-            note = "an image folder: not the original CIFAR-10 batches; state which copy it holds"
-        elif "cifar" in lowered:
-            note = "the original CIFAR-10"
-        else:
-            note = "unrecognised source"
+        note = next((note for words, note in DATA_SOURCE_NOTES if any(word in source.lower() for word in words)),
+                    "unrecognised source")
         lines.append(f"- `{source}` ({count} run{'s' if count != 1 else ''}): {note}")
     if unrecorded:
         lines.append(f"- {unrecorded} run(s) failed before recording a data source")
@@ -335,8 +335,11 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     summary_md = summary_markdown(groups, targets, show_model, interval_method)
     (out_dir / "summary.md").write_text(summary_md + "\n")
 
-    plots = report_plots.make_all_plots(runs, groups, out_dir, chosen_lr, min_acc)
-    plots.append(report_plots.plot_edge_of_stability(edges, out_dir))
+    plots = [report_plots.plot_accuracy_vs_lr(groups, out_dir, min_acc),
+             report_plots.plot_loss_curves(runs, chosen_lr, out_dir),
+             report_plots.plot_grad_norm_heatmaps(runs, chosen_lr, out_dir),
+             report_plots.plot_init_grad_norms(runs, out_dir),
+             report_plots.plot_edge_of_stability(edges, out_dir)]
 
     varying = varying_config_keys(runs)
     reference_config = next((run.config for run in runs if run.config), {})
@@ -396,11 +399,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         "## Plots", "",
     ]
     for plot in plots:
-        lines += [f"### {plot.title}", ""]
-        if plot.path is not None:
-            lines += [plot.caption, "", f"![{plot.title}]({plot.path.name})", ""]
-        else:
-            lines += [f"_Skipped: {plot.note}_", ""]
+        lines += plot.markdown()
     try:
         lines += report_mechanism.mechanism_section(runs, out_dir, chosen_lr)
     except Exception as error:  # noqa: BLE001 - the report must be written whatever one run dir holds

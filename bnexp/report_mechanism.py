@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bnexp.records import RunRecord, variant_sort_key
+from bnexp.records import RunRecord, group_by, variant_sort_key
 from bnexp.report_plots import PlotResult, _colors, _runs_at_lr, _save, plt
 from bnexp.rundirs import as_float
 
 SPREAD_SUFFIX, XHAT_SUFFIX = "/out_std_ratio", "/xhat_std_ratio"
 DEAD_SUFFIX, ZERO_INPUT_SUFFIX = "/dead_frac", "/in_zero_frac"
 LR_MARKERS = "osD^vP*Xph"
+# MechanismPoint's fields in the order of mechanism.csv's columns
+TABLE_FIELDS = ("dead_mean", "dead_max", "xhat_max", "spread_max", "zero_input_max")
 
 
 @dataclass
@@ -47,7 +49,7 @@ def _summarise(values: list[float], how) -> float | None:
 def mechanism_points(run: RunRecord) -> list[MechanismPoint]:
     """The run's measured steps that carry mechanism keys, in step order; non-finite values are left out."""
     points = []
-    for record in sorted(run.step_records(), key=lambda r: r["step"]):
+    for record in sorted(run.step_records, key=lambda r: r["step"]):
         found: dict[str, list[float]] = defaultdict(list)
         for key, value in record.items():
             for suffix in (XHAT_SUFFIX, SPREAD_SUFFIX, DEAD_SUFFIX, ZERO_INPUT_SUFFIX):
@@ -112,20 +114,15 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
                       "exactly 0.")
 
 
-def _final_point(points: list[MechanismPoint]) -> MechanismPoint | None:
-    return points[-1] if points else None
-
-
 def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
                                points_of: dict[Path, list[MechanismPoint]]) -> PlotResult:
     title = "Mechanism at the end against final test accuracy"
-    rows = [(run, _final_point(points_of.get(run.run_dir, []))) for run in runs if run.status == "finished"]
-    rows = [(run, point) for run, point in rows
-            if point is not None and as_float(run.summary.get("final_test_acc")) is not None]
+    rows = [(run, points_of[run.run_dir][-1]) for run in runs if run.status == "finished"
+            and points_of.get(run.run_dir) and as_float(run.summary.get("final_test_acc")) is not None]
     if not rows:
         return PlotResult(title, None, note="no finished run records both the mechanism metrics and a final accuracy")
     variants = sorted({run.variant for run, _ in rows}, key=variant_sort_key)
-    lrs = sorted({run.lr for run, _ in rows if run.lr is not None})
+    lrs = sorted({run.lr for run, _ in rows})
     colors = _colors(variants)
     markers = {lr: LR_MARKERS[i % len(LR_MARKERS)] for i, lr in enumerate(lrs)}
     figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
@@ -138,7 +135,7 @@ def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
             if value is None:
                 continue
             ax.scatter([value], [100 * float(run.summary["final_test_acc"])], color=colors[run.variant],
-                       marker=markers.get(run.lr, "o"), s=36, alpha=0.8, edgecolors="none")
+                       marker=markers[run.lr], s=36, alpha=0.8, edgecolors="none")
         if log_x:
             ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -153,28 +150,22 @@ def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
                       + (f"{left_out} diverged run(s) have no final accuracy and are not shown." if left_out else ""))
 
 
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the values that are not None; None when there are none."""
+    values = [value for value in values if value is not None]
+    return float(np.mean(values)) if values else None
+
+
 def mechanism_table(runs: list[RunRecord], points_of: dict[Path, list[MechanismPoint]]) -> list[dict]:
     """Per model x variant x lr, means over the runs that record the metrics, at each run's last measured step."""
-    grouped: dict[tuple, list[tuple[RunRecord, MechanismPoint]]] = defaultdict(list)
-    for run in runs:
-        point = _final_point(points_of.get(run.run_dir, []))
-        if point is not None and run.lr is not None:
-            grouped[(run.model, run.variant, run.lr)].append((run, point))
+    measured = [(run, points_of[run.run_dir][-1]) for run in runs if points_of.get(run.run_dir)]
+    grouped = group_by(measured, lambda member: (member[0].model, member[0].variant, member[0].lr))
     rows = []
-    for (model, variant, lr), members in sorted(grouped.items(),
-                                                key=lambda item: (item[0][0], variant_sort_key(item[0][1]),
-                                                                  item[0][2])):
-        def mean(values):
-            values = [v for v in values if v is not None]
-            return float(np.mean(values)) if values else None
-
+    for model, variant, lr in sorted(grouped, key=lambda key: (key[0], variant_sort_key(key[1]), key[2])):
+        members = grouped[(model, variant, lr)]
         rows.append({"model": model, "variant": variant, "lr": lr, "n_runs": len(members),
-                     "dead_mean": mean([p.dead_mean for _, p in members]),
-                     "dead_max": mean([p.dead_max for _, p in members]),
-                     "xhat_max": mean([p.xhat_max for _, p in members]),
-                     "spread_max": mean([p.spread_max for _, p in members]),
-                     "zero_input_max": mean([p.zero_input_max for _, p in members]),
-                     "final_test_acc": mean([as_float(r.summary.get("final_test_acc")) for r, _ in members])})
+                     **{field: _mean([getattr(p, field) for _, p in members]) for field in TABLE_FIELDS},
+                     "final_test_acc": _mean([as_float(r.summary.get("final_test_acc")) for r, _ in members])})
     return rows
 
 
@@ -216,7 +207,5 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
     lines.append("")
     for plot in (plot_mechanism_over_training(runs, shared_lr, out_dir, points_of),
                  plot_mechanism_vs_accuracy(runs, out_dir, points_of)):
-        lines += [f"### {plot.title}", ""]
-        lines += [plot.caption, "", f"![{plot.title}]({plot.path.name})", ""] if plot.path is not None else \
-            [f"_Not shown: {plot.note}_", ""]
+        lines += plot.markdown("Not shown")
     return lines

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 from bnexp.records import (ALL_CHANNELS, NO_NORM, EdgeOfStability, GroupStats, RunRecord,  # noqa: E402
-                           final_accuracies, variant_sort_key)
+                           final_accuracies, group_by, variant_sort_key)
 from bnexp.rundirs import as_float  # noqa: E402
 
 LAYER_PREFIX = "grad_norm/"
@@ -33,6 +33,11 @@ class PlotResult:
     path: Path | None
     caption: str = ""
     note: str = ""
+
+    def markdown(self, missing: str = "Skipped") -> list[str]:
+        """The plot's subsection of the report; `missing` words a plot that was not drawn."""
+        body = [self.caption, "", f"![{self.title}]({self.path.name})"] if self.path else [f"_{missing}: {self.note}_"]
+        return [f"### {self.title}", "", *body, ""]
 
 
 def never_raises(title: str):
@@ -71,16 +76,13 @@ def _runs_by_series(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     show_model = len({run.model for run in runs}) > 1
     ordered = sorted(runs, key=lambda r: (r.model if show_model else "", variant_sort_key(r.variant),
                                           r.seed is None, r.seed))
-    by_series: dict[str, list] = {}
-    for run in ordered:
-        by_series.setdefault(_series_name(run.model, run.variant, show_model), []).append(run)
-    return by_series
+    return group_by(ordered, lambda run: _series_name(run.model, run.variant, show_model))
 
 
 def _runs_at_lr(runs: list[RunRecord], lr: float | None) -> dict[str, list[RunRecord]]:
     if lr is None:
         return {}
-    return _runs_by_series([run for run in runs if run.lr is not None and math.isclose(run.lr, lr, rel_tol=1e-9)])
+    return _runs_by_series([run for run in runs if math.isclose(run.lr, lr, rel_tol=1e-9)])
 
 
 def _seed_offsets(count: int, spread: float = 0.04) -> np.ndarray:
@@ -94,9 +96,7 @@ def _seed_offsets(count: int, spread: float = 0.04) -> np.ndarray:
 def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float | None = None) -> PlotResult:
     title = "Test accuracy vs learning rate"
     show_model = len({g.model for g in groups}) > 1
-    series: dict[str, list] = defaultdict(list)
-    for group in groups:
-        series[_series_name(group.model, group.variant, show_model)].append(group)
+    series = group_by(groups, lambda group: _series_name(group.model, group.variant, show_model))
     if not series:
         return PlotResult(title, None, note="no runs with an lr")
     if not any(math.isfinite(g.values["final_test_acc_mean"]) or g.values["n_diverged"] for g in groups):
@@ -154,7 +154,7 @@ def plot_loss_curves(runs: list[RunRecord], lr: float | None, out_dir: Path) -> 
     curves: dict[str, list[tuple[np.ndarray, np.ndarray, str]]] = {}
     for variant, members in by_variant.items():
         for run in members:
-            points = [(r["step"], as_float(r.get("train/loss"))) for r in run.step_records()]
+            points = [(r["step"], as_float(r.get("train/loss"))) for r in run.step_records]
             points = [(s, v) for s, v in points if v is not None and math.isfinite(v) and v > 0]
             if points:
                 steps, losses = map(np.array, zip(*sorted(points)))
@@ -202,8 +202,9 @@ def log_grad_norm_matrix(records: list[dict], layers: list[str]) -> np.ndarray:
     An exactly-zero norm means the network died (no gradient reaches the layer); the heatmap draws it
     black rather than blank, so it is not mistaken for a missing measurement.
     """
-    values = [[as_float(record.get(LAYER_PREFIX + layer)) for record in records] for layer in layers]
-    matrix = np.array([[np.nan if value is None else value for value in row] for row in values], dtype=float)
+    # as_float's None (missing, or not a number) becomes NaN in a float array
+    matrix = np.array([[as_float(record.get(LAYER_PREFIX + layer)) for record in records] for layer in layers],
+                      dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.log10(np.where(matrix >= 0, matrix, np.nan))
 
@@ -214,7 +215,7 @@ def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Pa
     panels = []
     for variant, members in _runs_at_lr(runs, lr).items():
         for run in members:  # the lowest seed that has per-layer records
-            records = run.step_records()
+            records = run.step_records
             layers = list(dict.fromkeys(layer for record in records for layer in _layer_grad_norms(record)))
             if layers:
                 records = [r for r in records if any(LAYER_PREFIX + n in r for n in layers)]
@@ -254,7 +255,7 @@ def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Pa
 def _init_grad_norms(run: RunRecord) -> dict[str, float]:
     norms = run.summary.get("init_grad_norms")
     if not (isinstance(norms, dict) and norms):  # the step-0 record, as a fallback for older summaries
-        records = run.step_records()
+        records = run.step_records
         norms = _layer_grad_norms(min(records, key=lambda r: r["step"])) if records else {}
     return {layer: value for layer, value in ((layer, as_float(v)) for layer, v in norms.items()) if value is not None}
 
@@ -352,13 +353,3 @@ def plot_edge_of_stability(edges: list[EdgeOfStability], out_dir: Path) -> PlotR
         caption += (f" Not shown: {', '.join(left_out)} (a fixed group count pools a different number of "
                     "channels in layers of different widths).")
     return PlotResult(title, path, caption)
-
-
-def make_all_plots(runs: list[RunRecord], groups: list[GroupStats], out_dir: Path,
-                   shared_lr: float | None, min_acc: float | None = None) -> list[PlotResult]:
-    return [
-        plot_accuracy_vs_lr(groups, out_dir, min_acc),
-        plot_loss_curves(runs, shared_lr, out_dir),
-        plot_grad_norm_heatmaps(runs, shared_lr, out_dir),
-        plot_init_grad_norms(runs, out_dir),
-    ]
