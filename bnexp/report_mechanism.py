@@ -27,8 +27,9 @@ from bnexp.rundirs import as_float
 SPREAD_SUFFIX, XHAT_SUFFIX = "/out_std_ratio", "/xhat_std_ratio"
 DEAD_SUFFIX, ZERO_INPUT_SUFFIX = "/dead_frac", "/in_zero_frac"
 LR_MARKERS = "osD^vP*Xph"
-# MechanismPoint's fields in the order of mechanism.csv's columns
-TABLE_FIELDS = ("dead_mean", "dead_max", "xhat_max", "spread_max", "zero_input_max")
+# MechanismPoint's fields in the order of mechanism.csv's columns, with their format in the report's table
+TABLE_FIELDS = {"dead_mean": ".2f", "dead_max": ".2f", "xhat_max": ".3g", "spread_max": ".3g",
+                "zero_input_max": ".2f"}
 
 
 @dataclass
@@ -68,9 +69,8 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
                                  points_of: dict[Path, list[MechanismPoint]]) -> PlotResult:
     title = f"Channel-scale spread and dead units over training at lr={lr:g}" if lr is not None else \
         "Channel-scale spread and dead units over training"
-    by_variant = {variant: [run for run in members if points_of.get(run.run_dir)]
-                  for variant, members in _runs_at_lr(runs, lr).items()}
-    by_variant = {variant: members for variant, members in by_variant.items() if members}
+    by_variant = {variant: measured for variant, members in _runs_at_lr(runs, lr).items()
+                  if (measured := [run for run in members if points_of.get(run.run_dir)])}
     if not by_variant:
         return PlotResult(title, None, note=f"no run at lr={lr} records the mechanism metrics")
     colors = _colors(list(by_variant))
@@ -199,11 +199,10 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
               "|" + "---|" * (10 if show_model else 9)]
     for row in table:
         acc = row["final_test_acc"]
-        lines.append("| " + (f"{row['model']} | " if show_model else "")
-                     + f"{row['variant']} | {row['lr']:g} | {row['n_runs']} | {_fmt(row['dead_mean'], '.2f')} | "
-                     f"{_fmt(row['dead_max'], '.2f')} | {_fmt(row['xhat_max'], '.3g')} | "
-                     f"{_fmt(row['spread_max'], '.3g')} | "
-                     f"{_fmt(row['zero_input_max'], '.2f')} | {'–' if acc is None else f'{100 * acc:.1f}%'} |")
+        cells = [row["variant"], f"{row['lr']:g}", str(row["n_runs"]),
+                 *(_fmt(row[field], spec) for field, spec in TABLE_FIELDS.items()),
+                 "–" if acc is None else f"{100 * acc:.1f}%"]
+        lines.append("| " + " | ".join(([row["model"]] if show_model else []) + cells) + " |")
     lines.append("")
     for plot in (plot_mechanism_over_training(runs, shared_lr, out_dir, points_of),
                  plot_mechanism_vs_accuracy(runs, out_dir, points_of)):

@@ -36,8 +36,9 @@ class PlotResult:
 
     def markdown(self, missing: str = "Skipped") -> list[str]:
         """The plot's subsection of the report; `missing` words a plot that was not drawn."""
-        body = [self.caption, "", f"![{self.title}]({self.path.name})"] if self.path else [f"_{missing}: {self.note}_"]
-        return [f"### {self.title}", "", *body, ""]
+        if self.path is None:
+            return [f"### {self.title}", "", f"_{missing}: {self.note}_", ""]
+        return [f"### {self.title}", "", self.caption, "", f"![{self.title}]({self.path.name})", ""]
 
 
 def never_raises(title: str):
@@ -131,28 +132,24 @@ def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float 
                 marked_diverged = True
     if min_acc is not None:
         axes.axhline(100 * min_acc, color="grey", ls=":", lw=1, label=f"{100 * min_acc:g}%: counts as training")
-    axes.set_xscale("log")
-    axes.set_xlabel("learning rate")
-    axes.set_ylabel("final test accuracy (%)")
-    axes.set_ylim(bottom=0)
+    axes.set(xscale="log", xlabel="learning rate", ylabel="final test accuracy (%)", ylim=(0, None),
+             title=f"mean with 95% {method_name} interval over non-diverged seeds; dots: single seeds")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    axes.set_title(f"mean with 95% {method_name} interval over non-diverged seeds; dots: single seeds")
     path = _save(figure, out_dir / "acc_vs_lr.png")
     return PlotResult(title, path, f"One line per variant: the mean final test accuracy over the seeds that "
                                    f"finished, with its 95% {method_name} interval as error bar (none for a "
                                    "single seed); the faint dots are the seeds themselves, and each variant is nudged "
                                    "sideways a little so that variants at the same lr do not hide each other. Red × "
-                                   "marks an lr where "
-                                   "at least one seed diverged (on the x axis when every seed diverged).")
+                                   "marks an lr where at least one seed diverged (on the x axis when every seed "
+                                   "diverged).")
 
 
 @never_raises("Training loss")
 def plot_loss_curves(runs: list[RunRecord], lr: float | None, out_dir: Path) -> PlotResult:
     title = f"Training loss at lr={lr:g}" if lr is not None else "Training loss"
-    by_variant = _runs_at_lr(runs, lr)
     curves: dict[str, list[tuple[np.ndarray, np.ndarray, str]]] = {}
-    for variant, members in by_variant.items():
+    for variant, members in _runs_at_lr(runs, lr).items():
         for run in members:
             points = [(r["step"], as_float(r.get("train/loss"))) for r in run.step_records]
             points = [(s, v) for s, v in points if v is not None and math.isfinite(v) and v > 0]
@@ -172,11 +169,10 @@ def plot_loss_curves(runs: list[RunRecord], lr: float | None, out_dir: Path) -> 
     finite = np.concatenate([losses for lines in curves.values() for _, losses, _ in lines])
     if finite.max() / finite.min() > 10:  # log only when the losses span orders of magnitude (a divergence)
         axes.set_yscale("log")
-    axes.set_xlabel("step")
-    axes.set_ylabel("training loss")
+    axes.set(xlabel="step", ylabel="training loss",
+             title=f"lr={lr:g}; one line per seed, dashed + red × = diverged")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
-    axes.set_title(f"lr={lr:g}; one line per seed, dashed + red × = diverged")
     path = _save(figure, out_dir / f"loss_curves_lr{lr:g}.png")
     return PlotResult(title, path, "Per-step training loss of every seed, one colour per variant.")
 
@@ -232,7 +228,6 @@ def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Pa
     n_layers = max(len(p[2]) for p in panels)
     figure, axes_list = plt.subplots(len(panels), 1, squeeze=False, sharex=True, layout="constrained",
                                      figsize=(10, max(2.0, 0.18 * n_layers + 1.0) * len(panels)))
-    image = None
     for axes, (variant, seed, layers, steps, matrix) in zip(axes_list[:, 0], panels):
         # pcolormesh with cell edges between logged steps: honest x positions even if the logging interval varies
         below_scale = np.where(np.isneginf(matrix), vmin - 1.0, matrix)
@@ -264,16 +259,14 @@ def _init_grad_norms(run: RunRecord) -> dict[str, float]:
 def plot_init_grad_norms(runs: list[RunRecord], out_dir: Path) -> PlotResult:
     title = "Per-layer gradient norm at initialisation"
     per_variant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    layer_order: dict[str, None] = {}
     for series, members in _runs_by_series(runs).items():
         for run in members:
             for layer, value in _init_grad_norms(run).items():
                 per_variant[series][layer].append(value)
-                layer_order.setdefault(layer, None)
     if not per_variant:
         return PlotResult(title, None, note="no `init_grad_norms` in summary.json and no per-layer grad norms in "
                                             "the first metrics record")
-    layers = list(layer_order)
+    layers = list(dict.fromkeys(layer for norms in per_variant.values() for layer in norms))
     variants = list(per_variant)
     colors = _colors(variants)
     figure, axes = plt.subplots(figsize=(max(8, 0.3 * len(layers) + 3), 5))
@@ -283,10 +276,8 @@ def plot_init_grad_norms(runs: list[RunRecord], out_dir: Path) -> PlotResult:
                    if per_variant[variant].get(layer)]
         xs, ys = zip(*present)
         axes.plot(xs, ys, marker="o", ms=4, color=colors[variant], label=variant)
-    axes.set_yscale("log")
-    axes.set_xticks(range(len(layers)))
+    axes.set(yscale="log", xticks=range(len(layers)), ylabel="grad norm at init (mean over runs)")
     axes.set_xticklabels(layers, rotation=70, ha="right", fontsize=7)
-    axes.set_ylabel("grad norm at init (mean over runs)")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
     path = _save(figure, out_dir / "init_grad_norms.png")
@@ -333,17 +324,14 @@ def plot_edge_of_stability(edges: list[EdgeOfStability], out_dir: Path) -> PlotR
         else:  # trained at every lr tried: only a lower bound
             axes.annotate("", xy=(x_shifted, low * 1.6), xytext=(x_shifted, low),
                           arrowprops={"arrowstyle": "->", "color": colors[name]})
-    axes.set_yscale("log")
-    axes.set_ylim(bottom=floor_lr / 2)
-    axes.set_xticks(range(len(order)))
-    axes.set_xticklabels([str(value) for value in order])
     if NO_NORM in position:
         axes.axvline(position[NO_NORM] - 0.5, color="grey", lw=0.8, ls=":")
-    axes.set_xlabel("channels per statistic (1 = per-channel, all = one statistic per layer)")
-    axes.set_ylabel("learning rate")
+    axes.set(yscale="log", ylim=(floor_lr / 2, None), xticks=range(len(order)),
+             xticklabels=[str(value) for value in order], ylabel="learning rate",
+             xlabel="channels per statistic (1 = per-channel, all = one statistic per layer)",
+             title="marker: max stable lr; bar up to the first lr that does not train")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    axes.set_title("marker: max stable lr; bar up to the first lr that does not train")
     path = _save(figure, out_dir / "edge_of_stability.png")
     left_out = [e.variant for e in edges if e.channels_per_statistic is None]
     caption = ("Per variant, the largest lr at which every seed trained (marker) and the bracket up to the first "
