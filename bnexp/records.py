@@ -308,11 +308,12 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
 
 @dataclass
 class StableLr:
+    """One variant's stable lrs; the fields are stable_lr.csv's columns, in order."""
     model: str
     variant: str
     largest_stable_lr: float | None
     smallest_unstable_lr: float | None
-    top_of_grid: bool        # stable at the largest lr tried: the grid did not find the limit
+    stable_at_top_of_grid: bool  # stable at the largest lr tried: the grid did not find the limit
     largest_training_lr: float | None  # stable and every seed reached min_acc
 
 

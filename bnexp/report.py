@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import itertools
 import math
 import os
 import sys
@@ -105,7 +107,7 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None
 
 def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
     rows = []
-    for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr or 0, r.seed or 0)):
+    for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr, r.seed or 0)):
         row = {"model": run.model, "variant": run.variant, "lr": run.lr, "seed": run.seed, "status": run.status,
                "run_dir": shown_path(run.run_dir), "error": first_line(run.summary.get("error"))}
         rows.append([row.get(c, run.summary.get(c)) for c in RUN_COLUMNS])
@@ -120,10 +122,7 @@ def write_summary_csv(groups: list[GroupStats], path: Path) -> None:
 
 
 def write_stable_csv(stable: list[StableLr], path: Path) -> None:
-    _write_csv(path, ["model", "variant", "largest_stable_lr", "smallest_unstable_lr", "stable_at_top_of_grid",
-                      "largest_training_lr"],
-               [[item.model, item.variant, item.largest_stable_lr, item.smallest_unstable_lr, item.top_of_grid,
-                 item.largest_training_lr] for item in stable])
+    _write_csv(path, [column.name for column in dataclasses.fields(StableLr)], map(dataclasses.astuple, stable))
 
 
 def write_edge_csv(edges: list[EdgeOfStability], path: Path) -> None:
@@ -142,13 +141,11 @@ def write_differences_csv(comparisons: list[Comparison], path: Path) -> None:
                 for c in comparisons])
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def _fmt(value: Any) -> str:
     number = as_float(value)
     if number is None:
         return "–"
-    if math.isinf(number):
-        return "inf"
-    return f"{number:.{digits}g}"
+    return "inf" if math.isinf(number) else f"{number:.3g}"
 
 
 def _fmt_acc(mean: float, low: float, high: float) -> str:
@@ -158,8 +155,11 @@ def _fmt_acc(mean: float, low: float, high: float) -> str:
     return f"{100 * mean:.2f}" + ("" if math.isnan(low) else f" [{100 * low:.2f}, {100 * high:.2f}]")
 
 
-def interval_name(method: str) -> str:
-    return {"t": "Student-t", "bootstrap": "percentile bootstrap"}[method]
+INTERVAL_NAMES = {"t": "Student-t", "bootstrap": "percentile bootstrap"}
+
+
+def _lr_text(lr: float | None, missing: str = "none") -> str:
+    return missing if lr is None else f"{lr:g}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -172,7 +172,7 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
                      interval_method: str = DEFAULT_INTERVAL_METHOD) -> str:
     show_incomplete = any(group.values["n_incomplete"] for group in groups)  # a column of blanks says nothing
     header = (["model"] if show_model else []) + [
-        "variant", "lr", f"test acc % (mean [95% {interval_name(interval_method)} interval])", "n", "diverged"]
+        "variant", "lr", f"test acc % (mean [95% {INTERVAL_NAMES[interval_method]} interval])", "n", "diverged"]
     header += (["incomplete"] if show_incomplete else [])
     header += [f"steps to {float(t):.0%}" for t in targets]
     header += ["grad norm at step 0", "peak grad norm after step 0", "last grad norm"]
@@ -189,23 +189,17 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
         for target in targets:
             mean, reached = v[f"steps_to_acc_{target}_mean"], v[f"steps_to_acc_{target}_reached"]
             row.append("–" if not reached else f"{mean:.0f} ({reached}/{v['n_finished']})")
-        row += [_fmt(v["grad_norm_at_init_mean"], 3), _fmt(v["grad_norm_peak_after_init_max"], 3),
-                _fmt(v["grad_norm_last_mean"], 3)]
-        rows.append(row)
+        rows.append(row + [_fmt(v[key]) for key in ("grad_norm_at_init_mean", "grad_norm_peak_after_init_max",
+                                                     "grad_norm_last_mean")])
     return markdown_table(header, rows)
 
 
 def stable_markdown(stable: list[StableLr], show_model: bool, min_acc: float = DEFAULT_MIN_ACC) -> str:
     header = (["model"] if show_model else []) + ["variant", "largest stable lr", "smallest lr with a divergence",
                                                   f"largest lr that trains (acc ≥ {100 * min_acc:g}%)"]
-    rows = []
-    for item in stable:
-        largest = "none" if item.largest_stable_lr is None else f"{item.largest_stable_lr:g}"
-        if item.top_of_grid:
-            largest += " (top of grid)"
-        smallest = "–" if item.smallest_unstable_lr is None else f"{item.smallest_unstable_lr:g}"
-        training = "none" if item.largest_training_lr is None else f"{item.largest_training_lr:g}"
-        rows.append(([item.model] if show_model else []) + [item.variant, largest, smallest, training])
+    rows = [([item.model] if show_model else []) + [
+        item.variant, _lr_text(item.largest_stable_lr) + (" (top of grid)" if item.stable_at_top_of_grid else ""),
+        _lr_text(item.smallest_unstable_lr, missing="–"), _lr_text(item.largest_training_lr)] for item in stable]
     return markdown_table(header, rows)
 
 
@@ -215,23 +209,18 @@ def edge_markdown(edges: list[EdgeOfStability], show_model: bool) -> str:
     rows = []
     for edge in edges:
         channels = "–" if edge.channels_per_statistic is None else str(edge.channels_per_statistic)
-        largest = "none" if edge.max_stable_lr is None else f"{edge.max_stable_lr:g}"
-        rows.append(([edge.model] if show_model else []) + [
-            edge.variant, channels, largest, edge.bracket.describe(), ", ".join(f"{lr:g}" for lr in edge.lrs_tried)])
+        rows.append(([edge.model] if show_model else []) + [edge.variant, channels, _lr_text(edge.max_stable_lr),
+                                                              edge.bracket.describe(),
+                                                              ", ".join(f"{lr:g}" for lr in edge.lrs_tried)])
     return markdown_table(header, rows)
 
 
 def differences_markdown(comparisons: list[Comparison], show_model: bool) -> list[str]:
     """Per lr, one line per variant: its difference from the reference with the interval, and the verdict."""
     lines: list[str] = []
-    current = None
-    for comparison in comparisons:
-        key = (comparison.model, comparison.lr)
-        if key != current:
-            current = key
-            model = f"{comparison.model}, " if show_model else ""
-            lines += ["", f"**{model}lr {comparison.lr:g}**", ""]
-        lines.append(f"- {comparison.format()}")
+    for (model, lr), same_lr in itertools.groupby(comparisons, key=lambda c: (c.model, c.lr)):
+        lines += ["", f"**{f'{model}, ' if show_model else ''}lr {lr:g}**", ""]
+        lines += [f"- {comparison.format()}" for comparison in same_lr]
     return lines
 
 
@@ -383,7 +372,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         edge_markdown(edges, show_model), "",
         "## Results per variant and learning rate", "",
         f"Test accuracy is the mean final test accuracy over the n seeds that finished without diverging, with a "
-        f"95% {interval_name(interval_method)} interval over those seeds"
+        f"95% {INTERVAL_NAMES[interval_method]} interval over those seeds"
         + (" (mean ± t(0.975, n−1)·s/√n: wide for few seeds, e.g. ×4.3 the standard error at n = 3)"
            if interval_method == "t" else " (resampling the seeds; too narrow for a handful of seeds)")
         + "; one seed gives no interval. "

@@ -24,8 +24,11 @@ from bnexp.records import RunRecord, group_by, variant_sort_key
 from bnexp.report_plots import PlotResult, _colors, _runs_at_lr, _save, plt
 from bnexp.rundirs import as_float
 
-SPREAD_SUFFIX, XHAT_SUFFIX = "/out_std_ratio", "/xhat_std_ratio"
-DEAD_SUFFIX, ZERO_INPUT_SUFFIX = "/dead_frac", "/in_zero_frac"
+# Each MechanismPoint field: the suffix of the probe's keys it summarises, and how (over layers)
+POINT_SUMMARIES = {"xhat_max": ("/xhat_std_ratio", max), "spread_max": ("/out_std_ratio", max),
+                   "dead_mean": ("/dead_frac", lambda values: sum(values) / len(values)),
+                   "dead_max": ("/dead_frac", max), "zero_input_max": ("/in_zero_frac", max)}
+SUFFIXES = {suffix for suffix, _ in POINT_SUMMARIES.values()}
 LR_MARKERS = "osD^vP*Xph"
 # MechanismPoint's fields in the order of mechanism.csv's columns, with their format in the report's table
 TABLE_FIELDS = {"dead_mean": ".2f", "dead_max": ".2f", "xhat_max": ".3g", "spread_max": ".3g",
@@ -43,25 +46,19 @@ class MechanismPoint:
     zero_input_max: float | None  # max over linear layers of in_zero_frac (the head, in bnexp's models)
 
 
-def _summarise(values: list[float], how) -> float | None:
-    return how(values) if values else None
-
-
 def mechanism_points(run: RunRecord) -> list[MechanismPoint]:
     """The run's measured steps that carry mechanism keys, in step order; non-finite values are left out."""
     points = []
     for record in sorted(run.step_records, key=lambda r: r["step"]):
         found: dict[str, list[float]] = defaultdict(list)
         for key, value in record.items():
-            for suffix in (XHAT_SUFFIX, SPREAD_SUFFIX, DEAD_SUFFIX, ZERO_INPUT_SUFFIX):
+            for suffix in SUFFIXES:
                 if key.endswith(suffix) and (number := as_float(value)) is not None and math.isfinite(number):
                     found[suffix].append(number)
         if found:
-            points.append(MechanismPoint(int(record["step"]), _summarise(found[XHAT_SUFFIX], max),
-                                         _summarise(found[SPREAD_SUFFIX], max),
-                                         _summarise(found[DEAD_SUFFIX], lambda v: sum(v) / len(v)),
-                                         _summarise(found[DEAD_SUFFIX], max),
-                                         _summarise(found[ZERO_INPUT_SUFFIX], max)))
+            points.append(MechanismPoint(int(record["step"]), **{
+                field: how(found[suffix]) if found[suffix] else None
+                for field, (suffix, how) in POINT_SUMMARIES.items()}))
     return points
 
 

@@ -119,16 +119,14 @@ def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float 
         yerr = np.vstack([np.nan_to_num(means - lows), np.nan_to_num(highs - means)])
         axes.errorbar(lrs * shift, means, yerr=yerr, marker="o", ms=4, capsize=3, color=colors[name],
                       label=name, zorder=3)
-        for group in members:
+        for group, mean in zip(members, means):
             seeds = [100 * a for a in final_accuracies(group.runs)]
             axes.scatter(group.lr * shift * _seed_offsets(len(seeds), spread=0.015), seeds, s=9,
                          color=colors[name], alpha=0.45, edgecolors="none", zorder=2)
-        for group, mean in zip(members, means):
             if group.values["n_diverged"] > 0:
                 # Diverged seeds: a red x at the mean of the surviving seeds, or on the floor when none survived.
-                y = mean if not math.isnan(mean) else 0.0
-                axes.scatter([group.lr * shift], [y], marker="x", s=70, color="red", zorder=5,
-                             label=None if marked_diverged else "≥1 seed diverged")
+                axes.scatter([group.lr * shift], [0.0 if math.isnan(mean) else mean], marker="x", s=70, color="red",
+                             zorder=5, label=None if marked_diverged else "≥1 seed diverged")
                 marked_diverged = True
     if min_acc is not None:
         axes.axhline(100 * min_acc, color="grey", ls=":", lw=1, label=f"{100 * min_acc:g}%: counts as training")
