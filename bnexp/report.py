@@ -330,7 +330,6 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
              report_plots.plot_init_grad_norms(runs, out_dir),
              report_plots.plot_edge_of_stability(edges, out_dir)]
 
-    varying = varying_config_keys(runs)
     reference_config = next((run.config for run in runs if run.config), {})
     flat_reference = flatten(reference_config)
     headline = {key: flat_reference[key] for key in HEADLINE_CONFIG_KEYS if key in flat_reference}
@@ -348,12 +347,11 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         "```yaml", yaml.safe_dump(headline, sort_keys=False).strip() if headline else "# (no config found)", "```",
         "",
     ]
-    if varying:
+    if varying := varying_config_keys(runs):
         lines += ["**Warning:** these settings differ between runs but are not grid axes, so rows below may not be "
-                  "comparable:", ""]
-        lines += [f"- `{key}`: {', '.join(values[:6])}{' …' if len(values) > 6 else ''}"
-                  for key, values in varying.items()]
-        lines.append("")
+                  "comparable:", "",
+                  *(f"- `{key}`: {', '.join(values[:6])}{' …' if len(values) > 6 else ''}"
+                    for key, values in varying.items()), ""]
     lines += [
         "<details><summary>Full config of that run</summary>", "", "```yaml",
         yaml.safe_dump(portable_config(reference_config), sort_keys=False).strip(), "```", "</details>", "",
@@ -394,8 +392,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     except Exception as error:  # noqa: BLE001 - the report must be written whatever one run dir holds
         lines += ["## Mechanism: channel scales and dead units", "",
                   f"_Not shown: the section could not be made ({type(error).__name__}: {first_line(str(error))})._", ""]
-    incomplete = [run for run in runs if not run.completed]
-    if incomplete:
+    if incomplete := [run for run in runs if not run.completed]:
         lines += ["## Runs that did not complete", "",
                   "Failed, killed, incomplete or still running (see README \"Outputs\" for each status); re-running "
                   "the sweep redoes all but the running ones.", ""]
@@ -408,9 +405,8 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     if skipped:
         lines += ["## Run dirs skipped", "",
                   "These dirs look like run dirs (a summary.json beside a config, a sweep job record or a run lock) "
-                  "but could not be used; nothing above counts them.", ""]
-        lines += [f"- `{shown_path(item.run_dir)}`: {item.reason}" for item in skipped]
-        lines.append("")
+                  "but could not be used; nothing above counts them.", "",
+                  *(f"- `{shown_path(item.run_dir)}`: {item.reason}" for item in skipped), ""]
     report_path = out_dir / "report.md"
     report_path.write_text("\n".join(lines))
     return report_path
@@ -429,8 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-acc", type=float, default=DEFAULT_MIN_ACC,
                         help=f"final test accuracy a run must reach to count as training (default {DEFAULT_MIN_ACC})")
     args = parser.parse_args(argv)
-    missing = [str(p) for p in args.paths if not p.exists()]
-    if missing:
+    if missing := [str(p) for p in args.paths if not p.exists()]:
         print(f"bnexp.report: error: no such path(s): {missing}", file=sys.stderr)
         return 2
     report_path = build_report(args.paths, args.out, args.lr, args.min_acc, args.interval, args.reference)
