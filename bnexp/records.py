@@ -490,8 +490,7 @@ def edges_of_stability(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) 
     for (model, variant), members in group_by(seeded, lambda run: (run.model, run.variant)).items():
         outcomes: dict[float, dict[int, edge_search.Outcome]] = defaultdict(dict)
         for run in members:
-            outcome = run_outcome(run, min_acc)
-            if outcome is not None:
+            if (outcome := run_outcome(run, min_acc)) is not None:
                 outcomes[run.lr][run.seed] = outcome
         lrs = sorted({run.lr for run in members})
         settings = edge_search.EdgeSearchSettings(start_lr=lrs[0], seeds=sorted({run.seed for run in members}),

@@ -79,7 +79,6 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
     figure, axes = plt.subplots(3, 2, figsize=(11, 10), sharex=True)
     axes[2][1].set_visible(False)
     for (field, label, log_y), ax in zip(panels, axes.flat):
-        drawn = False
         for variant, members in by_variant.items():
             for index, run in enumerate(members):
                 pairs = [(p.step, getattr(p, field)) for p in points_of[run.run_dir] if getattr(p, field) is not None]
@@ -88,8 +87,7 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
                 steps, values = zip(*pairs)
                 ax.plot(steps, values, color=colors[variant], lw=1.2, alpha=0.8,
                         ls="--" if run.status == "diverged" else "-", label=variant if index == 0 else None)
-                drawn = True
-        if log_y and drawn:
+        if log_y and ax.lines:  # a log scale needs something drawn
             ax.set_yscale("log")
         if not log_y:
             ax.set_ylim(-0.03, 1.03)
@@ -123,10 +121,9 @@ def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
     colors = _colors(variants)
     markers = {lr: LR_MARKERS[i % len(LR_MARKERS)] for i, lr in enumerate(lrs)}
     figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    for field, ax, label, log_x in (("dead_mean", axes[0], "dead units at the end (mean over activation layers)",
-                                     False),
-                                    ("spread_max", axes[1], "channel output-std spread at the end (max over norm "
-                                                            "layers)", True)):
+    panels = (("dead_mean", "dead units at the end (mean over activation layers)", False),
+              ("spread_max", "channel output-std spread at the end (max over norm layers)", True))
+    for (field, label, log_x), ax in zip(panels, axes):
         for run, point in rows:
             value = getattr(point, field)
             if value is None:
