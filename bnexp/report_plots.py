@@ -125,8 +125,8 @@ def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float 
                          color=colors[name], alpha=0.45, edgecolors="none", zorder=2)
             if group.values["n_diverged"] > 0:
                 # Diverged seeds: a red x at the mean of the surviving seeds, or on the floor when none survived.
-                axes.scatter([group.lr * shift], [0.0 if math.isnan(mean) else mean], marker="x", s=70, color="red",
-                             zorder=5, label=None if marked_diverged else "≥1 seed diverged")
+                axes.scatter([group.lr * shift], [0.0 if math.isnan(mean) else mean], marker="x", s=70,
+                             color="red", zorder=5, label=None if marked_diverged else "≥1 seed diverged")
                 marked_diverged = True
     if min_acc is not None:
         axes.axhline(100 * min_acc, color="grey", ls=":", lw=1, label=f"{100 * min_acc:g}%: counts as training")
