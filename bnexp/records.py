@@ -14,7 +14,7 @@ import functools
 import math
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -227,7 +227,7 @@ class GroupStats:
     variant: str
     lr: float
     runs: list[RunRecord]
-    values: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any]
 
     @property
     def stable(self) -> bool:
