@@ -23,27 +23,25 @@ DEFAULT_LEVEL = 0.95
 
 # --- the Student-t distribution --------------------------------------------------------------------------------
 
+def _off_zero(term: float) -> float:
+    """Lentz's guard: a term that vanishes (it would be divided by) is replaced by a tiny one."""
+    return term if abs(term) >= 1e-300 else 1e-300
+
+
 def _incomplete_beta_fraction(x: float, a: float, b: float) -> float:
     """The continued fraction of I_x(a, b), evaluated with the modified Lentz method; converges for x < (a+1)/(a+b+2).
 
     The fraction is 1/(1+ d1/(1+ d2/(1+ ...))) with
     d(2m+1) = -(a+m)(a+b+m) x / ((a+2m)(a+2m+1)) and d(2m) = m(b-m) x / ((a+2m-1)(a+2m)).
     """
-    tiny = 1e-300
     numerator_term = 1.0  # Lentz's C
-    denominator_term = 1.0 - (a + b) * x / (a + 1.0)  # Lentz's D before inversion (the d1 term folded in)
-    if abs(denominator_term) < tiny:
-        denominator_term = tiny
-    denominator_term = 1.0 / denominator_term
+    denominator_term = 1.0 / _off_zero(1.0 - (a + b) * x / (a + 1.0))  # Lentz's D, the d1 term folded in
     fraction = denominator_term
     for m in range(1, 10_000):
         for coefficient in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
                             -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            denominator_term = 1.0 + coefficient * denominator_term
-            denominator_term = 1.0 / (denominator_term if abs(denominator_term) > tiny else tiny)
-            numerator_term = 1.0 + coefficient / numerator_term
-            if abs(numerator_term) < tiny:
-                numerator_term = tiny
+            denominator_term = 1.0 / _off_zero(1.0 + coefficient * denominator_term)
+            numerator_term = _off_zero(1.0 + coefficient / numerator_term)
             step = denominator_term * numerator_term
             fraction *= step
         if abs(step - 1.0) < 1e-15:
@@ -106,7 +104,6 @@ class Interval:
     low: float | None
     high: float | None
     method: str          # "t" or "bootstrap"
-    level: float = DEFAULT_LEVEL
 
     @property
     def has_interval(self) -> bool:
@@ -144,9 +141,9 @@ def t_interval(values: Iterable[float], level: float = DEFAULT_LEVEL) -> Interva
     values = _finite_values(values)
     n, mean = len(values), math.fsum(values) / len(values)
     if n < 2:
-        return Interval(mean, n, None, None, "t", level)
+        return Interval(mean, n, None, None, "t")
     half_width = student_t_quantile((1.0 + level) / 2.0, n - 1) * math.sqrt(sample_variance(values) / n)
-    return Interval(mean, n, mean - half_width, mean + half_width, "t", level)
+    return Interval(mean, n, mean - half_width, mean + half_width, "t")
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -167,7 +164,7 @@ def bootstrap_interval(values: Iterable[float], level: float = DEFAULT_LEVEL, re
     values = _finite_values(values)
     n, mean = len(values), math.fsum(values) / len(values)
     if n < 2:
-        return Interval(mean, n, None, None, "bootstrap", level)
+        return Interval(mean, n, None, None, "bootstrap")
     if n ** n <= resamples:
         means = [math.fsum(resample) / n for resample in itertools.product(values, repeat=n)]
     else:
@@ -175,7 +172,7 @@ def bootstrap_interval(values: Iterable[float], level: float = DEFAULT_LEVEL, re
         means = [math.fsum(generator.choices(values, k=n)) / n for _ in range(resamples)]
     means.sort()
     tail = (1.0 - level) / 2.0
-    return Interval(mean, n, percentile(means, tail), percentile(means, 1.0 - tail), "bootstrap", level)
+    return Interval(mean, n, percentile(means, tail), percentile(means, 1.0 - tail), "bootstrap")
 
 
 def mean_interval(values: Iterable[float], method: str = "t", level: float = DEFAULT_LEVEL) -> Interval:
@@ -197,7 +194,6 @@ class Difference:
     df: float | None
     n_a: int
     n_b: int
-    level: float = DEFAULT_LEVEL
 
     @property
     def resolved(self) -> bool:
@@ -222,14 +218,14 @@ def difference_interval(a: Iterable[float], b: Iterable[float], level: float = D
     a, b = _finite_values(a), _finite_values(b)
     difference = math.fsum(a) / len(a) - math.fsum(b) / len(b)
     if len(a) < 2 or len(b) < 2:
-        return Difference(difference, None, None, None, len(a), len(b), level)
+        return Difference(difference, None, None, None, len(a), len(b))
     share_a, share_b = sample_variance(a) / len(a), sample_variance(b) / len(b)
     standard_error = math.sqrt(share_a + share_b)
     if standard_error == 0.0:
-        return Difference(difference, difference, difference, math.inf, len(a), len(b), level)
+        return Difference(difference, difference, difference, math.inf, len(a), len(b))
     df = (share_a + share_b) ** 2 / (share_a ** 2 / (len(a) - 1) + share_b ** 2 / (len(b) - 1))
     half_width = student_t_quantile((1.0 + level) / 2.0, df) * standard_error
-    return Difference(difference, difference - half_width, difference + half_width, df, len(a), len(b), level)
+    return Difference(difference, difference - half_width, difference + half_width, df, len(a), len(b))
 
 
 def holds_beyond_interval(a: Iterable[float], b: Iterable[float], level: float = DEFAULT_LEVEL) -> bool:

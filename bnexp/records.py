@@ -10,12 +10,13 @@ variant from the reference at each lr, and `edges_of_stability` reads each varia
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -50,6 +51,14 @@ VARIANT_ORDER = ("correct_bn", "torch_bn", "grouped_bn", "shared_bn", "no_bn")
 PROVENANCE_KEYS = ("bnexp_version", "git_commit", "git_dirty", "python", "torch", "triton", "cuda", "device")
 
 
+def group_by(items: Iterable, key: Callable) -> dict[Any, list]:
+    """The items in lists by key(item), keys and items in their first-seen order."""
+    groups: dict[Any, list] = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(item)
+    return groups
+
+
 @dataclass
 class RunRecord:
     run_dir: Path
@@ -58,21 +67,19 @@ class RunRecord:
     status: str
     variant: str          # label, e.g. correct_bn or grouped_bn_g8
     model: str
-    lr: float | None
+    lr: float             # load_run refuses a run without a positive lr
     seed: int | None
-    _step_records: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def completed(self) -> bool:
         return self.status in COMPLETED_STATUSES
 
+    @functools.cached_property
     def step_records(self) -> list[dict[str, Any]]:
         """The per-step records of metrics.jsonl (read once; the tables and several plots use them)."""
-        if self._step_records is None:
-            # a record whose step is not a number (another program's line) has no place on a step axis
-            self._step_records = [r for r in read_metrics(self.run_dir)
-                                  if r.get("kind", "step") == "step" and _is_finite_number(r.get("step"))]
-        return self._step_records
+        # a record whose step is not a number (another program's line) has no place on a step axis
+        return [r for r in read_metrics(self.run_dir)
+                if r.get("kind", "step") == "step" and _is_finite_number(r.get("step"))]
 
 
 @dataclass
@@ -90,20 +97,20 @@ class GradNormTrajectory:
 
 def grad_norm_trajectory(run: RunRecord) -> GradNormTrajectory:
     values = []
-    for record in sorted(run.step_records(), key=lambda r: r["step"]):
+    for record in sorted(run.step_records, key=lambda r: r["step"]):
         if "grad_norm/global" in record:
             value = as_float(record["grad_norm/global"])  # None for NaN
             values.append(math.inf if value is None else value)
     if not values:
         return GradNormTrajectory(None, None, None)
-    return GradNormTrajectory(values[0], max(values[1:]) if len(values) > 1 else None, values[-1])
+    return GradNormTrajectory(values[0], max(values[1:], default=None), values[-1])
 
 
 def variant_label(config: dict[str, Any], summary: dict[str, Any]) -> str:
     """correct_bn, shared_bn, ... with the group count appended for grouped BN (grouped_bn_g8): runs that differ
     only in stat_groups are different variants for this study."""
-    name = get_path(config, "variant.name") or summary.get("variant") or summary.get("sweep_variant") or "unknown"
-    name = str(name)
+    name = str(get_path(config, "variant.name") or summary.get("variant") or summary.get("sweep_variant")
+               or "unknown")
     norm = get_path(config, "variant.norm")
     groups = get_path(config, "variant.stat_groups")
     if groups is not None and (norm == "grouped" or name.startswith("grouped")) and f"_g{groups}" not in name:
@@ -220,7 +227,7 @@ class GroupStats:
     variant: str
     lr: float
     runs: list[RunRecord]
-    values: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any]
 
     @property
     def stable(self) -> bool:
@@ -235,13 +242,10 @@ class GroupStats:
 
 def _interval_values(name: str, values: list[float], method: str) -> dict[str, Any]:
     """<name>_n, <name>_ci_low/_ci_high (NaN when fewer than 2 values) and the interval's method."""
-    if not values:
-        return {f"{name}_n": 0, f"{name}_ci_low": math.nan, f"{name}_ci_high": math.nan, "interval": method}
-    interval = intervals.mean_interval(values, method)
-    return {f"{name}_n": interval.n,
-            f"{name}_ci_low": math.nan if interval.low is None else interval.low,
-            f"{name}_ci_high": math.nan if interval.high is None else interval.high,
-            "interval": method}
+    interval = intervals.mean_interval(values, method) if values else None
+    low, high = (interval.low, interval.high) if interval else (None, None)
+    return {f"{name}_n": len(values), f"{name}_ci_low": math.nan if low is None else low,
+            f"{name}_ci_high": math.nan if high is None else high, "interval": method}
 
 
 def accuracy_targets(runs: list[RunRecord]) -> list[str]:
@@ -261,13 +265,9 @@ def final_accuracies(runs: list[RunRecord]) -> list[float]:
 
 def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
               interval_method: str = DEFAULT_INTERVAL_METHOD) -> list[GroupStats]:
-    grouped: dict[tuple, list[RunRecord]] = defaultdict(list)
-    for run in runs:
-        if run.lr is not None:
-            grouped[(run.model, run.variant, run.lr)].append(run)
     targets = accuracy_targets(runs)
     groups = []
-    for (model, variant, lr), members in grouped.items():
+    for (model, variant, lr), members in group_by(runs, lambda run: (run.model, run.variant, run.lr)).items():
         members.sort(key=lambda run: (run.seed is None, run.seed))
         finished = [run for run in members if run.status == "finished"]
         diverged = [run for run in members if run.status == "diverged"]
@@ -290,14 +290,14 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
                      if s is not None]
             values[f"steps_to_acc_{target}_mean"] = _mean(steps)
             values[f"steps_to_acc_{target}_reached"] = len(steps)
-        values["max_grad_norm"] = max(grad_norms) if grad_norms else math.nan
-        trajectories = {id(run): grad_norm_trajectory(run) for run in members}
-        at_init = [t.at_init for t in trajectories.values() if t.at_init is not None]
-        peaks = [t.peak_after_init for t in trajectories.values() if t.peak_after_init is not None]
+        values["max_grad_norm"] = max(grad_norms, default=math.nan)
+        trajectories = [(run, grad_norm_trajectory(run)) for run in members]
+        at_init = [t.at_init for _, t in trajectories if t.at_init is not None]
+        peaks = [t.peak_after_init for _, t in trajectories if t.peak_after_init is not None]
         # the last value of a diverged run is its blow-up, already in the peak: average the finished runs
-        last = [trajectories[id(run)].last for run in finished if trajectories[id(run)].last is not None]
+        last = [t.last for run, t in trajectories if run.status == "finished" and t.last is not None]
         values["grad_norm_at_init_mean"] = _mean(at_init)
-        values["grad_norm_peak_after_init_max"] = max(peaks) if peaks else math.nan
+        values["grad_norm_peak_after_init_max"] = max(peaks, default=math.nan)
         values["grad_norm_last_mean"] = _mean(last)
         for key in ("train_loss_auc", "wall_time_s", "images_per_s"):
             values[f"{key}_mean"] = _mean(_summary_numbers(finished, key))
@@ -308,27 +308,23 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
 
 @dataclass
 class StableLr:
+    """One variant's stable lrs; the fields are stable_lr.csv's columns, in order."""
     model: str
     variant: str
     largest_stable_lr: float | None
     smallest_unstable_lr: float | None
-    top_of_grid: bool        # stable at the largest lr tried: the grid did not find the limit
+    stable_at_top_of_grid: bool  # stable at the largest lr tried: the grid did not find the limit
     largest_training_lr: float | None  # stable and every seed reached min_acc
 
 
 def largest_stable_lrs(groups: list[GroupStats], min_acc: float = DEFAULT_MIN_ACC) -> list[StableLr]:
-    by_variant: dict[tuple[str, str], list[GroupStats]] = defaultdict(list)
-    for group in groups:
-        by_variant[(group.model, group.variant)].append(group)
     results = []
-    for (model, variant), members in by_variant.items():
-        stable = [g.lr for g in members if g.stable]
-        unstable = [g.lr for g in members if g.values["n_diverged"] > 0]
-        largest = max(stable) if stable else None
-        training = [g.lr for g in members if g.trains(min_acc)]
-        results.append(StableLr(model, variant, largest, min(unstable) if unstable else None,
+    for (model, variant), members in group_by(groups, lambda g: (g.model, g.variant)).items():
+        largest = max((g.lr for g in members if g.stable), default=None)
+        results.append(StableLr(model, variant, largest,
+                                min((g.lr for g in members if g.values["n_diverged"] > 0), default=None),
                                 largest is not None and largest == max(g.lr for g in members),
-                                max(training) if training else None))
+                                max((g.lr for g in members if g.trains(min_acc)), default=None)))
     results.sort(key=lambda r: (r.model, variant_sort_key(r.variant)))
     return results
 
@@ -348,15 +344,13 @@ def choose_shared_lr(groups: list[GroupStats], requested: float | None) -> float
     (correct_bn if present) is stable -- where the variants differ most while the reference still trains."""
     if requested is not None:
         return requested
-    lrs_by_variant: dict[str, set[float]] = defaultdict(set)
-    for group in groups:
-        lrs_by_variant[group.variant].add(group.lr)
+    lrs_by_variant = {variant: {g.lr for g in members}
+                      for variant, members in group_by(groups, lambda g: g.variant).items()}
     if not lrs_by_variant:
         return None
     common = sorted(set.intersection(*lrs_by_variant.values())) or sorted({g.lr for g in groups})
     reference = "correct_bn" if "correct_bn" in lrs_by_variant else sorted(lrs_by_variant, key=variant_sort_key)[0]
-    stable = [g.lr for g in groups if g.variant == reference and g.stable and g.lr in common]
-    return max(stable) if stable else common[0]
+    return max((g.lr for g in groups if g.variant == reference and g.stable and g.lr in common), default=common[0])
 
 
 @dataclass
@@ -491,16 +485,12 @@ def edges_of_stability(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) 
     'no stable lr down to' it. No bisection is asked for here (the ratio is unbounded): the bracket is what the
     runs show, as wide as their lr spacing.
     """
-    by_variant: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
-    for run in runs:
-        if run.lr is not None and run.seed is not None:
-            by_variant[(run.model, run.variant)].append(run)
     edges = []
-    for (model, variant), members in by_variant.items():
+    seeded = [run for run in runs if run.seed is not None]
+    for (model, variant), members in group_by(seeded, lambda run: (run.model, run.variant)).items():
         outcomes: dict[float, dict[int, edge_search.Outcome]] = defaultdict(dict)
         for run in members:
-            outcome = run_outcome(run, min_acc)
-            if outcome is not None:
+            if (outcome := run_outcome(run, min_acc)) is not None:
                 outcomes[run.lr][run.seed] = outcome
         lrs = sorted({run.lr for run in members})
         settings = edge_search.EdgeSearchSettings(start_lr=lrs[0], seeds=sorted({run.seed for run in members}),

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import itertools
 import math
 import os
 import sys
@@ -105,7 +107,7 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None
 
 def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
     rows = []
-    for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr or 0, r.seed or 0)):
+    for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr, r.seed or 0)):
         row = {"model": run.model, "variant": run.variant, "lr": run.lr, "seed": run.seed, "status": run.status,
                "run_dir": shown_path(run.run_dir), "error": first_line(run.summary.get("error"))}
         rows.append([row.get(c, run.summary.get(c)) for c in RUN_COLUMNS])
@@ -120,10 +122,7 @@ def write_summary_csv(groups: list[GroupStats], path: Path) -> None:
 
 
 def write_stable_csv(stable: list[StableLr], path: Path) -> None:
-    _write_csv(path, ["model", "variant", "largest_stable_lr", "smallest_unstable_lr", "stable_at_top_of_grid",
-                      "largest_training_lr"],
-               [[item.model, item.variant, item.largest_stable_lr, item.smallest_unstable_lr, item.top_of_grid,
-                 item.largest_training_lr] for item in stable])
+    _write_csv(path, [column.name for column in dataclasses.fields(StableLr)], map(dataclasses.astuple, stable))
 
 
 def write_edge_csv(edges: list[EdgeOfStability], path: Path) -> None:
@@ -142,13 +141,11 @@ def write_differences_csv(comparisons: list[Comparison], path: Path) -> None:
                 for c in comparisons])
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def _fmt(value: Any) -> str:
     number = as_float(value)
     if number is None:
         return "–"
-    if math.isinf(number):
-        return "inf"
-    return f"{number:.{digits}g}"
+    return "inf" if math.isinf(number) else f"{number:.3g}"
 
 
 def _fmt_acc(mean: float, low: float, high: float) -> str:
@@ -158,8 +155,11 @@ def _fmt_acc(mean: float, low: float, high: float) -> str:
     return f"{100 * mean:.2f}" + ("" if math.isnan(low) else f" [{100 * low:.2f}, {100 * high:.2f}]")
 
 
-def interval_name(method: str) -> str:
-    return {"t": "Student-t", "bootstrap": "percentile bootstrap"}[method]
+INTERVAL_NAMES = {"t": "Student-t", "bootstrap": "percentile bootstrap"}
+
+
+def _lr_text(lr: float | None, missing: str = "none") -> str:
+    return missing if lr is None else f"{lr:g}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -172,7 +172,7 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
                      interval_method: str = DEFAULT_INTERVAL_METHOD) -> str:
     show_incomplete = any(group.values["n_incomplete"] for group in groups)  # a column of blanks says nothing
     header = (["model"] if show_model else []) + [
-        "variant", "lr", f"test acc % (mean [95% {interval_name(interval_method)} interval])", "n", "diverged"]
+        "variant", "lr", f"test acc % (mean [95% {INTERVAL_NAMES[interval_method]} interval])", "n", "diverged"]
     header += (["incomplete"] if show_incomplete else [])
     header += [f"steps to {float(t):.0%}" for t in targets]
     header += ["grad norm at step 0", "peak grad norm after step 0", "last grad norm"]
@@ -189,23 +189,17 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
         for target in targets:
             mean, reached = v[f"steps_to_acc_{target}_mean"], v[f"steps_to_acc_{target}_reached"]
             row.append("–" if not reached else f"{mean:.0f} ({reached}/{v['n_finished']})")
-        row += [_fmt(v["grad_norm_at_init_mean"], 3), _fmt(v["grad_norm_peak_after_init_max"], 3),
-                _fmt(v["grad_norm_last_mean"], 3)]
-        rows.append(row)
+        rows.append(row + [_fmt(v[key]) for key in ("grad_norm_at_init_mean", "grad_norm_peak_after_init_max",
+                                                     "grad_norm_last_mean")])
     return markdown_table(header, rows)
 
 
 def stable_markdown(stable: list[StableLr], show_model: bool, min_acc: float = DEFAULT_MIN_ACC) -> str:
     header = (["model"] if show_model else []) + ["variant", "largest stable lr", "smallest lr with a divergence",
                                                   f"largest lr that trains (acc ≥ {100 * min_acc:g}%)"]
-    rows = []
-    for item in stable:
-        largest = "none" if item.largest_stable_lr is None else f"{item.largest_stable_lr:g}"
-        if item.top_of_grid:
-            largest += " (top of grid)"
-        smallest = "–" if item.smallest_unstable_lr is None else f"{item.smallest_unstable_lr:g}"
-        training = "none" if item.largest_training_lr is None else f"{item.largest_training_lr:g}"
-        rows.append(([item.model] if show_model else []) + [item.variant, largest, smallest, training])
+    rows = [([item.model] if show_model else []) + [
+        item.variant, _lr_text(item.largest_stable_lr) + (" (top of grid)" if item.stable_at_top_of_grid else ""),
+        _lr_text(item.smallest_unstable_lr, missing="–"), _lr_text(item.largest_training_lr)] for item in stable]
     return markdown_table(header, rows)
 
 
@@ -215,24 +209,29 @@ def edge_markdown(edges: list[EdgeOfStability], show_model: bool) -> str:
     rows = []
     for edge in edges:
         channels = "–" if edge.channels_per_statistic is None else str(edge.channels_per_statistic)
-        largest = "none" if edge.max_stable_lr is None else f"{edge.max_stable_lr:g}"
-        rows.append(([edge.model] if show_model else []) + [
-            edge.variant, channels, largest, edge.bracket.describe(), ", ".join(f"{lr:g}" for lr in edge.lrs_tried)])
+        rows.append(([edge.model] if show_model else []) + [edge.variant, channels, _lr_text(edge.max_stable_lr),
+                                                              edge.bracket.describe(),
+                                                              ", ".join(f"{lr:g}" for lr in edge.lrs_tried)])
     return markdown_table(header, rows)
 
 
 def differences_markdown(comparisons: list[Comparison], show_model: bool) -> list[str]:
     """Per lr, one line per variant: its difference from the reference with the interval, and the verdict."""
     lines: list[str] = []
-    current = None
-    for comparison in comparisons:
-        key = (comparison.model, comparison.lr)
-        if key != current:
-            current = key
-            model = f"{comparison.model}, " if show_model else ""
-            lines += ["", f"**{model}lr {comparison.lr:g}**", ""]
-        lines.append(f"- {comparison.format()}")
+    for (model, lr), same_lr in itertools.groupby(comparisons, key=lambda c: (c.model, c.lr)):
+        lines += ["", f"**{f'{model}, ' if show_model else ''}lr {lr:g}**", ""]
+        lines += [f"- {comparison.format()}" for comparison in same_lr]
     return lines
+
+
+# What a data source's name says about its accuracies: the first entry whose words the name contains.
+DATA_SOURCE_NOTES = (
+    (("jpeg", "jpg"), "the CIFAR-10 JPEG re-encoding (quality 75): accuracies run a few points below the original "
+                      "CIFAR-10 (the airbench94 recipe: 90.7% on this copy vs 94.0%)"),
+    (("synthetic",), "synthetic data: a pipeline check, the accuracies are not CIFAR-10 results"),
+    (("folder",), "an image folder: not the original CIFAR-10 batches; state which copy it holds"),
+    (("cifar",), "the original CIFAR-10"),
+)
 
 
 def describe_data_sources(runs: list[RunRecord]) -> list[str]:
@@ -241,18 +240,8 @@ def describe_data_sources(runs: list[RunRecord]) -> list[str]:
     unrecorded = counts.pop("", 0)
     lines = []
     for source, count in counts.most_common():
-        lowered = source.lower()
-        if "jpeg" in lowered or "jpg" in lowered:
-            note = ("the CIFAR-10 JPEG re-encoding (quality 75): accuracies run a few points below the original "
-                    "CIFAR-10 (the airbench94 recipe: 90.7% on this copy vs 94.0%)")
-        elif "synthetic" in lowered:
-            note = "synthetic data: a pipeline check, the accuracies are not CIFAR-10 results"
-        elif "folder" in lowered:
-            note = "an image folder: not the original CIFAR-10 batches; state which copy it holds"
-        elif "cifar" in lowered:
-            note = "the original CIFAR-10"
-        else:
-            note = "unrecognised source"
+        note = next((note for words, note in DATA_SOURCE_NOTES if any(word in source.lower() for word in words)),
+                    "unrecognised source")
         lines.append(f"- `{source}` ({count} run{'s' if count != 1 else ''}): {note}")
     if unrecorded:
         lines.append(f"- {unrecorded} run(s) failed before recording a data source")
@@ -335,10 +324,12 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     summary_md = summary_markdown(groups, targets, show_model, interval_method)
     (out_dir / "summary.md").write_text(summary_md + "\n")
 
-    plots = report_plots.make_all_plots(runs, groups, out_dir, chosen_lr, min_acc)
-    plots.append(report_plots.plot_edge_of_stability(edges, out_dir))
+    plots = [report_plots.plot_accuracy_vs_lr(groups, out_dir, min_acc),
+             report_plots.plot_loss_curves(runs, chosen_lr, out_dir),
+             report_plots.plot_grad_norm_heatmaps(runs, chosen_lr, out_dir),
+             report_plots.plot_init_grad_norms(runs, out_dir),
+             report_plots.plot_edge_of_stability(edges, out_dir)]
 
-    varying = varying_config_keys(runs)
     reference_config = next((run.config for run in runs if run.config), {})
     flat_reference = flatten(reference_config)
     headline = {key: flat_reference[key] for key in HEADLINE_CONFIG_KEYS if key in flat_reference}
@@ -356,12 +347,11 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         "```yaml", yaml.safe_dump(headline, sort_keys=False).strip() if headline else "# (no config found)", "```",
         "",
     ]
-    if varying:
+    if varying := varying_config_keys(runs):
         lines += ["**Warning:** these settings differ between runs but are not grid axes, so rows below may not be "
-                  "comparable:", ""]
-        lines += [f"- `{key}`: {', '.join(values[:6])}{' …' if len(values) > 6 else ''}"
-                  for key, values in varying.items()]
-        lines.append("")
+                  "comparable:", "",
+                  *(f"- `{key}`: {', '.join(values[:6])}{' …' if len(values) > 6 else ''}"
+                    for key, values in varying.items()), ""]
     lines += [
         "<details><summary>Full config of that run</summary>", "", "```yaml",
         yaml.safe_dump(portable_config(reference_config), sort_keys=False).strip(), "```", "</details>", "",
@@ -380,7 +370,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         edge_markdown(edges, show_model), "",
         "## Results per variant and learning rate", "",
         f"Test accuracy is the mean final test accuracy over the n seeds that finished without diverging, with a "
-        f"95% {interval_name(interval_method)} interval over those seeds"
+        f"95% {INTERVAL_NAMES[interval_method]} interval over those seeds"
         + (" (mean ± t(0.975, n−1)·s/√n: wide for few seeds, e.g. ×4.3 the standard error at n = 3)"
            if interval_method == "t" else " (resampling the seeds; too narrow for a handful of seeds)")
         + "; one seed gives no interval. "
@@ -396,18 +386,13 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         "## Plots", "",
     ]
     for plot in plots:
-        lines += [f"### {plot.title}", ""]
-        if plot.path is not None:
-            lines += [plot.caption, "", f"![{plot.title}]({plot.path.name})", ""]
-        else:
-            lines += [f"_Skipped: {plot.note}_", ""]
+        lines += plot.markdown()
     try:
         lines += report_mechanism.mechanism_section(runs, out_dir, chosen_lr)
     except Exception as error:  # noqa: BLE001 - the report must be written whatever one run dir holds
         lines += ["## Mechanism: channel scales and dead units", "",
                   f"_Not shown: the section could not be made ({type(error).__name__}: {first_line(str(error))})._", ""]
-    incomplete = [run for run in runs if not run.completed]
-    if incomplete:
+    if incomplete := [run for run in runs if not run.completed]:
         lines += ["## Runs that did not complete", "",
                   "Failed, killed, incomplete or still running (see README \"Outputs\" for each status); re-running "
                   "the sweep redoes all but the running ones.", ""]
@@ -420,9 +405,8 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     if skipped:
         lines += ["## Run dirs skipped", "",
                   "These dirs look like run dirs (a summary.json beside a config, a sweep job record or a run lock) "
-                  "but could not be used; nothing above counts them.", ""]
-        lines += [f"- `{shown_path(item.run_dir)}`: {item.reason}" for item in skipped]
-        lines.append("")
+                  "but could not be used; nothing above counts them.", "",
+                  *(f"- `{shown_path(item.run_dir)}`: {item.reason}" for item in skipped), ""]
     report_path = out_dir / "report.md"
     report_path.write_text("\n".join(lines))
     return report_path
@@ -441,8 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-acc", type=float, default=DEFAULT_MIN_ACC,
                         help=f"final test accuracy a run must reach to count as training (default {DEFAULT_MIN_ACC})")
     args = parser.parse_args(argv)
-    missing = [str(p) for p in args.paths if not p.exists()]
-    if missing:
+    if missing := [str(p) for p in args.paths if not p.exists()]:
         print(f"bnexp.report: error: no such path(s): {missing}", file=sys.stderr)
         return 2
     report_path = build_report(args.paths, args.out, args.lr, args.min_acc, args.interval, args.reference)

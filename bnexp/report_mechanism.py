@@ -20,13 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from bnexp.records import RunRecord, variant_sort_key
+from bnexp.records import RunRecord, group_by, variant_sort_key
 from bnexp.report_plots import PlotResult, _colors, _runs_at_lr, _save, plt
 from bnexp.rundirs import as_float
 
-SPREAD_SUFFIX, XHAT_SUFFIX = "/out_std_ratio", "/xhat_std_ratio"
-DEAD_SUFFIX, ZERO_INPUT_SUFFIX = "/dead_frac", "/in_zero_frac"
+# Each MechanismPoint field: the suffix of the probe's keys it summarises, and how (over layers)
+POINT_SUMMARIES = {"xhat_max": ("/xhat_std_ratio", max), "spread_max": ("/out_std_ratio", max),
+                   "dead_mean": ("/dead_frac", lambda values: sum(values) / len(values)),
+                   "dead_max": ("/dead_frac", max), "zero_input_max": ("/in_zero_frac", max)}
+SUFFIXES = {suffix for suffix, _ in POINT_SUMMARIES.values()}
 LR_MARKERS = "osD^vP*Xph"
+# MechanismPoint's fields in the order of mechanism.csv's columns, with their format in the report's table
+TABLE_FIELDS = {"dead_mean": ".2f", "dead_max": ".2f", "xhat_max": ".3g", "spread_max": ".3g",
+                "zero_input_max": ".2f"}
 
 
 @dataclass
@@ -40,25 +46,19 @@ class MechanismPoint:
     zero_input_max: float | None  # max over linear layers of in_zero_frac (the head, in bnexp's models)
 
 
-def _summarise(values: list[float], how) -> float | None:
-    return how(values) if values else None
-
-
 def mechanism_points(run: RunRecord) -> list[MechanismPoint]:
     """The run's measured steps that carry mechanism keys, in step order; non-finite values are left out."""
     points = []
-    for record in sorted(run.step_records(), key=lambda r: r["step"]):
+    for record in sorted(run.step_records, key=lambda r: r["step"]):
         found: dict[str, list[float]] = defaultdict(list)
         for key, value in record.items():
-            for suffix in (XHAT_SUFFIX, SPREAD_SUFFIX, DEAD_SUFFIX, ZERO_INPUT_SUFFIX):
+            for suffix in SUFFIXES:
                 if key.endswith(suffix) and (number := as_float(value)) is not None and math.isfinite(number):
                     found[suffix].append(number)
         if found:
-            points.append(MechanismPoint(int(record["step"]), _summarise(found[XHAT_SUFFIX], max),
-                                         _summarise(found[SPREAD_SUFFIX], max),
-                                         _summarise(found[DEAD_SUFFIX], lambda v: sum(v) / len(v)),
-                                         _summarise(found[DEAD_SUFFIX], max),
-                                         _summarise(found[ZERO_INPUT_SUFFIX], max)))
+            points.append(MechanismPoint(int(record["step"]), **{
+                field: how(found[suffix]) if found[suffix] else None
+                for field, (suffix, how) in POINT_SUMMARIES.items()}))
     return points
 
 
@@ -66,9 +66,8 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
                                  points_of: dict[Path, list[MechanismPoint]]) -> PlotResult:
     title = f"Channel-scale spread and dead units over training at lr={lr:g}" if lr is not None else \
         "Channel-scale spread and dead units over training"
-    by_variant = {variant: [run for run in members if points_of.get(run.run_dir)]
-                  for variant, members in _runs_at_lr(runs, lr).items()}
-    by_variant = {variant: members for variant, members in by_variant.items() if members}
+    by_variant = {variant: measured for variant, members in _runs_at_lr(runs, lr).items()
+                  if (measured := [run for run in members if points_of.get(run.run_dir)])}
     if not by_variant:
         return PlotResult(title, None, note=f"no run at lr={lr} records the mechanism metrics")
     colors = _colors(list(by_variant))
@@ -80,7 +79,6 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
     figure, axes = plt.subplots(3, 2, figsize=(11, 10), sharex=True)
     axes[2][1].set_visible(False)
     for (field, label, log_y), ax in zip(panels, axes.flat):
-        drawn = False
         for variant, members in by_variant.items():
             for index, run in enumerate(members):
                 pairs = [(p.step, getattr(p, field)) for p in points_of[run.run_dir] if getattr(p, field) is not None]
@@ -89,8 +87,7 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
                 steps, values = zip(*pairs)
                 ax.plot(steps, values, color=colors[variant], lw=1.2, alpha=0.8,
                         ls="--" if run.status == "diverged" else "-", label=variant if index == 0 else None)
-                drawn = True
-        if log_y and drawn:
+        if log_y and ax.lines:  # a log scale needs something drawn
             ax.set_yscale("log")
         if not log_y:
             ax.set_ylim(-0.03, 1.03)
@@ -112,33 +109,27 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
                       "exactly 0.")
 
 
-def _final_point(points: list[MechanismPoint]) -> MechanismPoint | None:
-    return points[-1] if points else None
-
-
 def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
                                points_of: dict[Path, list[MechanismPoint]]) -> PlotResult:
     title = "Mechanism at the end against final test accuracy"
-    rows = [(run, _final_point(points_of.get(run.run_dir, []))) for run in runs if run.status == "finished"]
-    rows = [(run, point) for run, point in rows
-            if point is not None and as_float(run.summary.get("final_test_acc")) is not None]
+    rows = [(run, points_of[run.run_dir][-1]) for run in runs if run.status == "finished"
+            and points_of.get(run.run_dir) and as_float(run.summary.get("final_test_acc")) is not None]
     if not rows:
         return PlotResult(title, None, note="no finished run records both the mechanism metrics and a final accuracy")
     variants = sorted({run.variant for run, _ in rows}, key=variant_sort_key)
-    lrs = sorted({run.lr for run, _ in rows if run.lr is not None})
+    lrs = sorted({run.lr for run, _ in rows})
     colors = _colors(variants)
     markers = {lr: LR_MARKERS[i % len(LR_MARKERS)] for i, lr in enumerate(lrs)}
     figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    for field, ax, label, log_x in (("dead_mean", axes[0], "dead units at the end (mean over activation layers)",
-                                     False),
-                                    ("spread_max", axes[1], "channel output-std spread at the end (max over norm "
-                                                            "layers)", True)):
+    panels = (("dead_mean", "dead units at the end (mean over activation layers)", False),
+              ("spread_max", "channel output-std spread at the end (max over norm layers)", True))
+    for (field, label, log_x), ax in zip(panels, axes):
         for run, point in rows:
             value = getattr(point, field)
             if value is None:
                 continue
             ax.scatter([value], [100 * float(run.summary["final_test_acc"])], color=colors[run.variant],
-                       marker=markers.get(run.lr, "o"), s=36, alpha=0.8, edgecolors="none")
+                       marker=markers[run.lr], s=36, alpha=0.8, edgecolors="none")
         if log_x:
             ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -153,28 +144,22 @@ def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
                       + (f"{left_out} diverged run(s) have no final accuracy and are not shown." if left_out else ""))
 
 
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the values that are not None; None when there are none."""
+    values = [value for value in values if value is not None]
+    return float(np.mean(values)) if values else None
+
+
 def mechanism_table(runs: list[RunRecord], points_of: dict[Path, list[MechanismPoint]]) -> list[dict]:
     """Per model x variant x lr, means over the runs that record the metrics, at each run's last measured step."""
-    grouped: dict[tuple, list[tuple[RunRecord, MechanismPoint]]] = defaultdict(list)
-    for run in runs:
-        point = _final_point(points_of.get(run.run_dir, []))
-        if point is not None and run.lr is not None:
-            grouped[(run.model, run.variant, run.lr)].append((run, point))
+    measured = [(run, points_of[run.run_dir][-1]) for run in runs if points_of.get(run.run_dir)]
+    grouped = group_by(measured, lambda member: (member[0].model, member[0].variant, member[0].lr))
     rows = []
-    for (model, variant, lr), members in sorted(grouped.items(),
-                                                key=lambda item: (item[0][0], variant_sort_key(item[0][1]),
-                                                                  item[0][2])):
-        def mean(values):
-            values = [v for v in values if v is not None]
-            return float(np.mean(values)) if values else None
-
+    for model, variant, lr in sorted(grouped, key=lambda key: (key[0], variant_sort_key(key[1]), key[2])):
+        members = grouped[(model, variant, lr)]
         rows.append({"model": model, "variant": variant, "lr": lr, "n_runs": len(members),
-                     "dead_mean": mean([p.dead_mean for _, p in members]),
-                     "dead_max": mean([p.dead_max for _, p in members]),
-                     "xhat_max": mean([p.xhat_max for _, p in members]),
-                     "spread_max": mean([p.spread_max for _, p in members]),
-                     "zero_input_max": mean([p.zero_input_max for _, p in members]),
-                     "final_test_acc": mean([as_float(r.summary.get("final_test_acc")) for r, _ in members])})
+                     **{field: _mean([getattr(p, field) for _, p in members]) for field in TABLE_FIELDS},
+                     "final_test_acc": _mean([as_float(r.summary.get("final_test_acc")) for r, _ in members])})
     return rows
 
 
@@ -208,15 +193,12 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
               "|" + "---|" * (10 if show_model else 9)]
     for row in table:
         acc = row["final_test_acc"]
-        lines.append("| " + (f"{row['model']} | " if show_model else "")
-                     + f"{row['variant']} | {row['lr']:g} | {row['n_runs']} | {_fmt(row['dead_mean'], '.2f')} | "
-                     f"{_fmt(row['dead_max'], '.2f')} | {_fmt(row['xhat_max'], '.3g')} | "
-                     f"{_fmt(row['spread_max'], '.3g')} | "
-                     f"{_fmt(row['zero_input_max'], '.2f')} | {'–' if acc is None else f'{100 * acc:.1f}%'} |")
+        cells = [row["variant"], f"{row['lr']:g}", str(row["n_runs"]),
+                 *(_fmt(row[field], spec) for field, spec in TABLE_FIELDS.items()),
+                 "–" if acc is None else f"{100 * acc:.1f}%"]
+        lines.append("| " + " | ".join(([row["model"]] if show_model else []) + cells) + " |")
     lines.append("")
     for plot in (plot_mechanism_over_training(runs, shared_lr, out_dir, points_of),
                  plot_mechanism_vs_accuracy(runs, out_dir, points_of)):
-        lines += [f"### {plot.title}", ""]
-        lines += [plot.caption, "", f"![{plot.title}]({plot.path.name})", ""] if plot.path is not None else \
-            [f"_Not shown: {plot.note}_", ""]
+        lines += plot.markdown("Not shown")
     return lines

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 from bnexp.records import (ALL_CHANNELS, NO_NORM, EdgeOfStability, GroupStats, RunRecord,  # noqa: E402
-                           final_accuracies, variant_sort_key)
+                           final_accuracies, group_by, variant_sort_key)
 from bnexp.rundirs import as_float  # noqa: E402
 
 LAYER_PREFIX = "grad_norm/"
@@ -33,6 +33,12 @@ class PlotResult:
     path: Path | None
     caption: str = ""
     note: str = ""
+
+    def markdown(self, missing: str = "Skipped") -> list[str]:
+        """The plot's subsection of the report; `missing` words a plot that was not drawn."""
+        if self.path is None:
+            return [f"### {self.title}", "", f"_{missing}: {self.note}_", ""]
+        return [f"### {self.title}", "", self.caption, "", f"![{self.title}]({self.path.name})", ""]
 
 
 def never_raises(title: str):
@@ -71,16 +77,13 @@ def _runs_by_series(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     show_model = len({run.model for run in runs}) > 1
     ordered = sorted(runs, key=lambda r: (r.model if show_model else "", variant_sort_key(r.variant),
                                           r.seed is None, r.seed))
-    by_series: dict[str, list] = {}
-    for run in ordered:
-        by_series.setdefault(_series_name(run.model, run.variant, show_model), []).append(run)
-    return by_series
+    return group_by(ordered, lambda run: _series_name(run.model, run.variant, show_model))
 
 
 def _runs_at_lr(runs: list[RunRecord], lr: float | None) -> dict[str, list[RunRecord]]:
     if lr is None:
         return {}
-    return _runs_by_series([run for run in runs if run.lr is not None and math.isclose(run.lr, lr, rel_tol=1e-9)])
+    return _runs_by_series([run for run in runs if math.isclose(run.lr, lr, rel_tol=1e-9)])
 
 
 def _seed_offsets(count: int, spread: float = 0.04) -> np.ndarray:
@@ -94,9 +97,7 @@ def _seed_offsets(count: int, spread: float = 0.04) -> np.ndarray:
 def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float | None = None) -> PlotResult:
     title = "Test accuracy vs learning rate"
     show_model = len({g.model for g in groups}) > 1
-    series: dict[str, list] = defaultdict(list)
-    for group in groups:
-        series[_series_name(group.model, group.variant, show_model)].append(group)
+    series = group_by(groups, lambda group: _series_name(group.model, group.variant, show_model))
     if not series:
         return PlotResult(title, None, note="no runs with an lr")
     if not any(math.isfinite(g.values["final_test_acc_mean"]) or g.values["n_diverged"] for g in groups):
@@ -118,43 +119,37 @@ def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float 
         yerr = np.vstack([np.nan_to_num(means - lows), np.nan_to_num(highs - means)])
         axes.errorbar(lrs * shift, means, yerr=yerr, marker="o", ms=4, capsize=3, color=colors[name],
                       label=name, zorder=3)
-        for group in members:
+        for group, mean in zip(members, means):
             seeds = [100 * a for a in final_accuracies(group.runs)]
             axes.scatter(group.lr * shift * _seed_offsets(len(seeds), spread=0.015), seeds, s=9,
                          color=colors[name], alpha=0.45, edgecolors="none", zorder=2)
-        for group, mean in zip(members, means):
             if group.values["n_diverged"] > 0:
                 # Diverged seeds: a red x at the mean of the surviving seeds, or on the floor when none survived.
-                y = mean if not math.isnan(mean) else 0.0
-                axes.scatter([group.lr * shift], [y], marker="x", s=70, color="red", zorder=5,
-                             label=None if marked_diverged else "≥1 seed diverged")
+                axes.scatter([group.lr * shift], [0.0 if math.isnan(mean) else mean], marker="x", s=70,
+                             color="red", zorder=5, label=None if marked_diverged else "≥1 seed diverged")
                 marked_diverged = True
     if min_acc is not None:
         axes.axhline(100 * min_acc, color="grey", ls=":", lw=1, label=f"{100 * min_acc:g}%: counts as training")
-    axes.set_xscale("log")
-    axes.set_xlabel("learning rate")
-    axes.set_ylabel("final test accuracy (%)")
-    axes.set_ylim(bottom=0)
+    axes.set(xscale="log", xlabel="learning rate", ylabel="final test accuracy (%)", ylim=(0, None),
+             title=f"mean with 95% {method_name} interval over non-diverged seeds; dots: single seeds")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    axes.set_title(f"mean with 95% {method_name} interval over non-diverged seeds; dots: single seeds")
     path = _save(figure, out_dir / "acc_vs_lr.png")
     return PlotResult(title, path, f"One line per variant: the mean final test accuracy over the seeds that "
                                    f"finished, with its 95% {method_name} interval as error bar (none for a "
                                    "single seed); the faint dots are the seeds themselves, and each variant is nudged "
                                    "sideways a little so that variants at the same lr do not hide each other. Red × "
-                                   "marks an lr where "
-                                   "at least one seed diverged (on the x axis when every seed diverged).")
+                                   "marks an lr where at least one seed diverged (on the x axis when every seed "
+                                   "diverged).")
 
 
 @never_raises("Training loss")
 def plot_loss_curves(runs: list[RunRecord], lr: float | None, out_dir: Path) -> PlotResult:
     title = f"Training loss at lr={lr:g}" if lr is not None else "Training loss"
-    by_variant = _runs_at_lr(runs, lr)
     curves: dict[str, list[tuple[np.ndarray, np.ndarray, str]]] = {}
-    for variant, members in by_variant.items():
+    for variant, members in _runs_at_lr(runs, lr).items():
         for run in members:
-            points = [(r["step"], as_float(r.get("train/loss"))) for r in run.step_records()]
+            points = [(r["step"], as_float(r.get("train/loss"))) for r in run.step_records]
             points = [(s, v) for s, v in points if v is not None and math.isfinite(v) and v > 0]
             if points:
                 steps, losses = map(np.array, zip(*sorted(points)))
@@ -172,11 +167,10 @@ def plot_loss_curves(runs: list[RunRecord], lr: float | None, out_dir: Path) -> 
     finite = np.concatenate([losses for lines in curves.values() for _, losses, _ in lines])
     if finite.max() / finite.min() > 10:  # log only when the losses span orders of magnitude (a divergence)
         axes.set_yscale("log")
-    axes.set_xlabel("step")
-    axes.set_ylabel("training loss")
+    axes.set(xlabel="step", ylabel="training loss",
+             title=f"lr={lr:g}; one line per seed, dashed + red × = diverged")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
-    axes.set_title(f"lr={lr:g}; one line per seed, dashed + red × = diverged")
     path = _save(figure, out_dir / f"loss_curves_lr{lr:g}.png")
     return PlotResult(title, path, "Per-step training loss of every seed, one colour per variant.")
 
@@ -202,8 +196,9 @@ def log_grad_norm_matrix(records: list[dict], layers: list[str]) -> np.ndarray:
     An exactly-zero norm means the network died (no gradient reaches the layer); the heatmap draws it
     black rather than blank, so it is not mistaken for a missing measurement.
     """
-    values = [[as_float(record.get(LAYER_PREFIX + layer)) for record in records] for layer in layers]
-    matrix = np.array([[np.nan if value is None else value for value in row] for row in values], dtype=float)
+    # as_float's None (missing, or not a number) becomes NaN in a float array
+    matrix = np.array([[as_float(record.get(LAYER_PREFIX + layer)) for record in records] for layer in layers],
+                      dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.log10(np.where(matrix >= 0, matrix, np.nan))
 
@@ -214,7 +209,7 @@ def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Pa
     panels = []
     for variant, members in _runs_at_lr(runs, lr).items():
         for run in members:  # the lowest seed that has per-layer records
-            records = run.step_records()
+            records = run.step_records
             layers = list(dict.fromkeys(layer for record in records for layer in _layer_grad_norms(record)))
             if layers:
                 records = [r for r in records if any(LAYER_PREFIX + n in r for n in layers)]
@@ -231,7 +226,6 @@ def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Pa
     n_layers = max(len(p[2]) for p in panels)
     figure, axes_list = plt.subplots(len(panels), 1, squeeze=False, sharex=True, layout="constrained",
                                      figsize=(10, max(2.0, 0.18 * n_layers + 1.0) * len(panels)))
-    image = None
     for axes, (variant, seed, layers, steps, matrix) in zip(axes_list[:, 0], panels):
         # pcolormesh with cell edges between logged steps: honest x positions even if the logging interval varies
         below_scale = np.where(np.isneginf(matrix), vmin - 1.0, matrix)
@@ -254,7 +248,7 @@ def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Pa
 def _init_grad_norms(run: RunRecord) -> dict[str, float]:
     norms = run.summary.get("init_grad_norms")
     if not (isinstance(norms, dict) and norms):  # the step-0 record, as a fallback for older summaries
-        records = run.step_records()
+        records = run.step_records
         norms = _layer_grad_norms(min(records, key=lambda r: r["step"])) if records else {}
     return {layer: value for layer, value in ((layer, as_float(v)) for layer, v in norms.items()) if value is not None}
 
@@ -263,16 +257,14 @@ def _init_grad_norms(run: RunRecord) -> dict[str, float]:
 def plot_init_grad_norms(runs: list[RunRecord], out_dir: Path) -> PlotResult:
     title = "Per-layer gradient norm at initialisation"
     per_variant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    layer_order: dict[str, None] = {}
     for series, members in _runs_by_series(runs).items():
         for run in members:
             for layer, value in _init_grad_norms(run).items():
                 per_variant[series][layer].append(value)
-                layer_order.setdefault(layer, None)
     if not per_variant:
         return PlotResult(title, None, note="no `init_grad_norms` in summary.json and no per-layer grad norms in "
                                             "the first metrics record")
-    layers = list(layer_order)
+    layers = list(dict.fromkeys(layer for norms in per_variant.values() for layer in norms))
     variants = list(per_variant)
     colors = _colors(variants)
     figure, axes = plt.subplots(figsize=(max(8, 0.3 * len(layers) + 3), 5))
@@ -282,10 +274,8 @@ def plot_init_grad_norms(runs: list[RunRecord], out_dir: Path) -> PlotResult:
                    if per_variant[variant].get(layer)]
         xs, ys = zip(*present)
         axes.plot(xs, ys, marker="o", ms=4, color=colors[variant], label=variant)
-    axes.set_yscale("log")
-    axes.set_xticks(range(len(layers)))
+    axes.set(yscale="log", xticks=range(len(layers)), ylabel="grad norm at init (mean over runs)")
     axes.set_xticklabels(layers, rotation=70, ha="right", fontsize=7)
-    axes.set_ylabel("grad norm at init (mean over runs)")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
     path = _save(figure, out_dir / "init_grad_norms.png")
@@ -332,17 +322,14 @@ def plot_edge_of_stability(edges: list[EdgeOfStability], out_dir: Path) -> PlotR
         else:  # trained at every lr tried: only a lower bound
             axes.annotate("", xy=(x_shifted, low * 1.6), xytext=(x_shifted, low),
                           arrowprops={"arrowstyle": "->", "color": colors[name]})
-    axes.set_yscale("log")
-    axes.set_ylim(bottom=floor_lr / 2)
-    axes.set_xticks(range(len(order)))
-    axes.set_xticklabels([str(value) for value in order])
     if NO_NORM in position:
         axes.axvline(position[NO_NORM] - 0.5, color="grey", lw=0.8, ls=":")
-    axes.set_xlabel("channels per statistic (1 = per-channel, all = one statistic per layer)")
-    axes.set_ylabel("learning rate")
+    axes.set(yscale="log", ylim=(floor_lr / 2, None), xticks=range(len(order)),
+             xticklabels=[str(value) for value in order], ylabel="learning rate",
+             xlabel="channels per statistic (1 = per-channel, all = one statistic per layer)",
+             title="marker: max stable lr; bar up to the first lr that does not train")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    axes.set_title("marker: max stable lr; bar up to the first lr that does not train")
     path = _save(figure, out_dir / "edge_of_stability.png")
     left_out = [e.variant for e in edges if e.channels_per_statistic is None]
     caption = ("Per variant, the largest lr at which every seed trained (marker) and the bracket up to the first "
@@ -352,13 +339,3 @@ def plot_edge_of_stability(edges: list[EdgeOfStability], out_dir: Path) -> PlotR
         caption += (f" Not shown: {', '.join(left_out)} (a fixed group count pools a different number of "
                     "channels in layers of different widths).")
     return PlotResult(title, path, caption)
-
-
-def make_all_plots(runs: list[RunRecord], groups: list[GroupStats], out_dir: Path,
-                   shared_lr: float | None, min_acc: float | None = None) -> list[PlotResult]:
-    return [
-        plot_accuracy_vs_lr(groups, out_dir, min_acc),
-        plot_loss_curves(runs, shared_lr, out_dir),
-        plot_grad_norm_heatmaps(runs, shared_lr, out_dir),
-        plot_init_grad_norms(runs, out_dir),
-    ]
