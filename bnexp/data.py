@@ -11,6 +11,7 @@ A whole split lives as one (N, 3, 32, 32) uint8 tensor on the training device; a
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -36,7 +37,6 @@ from tqdm import tqdm
 
 from bnexp.fileio import atomic_write
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -179,20 +179,15 @@ def _source_fingerprint(path: Path) -> str:
 def _decode_split(files: list[tuple[str, str, bytes]], class_names: list[str], workers: int,
                   split_name: str) -> Split:
     named = [(file_name, data) for _, file_name, data in files]
-    parallel = workers > 1 and len(named) > 1000
-    with tqdm(total=len(named), unit="img", desc=f"decoding {split_name}", mininterval=1.0,
-              dynamic_ncols=True) as progress:
-        arrays = []
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_decode_worker_setup) if parallel else None
-        try:
+    with contextlib.ExitStack() as stack:
+        decoded = map(_decode_image, named)
+        if workers > 1 and len(named) > 1000:
+            pool = ProcessPoolExecutor(max_workers=workers, initializer=_decode_worker_setup)
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # on a kill, the queued chunks are dropped
             # chunks of 64: little overhead, and a kill waits for at most one running chunk per worker
-            decoded = pool.map(_decode_image, named, chunksize=64) if pool else map(_decode_image, named)
-            for array in decoded:  # in order, as they finish
-                arrays.append(array)
-                progress.update(1)
-        finally:
-            if pool:
-                pool.shutdown(wait=True, cancel_futures=True)  # on a kill, the queued chunks are dropped
+            decoded = pool.map(_decode_image, named, chunksize=64)
+        arrays = list(tqdm(decoded, total=len(named), unit="img", desc=f"decoding {split_name}", mininterval=1.0,
+                           dynamic_ncols=True))  # in order, as they finish
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([class_names.index(name) for name, _, _ in files], dtype=torch.int64)
     return Split(images, labels)
