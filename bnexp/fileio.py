@@ -20,8 +20,10 @@ from typing import IO, Any, Iterator
 _PROCESS_STARTED = time.time()
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+def remove_stale_temporaries(folder: Path, name_pattern: str) -> None:
+    """Remove the temporaries of the files in `folder` whose names match the glob `name_pattern` that were last
+    modified before this process started: their writers died mid-write (SIGKILL, power loss)."""
+    for candidate in folder.glob(f".{name_pattern}.*.tmp"):
         try:
             if candidate.stat().st_mtime < _PROCESS_STARTED:
                 candidate.unlink()
@@ -39,7 +41,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    remove_stale_temporaries(path.parent, glob.escape(path.name))
     while True:
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
