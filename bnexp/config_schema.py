@@ -24,9 +24,6 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from bnexp.config import config_value
 
-TRAIN_SCHEMA_NAME = "bnexp_train_schema"
-GROUP_SCHEMA_ROOT = "bnexp_schema"  # bnexp_schema/<group>/<option>: what conf/<group>/<option>.yaml extends
-
 # The largest seed numpy accepts (seed_everything seeds numpy too).
 MAX_SEED = 2**32 - 1
 # Synthetic images are drawn in memory in one go (float32 noise: 12 kB an image, several temporaries).
@@ -227,10 +224,10 @@ def register_schemas() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    store.store(name=TRAIN_SCHEMA_NAME, node=TrainConfig)
+    store.store(name="bnexp_train_schema", node=TrainConfig)  # the first entry of conf/train.yaml's defaults
     for group, options in GROUP_OPTION_SCHEMAS.items():
-        for option, schema in options.items():
-            store.store(group=f"{GROUP_SCHEMA_ROOT}/{group}", name=option, node=schema)
+        for option, schema in options.items():  # what conf/<group>/<option>.yaml extends
+            store.store(group=f"bnexp_schema/{group}", name=option, node=schema)
 
 
 register_schemas()
@@ -373,8 +370,7 @@ def _node_schema(node: Any, base: type, key: str, problems: list[str]) -> type:
     options = GROUP_OPTION_SCHEMAS.get(key)
     if not options:
         return base
-    name = node.get("name") if isinstance(node, (dict, DictConfig)) else None
-    known = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    name, known = node.get("name"), OmegaConf.get_type(node)  # a plain dict's type is dict, no schema
     if isinstance(known, type) and issubclass(known, base) and known is not base:
         if name is not None and options.get(name) not in (None, known):
             problems.append(f"{key}.name={_show(name)} does not match the {key} group's choice; "
@@ -448,9 +444,10 @@ def _cross_key_problems(cfg: Any) -> Iterator[str]:
     if config_value(cfg, "optim.name") == "sgd" and config_value(cfg, "optim.nesterov") is True \
             and config_value(cfg, "optim.momentum") == 0:
         yield "optim.nesterov=true needs a momentum above 0; e.g. optim.momentum=0.9 (or optim.nesterov=false)"
-    batch_size, train_size = config_value(cfg, "train.batch_size"), config_value(cfg, "data.train_size")
-    if train_size is None:
-        train_size = {"cifar10": CIFAR10_TRAIN_IMAGES, "synthetic": CIFAR10_TRAIN_IMAGES}.get(config_value(cfg, "data.name"))
+    # data.train_size=null: all of cifar10's or synthetic's 50000 (a folder's count is only known once it is read)
+    all_images = CIFAR10_TRAIN_IMAGES if config_value(cfg, "data.name") in ("cifar10", "synthetic") else None
+    batch_size = config_value(cfg, "train.batch_size")
+    train_size = config_value(cfg, "data.train_size", all_images)
     if batch_size is not None and train_size is not None and batch_size > train_size:
         yield (f"train.batch_size={batch_size} is larger than the {train_size} training images "
                f"(data.train_size); e.g. train.batch_size={min(512, train_size)}")
