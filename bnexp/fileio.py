@@ -42,14 +42,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, glob.escape(path.name))
-    while True:
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            # O_EXCL: never share a temporary with a concurrent writer; mode 0666 lets the umask decide.
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
+    # 48 random bits name the temporary; O_EXCL would refuse a name a concurrent writer held (rather than share
+    # its file), and mode 0666 lets the umask decide.
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with open(descriptor, mode, **open_kwargs) as handle:
             yield handle
