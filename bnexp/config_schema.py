@@ -87,7 +87,7 @@ class VariantConfig:
     backend: str = setting("auto", choices=("auto", "torch", "triton"))
     # Not a setting: the run writes here each norm layer's statistic groups (layer name -> groups), so
     # config.yaml and the W&B config say what stat_groups / channels_per_group came to (a given value is replaced).
-    stat_groups_by_layer: Optional[Dict[str, int]] = field(default=None, metadata={"example": None})
+    stat_groups_by_layer: Optional[Dict[str, int]] = None
 
 
 @dataclass
