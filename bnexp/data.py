@@ -270,7 +270,7 @@ def _cached_source_path(cache_file: Path) -> str | None:
     """The source a cache was decoded from; None for a cache from before caches recorded it (or unreadable)."""
     try:
         with np.load(cache_file) as cached:
-            return str(cached["source_path"]) if "source_path" in cached.files else None
+            return str(cached["source_path"])  # a cache without it raises KeyError, one of READ_ERRORS
     except READ_ERRORS:
         return None
 
