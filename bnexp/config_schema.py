@@ -409,13 +409,11 @@ def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> No
             value = OmegaConf.to_container(value, resolve=True)
         kind, optional = _kind_of(annotation, schema_field.metadata)
         if value is None:
-            if not optional:
-                problems.append(f"{key}=null is not allowed{example}")
-            continue
-        if not _type_ok(value, kind):
-            problems.append(f"{key}={_show(value)} is not {_KIND_WORDS.get(kind, 'valid')}{example}")
-            continue
-        problem = _value_problem(value, kind, schema_field.metadata)
+            problem = None if optional else "is not allowed"
+        elif not _type_ok(value, kind):
+            problem = f"is not {_KIND_WORDS.get(kind, 'valid')}"
+        else:
+            problem = _value_problem(value, kind, schema_field.metadata)
         if problem:
             problems.append(f"{key}={_show(value)} {problem}{example}")
 
