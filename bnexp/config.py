@@ -47,7 +47,9 @@ def describe_composition_error(error: BaseException) -> str | None:
     """One line saying what is wrong with a command line that Hydra could not compose, and the fix (a valid
     example, the available choices, or the missing `+`); None when `error` is not a config error."""
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    from bnexp.config_schema import describe_type_error, describe_unknown_key
 
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, name = error.missing_cfg_file.rpartition("/")
@@ -62,9 +64,6 @@ def describe_composition_error(error: BaseException) -> str | None:
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
     full_key = getattr(cause, "full_key", None)
     if isinstance(cause, OmegaConfBaseException) and full_key:
-        from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
-
-        from bnexp.config_schema import describe_type_error, describe_unknown_key
         if isinstance(cause, ValidationError):
             return describe_type_error(full_key, cause.value)
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
@@ -75,7 +74,7 @@ def describe_composition_error(error: BaseException) -> str | None:
         return (f"{plus_hint.group(1)} is not chosen by default, so it is added with a plus: {plus_hint.group(2)} "
                 f"(conf/{plus_hint.group(1)}/ has the choices)")
     message = _one_line(str(error))
-    if isinstance(cause, OmegaConfBaseException) and cause is not error:
+    if cause is not error:  # Hydra's error wraps OmegaConf's: add the latter's own words
         message += f": {_one_line(cause.msg)}"
     return f"{full_key}: {message}" if full_key else message
 

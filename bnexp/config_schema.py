@@ -22,8 +22,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-TRAIN_SCHEMA_NAME = "bnexp_train_schema"
-GROUP_SCHEMA_ROOT = "bnexp_schema"  # bnexp_schema/<group>/<option>: what conf/<group>/<option>.yaml extends
+from bnexp.config import config_value
 
 # The largest seed numpy accepts (seed_everything seeds numpy too).
 MAX_SEED = 2**32 - 1
@@ -88,7 +87,7 @@ class VariantConfig:
     backend: str = setting("auto", choices=("auto", "torch", "triton"))
     # Not a setting: the run writes here each norm layer's statistic groups (layer name -> groups), so
     # config.yaml and the W&B config say what stat_groups / channels_per_group came to (a given value is replaced).
-    stat_groups_by_layer: Optional[Dict[str, int]] = field(default=None, metadata={"example": None})
+    stat_groups_by_layer: Optional[Dict[str, int]] = None
 
 
 @dataclass
@@ -225,10 +224,10 @@ def register_schemas() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    store.store(name=TRAIN_SCHEMA_NAME, node=TrainConfig)
+    store.store(name="bnexp_train_schema", node=TrainConfig)  # the first entry of conf/train.yaml's defaults
     for group, options in GROUP_OPTION_SCHEMAS.items():
-        for option, schema in options.items():
-            store.store(group=f"{GROUP_SCHEMA_ROOT}/{group}", name=option, node=schema)
+        for option, schema in options.items():  # what conf/<group>/<option>.yaml extends
+            store.store(group=f"bnexp_schema/{group}", name=option, node=schema)
 
 
 register_schemas()
@@ -239,13 +238,12 @@ register_schemas()
 def _schemas_at(prefix: str) -> list[type]:
     """The schemas whose fields are the keys below a dotted prefix ('': the top level); below `data`, `optim` and
     `logger` the fields of every option count. [] when the prefix is no config group."""
-    schemas = [TrainConfig]
-    for part in filter(None, prefix.split(".")):
-        child = next((_type_hints(schema)[part] for schema in schemas if part in _type_hints(schema)), None)
-        if not (isinstance(child, type) and dataclasses.is_dataclass(child)):
-            return []
-        schemas = [child, *GROUP_OPTION_SCHEMAS.get(part, {}).values()] if schemas[0] is TrainConfig else [child]
-    return schemas
+    if not prefix:
+        return [TrainConfig]
+    group = _type_hints(TrainConfig).get(prefix)  # groups hold no groups: a dotted prefix is none
+    if not (isinstance(group, type) and dataclasses.is_dataclass(group)):
+        return []
+    return [group, *GROUP_OPTION_SCHEMAS.get(prefix, {}).values()]
 
 
 def _locate(dotted_key: str) -> tuple[dataclasses.Field, type] | None:
@@ -307,7 +305,7 @@ def _kind_of(annotation: Any, metadata: Mapping) -> tuple[str, bool]:
         annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
     if metadata.get("kind"):
         return metadata["kind"], optional
-    if typing.get_origin(annotation) in (list, List):
+    if typing.get_origin(annotation) is list:
         (item,) = typing.get_args(annotation)
         return f"list:{item.__name__}", optional
     return {int: "int", float: "float", str: "str", bool: "bool"}.get(annotation, "any"), optional
@@ -372,8 +370,7 @@ def _node_schema(node: Any, base: type, key: str, problems: list[str]) -> type:
     options = GROUP_OPTION_SCHEMAS.get(key)
     if not options:
         return base
-    name = node.get("name") if isinstance(node, (dict, DictConfig)) else None
-    known = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    name, known = node.get("name"), OmegaConf.get_type(node)  # a plain dict's type is dict, no schema
     if isinstance(known, type) and issubclass(known, base) and known is not base:
         if name is not None and options.get(name) not in (None, known):
             problems.append(f"{key}.name={_show(name)} does not match the {key} group's choice; "
@@ -391,23 +388,16 @@ def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> No
     for schema_field in dataclasses.fields(schema):
         name, key = schema_field.name, prefix + schema_field.name
         example = f"; e.g. {key}={schema_field.metadata['example']}" if schema_field.metadata.get("example") else ""
-        if isinstance(node, DictConfig):
-            if name not in node.keys():
-                continue  # optional (e.g. a config built in Python without this group)
-            if OmegaConf.is_missing(node, name):
-                problems.append(f"{key} is not set{example}")
-                continue
-            try:
-                value = node[name]
-            except Exception as error:  # an interpolation that cannot be resolved
-                problems.append(f"{key} cannot be resolved ({error}){example}")
-                continue
-        elif isinstance(node, dict):
-            if name not in node:
-                continue
+        if name not in node.keys():
+            continue  # optional (e.g. a config built in Python without this group)
+        if isinstance(node, DictConfig) and OmegaConf.is_missing(node, name):
+            problems.append(f"{key} is not set{example}")
+            continue
+        try:
             value = node[name]
-        else:
-            return
+        except Exception as error:  # an interpolation that cannot be resolved
+            problems.append(f"{key} cannot be resolved ({error}){example}")
+            continue
         annotation = hints[name]
         if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
             if not isinstance(value, (dict, DictConfig)):
@@ -419,31 +409,19 @@ def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> No
             value = OmegaConf.to_container(value, resolve=True)
         kind, optional = _kind_of(annotation, schema_field.metadata)
         if value is None:
-            if not optional:
-                problems.append(f"{key}=null is not allowed{example}")
-            continue
-        if not _type_ok(value, kind):
-            problems.append(f"{key}={_show(value)} is not {_KIND_WORDS.get(kind, 'valid')}{example}")
-            continue
-        problem = _value_problem(value, kind, schema_field.metadata)
+            problem = None if optional else "is not allowed"
+        elif not _type_ok(value, kind):
+            problem = f"is not {_KIND_WORDS.get(kind, 'valid')}"
+        else:
+            problem = _value_problem(value, kind, schema_field.metadata)
         if problem:
             problems.append(f"{key}={_show(value)} {problem}{example}")
 
 
-def _select(cfg: Any, dotted_key: str) -> Any:
-    node = cfg
-    for part in dotted_key.split("."):
-        if isinstance(node, (dict, DictConfig)) and part in node:
-            node = node[part]
-        else:
-            return None
-    return node
-
-
 def _cross_key_problems(cfg: Any) -> Iterator[str]:
     """Rules between keys, all known before any data is read."""
-    norm, stat_groups = _select(cfg, "variant.norm"), _select(cfg, "variant.stat_groups")
-    channels_per_group = _select(cfg, "variant.channels_per_group")
+    norm, stat_groups = config_value(cfg, "variant.norm"), config_value(cfg, "variant.stat_groups")
+    channels_per_group = config_value(cfg, "variant.channels_per_group")
     if norm == "grouped" and stat_groups is None and channels_per_group is None:
         yield ("variant.stat_groups=null: variant.norm=grouped needs a group count or a group size; "
                "e.g. variant.stat_groups=8 or variant.channels_per_group=4")
@@ -453,7 +431,7 @@ def _cross_key_problems(cfg: Any) -> Iterator[str]:
     if channels_per_group is not None and norm != "grouped":
         yield (f"variant.channels_per_group={channels_per_group} applies to variant.norm=grouped only "
                f"(variant.norm={norm}); e.g. +variant=grouped_bn_by_size")
-    model_name, width = _select(cfg, "model.name"), _select(cfg, "model.width")
+    model_name, width = config_value(cfg, "model.name"), config_value(cfg, "model.width")
     if norm == "grouped" and stat_groups is not None and model_name is not None and width is not None:
         widths = norm_layer_widths(model_name, width)
         if any(channels % stat_groups for channels in widths):
@@ -461,12 +439,13 @@ def _cross_key_problems(cfg: Any) -> Iterator[str]:
             yield (f"variant.stat_groups={stat_groups} does not divide every norm layer's width of model={model_name} "
                    f"at model.width={width:g} (widths {', '.join(map(str, sorted(set(widths))))}); "
                    f"e.g. variant.stat_groups={divisors[-1]}")
-    if _select(cfg, "optim.name") == "sgd" and _select(cfg, "optim.nesterov") is True \
-            and _select(cfg, "optim.momentum") == 0:
+    if config_value(cfg, "optim.name") == "sgd" and config_value(cfg, "optim.nesterov") is True \
+            and config_value(cfg, "optim.momentum") == 0:
         yield "optim.nesterov=true needs a momentum above 0; e.g. optim.momentum=0.9 (or optim.nesterov=false)"
-    batch_size, train_size = _select(cfg, "train.batch_size"), _select(cfg, "data.train_size")
-    if train_size is None:
-        train_size = {"cifar10": CIFAR10_TRAIN_IMAGES, "synthetic": CIFAR10_TRAIN_IMAGES}.get(_select(cfg, "data.name"))
+    # data.train_size=null: all of cifar10's or synthetic's 50000 (a folder's count is only known once it is read)
+    all_images = CIFAR10_TRAIN_IMAGES if config_value(cfg, "data.name") in ("cifar10", "synthetic") else None
+    batch_size = config_value(cfg, "train.batch_size")
+    train_size = config_value(cfg, "data.train_size", all_images)
     if batch_size is not None and train_size is not None and batch_size > train_size:
         yield (f"train.batch_size={batch_size} is larger than the {train_size} training images "
                f"(data.train_size); e.g. train.batch_size={min(512, train_size)}")

@@ -11,7 +11,9 @@ A whole split lives as one (N, 3, 32, 32) uint8 tensor on the training device; a
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
 import hashlib
 import io
 import json
@@ -20,9 +22,7 @@ import os
 import pickle
 import re
 import signal
-import socket
 import tarfile
-import time
 import zipfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -34,9 +34,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from bnexp.fileio import atomic_write
+from bnexp.fileio import atomic_write, remove_stale_temporaries
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -46,9 +45,6 @@ CACHE_FORMAT_VERSION = 1
 # DatasetError (exit code 2): a kill (the trainer's SIGTERM exception, Ctrl-C) must pass through as itself.
 READ_ERRORS = (OSError, EOFError, ValueError, KeyError, tarfile.TarError, lzma.LZMAError, zlib.error,
                zipfile.BadZipFile, pickle.UnpicklingError)
-# A decode cache's temporary file from a writer that died is removed once this old (or at once when the writer
-# ran on this host and is gone).
-STALE_TEMPORARY_CACHE_S = 3600
 
 
 class DatasetError(RuntimeError):
@@ -179,20 +175,15 @@ def _source_fingerprint(path: Path) -> str:
 def _decode_split(files: list[tuple[str, str, bytes]], class_names: list[str], workers: int,
                   split_name: str) -> Split:
     named = [(file_name, data) for _, file_name, data in files]
-    parallel = workers > 1 and len(named) > 1000
-    with tqdm(total=len(named), unit="img", desc=f"decoding {split_name}", mininterval=1.0,
-              dynamic_ncols=True) as progress:
-        arrays = []
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_decode_worker_setup) if parallel else None
-        try:
+    with contextlib.ExitStack() as stack:
+        decoded = map(_decode_image, named)
+        if workers > 1 and len(named) > 1000:
+            pool = ProcessPoolExecutor(max_workers=workers, initializer=_decode_worker_setup)
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # on a kill, the queued chunks are dropped
             # chunks of 64: little overhead, and a kill waits for at most one running chunk per worker
-            decoded = pool.map(_decode_image, named, chunksize=64) if pool else map(_decode_image, named)
-            for array in decoded:  # in order, as they finish
-                arrays.append(array)
-                progress.update(1)
-        finally:
-            if pool:
-                pool.shutdown(wait=True, cancel_futures=True)  # on a kill, the queued chunks are dropped
+            decoded = pool.map(_decode_image, named, chunksize=64)
+        arrays = list(tqdm(decoded, total=len(named), unit="img", desc=f"decoding {split_name}", mininterval=1.0,
+                           dynamic_ncols=True))  # in order, as they finish
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([class_names.index(name) for name, _, _ in files], dtype=torch.int64)
     return Split(images, labels)
@@ -207,11 +198,12 @@ def load_image_folder(path: str, cache_dir: str, workers: int | None = None, *, 
         raise DatasetError(f"Dataset path {str(source)!r} does not exist. {how_to_fix(source)}")
     if source.is_file() and not source.name.endswith(ARCHIVE_SUFFIXES):
         raise DatasetError(f"{str(source)!r} is a file but not a .tar/.tar.gz/.tar.xz archive. {how_to_fix(source)}")
-    fingerprint = _source_fingerprint(source)
-    cache_file = Path(cache_dir).expanduser() / f"{source.name.split('.')[0]}-{fingerprint}.npz"
+    source_prefix = source.name.split(".")[0]
+    cache_file = Path(cache_dir).expanduser() / f"{source_prefix}-{_source_fingerprint(source)}.npz"
     description = f"CIFAR-10 JPEG copy ({source.name})" if "jpeg" in source.name.lower() else \
         f"image folder ({source.name})"
-    _remove_stale_temporary_caches(cache_file)
+    # a writer killed mid-write (SIGKILL) leaves its temporary: this source's, under any fingerprint, go now
+    remove_stale_temporaries(cache_file.parent, f"{glob.escape(source_prefix)}-*.npz")
     cached = _read_cache(cache_file, description)
     if cached is not None:
         check_subset_sizes(len(cached.train), len(cached.test), train_size, test_size, source)
@@ -278,45 +270,9 @@ def _cached_source_path(cache_file: Path) -> str | None:
     """The source a cache was decoded from; None for a cache from before caches recorded it (or unreadable)."""
     try:
         with np.load(cache_file) as cached:
-            return str(cached["source_path"]) if "source_path" in cached.files else None
+            return str(cached["source_path"])  # a cache without it raises KeyError, one of READ_ERRORS
     except READ_ERRORS:
         return None
-
-
-def _host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"  # no '-': it separates the fields
-
-
-# '<cache>.tmp-<host>-<pid>.npz', or '<cache>.tmp<pid>.npz' as written before the host was part of the name
-_TEMPORARY_CACHE = re.compile(r"\.tmp(?:-(?P<host>[^-]+)-)?(?P<pid>\d+)\.npz$")
-
-
-def _remove_stale_temporary_caches(cache_file: Path) -> None:
-    """Remove the temporary files of this source's caches whose writer died (SIGKILL, power loss) mid-write: the
-    writer ran on this host and its process is gone, or the file is untouched for STALE_TEMPORARY_CACHE_S."""
-    this_host = _host_tag()
-    source_prefix = cache_file.name.rsplit("-", 1)[0]
-    for candidate in cache_file.parent.glob(f"{source_prefix}-*.tmp*.npz"):
-        match = _TEMPORARY_CACHE.search(candidate.name)
-        if not match:
-            continue
-        try:
-            age_s = time.time() - candidate.stat().st_mtime
-            writer_gone = match["host"] in (None, this_host) and not _process_exists(int(match["pid"]))
-            if writer_gone or age_s > STALE_TEMPORARY_CACHE_S:
-                candidate.unlink(missing_ok=True)
-        except OSError:
-            continue  # removed by another run meanwhile, or not ours to remove
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process
-    return True
 
 
 # ---------------------------------------------------------------- synthetic

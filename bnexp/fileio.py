@@ -20,8 +20,10 @@ from typing import IO, Any, Iterator
 _PROCESS_STARTED = time.time()
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+def remove_stale_temporaries(folder: Path, name_pattern: str) -> None:
+    """Remove the temporaries of the files in `folder` whose names match the glob `name_pattern` that were last
+    modified before this process started: their writers died mid-write (SIGKILL, power loss)."""
+    for candidate in folder.glob(f".{name_pattern}.*.tmp"):
         try:
             if candidate.stat().st_mtime < _PROCESS_STARTED:
                 candidate.unlink()
@@ -39,15 +41,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    while True:
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            # O_EXCL: never share a temporary with a concurrent writer; mode 0666 lets the umask decide.
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
+    remove_stale_temporaries(path.parent, glob.escape(path.name))
+    # 48 random bits name the temporary; O_EXCL would refuse a name a concurrent writer held (rather than share
+    # its file), and mode 0666 lets the umask decide.
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with open(descriptor, mode, **open_kwargs) as handle:
             yield handle

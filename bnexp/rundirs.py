@@ -10,7 +10,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import yaml
 
@@ -63,9 +63,7 @@ def run_status(run_dir: Path, summary: dict[str, Any] | None = None) -> str:
     status and its resume all ask here. `summary`: the caller's copy of summary.json, to save a read."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir) if summary is None else summary
-    if summary is None:
-        return "missing"
-    status = summary.get("status")
+    status = (summary or {}).get("status")
     if not isinstance(status, str) or not status:
         return "missing"
     if status != "running":
@@ -115,15 +113,14 @@ def is_run_dir(path: Path) -> bool:
 
 def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
     """Every run dir at or below the given roots (sweep dirs, Hydra multirun dirs, single runs), deduplicated."""
-    return sorted({run_dir.resolve() for root in roots for run_dir in _walk_run_dirs(Path(root))})
-
-
-def _walk_run_dirs(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):  # root itself first; nothing when it is not a dir
-        dirnames[:] = sorted(d for d in dirnames if d != ".hydra" and not d.startswith(".tmp"))
-        if SUMMARY_FILE in filenames and is_run_dir(Path(dirpath)):
-            dirnames[:] = []  # a run dir does not contain other runs
-            yield Path(dirpath)
+    found = set()
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):  # root itself first; nothing when it is not a dir
+            dirnames[:] = sorted(d for d in dirnames if d != ".hydra" and not d.startswith(".tmp"))
+            if SUMMARY_FILE in filenames and is_run_dir(Path(dirpath)):
+                dirnames[:] = []  # a run dir does not contain other runs
+                found.add(Path(dirpath).resolve())
+    return sorted(found)
 
 
 def get_path(mapping: dict[str, Any], dotted_key: str, default: Any = None) -> Any:
@@ -150,7 +147,7 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def as_float(value: Any) -> float | None:
     """A finite or infinite float, or None for missing / non-numeric / NaN values."""
-    if value is None or isinstance(value, bool):
+    if isinstance(value, bool):  # None and other non-numbers fail float() below
         return None
     try:
         number = float(value)

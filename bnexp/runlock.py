@@ -76,9 +76,7 @@ class RunDirLock:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing the last descriptor drops the flock
-            self._handle = None
+        self._handle.close()  # closing the last descriptor drops the flock
 
 
 def lock_state(run_dir: str | os.PathLike) -> str:
@@ -86,10 +84,8 @@ def lock_state(run_dir: str | os.PathLike) -> str:
     path = Path(run_dir) / LOCK_FILE
     try:
         handle = open(path)
-    except FileNotFoundError:
-        return "none"
     except OSError:
-        return "none"  # unreadable: nothing can be said
+        return "none"  # no lock file, or an unreadable one: nothing can be said
     with handle:
         try:
             # a shared probe: it conflicts only with a writer's exclusive lock, and is dropped at once
