@@ -54,10 +54,9 @@ def seed_everything(seed: int) -> None:
 
 def build_optimizer(model: torch.nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:
     # No weight decay on norm affine parameters and biases (1-D tensors), as is usual for BN nets.
-    decayed = [p for p in model.parameters() if p.ndim > 1]
-    not_decayed = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decayed, "weight_decay": optim_cfg.weight_decay},
-              {"params": not_decayed, "weight_decay": 0.0}]
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": optim_cfg.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if optim_cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
     # the schema admits sgd and adamw only
