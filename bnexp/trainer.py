@@ -128,11 +128,11 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
             with stop.held():  # nor may a kill cut the last write short: the summary must say how the run ended
                 sink_errors = sinks.finish(summary)
             if stop.pending is not None and summary["status"] != "failed":
-                # the kill landed while the end was being written: the run did not end on its own
+                # the kill landed while the end was being written: the run did not end on its own. (Not failed
+                # means the try ran through, so the local sink exists.)
                 interrupted = stop.interruption(stop.pending)
                 summary.update(status="failed", error=_describe_failure(interrupted))
-                if sinks.sinks:
-                    sinks.sinks[0].write_summary(summary)
+                sinks.sinks[0].write_summary(summary)
                 raise interrupted
     if sink_errors:
         raise sink_errors[0]

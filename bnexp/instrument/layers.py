@@ -6,6 +6,8 @@ reported together under the module's name. The norms of all tensors come from on
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -27,13 +29,10 @@ class ParameterLayers:
         self.names: list[str] = []
         self.params: list[nn.Parameter] = []
         self._layer_of_param: list[int] = []
-        seen: set[int] = set()
-        for module_name, module in model.named_modules():
-            own_params = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
-            if not own_params:
-                continue
-            for param in own_params:
-                seen.add(id(param))
+        # named_parameters yields each parameter once (the first module that has it), a module's own together
+        trainable = ((name, param) for name, param in model.named_parameters() if param.requires_grad)
+        for module_name, owned in itertools.groupby(trainable, key=lambda item: item[0].rpartition(".")[0]):
+            for _, param in owned:
                 self.params.append(param)
                 self._layer_of_param.append(len(self.names))
             self.names.append(module_name or "model")
