@@ -56,17 +56,13 @@ class ParameterLayers:
     def grad_norms(self) -> torch.Tensor | None:
         """Per-layer gradient norms (a layer without gradients counts 0); None before any backward."""
         with_grad = tuple(i for i, p in enumerate(self.params) if p.grad is not None)
-        if not with_grad:
-            return None
         selection = None if len(with_grad) == len(self.params) else with_grad
-        return self._per_layer([self.params[i].grad for i in with_grad], selection)
+        return self._per_layer([self.params[i].grad for i in with_grad], selection) if with_grad else None
 
     def global_grad_norm(self) -> torch.Tensor | None:
         """The norm of all gradients together (one fused norm, no per-layer work); None before any backward."""
         grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads:
-            return None
-        return tensor_norms(grads).square().sum().sqrt()
+        return tensor_norms(grads).square().sum().sqrt() if grads else None
 
     def param_norms(self, keep_snapshot: bool) -> torch.Tensor:
         """Per-layer parameter norms; with `keep_snapshot`, also a copy of the parameters for `update_ratios`."""
