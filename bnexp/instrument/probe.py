@@ -10,26 +10,30 @@ history (`history.py`). Nothing here synchronises with the device, so the GPU qu
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Iterable, Mapping, NamedTuple
 
 import torch
-from torch import nn
-
 from omegaconf import OmegaConf
+from torch import nn
 
 from bnexp.config import CONF_DIR, config_value
 from bnexp.instrument.history import GradNormHistory, MechanismHistory, steps_to_accuracy
 from bnexp.instrument.hooks import ForwardHooks
 from bnexp.instrument.layers import ParameterLayers, unwrap_model
 
-# A run's own defaults (each key is explained there), for a probe built without a config: tests, benchmarks.
-DEFAULT_INSTRUMENT_CFG = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "instrument" / "default.yaml"))
+@functools.cache
+def default_instrument_cfg() -> dict:
+    """A run's own defaults, conf/instrument/default.yaml (each key is explained there), read when first needed:
+    a run's config has every key, so only a probe built without one (tests, benchmarks) reads the file."""
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "instrument" / "default.yaml"))
 
 
 def instrument_setting(instrument_cfg: Any, key: str) -> Any:
     """`instrument.<key>` of the run's config, or its default (no config: tests and benchmarks)."""
-    return config_value(instrument_cfg, key, DEFAULT_INSTRUMENT_CFG[key])
+    value = config_value(instrument_cfg, key)
+    return default_instrument_cfg()[key] if value is None else value
 
 
 class Measurement(NamedTuple):
@@ -143,4 +147,5 @@ class StabilityProbe:
     def summary(self, test_acc_by_step: Mapping[int, float] | Iterable[tuple[int, float]] | None = None) -> dict:
         """The probe's summary.json fields, from what has been read back (the host history)."""
         return {**self.history.summary(), **self.mechanism.summary(),
-                "steps_to_acc": steps_to_accuracy(test_acc_by_step, self.acc_targets), "instrument_every": self.every}
+                "steps_to_acc": steps_to_accuracy(test_acc_by_step, self.acc_targets),
+                "instrument_every": self.every}
