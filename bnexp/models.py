@@ -6,6 +6,7 @@ normalisation the convs get biases, since nothing else would shift activations.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 from torch import Tensor, nn
@@ -110,8 +111,8 @@ class FastNet(nn.Module):
         stem = scaled_width(stem_channels, width)
         self.stem = nn.Sequential(conv3x3(3, stem, with_bias), norm_factory(stem), nn.GELU())
         widths = [stem] + [scaled_width(c, width) for c in group_channels]
-        self.groups = nn.Sequential(*[ConvGroup(widths[i], widths[i + 1], norm_factory, with_bias)
-                                      for i in range(len(group_channels))])
+        self.groups = nn.Sequential(*[ConvGroup(in_channels, out_channels, norm_factory, with_bias)
+                                      for in_channels, out_channels in itertools.pairwise(widths)])
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
 
@@ -133,11 +134,11 @@ class PlainVGG(nn.Module):
         for item in plan:
             if item == "pool":
                 layers.append(nn.MaxPool2d(2))
-                continue
-            out_channels = scaled_width(int(item), width)
-            layers += [conv3x3(in_channels, out_channels, with_bias), norm_factory(out_channels),
-                       nn.ReLU(inplace=True)]
-            in_channels = out_channels
+            else:
+                out_channels = scaled_width(int(item), width)
+                layers += [conv3x3(in_channels, out_channels, with_bias), norm_factory(out_channels),
+                           nn.ReLU(inplace=True)]
+                in_channels = out_channels
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(in_channels, num_classes)
 
@@ -173,15 +174,13 @@ class ResNet18(nn.Module):
         stage_widths = [scaled_width(c, width) for c in (64, 128, 256, 512)]
         self.stem = nn.Sequential(conv3x3(3, stage_widths[0], with_bias), norm_factory(stage_widths[0]),
                                   nn.ReLU(inplace=True))
+        # two blocks a stage; the first block of every stage after the first halves the resolution
         blocks: list[nn.Module] = []
-        in_channels = stage_widths[0]
-        for stage, out_channels in enumerate(stage_widths):
-            for block in range(2):
-                stride = 2 if stage > 0 and block == 0 else 1
-                blocks.append(BasicBlock(in_channels, out_channels, stride, norm_factory, with_bias))
-                in_channels = out_channels
+        for stage, (in_channels, out_channels) in enumerate(itertools.pairwise([stage_widths[0], *stage_widths])):
+            blocks += [BasicBlock(in_channels, out_channels, 2 if stage > 0 else 1, norm_factory, with_bias),
+                       BasicBlock(out_channels, out_channels, 1, norm_factory, with_bias)]
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Linear(in_channels, num_classes)
+        self.head = nn.Linear(stage_widths[-1], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))

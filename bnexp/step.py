@@ -100,17 +100,14 @@ class LogWindow:
         window_loss = sum(losses) / len(losses)
         record = {"step": self.first_step, "epoch": self.first_step / self.steps_per_epoch, "train/loss": window_loss,
                   "train/lr": self.lr, "train/loss_spikes": self.loss_curve.spikes}
-        records = [record]
-        for probe_record in probe_records:  # the window's first step joins its record; others get their own
-            if probe_record["step"] == self.first_step:
-                record.update(probe_record)
-            else:
-                records.append({"epoch": probe_record["step"] / self.steps_per_epoch, **probe_record})
-        records.sort(key=lambda each: each["step"])
+        by_step = {self.first_step: record}  # the window's first step joins its record; others get their own
+        for probe_record in probe_records:
+            step = probe_record["step"]
+            by_step.setdefault(step, {"epoch": step / self.steps_per_epoch}).update(probe_record)
+        records = [by_step[step] for step in sorted(by_step)]
 
-        limit = self.loss_factor * self.initial_loss
         bad = [(step, loss) for step, loss in enumerate(losses, start=self.first_step)
-               if not math.isfinite(loss) or loss > limit]
+               if not math.isfinite(loss) or loss > self.loss_factor * self.initial_loss]
         if not bad:
             return WindowReadback(records, window_loss, None, None)
         worst = max((loss for _, loss in bad), key=lambda loss: math.inf if math.isnan(loss) else loss)

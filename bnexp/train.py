@@ -44,13 +44,7 @@ def main(cfg: DictConfig) -> None:
 def _raised_by_the_run(error: BaseException) -> bool:
     """Whether an exception came out of the task function (a run's own crash), not out of Hydra composing the
     config or setting up the run dir."""
-    task_code = main.__wrapped__.__code__
-    frame = error.__traceback__
-    while frame is not None:
-        if frame.tb_frame.f_code is task_code:
-            return True
-        frame = frame.tb_next
-    return False
+    return any(frame.f_code is main.__wrapped__.__code__ for frame, _ in traceback.walk_tb(error.__traceback__))
 
 
 def run_cli() -> None:

@@ -30,10 +30,9 @@ class RunInterrupted(Exception):
 
 
 def resolve_device(requested: str) -> torch.device:
+    # a CUDA device that is not there was refused with the config (config_schema's device check)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda was requested but CUDA is not available; use device=auto or device=cpu")
     return torch.device(requested)
 
 
@@ -55,29 +54,22 @@ def seed_everything(seed: int) -> None:
 
 def build_optimizer(model: torch.nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:
     # No weight decay on norm affine parameters and biases (1-D tensors), as is usual for BN nets.
-    decayed = [p for p in model.parameters() if p.ndim > 1]
-    not_decayed = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decayed, "weight_decay": optim_cfg.weight_decay},
-              {"params": not_decayed, "weight_decay": 0.0}]
-    if optim_cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                               nesterov=optim_cfg.nesterov)
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": optim_cfg.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if optim_cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
-    raise ValueError(f"unknown optimizer {optim_cfg.name!r}; use optim=sgd or optim=adamw")
+    # the schema admits sgd and adamw only
+    return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_frac: float, schedule: str) -> float:
-    """Linear warmup from 0, then cosine or linear decay to 0."""
+    """Linear warmup from 0, then cosine or linear decay to 0 (the schema admits no other schedule)."""
     warmup_steps = max(1, int(round(total_steps * warmup_frac)))
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return 1 - progress
-    raise ValueError(f"unknown schedule {schedule!r}; use optim.schedule=cosine or linear")
+    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
 
 
 @torch.no_grad()
@@ -94,20 +86,14 @@ def evaluate(model, split, batch_size: int, amp: bool, memory_format) -> tuple[f
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 
-def run_summary_base(cfg: DictConfig) -> dict:
+def run_summary_base(cfg: DictConfig, stat_groups: dict | None) -> dict:
     # the config is not validated yet here: a bad lr or seed is kept as given, and the run fails just after
     return {"status": "running", "variant": cfg.variant.name, "model": cfg.model.name,
             "lr": _number_or_as_given(cfg.optim.lr, float), "seed": _number_or_as_given(cfg.seed, int),
             "data_source": None,
             "final_test_acc": None, "best_test_acc": None, "epochs_done": 0, "steps_done": 0,
             "wall_time_s": 0.0, "images_per_s": None, "diverged_step": None, "error": None,
-            "stat_groups_by_layer": _recorded_stat_groups(cfg), "provenance": provenance(cfg.get("device"))}
-
-
-def _recorded_stat_groups(cfg: DictConfig) -> dict | None:
-    """What record_stat_groups put into the config, as a plain dict (None when the model could not be built)."""
-    groups = cfg.variant.get("stat_groups_by_layer")
-    return OmegaConf.to_container(groups) if isinstance(groups, DictConfig) else groups
+            "stat_groups_by_layer": stat_groups, "provenance": provenance(cfg.get("device"))}
 
 
 def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dict:
@@ -120,14 +106,14 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
     nothing, so it never hides the run's own error.
     """
     started = time.perf_counter()
-    record_stat_groups(cfg)
-    summary = run_summary_base(cfg)
+    summary = run_summary_base(cfg, record_stat_groups(cfg))
     with RunDirLock(run_dir), StopSignals() as stop:
         sinks = SinkGroup([])
         try:
             with stop.held():  # a kill during the first write lands after it, as a failed run
                 sinks.sinks.append(LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary))
-            stop.raise_pending()
+            if stop.pending is not None:
+                raise stop.interruption(stop.pending)
             sinks.sinks.extend(extra_sinks or [])
             validate_train_config(cfg)
             # inside the try: a logger failure is a failed run
@@ -142,11 +128,11 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
             with stop.held():  # nor may a kill cut the last write short: the summary must say how the run ended
                 sink_errors = sinks.finish(summary)
             if stop.pending is not None and summary["status"] != "failed":
-                # the kill landed while the end was being written: the run did not end on its own
+                # the kill landed while the end was being written: the run did not end on its own. (Not failed
+                # means the try ran through, so the local sink exists.)
                 interrupted = stop.interruption(stop.pending)
                 summary.update(status="failed", error=_describe_failure(interrupted))
-                if sinks.sinks:
-                    sinks.sinks[0].write_summary(summary)
+                sinks.sinks[0].write_summary(summary)
                 raise interrupted
     if sink_errors:
         raise sink_errors[0]
@@ -164,18 +150,19 @@ def model_from_config(cfg: DictConfig) -> torch.nn.Module:
                        affine_per_channel=cfg.variant.affine_per_channel, backend=cfg.variant.backend)
 
 
-def record_stat_groups(cfg: DictConfig) -> None:
+def record_stat_groups(cfg: DictConfig) -> dict | None:
     """Put the statistic groups each norm layer gets into the run's config as `variant.stat_groups_by_layer`, so
-    config.yaml and the W&B config say what `stat_groups` / `channels_per_group` came to. The model is built on
-    the meta device (no memory, no random numbers drawn); a config that cannot build a model is left as it is and
-    fails in the run, where the error is recorded."""
+    config.yaml and the W&B config say what `stat_groups` / `channels_per_group` came to, and return them for the
+    summary. The model is built on the meta device (no memory, no random numbers drawn); a config that cannot
+    build a model is left as it is (None for the summary) and fails in the run, where the error is recorded."""
     try:
         with torch.device("meta"):
             groups = stat_groups_by_layer(model_from_config(cfg))
     except Exception:
-        return
+        return None
     with open_dict(cfg):
         cfg.variant.stat_groups_by_layer = groups
+    return groups
 
 
 def _number_or_as_given(value, kind):
@@ -193,11 +180,10 @@ class StopSignals:
     def __init__(self):
         self.pending: int | None = None
         self._holding = False
-        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopSignals":
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous[signum] = signal.signal(signum, self._on_signal)
+        self._previous = {signum: signal.signal(signum, self._on_signal)
+                          for signum in (signal.SIGTERM, signal.SIGINT)}
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -211,10 +197,6 @@ class StopSignals:
             yield
         finally:
             self._holding = False
-
-    def raise_pending(self) -> None:
-        if self.pending is not None:
-            raise self.interruption(self.pending)
 
     @staticmethod
     def interruption(signum: int) -> BaseException:
@@ -251,7 +233,7 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
                        LossCurve(cfg.get("instrument")), probe)
 
     # Loop state. OmegaConf lookups cost microseconds, so the per-step settings are read once.
-    total_steps, batch_size = cfg.train.epochs * len(batches), cfg.train.batch_size
+    total_steps, epoch_images = cfg.train.epochs * len(batches), len(batches) * cfg.train.batch_size
     warmup_frac, schedule = cfg.optim.warmup_frac, cfg.optim.schedule
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     step, test_acc_by_step, epoch_seconds = 0, {}, []
@@ -293,11 +275,11 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
             if on_cuda:
                 torch.cuda.synchronize()
             epoch_seconds.append(time.perf_counter() - epoch_started)
-            images_per_s = len(batches) * batch_size / epoch_seconds[-1]
+            images_per_s = epoch_images / epoch_seconds[-1]
             test_loss, test_acc = evaluate(step_model, test_split, cfg.train.eval_batch_size, amp, memory_format)
             test_acc_by_step[step] = test_acc
             train_loss = epoch_loss.item() / len(batches)
-            train_acc = epoch_correct.item() / (len(batches) * batch_size)
+            train_acc = epoch_correct.item() / epoch_images
             sinks.log_epoch({"epoch": epoch + 1, "step": step, "train/loss": train_loss, "train/acc": train_acc,
                              "test/loss": test_loss, "test/acc": test_acc, "train/images_per_s": images_per_s})
             progress.write(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} "
@@ -306,7 +288,7 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
             rate_seconds = epoch_seconds[1:] if cfg.train.compile and len(epoch_seconds) > 1 else epoch_seconds
             summary.update(epochs_done=epoch + 1, steps_done=step, final_test_acc=test_acc,
                            best_test_acc=max(test_acc_by_step.values()),
-                           images_per_s=round(len(rate_seconds) * len(batches) * batch_size / sum(rate_seconds), 1))
+                           images_per_s=round(len(rate_seconds) * epoch_images / sum(rate_seconds), 1))
         summary["status"] = "finished"
     finally:
         progress.close()

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bnexp.data import make_synthetic  # noqa: E402
-from bnexp.instrument import DEFAULT_INSTRUMENT_CFG, LossCurve, StabilityProbe  # noqa: E402
+from bnexp.instrument import LossCurve, StabilityProbe, default_instrument_cfg  # noqa: E402
 from bnexp.models import build_model  # noqa: E402
 from bnexp.step import LogWindow, TrainStep  # noqa: E402
 
@@ -33,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--norm", default="per_channel", help="per_channel | grouped | shared | none | torch")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--every", type=int, default=DEFAULT_INSTRUMENT_CFG["every"], help="probe interval")
+    parser.add_argument("--every", type=int, default=default_instrument_cfg()["every"], help="probe interval")
     parser.add_argument("--log-every", type=int, default=25, help="steps per log window (host readback)")
     parser.add_argument("--blocks", type=int, default=3, help="blocks of `every` steps per arm")
     parser.add_argument("--warmup", type=int, default=30, help="warm-up steps per arm (covers a measure step)")

@@ -13,7 +13,8 @@ from bnexp.instrument.history import steps_to_accuracy
 from bnexp.instrument.hooks import FORWARD_STATS, ForwardHooks, ForwardStat, is_norm_layer
 from bnexp.instrument.layers import ParameterLayers, unwrap_model
 from bnexp.instrument.loss import LossCurve
-from bnexp.instrument.probe import DEFAULT_INSTRUMENT_CFG, Measurement, StabilityProbe, to_host
+from bnexp.instrument.probe import Measurement, StabilityProbe, default_instrument_cfg, to_host
 
-__all__ = ["DEFAULT_INSTRUMENT_CFG", "FORWARD_STATS", "ForwardHooks", "ForwardStat", "LossCurve", "Measurement",
-           "ParameterLayers", "StabilityProbe", "is_norm_layer", "steps_to_accuracy", "to_host", "unwrap_model"]
+__all__ = ["FORWARD_STATS", "ForwardHooks", "ForwardStat", "LossCurve", "Measurement", "ParameterLayers",
+           "StabilityProbe", "default_instrument_cfg", "is_norm_layer", "steps_to_accuracy", "to_host",
+           "unwrap_model"]

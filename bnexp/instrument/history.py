@@ -9,15 +9,17 @@ from typing import Iterable, Mapping
 class GradNormHistory:
     def __init__(self, layer_names: list[str]):
         self.layer_names = layer_names
-        self.global_by_step: dict[int, float] = {}
         self.init_layer_norms: dict[str, float] = {}  # at the first measured step (step 0 in a run)
         self.latest_layer_norms: dict[str, float] = {}
-        self.max_layer_norm: tuple[float, str | None, int | None] = (-math.inf, None, None)  # value, layer, step
+        # the largest finite norms so far: (value, step) of the global norm, (value, layer, step) per layer
+        self.max_global_norm: tuple[float, int | None] = (-math.inf, None)
+        self.max_layer_norm: tuple[float, str | None, int | None] = (-math.inf, None, None)
 
     def add(self, record: Mapping[str, float]) -> None:
         step = int(record["step"])
-        if "grad_norm/global" in record:
-            self.global_by_step[step] = float(record["grad_norm/global"])
+        global_norm = float(record.get("grad_norm/global", math.nan))
+        if math.isfinite(global_norm) and global_norm > self.max_global_norm[0]:
+            self.max_global_norm = (global_norm, step)
         layer_norms = {name: float(record[f"grad_norm/{name}"]) for name in self.layer_names
                        if f"grad_norm/{name}" in record}
         if not layer_norms:
@@ -29,15 +31,14 @@ class GradNormHistory:
                 self.max_layer_norm = (value, name, step)
 
     def summary(self) -> dict:
-        finite_global = {step: value for step, value in self.global_by_step.items() if math.isfinite(value)}
-        max_global_step = max(finite_global, key=finite_global.get) if finite_global else None
+        max_global_norm, max_global_step = self.max_global_norm
         max_layer_norm, max_layer, max_layer_step = self.max_layer_norm
         return {
             # the largest per-layer gradient norm, the layer it came from and when
             "max_grad_norm": max_layer_norm if max_layer is not None else None,
             "max_grad_norm_layer": max_layer,
             "max_grad_norm_step": max_layer_step,
-            "max_global_grad_norm": finite_global.get(max_global_step),
+            "max_global_grad_norm": max_global_norm if max_global_step is not None else None,
             "max_global_grad_norm_step": max_global_step,
             "grad_norm_ratio_first_last": self.first_over_last_layer(),
             "init_grad_norms": dict(self.init_layer_norms),
@@ -46,10 +47,9 @@ class GradNormHistory:
     def first_over_last_layer(self) -> float | None:
         """First layer's over last layer's (model order) gradient norm at the last measured step: how much the
         gradient grows or shrinks through the depth of the network by the end of training."""
-        latest = self.latest_layer_norms
-        if not self.layer_names or self.layer_names[0] not in latest or self.layer_names[-1] not in latest:
+        if not self.layer_names:
             return None
-        first, last = latest[self.layer_names[0]], latest[self.layer_names[-1]]
+        first, last = (self.latest_layer_norms.get(self.layer_names[end], math.nan) for end in (0, -1))
         return first / last if math.isfinite(first) and math.isfinite(last) and last > 0 else None
 
 

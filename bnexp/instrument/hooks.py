@@ -66,10 +66,8 @@ def norm_input_stats(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tens
     layer's own statistic granularity; and `xhat_std_ratio`, the largest over the smallest per-channel std of the
     normalised input x_hat (before gamma/beta): about 1 with per-channel statistics whatever the input, the input
     channels' own std spread within a group when statistics are shared, i.e. the mixing itself."""
-    if x.dim() < 2:
-        return {}
-    x = x if x.dtype == torch.float32 else x.float()  # fp32 statistics under autocast
-    channel_var, channel_mean = torch.var_mean(x, dim=channel_dims(x), unbiased=False)
+    # fp32 statistics under autocast (.float() of an fp32 tensor is the tensor itself)
+    channel_var, channel_mean = torch.var_mean(x.float(), dim=channel_dims(x), unbiased=False)
     mean_min, mean_max = torch.aminmax(channel_mean)
     var_min, var_max = torch.aminmax(channel_var)
     stats = {"mean_mean": channel_mean.mean(), "mean_min": mean_min, "mean_max": mean_max,
@@ -104,10 +102,7 @@ def norm_output_spread(module: nn.Module, y: torch.Tensor) -> dict[str, torch.Te
     leaves with std |gamma_c| (up to eps), so it stays near `gamma_ratio` (max |gamma| / min |gamma|, recorded
     beside it when the layer has per-channel gamma); with statistics shared across channels every channel keeps
     its input's scale relative to the others, so low-variance channels are squashed and large ones dominate."""
-    if y.dim() < 2:
-        return {}
-    y = y if y.dtype == torch.float32 else y.float()
-    stats = {"out_std_ratio": _spread(torch.var(y, dim=channel_dims(y), unbiased=False).sqrt())}
+    stats = {"out_std_ratio": _spread(torch.var(y.float(), dim=channel_dims(y), unbiased=False).sqrt())}
     weight = getattr(module, "weight", None)
     if torch.is_tensor(weight) and weight.numel() > 1:
         stats["gamma_ratio"] = _spread(weight.detach().float().abs())

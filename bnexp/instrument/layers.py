@@ -6,6 +6,8 @@ reported together under the module's name. The norms of all tensors come from on
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -27,13 +29,10 @@ class ParameterLayers:
         self.names: list[str] = []
         self.params: list[nn.Parameter] = []
         self._layer_of_param: list[int] = []
-        seen: set[int] = set()
-        for module_name, module in model.named_modules():
-            own_params = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
-            if not own_params:
-                continue
-            for param in own_params:
-                seen.add(id(param))
+        # named_parameters yields each parameter once (the first module that has it), a module's own together
+        trainable = ((name, param) for name, param in model.named_parameters() if param.requires_grad)
+        for module_name, owned in itertools.groupby(trainable, key=lambda item: item[0].rpartition(".")[0]):
+            for _, param in owned:
                 self.params.append(param)
                 self._layer_of_param.append(len(self.names))
             self.names.append(module_name or "model")
@@ -57,17 +56,13 @@ class ParameterLayers:
     def grad_norms(self) -> torch.Tensor | None:
         """Per-layer gradient norms (a layer without gradients counts 0); None before any backward."""
         with_grad = tuple(i for i, p in enumerate(self.params) if p.grad is not None)
-        if not with_grad:
-            return None
         selection = None if len(with_grad) == len(self.params) else with_grad
-        return self._per_layer([self.params[i].grad for i in with_grad], selection)
+        return self._per_layer([self.params[i].grad for i in with_grad], selection) if with_grad else None
 
     def global_grad_norm(self) -> torch.Tensor | None:
         """The norm of all gradients together (one fused norm, no per-layer work); None before any backward."""
         grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads:
-            return None
-        return tensor_norms(grads).square().sum().sqrt()
+        return tensor_norms(grads).square().sum().sqrt() if grads else None
 
     def param_norms(self, keep_snapshot: bool) -> torch.Tensor:
         """Per-layer parameter norms; with `keep_snapshot`, also a copy of the parameters for `update_ratios`."""

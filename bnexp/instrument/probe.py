@@ -10,30 +10,30 @@ history (`history.py`). Nothing here synchronises with the device, so the GPU qu
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Iterable, Mapping, NamedTuple
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
-from bnexp.config import config_value
+from bnexp.config import CONF_DIR, config_value
 from bnexp.instrument.history import GradNormHistory, MechanismHistory, steps_to_accuracy
 from bnexp.instrument.hooks import ForwardHooks
 from bnexp.instrument.layers import ParameterLayers, unwrap_model
 
-DEFAULT_INSTRUMENT_CFG = {
-    "every": 50,  # measure every N optimiser steps (step 0 always); 0 disables measurements
-    "loss_spike_factor": 3.0,  # a step's loss is a spike if > factor x the median of the recent losses
-    "loss_window": 64,  # how many recent losses that median is taken over
-    "acc_targets": [0.5, 0.7, 0.8],  # test accuracies for summary.json steps_to_acc
-    "activations": True,  # record bn/ and act/ statistics with forward hooks on measure steps
-    "update_ratio": True,  # snapshot parameters to measure ||dw|| / ||w|| on measure steps
-}
+@functools.cache
+def default_instrument_cfg() -> dict:
+    """A run's own defaults, conf/instrument/default.yaml (each key is explained there), read when first needed:
+    a run's config has every key, so only a probe built without one (tests, benchmarks) reads the file."""
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "instrument" / "default.yaml"))
 
 
 def instrument_setting(instrument_cfg: Any, key: str) -> Any:
     """`instrument.<key>` of the run's config, or its default (no config: tests and benchmarks)."""
-    return config_value(instrument_cfg, key, DEFAULT_INSTRUMENT_CFG[key])
+    value = config_value(instrument_cfg, key)
+    return default_instrument_cfg()[key] if value is None else value
 
 
 class Measurement(NamedTuple):
@@ -46,9 +46,8 @@ def to_host(tensors: list[torch.Tensor]) -> list[list[float]]:
     """Each tensor's values as host floats, in one device-to-host transfer for all of them."""
     if not tensors:
         return []
-    flat = torch.cat([tensor.reshape(-1).float() for tensor in tensors]).tolist()
-    ends = list(itertools.accumulate(tensor.numel() for tensor in tensors))
-    return [flat[end - tensor.numel():end] for tensor, end in zip(tensors, ends)]
+    values = iter(torch.cat([tensor.reshape(-1).float() for tensor in tensors]).tolist())
+    return [list(itertools.islice(values, tensor.numel())) for tensor in tensors]
 
 
 class StabilityProbe:
@@ -133,12 +132,11 @@ class StabilityProbe:
 
     def receive(self, measurements: list[Measurement], host_values: list[list[float]]) -> list[dict]:
         """One record per measured step from the measurements' host values; the history learns them too."""
-        records = []
-        for measurement, values in zip(measurements, host_values):
-            record = {"step": measurement.step, **dict(zip(measurement.keys, values))}
+        records = [{"step": measurement.step, **dict(zip(measurement.keys, values))}
+                   for measurement, values in zip(measurements, host_values)]
+        for record in records:
             self.history.add(record)
             self.mechanism.add(record)
-            records.append(record)
         return records
 
     def readback(self) -> list[dict]:
@@ -148,5 +146,6 @@ class StabilityProbe:
 
     def summary(self, test_acc_by_step: Mapping[int, float] | Iterable[tuple[int, float]] | None = None) -> dict:
         """The probe's summary.json fields, from what has been read back (the host history)."""
-        return {**self.history.summary(), **self.mechanism.summary(), "steps_to_acc": steps_to_accuracy(test_acc_by_step, self.acc_targets),
+        return {**self.history.summary(), **self.mechanism.summary(),
+                "steps_to_acc": steps_to_accuracy(test_acc_by_step, self.acc_targets),
                 "instrument_every": self.every}
