@@ -317,9 +317,12 @@ def _save_for_backward(ctx, x, stats, weight, bias, use_batch_stats, stat_groups
     ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
-def _affine_grads(ctx, dweight_dbias: Tensor, needs_weight_grad: bool, needs_bias_grad: bool):
-    """(dweight, dbias) in the parameters' dtypes, None where not needed (the kernels accumulate in fp32)."""
-    return (dweight_dbias[0].to(ctx.weight_dtype) if needs_weight_grad else None,
+def _gradients(ctx, grad_y, backward, needs_x_grad: bool, needs_weight_grad: bool, needs_bias_grad: bool):
+    """(dx, dweight, dbias) from backward (_backward_impl or its custom op) on the saved tensors; dweight / dbias
+    in the parameters' dtypes (the kernels accumulate in fp32); None where not needed."""
+    x, stats, weight = ctx.saved_tensors
+    dx, dweight_dbias = backward(grad_y, x, stats, weight, ctx.use_batch_stats, ctx.stat_groups)
+    return (dx if needs_x_grad else None, dweight_dbias[0].to(ctx.weight_dtype) if needs_weight_grad else None,
             dweight_dbias[1].to(ctx.bias_dtype) if needs_bias_grad else None)
 
 
@@ -342,10 +345,7 @@ class _GroupedBatchNormFn(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        x, stats, weight = ctx.saved_tensors
-        needs_grad = ctx.needs_input_grad
-        dx, dweight_dbias = _backward_impl(grad_y, x, stats, weight, ctx.use_batch_stats, ctx.stat_groups)
-        return (dx if needs_grad[0] else None, *_affine_grads(ctx, dweight_dbias, needs_grad[1], needs_grad[2]),
+        return (*_gradients(ctx, grad_y, _backward_impl, *ctx.needs_input_grad[:3]),
                 None, None, None, None, None, None, None)
 
 
@@ -405,14 +405,12 @@ def _backward_fake(grad_y, x, stats, weight, use_batch_stats, stat_groups):
 
 
 def _normalize_backward(ctx, grad_y):
-    x, stats, weight = ctx.saved_tensors
-    dx, dweight_dbias = torch.ops.bnexp.grouped_bn_backward(grad_y, x, stats, weight, ctx.use_batch_stats,
-                                                            ctx.stat_groups)
     needs_grad = ctx.needs_input_grad
+    dx, dweight, dbias = _gradients(ctx, grad_y, torch.ops.bnexp.grouped_bn_backward,
+                                    needs_grad[0], needs_grad[2], needs_grad[3])
     # stats were computed from x.detach() (or are running buffers): their influence on the loss is already
     # inside dx, so they get no gradient of their own
-    return (dx if needs_grad[0] else None, None, *_affine_grads(ctx, dweight_dbias, needs_grad[2], needs_grad[3]),
-            None, None)
+    return dx, None, dweight, dbias, None, None
 
 
 # the op's inputs are _save_for_backward's arguments, in its order
@@ -423,20 +421,10 @@ _normalize_op.register_autograd(_normalize_backward,
 # ----------------------------------------------------------------------------------------------------------
 # Public functional
 # ----------------------------------------------------------------------------------------------------------
-def triton_grouped_batch_norm(
-    x: Tensor,
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    running_mean: Optional[Tensor],
-    running_var: Optional[Tensor],
-    num_batches_tracked: Optional[Tensor],
-    *,
-    use_batch_stats: bool,
-    momentum: Optional[float],
-    eps: float,
-    stat_groups: int,
-) -> Tensor:
-    """Grouped BatchNorm with Triton kernels; same signature and semantics as torch_grouped_batch_norm.
+def triton_grouped_batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked, *,
+                              use_batch_stats, momentum, eps, stat_groups) -> Tensor:
+    """Grouped BatchNorm with Triton kernels; same signature (types included) and semantics as
+    bnexp.norm.functional.torch_grouped_batch_norm.
 
     x: (N, C, H, W) fp32/fp16/bf16, NCHW or channels_last (other strides are copied to contiguous first).
     Statistics over groups of C // stat_groups consecutive channels; running buffers (G,) updated in place
