@@ -51,7 +51,7 @@ def torch_grouped_batch_norm(
     was_channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     grouped = x.to(compute_dtype).reshape(batch, stat_groups, -1)
 
-    if use_batch_stats and not fused_running_update and running_mean is not None:
+    if updates_running and not fused_running_update:
         # The update F.batch_norm cannot fuse: the cumulative average (F.batch_norm wants a Python float, and
         # 1/num_batches_tracked would need a host sync), or buffers in another dtype than the statistics (a
         # half-precision layer). The factor is computed in the statistics' precision at least, so float64 buffers
@@ -63,12 +63,10 @@ def torch_grouped_batch_norm(
             var, mean = torch.var_mean(grouped, dim=(0, 2), correction=0)
             running_mean.lerp_(mean.to(running_mean.dtype), factor)
             running_var.lerp_((var * (count / max(count - 1, 1))).to(running_var.dtype), factor)
-        y = F.batch_norm(grouped, None, None, None, None, True, 0.0, eps)
-    else:
-        if not use_batch_stats and not buffers_in_compute_dtype:
-            running_mean, running_var = running_mean.to(compute_dtype), running_var.to(compute_dtype)
-        y = F.batch_norm(grouped, running_mean, running_var, None, None,
-                         use_batch_stats, momentum or 0.0, eps)
+        running_mean = running_var = None  # updated: F.batch_norm below only normalises with the batch statistics
+    elif not buffers_in_compute_dtype:  # eval, buffers in another dtype: read them in the statistics' dtype
+        running_mean, running_var = running_mean.to(compute_dtype), running_var.to(compute_dtype)
+    y = F.batch_norm(grouped, running_mean, running_var, None, None, use_batch_stats, momentum or 0.0, eps)
 
     y = y.reshape(batch, channels, height, width)
     if weight is not None:

@@ -24,33 +24,25 @@ _warned_fallback = False
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_triton_status() -> tuple[bool, str]:
+def _cached_triton_state() -> tuple[bool, str, bool]:
+    """(usable on CUDA tensors, why not, kernels built for the interpreter)."""
     try:
-        from bnexp.norm.triton_function import triton_status
+        from bnexp.norm.triton_function import kernels_interpreted, triton_status
     except Exception as error:  # an ImportError, or a broken Triton install
-        return False, f"bnexp.norm.triton_function failed to import: {error!r}"
-    return triton_status()
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_triton_interpreting() -> bool:
-    try:
-        from bnexp.norm.triton_function import kernels_interpreted
-    except Exception:
-        return False
-    return kernels_interpreted()
+        return False, f"bnexp.norm.triton_function failed to import: {error!r}", False
+    return (*triton_status(), kernels_interpreted())
 
 
 # Both answers hold for the whole process (Triton fixes interpreter or compiled kernels at import) and are asked
 # on every forward of every layer: cached, and constants to torch.compile, which then neither traces nor guards them.
 @torch.compiler.assume_constant_result
 def _triton_status() -> tuple[bool, str]:
-    return _cached_triton_status()
+    return _cached_triton_state()[:2]
 
 
 @torch.compiler.assume_constant_result
 def _triton_interpreting() -> bool:
-    return _cached_triton_interpreting()
+    return _cached_triton_state()[2]
 
 
 def resolve_backend(requested: str, x: Tensor) -> str:
@@ -120,17 +112,16 @@ class BatchNorm2d(nn.Module):
             self.weight = nn.Parameter(torch.ones(affine_size, **factory))
             self.bias = nn.Parameter(torch.zeros(affine_size, **factory))
         else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+            for name in ("weight", "bias"):
+                self.register_parameter(name, None)
         if track_running_stats:
             buffers = {"device": device, "dtype": dtype or torch.float32}
             self.register_buffer("running_mean", torch.zeros(stat_groups, **buffers))
             self.register_buffer("running_var", torch.ones(stat_groups, **buffers))
             self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
         else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                self.register_buffer(name, None)
 
     # state_dict version, as nn.BatchNorm2d's: version 2 added num_batches_tracked
     _version = 2
@@ -175,8 +166,7 @@ class BatchNorm2d(nn.Module):
                 f"{self._describe()} was built for {self.num_features} channels but got input with "
                 f"{x.shape[1]} channels (shape {tuple(x.shape)}). Build it with "
                 f"num_features={x.shape[1]}, the out_channels of the layer before it.")
-        values_per_statistic = x.numel() // self.stat_groups
-        if use_batch_stats and values_per_statistic <= 1:
+        if use_batch_stats and x.numel() // self.stat_groups <= 1:
             raise ValueError(
                 f"{self._describe()} got one value per statistic in training (input shape "
                 f"{tuple(x.shape)}, stat_groups={self.stat_groups}), so the batch variance is undefined. "
@@ -194,15 +184,13 @@ class BatchNorm2d(nn.Module):
         self._check_input(x, use_batch_stats)
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)  # in place on the device: no host sync
-        updates_running = self.training and self.track_running_stats
-        weight, bias = self._per_channel_affine()
-        arguments = (x, weight, bias,
-                     self.running_mean if (updates_running or not use_batch_stats) else None,
-                     self.running_var if (updates_running or not use_batch_stats) else None,
-                     self.num_batches_tracked if updates_running else None)
-        options = dict(use_batch_stats=use_batch_stats, momentum=self.momentum, eps=self.eps,
-                       stat_groups=self.stat_groups)
         if resolve_backend(self.backend, x) == "triton":
-            from bnexp.norm.triton_function import triton_grouped_batch_norm
-            return triton_grouped_batch_norm(*arguments, **options)
-        return torch_grouped_batch_norm(*arguments, **options)
+            from bnexp.norm.triton_function import triton_grouped_batch_norm as grouped_batch_norm
+        else:
+            grouped_batch_norm = torch_grouped_batch_norm
+        # The buffers go in as they are (None without track_running_stats): the functionals update them when
+        # use_batch_stats and read them otherwise, which is nn.BatchNorm2d's rule.
+        weight, bias = self._per_channel_affine()
+        return grouped_batch_norm(x, weight, bias, self.running_mean, self.running_var, self.num_batches_tracked,
+                                  use_batch_stats=use_batch_stats, momentum=self.momentum, eps=self.eps,
+                                  stat_groups=self.stat_groups)

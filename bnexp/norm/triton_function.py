@@ -124,11 +124,7 @@ def _sm_count(device_index: int) -> int:
 def _tuning(x: Tensor) -> Tuning:
     if x.device.type != "cuda":
         return INTERPRETER_TUNING
-    return cuda_tuning(_sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()))
-
-
-def _supported_layout(x: Tensor) -> bool:
-    return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+    return cuda_tuning(_sm_count(x.device.index))  # a CUDA tensor's device always carries its index
 
 
 def _canonical_view(shape, stride) -> tuple[int, int, int, int, int]:
@@ -141,35 +137,15 @@ def _canonical_view(shape, stride) -> tuple[int, int, int, int, int]:
     n, _, h, w = shape
     stride_n, stride_c, stride_h, stride_w = stride
     pixels_per_image = h * w
-    if h == 1:
-        stride_hw = stride_w
-    elif w == 1:
-        stride_hw = stride_h
-    else:
+    if h > 1 and w > 1:
         assert stride_h == w * stride_w, "H and W must be mergeable (NCHW or channels_last)"
-        stride_hw = stride_w
+    stride_hw = stride_h if w == 1 else stride_w
     num_positions = n * pixels_per_image
     if pixels_per_image == 1:
         return num_positions, 1, stride_n, 0, stride_c
     if n == 1 or stride_n == pixels_per_image * stride_hw:
         return num_positions, 1, stride_hw, 0, stride_c
     return num_positions, pixels_per_image, stride_n, stride_hw, stride_c
-
-
-_PLANS: dict = {}
-
-
-def _get_plan(x: Tensor) -> "_Plan":
-    # plans are pure functions of shape / strides / tuning: cache them (host overhead matters for the small
-    # shapes, where a training step's BatchNorm is launch-bound)
-    tuning = _tuning(x)
-    key = (x.shape, x.stride(), tuning)
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) > 4096:
-            _PLANS.clear()
-        plan = _PLANS[key] = _Plan(tuple(x.shape), tuple(x.stride()), tuning)
-    return plan
 
 
 class _Plan:
@@ -220,6 +196,15 @@ class _Plan:
         return block_s, block_cg, (8 if many_partials else _NUM_WARPS_FINALIZE)
 
 
+# plans are pure functions of shape / strides / tuning: cache them (host overhead matters for the small shapes,
+# where a training step's BatchNorm is launch-bound)
+_cached_plan = functools.lru_cache(maxsize=4096)(_Plan)
+
+
+def _get_plan(x: Tensor) -> _Plan:
+    return _cached_plan(x.shape, x.stride(), _tuning(x))
+
+
 def _new_fp32(numel: int, like: Tensor) -> Tensor:
     return torch.empty(numel, device=like.device, dtype=torch.float32)
 
@@ -229,22 +214,17 @@ def _empty_like(x: Tensor) -> Tensor:
 
 
 def _as_layout(x: Tensor) -> Tensor:
-    return x if _supported_layout(x) else x.contiguous()
-
-
-def _match_strides(tensor: Tensor, like: Tensor) -> Tensor:
-    if tensor.stride() == like.stride():
-        return tensor
-    return torch.empty_like(like, dtype=tensor.dtype).copy_(tensor)
+    """x itself when the kernels can address it (NCHW- or channels_last-contiguous), else an NCHW copy."""
+    return x if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) else x.contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Host functions: plan, allocate, launch
 # ----------------------------------------------------------------------------------------------------------
-def _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps, stat_groups) -> Tensor:
+# num_groups is stat_groups, an int already (the eager Function and the custom ops' schemas make it one)
+def _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps, num_groups) -> Tensor:
     """(2, G) fp32: batch mean and invstd per group; running buffers updated in place."""
     plan = _get_plan(x)
-    num_groups = int(stat_groups)
     channels_per_group = plan.num_channels // num_groups
     workspace = _new_fp32(2 * plan.num_splits * plan.num_channels, x)
     stats = _new_fp32(2 * num_groups, x).view(2, num_groups)
@@ -266,7 +246,7 @@ def _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps
         running_var if has_running else stats,
         num_batches_tracked if momentum_from_nbt else stats,
         plan.num_positions, plan.num_channels, channels_per_group, plan.num_splits, plan.positions_per_split,
-        float(momentum) if (has_running and momentum is not None) else 0.0, float(eps),
+        float(momentum or 0.0), float(eps),
         HAS_RUNNING=has_running, MOMENTUM_FROM_NBT=momentum_from_nbt,
         BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=finalize_warps,
     )
@@ -277,9 +257,8 @@ def _eval_stats(running_mean: Tensor, running_var: Tensor, eps: float) -> Tensor
     return torch.stack([running_mean.float(), torch.rsqrt(running_var.float() + eps)])
 
 
-def _normalize_impl(x, stats, weight, bias, stat_groups) -> Tensor:
+def _normalize_impl(x, stats, weight, bias, num_groups) -> Tensor:
     plan = _get_plan(x)
-    num_groups = int(stat_groups)
     y = _empty_like(x)
     _k.bn_normalize_kernel[plan.grid](
         x, y, stats,
@@ -294,11 +273,11 @@ def _normalize_impl(x, stats, weight, bias, stat_groups) -> Tensor:
     return y
 
 
-def _backward_impl(grad_y, x, stats, weight, use_batch_stats, stat_groups) -> tuple[Tensor, Tensor]:
+def _backward_impl(grad_y, x, stats, weight, use_batch_stats, num_groups) -> tuple[Tensor, Tensor]:
     """dx (x's strides and dtype) and (2, C) fp32 [dweight; dbias]."""
-    dy = _match_strides(grad_y, x)
+    # the kernels address dy through x's strides
+    dy = grad_y if grad_y.stride() == x.stride() else torch.empty_like(x, dtype=grad_y.dtype).copy_(grad_y)
     plan = _get_plan(x)
-    num_groups = int(stat_groups)
     channels_per_group = plan.num_channels // num_groups
     partials_numel = 2 * plan.num_splits * plan.num_channels
     workspace = _new_fp32(partials_numel + 2 * num_groups, x)  # partial sums, then the (2, G) dx coefficients
@@ -338,9 +317,12 @@ def _save_for_backward(ctx, x, stats, weight, bias, use_batch_stats, stat_groups
     ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
-def _affine_grads(ctx, dweight_dbias: Tensor, needs_weight_grad: bool, needs_bias_grad: bool):
-    """(dweight, dbias) in the parameters' dtypes, None where not needed (the kernels accumulate in fp32)."""
-    return (dweight_dbias[0].to(ctx.weight_dtype) if needs_weight_grad else None,
+def _gradients(ctx, grad_y, backward, needs_x_grad: bool, needs_weight_grad: bool, needs_bias_grad: bool):
+    """(dx, dweight, dbias) from backward (_backward_impl or its custom op) on the saved tensors; dweight / dbias
+    in the parameters' dtypes (the kernels accumulate in fp32); None where not needed."""
+    x, stats, weight = ctx.saved_tensors
+    dx, dweight_dbias = backward(grad_y, x, stats, weight, ctx.use_batch_stats, ctx.stat_groups)
+    return (dx if needs_x_grad else None, dweight_dbias[0].to(ctx.weight_dtype) if needs_weight_grad else None,
             dweight_dbias[1].to(ctx.bias_dtype) if needs_bias_grad else None)
 
 
@@ -363,10 +345,7 @@ class _GroupedBatchNormFn(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        x, stats, weight = ctx.saved_tensors
-        needs_grad = ctx.needs_input_grad
-        dx, dweight_dbias = _backward_impl(grad_y, x, stats, weight, ctx.use_batch_stats, ctx.stat_groups)
-        return (dx if needs_grad[0] else None, *_affine_grads(ctx, dweight_dbias, needs_grad[1], needs_grad[2]),
+        return (*_gradients(ctx, grad_y, _backward_impl, *ctx.needs_input_grad[:3]),
                 None, None, None, None, None, None, None)
 
 
@@ -425,42 +404,27 @@ def _backward_fake(grad_y, x, stats, weight, use_batch_stats, stat_groups):
     return torch.empty_like(_as_layout(x)), x.new_empty((2, x.shape[1]), dtype=torch.float32)
 
 
-def _normalize_setup_context(ctx, inputs, output):
-    x, stats, weight, bias, use_batch_stats, stat_groups = inputs
-    _save_for_backward(ctx, x, stats, weight, bias, use_batch_stats, stat_groups)
-
-
 def _normalize_backward(ctx, grad_y):
-    x, stats, weight = ctx.saved_tensors
-    dx, dweight_dbias = torch.ops.bnexp.grouped_bn_backward(grad_y, x, stats, weight, ctx.use_batch_stats,
-                                                            ctx.stat_groups)
     needs_grad = ctx.needs_input_grad
+    dx, dweight, dbias = _gradients(ctx, grad_y, torch.ops.bnexp.grouped_bn_backward,
+                                    needs_grad[0], needs_grad[2], needs_grad[3])
     # stats were computed from x.detach() (or are running buffers): their influence on the loss is already
     # inside dx, so they get no gradient of their own
-    return (dx if needs_grad[0] else None, None, *_affine_grads(ctx, dweight_dbias, needs_grad[2], needs_grad[3]),
-            None, None)
+    return dx, None, dweight, dbias, None, None
 
 
-_normalize_op.register_autograd(_normalize_backward, setup_context=_normalize_setup_context)
+# the op's inputs are _save_for_backward's arguments, in its order
+_normalize_op.register_autograd(_normalize_backward,
+                                setup_context=lambda ctx, inputs, output: _save_for_backward(ctx, *inputs))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Public functional
 # ----------------------------------------------------------------------------------------------------------
-def triton_grouped_batch_norm(
-    x: Tensor,
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    running_mean: Optional[Tensor],
-    running_var: Optional[Tensor],
-    num_batches_tracked: Optional[Tensor],
-    *,
-    use_batch_stats: bool,
-    momentum: Optional[float],
-    eps: float,
-    stat_groups: int,
-) -> Tensor:
-    """Grouped BatchNorm with Triton kernels; same signature and semantics as torch_grouped_batch_norm.
+def triton_grouped_batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked, *,
+                              use_batch_stats, momentum, eps, stat_groups) -> Tensor:
+    """Grouped BatchNorm with Triton kernels; same signature (types included) and semantics as
+    bnexp.norm.functional.torch_grouped_batch_norm.
 
     x: (N, C, H, W) fp32/fp16/bf16, NCHW or channels_last (other strides are copied to contiguous first).
     Statistics over groups of C // stat_groups consecutive channels; running buffers (G,) updated in place
@@ -476,20 +440,9 @@ def triton_grouped_batch_norm(
                                      bool(use_batch_stats), momentum, float(eps), int(stat_groups))
 
 
-def grouped_batch_norm_custom_ops(
-    x: Tensor,
-    weight: Optional[Tensor],
-    bias: Optional[Tensor],
-    running_mean: Optional[Tensor],
-    running_var: Optional[Tensor],
-    num_batches_tracked: Optional[Tensor],
-    *,
-    use_batch_stats: bool,
-    momentum: Optional[float],
-    eps: float,
-    stat_groups: int,
-) -> Tensor:
-    """triton_grouped_batch_norm through the bnexp:: custom ops: the graph torch.compile captures (no break)."""
+def grouped_batch_norm_custom_ops(x, weight, bias, running_mean, running_var, num_batches_tracked, *,
+                                  use_batch_stats, momentum, eps, stat_groups) -> Tensor:
+    """triton_grouped_batch_norm (same arguments) through the bnexp:: custom ops, as torch.compile captures it."""
     if use_batch_stats:
         stats = torch.ops.bnexp.grouped_bn_stats(
             x.detach(), running_mean, running_var, num_batches_tracked, momentum, float(eps), int(stat_groups))
