@@ -1,20 +1,11 @@
-"""Config access shared by the modules: where conf/ is, composing it in code, and reading optional keys."""
+"""Config access shared by the modules: where conf/ is, composing it in code, and saying what is wrong with it."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-def config_value(cfg: Any, key: str, default: Any = None) -> Any:
-    """`cfg[key]` from a dict, a DictConfig or None, a dotted key (`optim.lr`) level by level; the default when
-    a level is missing or not a mapping, or the value is null."""
-    for part in key.split("."):
-        cfg = cfg.get(part) if isinstance(cfg, Mapping) else None
-    return default if cfg is None else cfg
 
 
 def compose_train_config(overrides: list[str]):
