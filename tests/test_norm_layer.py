@@ -100,6 +100,36 @@ def test_no_running_stats_matches_torch():
     torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_tracking_switched_off_after_build_matches_torch(momentum):
+    """track_running_stats=False on a built layer (test-time adaptation): nn.BatchNorm2d then normalises with batch
+    statistics in training without touching its buffers, and with the buffers it still has in evaluation."""
+    ours, reference = BatchNorm2d(4, momentum=momentum), nn.BatchNorm2d(4, momentum=momentum)
+    for layer in (ours, reference):
+        layer.train()(random_input((3, 4, 2, 5), seed=5))  # buffers away from their initial values
+        layer.track_running_stats = False
+    x = random_input((3, 4, 2, 5), seed=4)
+    for mode in ("train", "eval", "train"):
+        getattr(ours, mode)(), getattr(reference, mode)()
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(ours, name), getattr(reference, name), msg=f"{mode}: {name}")
+
+
+@pytest.mark.parametrize("stat_groups", [1, 2])
+def test_tracking_switched_off_after_build_leaves_grouped_buffers_alone(stat_groups):
+    layer = BatchNorm2d(4, stat_groups=stat_groups)
+    layer.train()(random_input((3, 4, 2, 5), seed=5))
+    layer.track_running_stats = False
+    buffers = {name: buffer.clone() for name, buffer in layer.named_buffers()}
+    x = random_input((3, 4, 2, 5), seed=4)
+    expected, _, _ = float64_grouped_reference(x, layer.weight, layer.bias, stat_groups, layer.eps)
+    torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)  # batch statistics
+    layer.eval()(x)
+    for name, buffer in layer.named_buffers():
+        assert torch.equal(buffer, buffers[name]), name
+
+
 def float64_grouped_reference(x, weight, bias, stat_groups, eps):
     """Direct float64 computation of grouped BatchNorm (the oracle for grouped/shared modes)."""
     batch, channels, height, width = x.shape

@@ -24,25 +24,33 @@ _warned_fallback = False
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_triton_state() -> tuple[bool, str, bool]:
-    """(usable on CUDA tensors, why not, kernels built for the interpreter)."""
+def _cached_triton_status() -> tuple[bool, str]:
     try:
-        from bnexp.norm.triton_function import kernels_interpreted, triton_status
+        from bnexp.norm.triton_function import triton_status
     except Exception as error:  # an ImportError, or a broken Triton install
-        return False, f"bnexp.norm.triton_function failed to import: {error!r}", False
-    return (*triton_status(), kernels_interpreted())
+        return False, f"bnexp.norm.triton_function failed to import: {error!r}"
+    return triton_status()
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_triton_interpreting() -> bool:
+    try:
+        from bnexp.norm.triton_function import kernels_interpreted
+    except Exception:
+        return False
+    return kernels_interpreted()
 
 
 # Both answers hold for the whole process (Triton fixes interpreter or compiled kernels at import) and are asked
 # on every forward of every layer: cached, and constants to torch.compile, which then neither traces nor guards them.
 @torch.compiler.assume_constant_result
 def _triton_status() -> tuple[bool, str]:
-    return _cached_triton_state()[:2]
+    return _cached_triton_status()
 
 
 @torch.compiler.assume_constant_result
 def _triton_interpreting() -> bool:
-    return _cached_triton_state()[2]
+    return _cached_triton_interpreting()
 
 
 def resolve_backend(requested: str, x: Tensor) -> str:
@@ -180,17 +188,21 @@ class BatchNorm2d(nn.Module):
                 self.bias.repeat_interleave(channels_per_group))
 
     def forward(self, x: Tensor) -> Tensor:
-        use_batch_stats = self.training or not self.track_running_stats
+        # nn.BatchNorm2d's rule, also for tracking switched off on a built layer (test-time adaptation): training
+        # updates the running buffers only with tracking on; evaluation reads them whenever they exist.
+        use_batch_stats = self.training or self.running_mean is None
         self._check_input(x, use_batch_stats)
-        if self.training and self.track_running_stats:
+        updates_running = self.training and self.track_running_stats
+        if updates_running:
             self.num_batches_tracked.add_(1)  # in place on the device: no host sync
+        passes_buffers = updates_running or not self.training
+        running_mean, running_var = (self.running_mean, self.running_var) if passes_buffers else (None, None)
         if resolve_backend(self.backend, x) == "triton":
             from bnexp.norm.triton_function import triton_grouped_batch_norm as grouped_batch_norm
         else:
             grouped_batch_norm = torch_grouped_batch_norm
-        # The buffers go in as they are (None without track_running_stats): the functionals update them when
-        # use_batch_stats and read them otherwise, which is nn.BatchNorm2d's rule.
         weight, bias = self._per_channel_affine()
-        return grouped_batch_norm(x, weight, bias, self.running_mean, self.running_var, self.num_batches_tracked,
+        return grouped_batch_norm(x, weight, bias, running_mean, running_var,
+                                  self.num_batches_tracked if updates_running else None,
                                   use_batch_stats=use_batch_stats, momentum=self.momentum, eps=self.eps,
                                   stat_groups=self.stat_groups)
