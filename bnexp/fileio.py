@@ -18,14 +18,18 @@ from typing import IO, Any, Iterator
 # Temporaries last modified before this process started belong to no write in progress here, so a writer finding
 # one knows it was left by a process that died mid-write (a write of ours only lasts while its process lives).
 _PROCESS_STARTED = time.time()
+# ... and quiet for this long, so that another process's write in progress (paused in an fsync, or on a network
+# file system whose clock lags) is never taken for a dead one.
+STALE_TEMPORARY_S = 600
 
 
 def remove_stale_temporaries(folder: Path, name_pattern: str) -> None:
     """Remove the temporaries of the files in `folder` whose names match the glob `name_pattern` that were last
-    modified before this process started: their writers died mid-write (SIGKILL, power loss)."""
+    modified before this process started and STALE_TEMPORARY_S ago: their writers died mid-write (SIGKILL, power
+    loss)."""
     for candidate in folder.glob(f".{name_pattern}.*.tmp"):
         try:
-            if candidate.stat().st_mtime < _PROCESS_STARTED:
+            if candidate.stat().st_mtime < min(_PROCESS_STARTED, time.time() - STALE_TEMPORARY_S):
                 candidate.unlink()
         except OSError:
             pass  # gone already, or not ours to remove: the write itself decides whether the folder is usable

@@ -189,12 +189,14 @@ def test_sigterm_during_a_parallel_decode_is_recorded_as_a_kill(tmp_path):
 # ---------------------------------------------------------------- temporary cache files of dead writers
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(fingerprint=st.sampled_from(["current", "earlier"]), writer_alive=st.booleans(), cache_kept=st.booleans())
-def test_a_temporary_cache_file_is_removed_once_its_writer_is_gone(tmp_path_factory, fingerprint, writer_alive,
+@given(fingerprint=st.sampled_from(["current", "earlier"]), writer=st.sampled_from(["dead", "writing", "paused"]),
+       cache_kept=st.booleans())
+def test_a_temporary_cache_file_is_removed_once_its_writer_is_gone(tmp_path_factory, fingerprint, writer,
                                                                    cache_kept):
     """A writer killed mid-write (SIGKILL) leaves `.<cache>.<random>.tmp`. The next load of the source removes it,
-    whether that load reads the cache or writes it, and under any fingerprint of the source; a temporary modified
-    since this process started may belong to a writer still at work, and stays."""
+    whether that load reads the cache or writes it, and under any fingerprint of the source. A temporary modified
+    since this process started, or quiet for less than STALE_TEMPORARY_S (a write paused in an fsync), may belong
+    to a writer still at work, and stays."""
     root = tmp_path_factory.mktemp("stale")
     tree = write_tree(root)
     cache_dir = root / "cache"
@@ -203,11 +205,14 @@ def test_a_temporary_cache_file_is_removed_once_its_writer_is_gone(tmp_path_fact
     name = {"current": cache_file.name, "earlier": f"{cache_file.name.rsplit('-', 1)[0]}-0123456789abcdef.npz"}
     leftover = cache_dir / f".{name[fingerprint]}.0123456789ab.tmp"
     leftover.write_bytes(b"half a cache")
-    stamp = time.time() if writer_alive else fileio._PROCESS_STARTED - 2 * 3600
+    now = time.time()
+    stamp = {"dead": now - 2 * 3600, "writing": now + 1, "paused": now - fileio.STALE_TEMPORARY_S / 2}[writer]
     os.utime(leftover, (stamp, stamp))
     if not cache_kept:
         cache_file.unlink()  # the next load decodes and writes the cache again
-    again = load_image_folder(str(tree), str(cache_dir))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fileio, "_PROCESS_STARTED", now)  # as for a run that starts now
+        again = load_image_folder(str(tree), str(cache_dir))
     assert len(again.train) == 6
-    assert leftover.exists() == writer_alive
+    assert leftover.exists() == (writer != "dead")
     assert cache_file.exists()  # the cache itself is never touched
