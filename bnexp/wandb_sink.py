@@ -49,8 +49,9 @@ def has_wandb_credentials(base_url: str | None = None) -> bool:
     hosts = [urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"]
     if base_url:
         hosts.append(urlparse(base_url).hostname or "")
-    netrc_paths = [os.environ.get("NETRC"), os.path.expanduser("~/.netrc"), os.path.expanduser("~/_netrc")]
-    for path in filter(None, netrc_paths):
+    # wandb reads $NETRC alone when it is set, else ~/.netrc (or ~/_netrc): a key elsewhere would still prompt
+    netrc_paths = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
+    for path in map(os.path.expanduser, netrc_paths):
         try:
             entries = netrc.netrc(path)
         except (netrc.NetrcParseError, OSError):  # no such file, or not one netrc can read

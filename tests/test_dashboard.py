@@ -361,5 +361,11 @@ def test_credentials_for_the_configured_host_count(tmp_path, monkeypatch):
     (tmp_path / "netrc").write_text("machine wandb.example.org\n  login user\n  password " + "k" * 40 + "\n")
     assert has_wandb_credentials("https://wandb.example.org")
     assert not has_wandb_credentials("https://other.example.org")
+    # wandb reads $NETRC alone when it is set: a key in ~/.netrc would still leave it prompting
+    (tmp_path / ".netrc").write_text("machine other.example.org\n  login user\n  password " + "k" * 40 + "\n")
+    assert not has_wandb_credentials("https://other.example.org")
+    monkeypatch.delenv("NETRC")
+    assert has_wandb_credentials("https://other.example.org")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     assert has_wandb_credentials("https://other.example.org")
