@@ -459,7 +459,8 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     planner = plan = None
     if sweep_mode(sweep_cfg) == "edge":
         # one worker runs an lr's seeds one at a time, so that an lr whose first seed fails costs one run
-        searches = len(sweep_cfg.only_variants or sweep_cfg.variants) * max(1, len(sweep_cfg.get("models") or []))
+        variants = set(sweep_cfg.only_variants or sweep_cfg.variants)  # a variant listed twice is searched once
+        searches = len(variants) * max(1, len(sweep_cfg.get("models") or []))
         plan = plan_workers(sweep_cfg, searches * len(sweep_cfg.seeds))
         planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=plan.count == 1, build_jobs=build_jobs)
 
