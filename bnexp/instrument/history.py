@@ -49,7 +49,8 @@ class GradNormHistory:
         gradient grows or shrinks through the depth of the network by the end of training."""
         if not self.layer_names:
             return None
-        first, last = (self.latest_layer_norms.get(self.layer_names[end], math.nan) for end in (0, -1))
+        first = self.latest_layer_norms.get(self.layer_names[0], math.nan)
+        last = self.latest_layer_norms.get(self.layer_names[-1], math.nan)
         return first / last if math.isfinite(first) and math.isfinite(last) and last > 0 else None
 
 

@@ -345,7 +345,8 @@ class _GroupedBatchNormFn(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        return (*_gradients(ctx, grad_y, _backward_impl, *ctx.needs_input_grad[:3]),
+        needs_grad = ctx.needs_input_grad  # forward's inputs: x, weight, bias, then seven without gradients
+        return (*_gradients(ctx, grad_y, _backward_impl, needs_grad[0], needs_grad[1], needs_grad[2]),
                 None, None, None, None, None, None, None)
 
 
@@ -421,10 +422,20 @@ _normalize_op.register_autograd(_normalize_backward,
 # ----------------------------------------------------------------------------------------------------------
 # Public functional
 # ----------------------------------------------------------------------------------------------------------
-def triton_grouped_batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked, *,
-                              use_batch_stats, momentum, eps, stat_groups) -> Tensor:
-    """Grouped BatchNorm with Triton kernels; same signature (types included) and semantics as
-    bnexp.norm.functional.torch_grouped_batch_norm.
+def triton_grouped_batch_norm(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    num_batches_tracked: Optional[Tensor],
+    *,
+    use_batch_stats: bool,
+    momentum: Optional[float],
+    eps: float,
+    stat_groups: int,
+) -> Tensor:
+    """Grouped BatchNorm with Triton kernels; same signature and semantics as torch_grouped_batch_norm.
 
     x: (N, C, H, W) fp32/fp16/bf16, NCHW or channels_last (other strides are copied to contiguous first).
     Statistics over groups of C // stat_groups consecutive channels; running buffers (G,) updated in place
