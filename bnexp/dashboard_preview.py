@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bnexp.dashboard_spec import DashboardError, DashboardSpec, Grouping, Key, Panel
+from bnexp.records import variant_sort_key
 from bnexp.rundirs import as_float, get_path, read_metrics
 
 
@@ -122,8 +123,6 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from bnexp.report import variant_sort_key
 
     if spec.grouping.lr_filter is not None:
         runs = [run for run in runs if run.lr is not None and math.isclose(run.lr, spec.grouping.lr_filter)]

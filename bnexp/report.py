@@ -50,7 +50,6 @@ from bnexp.records import (
     aggregate,
     choose_shared_lr,
     compare_to_reference,
-    discover_runs,  # noqa: F401  (bnexp.dashboard imports it from here)
     edges_of_stability,
     largest_stable_lrs,
     load_runs,
