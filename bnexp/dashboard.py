@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from bnexp.config import CONF_DIR
 from bnexp.records import aggregate, discover_runs, largest_stable_lrs, variant_sort_key
-from bnexp.rundirs import get_path
+from bnexp.rundirs import config_value
 from bnexp.dashboard_spec import (
     DashboardError, DashboardSpec, Grouping, Key, Panel, ReportSpec, Section, config, history, summary)
 
@@ -249,9 +249,9 @@ def missing_keys(spec: DashboardSpec, history_keys: set[str], summary_keys: set[
     for key in spec.grouping.keys + [spec.grouping.lr_key]:
         check(key, "grouping")
     for attribute, config_key in spec.grouping.mirrors.items():
-        if run_attributes.get(attribute) != get_path(config, config_key):
+        if run_attributes.get(attribute) != config_value(config, config_key):
             problems.append(f"grouping: run {attribute} {run_attributes.get(attribute)!r} is not config "
-                            f"{config_key} {get_path(config, config_key)!r}")
+                            f"{config_key} {config_value(config, config_key)!r}")
     return problems
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from bnexp.dashboard_spec import DashboardError, DashboardSpec, Grouping, Key, Panel
 from bnexp.records import variant_sort_key
-from bnexp.rundirs import as_float, get_path, read_metrics
+from bnexp.rundirs import as_float, config_value, read_metrics
 
 
 def _group_label(run: Any, grouping: Grouping) -> str:
@@ -28,7 +28,7 @@ def _run_value(run: Any, key: Key) -> Any:
     """A run's config or summary value for a spec key."""
     if key.source == "summary" and key.name.startswith("steps_to_acc."):  # its targets hold a dot: 0.5
         return (run.summary.get("steps_to_acc") or {}).get(key.name.split(".", 1)[1])
-    return get_path(run.config if key.source == "config" else run.summary, key.name)
+    return config_value(run.config if key.source == "config" else run.summary, key.name)
 
 
 def _series(records: list[dict], x_key: str, y_key: str) -> dict[float, float]:

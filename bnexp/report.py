@@ -56,7 +56,7 @@ from bnexp.records import (
     variant_sort_key,
     varying_config_keys,
 )
-from bnexp.rundirs import as_float, first_line, flatten, get_path
+from bnexp.rundirs import as_float, config_value, first_line, flatten
 from bnexp.tables import markdown_table, write_csv
 
 HEADLINE_CONFIG_KEYS = ("model.name", "model.width", "data.name", "data.train_size", "data.test_size",
@@ -219,7 +219,7 @@ DATA_SOURCE_NOTES = (
 
 
 def describe_data_sources(runs: list[RunRecord]) -> list[str]:
-    counts = Counter(str(run.summary.get("data_source") or get_path(run.config, "data.name") or "")
+    counts = Counter(str(run.summary.get("data_source") or config_value(run.config, "data.name") or "")
                      for run in runs)
     unrecorded = counts.pop("", 0)
     lines = []

@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -123,14 +124,15 @@ def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
     return sorted(found)
 
 
-def get_path(mapping: dict[str, Any], dotted_key: str, default: Any = None) -> Any:
-    """mapping['a']['b'] for 'a.b', or default when any level is missing."""
-    node: Any = mapping
-    for part in dotted_key.split("."):
-        if not isinstance(node, dict) or part not in node:
+def config_value(cfg: Any, key: str, default: Any = None, *, null_is_missing: bool = True) -> Any:
+    """`cfg[key]` from a dict, a DictConfig or None, a dotted key (`optim.lr`) level by level; the default when
+    a level is missing or not a mapping, or the value is null. With null_is_missing=False a null value is None,
+    for a caller whose default is a second source that must not override a null the config itself says."""
+    for part in key.split("."):
+        if not isinstance(cfg, Mapping) or part not in cfg:
             return default
-        node = node[part]
-    return node
+        cfg = cfg.get(part)
+    return default if cfg is None and null_is_missing else cfg
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

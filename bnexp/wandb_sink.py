@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 import wandb
 from omegaconf import OmegaConf
 
-from bnexp.config_schema import config_value
+from bnexp.rundirs import config_value
 from bnexp.fileio import json_safe
 
 # Prefixes that only ever appear in step records / epoch records; defined once with a glob.
