@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from bnexp import edge_search, intervals
+from bnexp.fileio import read_json
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
     RUN_STATUSES,
@@ -30,7 +31,6 @@ from bnexp.rundirs import (
     find_run_dirs,
     flatten,
     read_config,
-    read_json,
     read_metrics,
     read_summary,
     run_status,

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from bnexp.fileio import atomic_write, json_safe
+from bnexp.fileio import read_json
 from bnexp.runlock import LOCK_FILE, lock_state
 
 SUMMARY_FILE = "summary.json"
@@ -29,23 +29,6 @@ COMPLETED_STATUSES = ("finished", "diverged")
 # the run died without writing its end (SIGKILL, out of memory). `incomplete`: it says running and there is no
 # lock file to ask (a run from a bnexp before the lock, or another program), so it cannot be told from a live run.
 RUN_STATUSES = ("finished", "diverged", "failed", "running", "killed", "incomplete", "missing")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in `path`, or None when it is missing, unreadable or not an object."""
-    try:
-        with open(path) as handle:
-            value = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write `value` as JSON (made plain by json_safe) so that readers never see a half-written file."""
-    with atomic_write(path) as handle:
-        json.dump(json_safe(value), handle, indent=2)
-        handle.write("\n")
 
 
 def first_line(text: str | None, default: str = "") -> str:

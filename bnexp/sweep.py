@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bnexp.config import CONF_DIR
-from bnexp.fileio import atomic_write
+from bnexp.fileio import atomic_write, write_json_atomic
 from bnexp.orphan_guard import SWEEP_PID_VARIABLE
 from bnexp.runlock import LOCK_FILE, RunDirLocked, describe_holder, lock_state, take_lock
 from bnexp.sweep_edge import EdgePlanner, sweep_mode
@@ -53,7 +53,6 @@ from bnexp.rundirs import (
     first_line,
     read_summary,
     run_status,
-    write_json_atomic,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
