@@ -56,7 +56,7 @@ from bnexp.records import (
     variant_sort_key,
     varying_config_keys,
 )
-from bnexp.rundirs import as_float, config_value, first_line, flatten
+from bnexp.rundirs import COMPLETED_STATUSES, as_float, config_value, first_line, flatten
 from bnexp.tables import markdown_table, write_csv
 
 HEADLINE_CONFIG_KEYS = ("model.name", "model.width", "data.name", "data.train_size", "data.test_size",
@@ -250,7 +250,7 @@ def what_is_missing(runs: list[RunRecord], skipped: list[Skipped], paths: list[P
                 + " The tables below are empty and the plots skipped."]
     counts = Counter(run.status for run in runs)
     lines = [f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.most_common()) + "."]
-    unfinished = [(status, n) for status, n in counts.most_common() if status not in ("finished", "diverged")]
+    unfinished = [(status, n) for status, n in counts.most_common() if status not in COMPLETED_STATUSES]
     if unfinished:
         words = {"running": "still running", "killed": "killed (no end written)",
                  "incomplete": "incomplete (no end written, no lock to ask)"}
