@@ -171,7 +171,7 @@ def _describe_grid(runs: list | None, filter_: dict[str, str]) -> tuple[str, str
         from bnexp.report import describe_data_sources
 
         grid = _grid_sentence(sorted({run.variant for run in runs}, key=variant_sort_key),
-                              sorted({run.lr for run in runs if run.lr is not None}),
+                              sorted({run.lr for run in runs}),
                               sorted({run.seed for run in runs if run.seed is not None}))
         models = ", ".join(sorted({run.model for run in runs}))
         return f"{grid} on {models}: {len(runs)} local run dirs.", "\n".join(describe_data_sources(runs))
