@@ -1,7 +1,8 @@
-"""Reading and writing the files of a run directory (summary.json, metrics.jsonl, config.yaml; see README "Outputs").
+"""Reading the files of a run directory (summary.json, metrics.jsonl, config.yaml; see README "Outputs").
 
-Shared by the sweep runner (which merges failure records into summary.json) and the report (which reads
-everything back). Readers are tolerant: a killed run can leave a half-written metrics line or no summary at all.
+Shared by the sweep runner (which asks how each run ended) and the report (which reads everything back). Readers
+are tolerant: a killed run can leave a half-written metrics line or no summary at all. `config_value` is the one
+dotted-key lookup (`optim.lr`) in a config, for the run dirs' configs and the trainer's alike.
 """
 from __future__ import annotations
 
