@@ -1,4 +1,4 @@
-"""The report's tables as files and as text: CSV and markdown (shared by bnexp.report and its mechanism section)."""
+"""The report's tables as files and as text: CSV and markdown, for bnexp.report and its mechanism section."""
 from __future__ import annotations
 
 import csv
