@@ -22,19 +22,13 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from bnexp.rundirs import config_value
+
 # The largest seed numpy accepts (seed_everything seeds numpy too).
 MAX_SEED = 2**32 - 1
 # Synthetic images are drawn in memory in one go (float32 noise: 12 kB an image, several temporaries).
 MAX_SYNTHETIC_IMAGES = 100_000
 CIFAR10_TRAIN_IMAGES, CIFAR10_TEST_IMAGES = 50_000, 10_000
-
-
-def config_value(cfg: Any, key: str, default: Any = None) -> Any:
-    """`cfg[key]` from a dict, a DictConfig or None, a dotted key (`optim.lr`) level by level; the default when
-    a level is missing or not a mapping, or the value is null."""
-    for part in key.split("."):
-        cfg = cfg.get(part) if isinstance(cfg, Mapping) else None
-    return default if cfg is None else cfg
 
 
 def setting(example: str | None, **rules: Any) -> Any:

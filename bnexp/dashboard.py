@@ -24,7 +24,8 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from bnexp.config import CONF_DIR
-from bnexp.rundirs import get_path
+from bnexp.records import aggregate, discover_runs, largest_stable_lrs, variant_sort_key
+from bnexp.rundirs import config_value
 from bnexp.dashboard_spec import (
     DashboardError, DashboardSpec, Grouping, Key, Panel, ReportSpec, Section, config, history, summary)
 
@@ -51,8 +52,6 @@ LR_KEY = config("optim.lr")
 
 
 def _about_markdown(grouping: Grouping) -> str:
-    from bnexp.report import variant_sort_key
-
     rows = ""  # each variant with the first comment line of its conf/variant/<name>.yaml, in the report's order
     for path in sorted((CONF_DIR / "variant").glob("*.yaml"), key=lambda path: variant_sort_key(path.stem)):
         comments = (line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#"))
@@ -77,7 +76,7 @@ def _stable_lr_markdown(runs: list | None) -> str:
             "W&B panels cannot compute this across runs. `python -m bnexp.report <sweep dir> --out results/<study>` "
             "writes it (stable_lr.csv), and `python -m bnexp.dashboard --runs <sweep dir>` puts the table here. "
             "Until then read it off the diverged-step panel: a variant's limit lies below its lowest diverged lr.")
-    from bnexp.report import aggregate, largest_stable_lrs, stable_markdown
+    from bnexp.report import stable_markdown
 
     show_model = len({run.model for run in runs}) > 1
     return title + stable_markdown(largest_stable_lrs(aggregate(runs)), show_model) + (
@@ -169,10 +168,10 @@ def _grid_sentence(variants: list[str], lrs: list[float], seeds: list[int]) -> s
 def _describe_grid(runs: list | None, filter_: dict[str, str]) -> tuple[str, str]:
     """(grid, data source) sentences for the report: from local run dirs if given, else the named sweep config."""
     if runs:
-        from bnexp.report import describe_data_sources, variant_sort_key
+        from bnexp.report import describe_data_sources
 
         grid = _grid_sentence(sorted({run.variant for run in runs}, key=variant_sort_key),
-                              sorted({run.lr for run in runs if run.lr is not None}),
+                              sorted({run.lr for run in runs}),
                               sorted({run.seed for run in runs if run.seed is not None}))
         models = ", ".join(sorted({run.model for run in runs}))
         return f"{grid} on {models}: {len(runs)} local run dirs.", "\n".join(describe_data_sources(runs))
@@ -250,9 +249,9 @@ def missing_keys(spec: DashboardSpec, history_keys: set[str], summary_keys: set[
     for key in spec.grouping.keys + [spec.grouping.lr_key]:
         check(key, "grouping")
     for attribute, config_key in spec.grouping.mirrors.items():
-        if run_attributes.get(attribute) != get_path(config, config_key):
+        if run_attributes.get(attribute) != config_value(config, config_key):
             problems.append(f"grouping: run {attribute} {run_attributes.get(attribute)!r} is not config "
-                            f"{config_key} {get_path(config, config_key)!r}")
+                            f"{config_key} {config_value(config, config_key)!r}")
     return problems
 
 
@@ -488,8 +487,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = None
         if args.runs:
-            from bnexp.report import discover_runs
-
             missing = [str(p) for p in args.runs if not p.exists()]
             if missing:
                 raise DashboardError(f"no such path(s): {missing}")

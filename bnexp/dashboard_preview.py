@@ -15,19 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from bnexp.dashboard_spec import DashboardError, DashboardSpec, Grouping, Key, Panel
-from bnexp.rundirs import as_float, get_path, read_metrics
+from bnexp.records import variant_sort_key
+from bnexp.rundirs import as_float, config_value, read_metrics
 
 
 def _group_label(run: Any, grouping: Grouping) -> str:
     # run.variant is variant.name, with _g<stat_groups> for grouped BN: the workspace's two grouping keys
-    return f"{run.variant} lr{run.lr:g}" if grouping.split_by_lr and run.lr is not None else run.variant
+    return f"{run.variant} lr{run.lr:g}" if grouping.split_by_lr else run.variant
 
 
 def _run_value(run: Any, key: Key) -> Any:
     """A run's config or summary value for a spec key."""
     if key.source == "summary" and key.name.startswith("steps_to_acc."):  # its targets hold a dot: 0.5
         return (run.summary.get("steps_to_acc") or {}).get(key.name.split(".", 1)[1])
-    return get_path(run.config if key.source == "config" else run.summary, key.name)
+    return config_value(run.config if key.source == "config" else run.summary, key.name)
 
 
 def _series(records: list[dict], x_key: str, y_key: str) -> dict[float, float]:
@@ -94,7 +95,7 @@ def _draw_runs_table(ax: Any, panel: Panel, runs: list) -> None:
             return f"{value:.3g}"
         return "–" if value is None else str(value)
 
-    ordered = sorted(runs, key=lambda r: (r.variant, r.lr or 0, r.seed or 0))
+    ordered = sorted(runs, key=lambda r: (r.variant, r.lr, r.seed or 0))
     header = ["run"] + [key.name.replace("steps_to_acc.", "steps to ") for key in panel.columns]
     rows = [[f"{run.variant}"] + [cell(run, key) for key in panel.columns] for run in ordered]
     ax.axis("off")
@@ -123,15 +124,13 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bnexp.report import variant_sort_key
-
     if spec.grouping.lr_filter is not None:
-        runs = [run for run in runs if run.lr is not None and math.isclose(run.lr, spec.grouping.lr_filter)]
+        runs = [run for run in runs if math.isclose(run.lr, spec.grouping.lr_filter)]
     if not runs:
         raise DashboardError("no runs to draw (check --runs and --lr)")
     logged = {run.run_dir: read_metrics(run.run_dir) for run in runs}
     groups: dict[str, list] = {}
-    for run in sorted(runs, key=lambda r: (variant_sort_key(r.variant), r.lr or 0.0, r.seed or 0)):
+    for run in sorted(runs, key=lambda r: (variant_sort_key(r.variant), r.lr, r.seed or 0)):
         groups.setdefault(_group_label(run, spec.grouping), []).append(run)
     palette = plt.get_cmap("tab10")
     colors = {label: palette(index % 10) for index, label in enumerate(groups)}

@@ -1,12 +1,14 @@
-"""Writing files safely: whole-file replacement through a temporary, and values made plain JSON.
+"""Reading and writing files safely: whole-file replacement through a temporary, values made plain JSON.
 
 Every file bnexp writes for other processes to read (summary.json, sweep_status.json, runs.csv, the decoded-image
-cache) goes through `atomic_write`; every JSON record goes through `json_safe`.
+cache) goes through `atomic_write`; every JSON record goes through `json_safe`; `read_json` reads a JSON object
+that another process may have left damaged or half-written.
 """
 from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import math
 import os
 import secrets
@@ -74,3 +76,20 @@ def json_safe(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
         return json_safe(value.tolist())
     return str(value)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing, unreadable or not an object."""
+    try:
+        with open(path) as handle:
+            value = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write `value` as JSON (made plain by json_safe) so that readers never see a half-written file."""
+    with atomic_write(path) as handle:
+        json.dump(json_safe(value), handle, indent=2)
+        handle.write("\n")

@@ -21,16 +21,16 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from bnexp import edge_search, intervals
+from bnexp.fileio import read_json
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
     RUN_STATUSES,
     SWEEP_JOB_FILE,
     as_float,
+    config_value,
     find_run_dirs,
     flatten,
-    get_path,
     read_config,
-    read_json,
     read_metrics,
     read_summary,
     run_status,
@@ -109,10 +109,10 @@ def grad_norm_trajectory(run: RunRecord) -> GradNormTrajectory:
 def variant_label(config: dict[str, Any], summary: dict[str, Any]) -> str:
     """correct_bn, shared_bn, ... with the group count appended for grouped BN (grouped_bn_g8): runs that differ
     only in stat_groups are different variants for this study."""
-    name = str(get_path(config, "variant.name") or summary.get("variant") or summary.get("sweep_variant")
+    name = str(config_value(config, "variant.name") or summary.get("variant") or summary.get("sweep_variant")
                or "unknown")
-    norm = get_path(config, "variant.norm")
-    groups = get_path(config, "variant.stat_groups")
+    norm = config_value(config, "variant.norm")
+    groups = config_value(config, "variant.stat_groups")
     if groups is not None and (norm == "grouped" or name.startswith("grouped")) and f"_g{groups}" not in name:
         return f"{name}_g{groups}"
     return name
@@ -163,15 +163,15 @@ def load_run(run_dir: Path) -> RunRecord:
         summary.setdefault("sweep_variant", str(job["variant"]))
     given_lr = summary.get("lr")
     if given_lr is None:
-        given_lr = get_path(config, "optim.lr", job.get("lr"))
+        given_lr = config_value(config, "optim.lr", job.get("lr"), null_is_missing=False)
     lr = as_float(given_lr)
     if lr is None or not math.isfinite(lr) or lr <= 0:
         raise SkippedRunDir(f"its lr ({given_lr!r}) is not a positive number, so it has no place on the lr axis "
                             f"(status {status})")
-    seed = summary.get("seed", get_path(config, "seed", job.get("seed")))
+    seed = summary.get("seed", config_value(config, "seed", job.get("seed"), null_is_missing=False))
     if seed is not None and not (_is_finite_number(seed) and float(seed).is_integer()):
         raise SkippedRunDir(f"its seed ({seed!r}) is not an integer (status {status})")
-    model = summary.get("model") or get_path(config, "model.name") or job.get("model") or UNKNOWN_MODEL
+    model = summary.get("model") or config_value(config, "model.name") or job.get("model") or UNKNOWN_MODEL
     return RunRecord(run_dir=run_dir, summary=summary, config=config, status=status,
                      variant=variant_label(config, summary), model=str(model), lr=lr,
                      seed=int(seed) if seed is not None else None)
@@ -444,9 +444,9 @@ def channels_per_statistic(config: dict[str, Any]) -> int | str | None:
     """How many channels one statistic pools, from a run's config: 1 (per-channel), the group size
     (`variant.channels_per_group`), 'all' (one statistic per layer: shared_bn, or stat_groups=1), 'no norm';
     None for a fixed group count above 1, whose group size differs between layers of different widths."""
-    norm = get_path(config, "variant.norm")
-    group_size = get_path(config, "variant.channels_per_group")
-    stat_groups = get_path(config, "variant.stat_groups")
+    norm = config_value(config, "variant.norm")
+    group_size = config_value(config, "variant.channels_per_group")
+    stat_groups = config_value(config, "variant.stat_groups")
     if norm == "none":
         return NO_NORM
     if norm == "per_channel":

@@ -21,7 +21,6 @@ killed) are counted and listed, so the report is written for every state a sweep
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import itertools
 import math
@@ -30,7 +29,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -50,7 +49,6 @@ from bnexp.records import (
     aggregate,
     choose_shared_lr,
     compare_to_reference,
-    discover_runs,  # noqa: F401  (bnexp.dashboard imports it from here)
     edges_of_stability,
     largest_stable_lrs,
     load_runs,
@@ -58,7 +56,8 @@ from bnexp.records import (
     variant_sort_key,
     varying_config_keys,
 )
-from bnexp.rundirs import as_float, first_line, flatten, get_path
+from bnexp.rundirs import COMPLETED_STATUSES, as_float, config_value, first_line, flatten
+from bnexp.tables import markdown_table, write_csv
 
 HEADLINE_CONFIG_KEYS = ("model.name", "model.width", "data.name", "data.train_size", "data.test_size",
                         "optim.name", "optim.momentum", "optim.nesterov", "optim.weight_decay",
@@ -96,49 +95,40 @@ def portable_config(config: Any) -> Any:
     return os.path.relpath(config) if isinstance(config, str) and os.path.isabs(config) else config
 
 
-def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
-    """A header and rows, a NaN written as an empty cell."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows([["" if isinstance(value, float) and math.isnan(value) else value for value in row]
-                          for row in rows])
-
-
 def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
     rows = []
     for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr, r.seed or 0)):
         row = {"model": run.model, "variant": run.variant, "lr": run.lr, "seed": run.seed, "status": run.status,
                "run_dir": shown_path(run.run_dir), "error": first_line(run.summary.get("error"))}
         rows.append([row.get(c, run.summary.get(c)) for c in RUN_COLUMNS])
-    _write_csv(path, list(RUN_COLUMNS), rows)
+    write_csv(path, list(RUN_COLUMNS), rows)
 
 
 def write_summary_csv(groups: list[GroupStats], path: Path) -> None:
     value_columns = list(dict.fromkeys(key for group in groups for key in group.values))
-    _write_csv(path, ["model", "variant", "lr", *value_columns],
-               [[group.model, group.variant, group.lr, *(group.values.get(c, math.nan) for c in value_columns)]
-                for group in groups])
+    write_csv(path, ["model", "variant", "lr", *value_columns],
+              [[group.model, group.variant, group.lr, *(group.values.get(c, math.nan) for c in value_columns)]
+               for group in groups])
 
 
 def write_stable_csv(stable: list[StableLr], path: Path) -> None:
-    _write_csv(path, [column.name for column in dataclasses.fields(StableLr)], map(dataclasses.astuple, stable))
+    write_csv(path, [column.name for column in dataclasses.fields(StableLr)], map(dataclasses.astuple, stable))
 
 
 def write_edge_csv(edges: list[EdgeOfStability], path: Path) -> None:
-    _write_csv(path, ["model", "variant", "channels_per_statistic", "max_stable_lr", "first_failing_lr", "capped",
-                      "floored", "lrs_tried", "bracket"],
-               [[edge.model, edge.variant, edge.channels_per_statistic, edge.max_stable_lr, edge.first_failing_lr,
-                 edge.bracket.capped, edge.bracket.floored, " ".join(f"{lr:g}" for lr in edge.lrs_tried),
-                 edge.bracket.describe()] for edge in edges])
+    write_csv(path, ["model", "variant", "channels_per_statistic", "max_stable_lr", "first_failing_lr", "capped",
+                     "floored", "lrs_tried", "bracket"],
+              [[edge.model, edge.variant, edge.channels_per_statistic, edge.max_stable_lr, edge.first_failing_lr,
+                edge.bracket.capped, edge.bracket.floored, " ".join(f"{lr:g}" for lr in edge.lrs_tried),
+                edge.bracket.describe()] for edge in edges])
 
 
 def write_differences_csv(comparisons: list[Comparison], path: Path) -> None:
-    _write_csv(path, ["model", "lr", "variant", "reference", "difference", "ci_low", "ci_high", "n_variant",
-                      "n_reference", "resolved", "verdict"],
-               [[c.model, c.lr, c.variant, c.reference, c.difference.difference, c.difference.low,
-                 c.difference.high, c.difference.n_a, c.difference.n_b, c.difference.resolved, c.verdict()]
-                for c in comparisons])
+    write_csv(path, ["model", "lr", "variant", "reference", "difference", "ci_low", "ci_high", "n_variant",
+                     "n_reference", "resolved", "verdict"],
+              [[c.model, c.lr, c.variant, c.reference, c.difference.difference, c.difference.low,
+                c.difference.high, c.difference.n_a, c.difference.n_b, c.difference.resolved, c.verdict()]
+               for c in comparisons])
 
 
 def _fmt(value: Any) -> str:
@@ -160,12 +150,6 @@ INTERVAL_NAMES = {"t": "Student-t", "bootstrap": "percentile bootstrap"}
 
 def _lr_text(lr: float | None, missing: str = "none") -> str:
     return missing if lr is None else f"{lr:g}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: bool,
@@ -235,7 +219,7 @@ DATA_SOURCE_NOTES = (
 
 
 def describe_data_sources(runs: list[RunRecord]) -> list[str]:
-    counts = Counter(str(run.summary.get("data_source") or get_path(run.config, "data.name") or "")
+    counts = Counter(str(run.summary.get("data_source") or config_value(run.config, "data.name") or "")
                      for run in runs)
     unrecorded = counts.pop("", 0)
     lines = []
@@ -266,7 +250,7 @@ def what_is_missing(runs: list[RunRecord], skipped: list[Skipped], paths: list[P
                 + " The tables below are empty and the plots skipped."]
     counts = Counter(run.status for run in runs)
     lines = [f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.most_common()) + "."]
-    unfinished = [(status, n) for status, n in counts.most_common() if status not in ("finished", "diverged")]
+    unfinished = [(status, n) for status, n in counts.most_common() if status not in COMPLETED_STATUSES]
     if unfinished:
         words = {"running": "still running", "killed": "killed (no end written)",
                  "incomplete": "incomplete (no end written, no lock to ask)"}

@@ -12,7 +12,6 @@ the value at the end against its final test accuracy (`mechanism_vs_accuracy.png
 """
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 from bnexp.records import RunRecord, group_by, variant_sort_key
 from bnexp.report_plots import PlotResult, _colors, _runs_at_lr, _save, plt
 from bnexp.rundirs import as_float
+from bnexp.tables import markdown_table, write_csv
 
 # Each MechanismPoint field: the suffix of the probe's keys it summarises, and how (over layers)
 POINT_SUMMARIES = {"xhat_max": ("/xhat_std_ratio", max), "spread_max": ("/out_std_ratio", max),
@@ -177,27 +177,21 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
                         "`act/<act>/dead_frac`, `act/<linear>/in_zero_frac`); these runs were made before the "
                         "probe measured them, or with `instrument.every=0`._", ""]
     table = mechanism_table(runs, points_of)
-    with open(out_dir / "mechanism.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    write_csv(out_dir / "mechanism.csv", list(table[0]), (row.values() for row in table))
     show_model = len({row["model"] for row in table}) > 1
     lines += [f"{measured} of {len(runs)} runs record the mechanism metrics"
               + (f"; the other {len(runs) - measured} predate them and are left out" if measured < len(runs) else "")
               + ". Values at each run's last measured step, mean over its seeds (`mechanism.csv`): dead units "
               "after the activations (mean over layers, and the deadest layer), the largest ratio of channel "
               "stds over the norm layers after normalising (x̂, before γ) and at the output, and the fraction of "
-              "the head's inputs that are exactly 0.", "",
-              "| " + ("model | " if show_model else "") + "variant | lr | runs | dead (mean) | dead (max layer) | "
-              "x̂-std spread | out-std spread | head zero inputs | final test acc |",
-              "|" + "---|" * (10 if show_model else 9)]
-    for row in table:
-        acc = row["final_test_acc"]
-        cells = [row["variant"], f"{row['lr']:g}", str(row["n_runs"]),
-                 *(_fmt(row[field], spec) for field, spec in TABLE_FIELDS.items()),
-                 "–" if acc is None else f"{100 * acc:.1f}%"]
-        lines.append("| " + " | ".join(([row["model"]] if show_model else []) + cells) + " |")
-    lines.append("")
+              "the head's inputs that are exactly 0.", ""]
+    header = ["variant", "lr", "runs", "dead (mean)", "dead (max layer)", "x̂-std spread", "out-std spread",
+              "head zero inputs", "final test acc"]
+    rows = [([row["model"]] if show_model else []) + [
+        row["variant"], f"{row['lr']:g}", str(row["n_runs"]),
+        *(_fmt(row[field], spec) for field, spec in TABLE_FIELDS.items()),
+        "–" if row["final_test_acc"] is None else f"{100 * row['final_test_acc']:.1f}%"] for row in table]
+    lines += [markdown_table((["model"] if show_model else []) + header, rows), ""]
     for plot in (plot_mechanism_over_training(runs, shared_lr, out_dir, points_of),
                  plot_mechanism_vs_accuracy(runs, out_dir, points_of)):
         lines += plot.markdown("Not shown")

@@ -1,7 +1,8 @@
-"""Reading and writing the files of a run directory (summary.json, metrics.jsonl, config.yaml; see README "Outputs").
+"""Reading the files of a run directory (summary.json, metrics.jsonl, config.yaml; see README "Outputs").
 
-Shared by the sweep runner (which merges failure records into summary.json) and the report (which reads
-everything back). Readers are tolerant: a killed run can leave a half-written metrics line or no summary at all.
+Shared by the sweep runner (which asks how each run ended) and the report (which reads everything back). Readers
+are tolerant: a killed run can leave a half-written metrics line or no summary at all. `config_value` is the one
+dotted-key lookup (`optim.lr`) in a config, for the run dirs' configs and the trainer's alike.
 """
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from bnexp.fileio import atomic_write, json_safe
+from bnexp.fileio import read_json
 from bnexp.runlock import LOCK_FILE, lock_state
 
 SUMMARY_FILE = "summary.json"
@@ -28,23 +30,6 @@ COMPLETED_STATUSES = ("finished", "diverged")
 # the run died without writing its end (SIGKILL, out of memory). `incomplete`: it says running and there is no
 # lock file to ask (a run from a bnexp before the lock, or another program), so it cannot be told from a live run.
 RUN_STATUSES = ("finished", "diverged", "failed", "running", "killed", "incomplete", "missing")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in `path`, or None when it is missing, unreadable or not an object."""
-    try:
-        with open(path) as handle:
-            value = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write `value` as JSON (made plain by json_safe) so that readers never see a half-written file."""
-    with atomic_write(path) as handle:
-        json.dump(json_safe(value), handle, indent=2)
-        handle.write("\n")
 
 
 def first_line(text: str | None, default: str = "") -> str:
@@ -123,14 +108,15 @@ def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
     return sorted(found)
 
 
-def get_path(mapping: dict[str, Any], dotted_key: str, default: Any = None) -> Any:
-    """mapping['a']['b'] for 'a.b', or default when any level is missing."""
-    node: Any = mapping
-    for part in dotted_key.split("."):
-        if not isinstance(node, dict) or part not in node:
+def config_value(cfg: Any, key: str, default: Any = None, *, null_is_missing: bool = True) -> Any:
+    """`cfg[key]` from a dict, a DictConfig or None, a dotted key (`optim.lr`) level by level; the default when
+    a level is missing or not a mapping, or the value is null. With null_is_missing=False a null value is None,
+    for a caller whose default is a second source that must not override a null the config itself says."""
+    for part in key.split("."):
+        if not isinstance(cfg, Mapping) or part not in cfg:
             return default
-        node = node[part]
-    return node
+        cfg = cfg.get(part)
+    return default if cfg is None and null_is_missing else cfg
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

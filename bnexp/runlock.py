@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from bnexp.fileio import read_json
+
 LOCK_FILE = "run.lock"
 # A reader probing the lock holds it for microseconds; a starting run retries for this long before giving up.
 _ACQUIRE_PATIENCE_S = 1.0
@@ -27,11 +29,8 @@ class RunDirLocked(Exception):
 
 def describe_holder(lock_path: Path) -> str:
     """'pid 123 on host x, since 2026-...' from the lock file, or what is known."""
-    try:
-        holder = json.loads(lock_path.read_text())
-    except (OSError, ValueError):
-        holder = None
-    if not isinstance(holder, dict):
+    holder = read_json(lock_path)
+    if holder is None:
         return "a process that has not written its pid yet"
     return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started_at', '?')}"
 

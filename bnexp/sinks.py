@@ -14,8 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from bnexp.fileio import json_safe
-from bnexp.rundirs import write_json_atomic
+from bnexp.fileio import json_safe, write_json_atomic
 
 
 class LocalSink:

@@ -43,17 +43,17 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bnexp.config import CONF_DIR
-from bnexp.fileio import atomic_write
+from bnexp.fileio import atomic_write, write_json_atomic
 from bnexp.orphan_guard import SWEEP_PID_VARIABLE
 from bnexp.runlock import LOCK_FILE, RunDirLocked, describe_holder, lock_state, take_lock
 from bnexp.sweep_edge import EdgePlanner, sweep_mode
 from bnexp.rundirs import (
     COMPLETED_STATUSES,
+    SUMMARY_FILE,
     SWEEP_JOB_FILE,
     first_line,
     read_summary,
     run_status,
-    write_json_atomic,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -316,7 +316,7 @@ def record_failure(job: SweepJob, returncode: int | None, reason: str, stderr_ta
     headline = first_line(str(own_error).strip()) if own_error else _error_headline(stderr_tail)
     error = (f"{reason}: {headline}" if headline else reason) + (f"\n{stderr_tail}" if stderr_tail else "")
     summary.update(status="failed", error=error, returncode=returncode, sweep_variant=job.variant)
-    write_json_atomic(job.run_dir / "summary.json", summary)
+    write_json_atomic(job.run_dir / SUMMARY_FILE, summary)
     return summary
 
 
@@ -393,7 +393,7 @@ class SweepLedger:
     def add_jobs(self, jobs: list[SweepJob]) -> None:
         for job in jobs:
             summary = read_summary(job.run_dir) or {}
-            status = run_status(job.run_dir)
+            status = run_status(job.run_dir, summary)
             self.rows[job.run_id] = {
                 # a stale 'running'/'failed' from an earlier sweep is 'pending' until this sweep redoes it
                 "run_id": job.run_id, "status": status if status in COMPLETED_STATUSES else "pending",

@@ -23,8 +23,9 @@ from typing import Callable, Iterable
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp import edge_search
+from bnexp.fileio import read_json
 from bnexp.records import DEFAULT_MIN_ACC, load_run, run_outcome
-from bnexp.rundirs import COMPLETED_STATUSES, SWEEP_JOB_FILE, read_json, run_status
+from bnexp.rundirs import COMPLETED_STATUSES, SWEEP_JOB_FILE, run_status
 
 SWEEP_MODES = ("grid", "edge")
 

@@ -31,8 +31,8 @@ from urllib.parse import urlparse
 import wandb
 from omegaconf import OmegaConf
 
-from bnexp.config_schema import config_value
 from bnexp.fileio import json_safe
+from bnexp.rundirs import config_value, first_line
 
 # Prefixes that only ever appear in step records / epoch records; defined once with a glob.
 STEP_ONLY_PREFIXES = ("grad_norm/", "param_norm/", "update_ratio/", "act/", "bn/")
@@ -162,7 +162,7 @@ class WandbSink(AbstractContextManager):
             run = wandb.init(mode="online", id=run_id, settings=wandb.Settings(**settings), **init_kwargs)
             return run, "online", None
         except Exception as error:  # noqa: BLE001 - any init failure must not cost the local run
-            failure = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+            failure = f"{type(error).__name__}: {first_line(str(error).strip())}"
         wandb.teardown()
         for leftover in attempt_dirs() - dirs_before:
             shutil.rmtree(leftover, ignore_errors=True)

@@ -235,7 +235,7 @@ def test_report_object_filters_the_study(kind, value, fragment):
 
 
 def test_report_grid_and_stable_lr_table_from_local_runs(logged_run):
-    from bnexp.report import discover_runs
+    from bnexp.records import discover_runs
 
     runs = discover_runs([logged_run["run_dir"]])
     spec = build_spec(runs=runs, report_filter={"group": "grouped_bn"})

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnexp.fileio import atomic_write, json_safe
-from bnexp.rundirs import write_json_atomic
+from bnexp.fileio import atomic_write, json_safe, write_json_atomic
 from bnexp.sinks import LocalSink
 
 

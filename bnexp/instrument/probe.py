@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from bnexp.config import CONF_DIR
-from bnexp.config_schema import config_value
+from bnexp.rundirs import config_value
 from bnexp.instrument.history import GradNormHistory, MechanismHistory, steps_to_accuracy
 from bnexp.instrument.hooks import ForwardHooks
 from bnexp.instrument.layers import ParameterLayers, unwrap_model
