@@ -52,10 +52,10 @@ LR_KEY = config("optim.lr")
 
 
 def _about_markdown(grouping: Grouping) -> str:
-    rows = ""  # each variant with the first comment line of its conf/variant/<name>.yaml, in the report's order
+    rows = []  # each variant with the first comment line of its conf/variant/<name>.yaml, in the report's order
     for path in sorted((CONF_DIR / "variant").glob("*.yaml"), key=lambda path: variant_sort_key(path.stem)):
         comments = (line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#"))
-        rows += f"\n| `{path.stem}` | {next(comments, '')} |"
+        rows.append(f"| `{path.stem}` | {next(comments, '')} |")
     lr_text = (f"Only runs at lr {grouping.lr_filter:g}." if grouping.lr_filter is not None else
                "One line per variant *and* lr." if grouping.split_by_lr else
                "All lrs pooled: filter or group by the `optim.lr` column of the runs table to compare one lr.")
@@ -64,7 +64,7 @@ def _about_markdown(grouping: Grouping) -> str:
         "The same CNN trained with per-channel, grouped, shared or no normalisation statistics. Each line is one "
         "variant (the run group; grouped BN also split by `variant.stat_groups`), the mean over its runs with a "
         f"min–max band over seeds. {lr_text}\n\n"
-        f"| variant | what it normalises with |\n|---|---|{rows}\n\n"
+        "| variant | what it normalises with |\n|---|---|\n" + "\n".join(rows) + "\n\n"
         "Sections run from outcome to cause: accuracy, loss, gradient norms, update ratios, the norm layers' "
         "input statistics, activation RMS, and a summary per run.")
 

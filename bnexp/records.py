@@ -56,7 +56,7 @@ def group_by(items: Iterable, key: Callable) -> dict[Any, list]:
     groups: dict[Any, list] = defaultdict(list)
     for item in items:
         groups[key(item)].append(item)
-    return groups
+    return dict(groups)  # a plain dict: looking up a missing key must not add an empty group
 
 
 @dataclass

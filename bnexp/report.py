@@ -181,9 +181,12 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
 def stable_markdown(stable: list[StableLr], show_model: bool, min_acc: float = DEFAULT_MIN_ACC) -> str:
     header = (["model"] if show_model else []) + ["variant", "largest stable lr", "smallest lr with a divergence",
                                                   f"largest lr that trains (acc ≥ {100 * min_acc:g}%)"]
-    rows = [([item.model] if show_model else []) + [
-        item.variant, _lr_text(item.largest_stable_lr) + (" (top of grid)" if item.stable_at_top_of_grid else ""),
-        _lr_text(item.smallest_unstable_lr, missing="–"), _lr_text(item.largest_training_lr)] for item in stable]
+    rows = []
+    for item in stable:
+        largest = _lr_text(item.largest_stable_lr) + (" (top of grid)" if item.stable_at_top_of_grid else "")
+        rows.append(([item.model] if show_model else []) + [
+            item.variant, largest, _lr_text(item.smallest_unstable_lr, missing="–"),
+            _lr_text(item.largest_training_lr)])
     return markdown_table(header, rows)
 
 
@@ -203,7 +206,8 @@ def differences_markdown(comparisons: list[Comparison], show_model: bool) -> lis
     """Per lr, one line per variant: its difference from the reference with the interval, and the verdict."""
     lines: list[str] = []
     for (model, lr), same_lr in itertools.groupby(comparisons, key=lambda c: (c.model, c.lr)):
-        lines += ["", f"**{f'{model}, ' if show_model else ''}lr {lr:g}**", ""]
+        prefix = f"{model}, " if show_model else ""
+        lines += ["", f"**{prefix}lr {lr:g}**", ""]
         lines += [f"- {comparison.format()}" for comparison in same_lr]
     return lines
 

@@ -66,8 +66,11 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
                                  points_of: dict[Path, list[MechanismPoint]]) -> PlotResult:
     title = f"Channel-scale spread and dead units over training at lr={lr:g}" if lr is not None else \
         "Channel-scale spread and dead units over training"
-    by_variant = {variant: measured for variant, members in _runs_at_lr(runs, lr).items()
-                  if (measured := [run for run in members if points_of.get(run.run_dir)])}
+    by_variant = {}
+    for variant, members in _runs_at_lr(runs, lr).items():
+        measured = [run for run in members if points_of.get(run.run_dir)]
+        if measured:
+            by_variant[variant] = measured
     if not by_variant:
         return PlotResult(title, None, note=f"no run at lr={lr} records the mechanism metrics")
     colors = _colors(list(by_variant))
@@ -112,8 +115,9 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
 def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
                                points_of: dict[Path, list[MechanismPoint]]) -> PlotResult:
     title = "Mechanism at the end against final test accuracy"
-    rows = [(run, points_of[run.run_dir][-1]) for run in runs if run.status == "finished"
-            and points_of.get(run.run_dir) and as_float(run.summary.get("final_test_acc")) is not None]
+    measured_and_finished = [run for run in runs if run.status == "finished" and points_of.get(run.run_dir)
+                             and as_float(run.summary.get("final_test_acc")) is not None]
+    rows = [(run, points_of[run.run_dir][-1]) for run in measured_and_finished]
     if not rows:
         return PlotResult(title, None, note="no finished run records both the mechanism metrics and a final accuracy")
     variants = sorted({run.variant for run, _ in rows}, key=variant_sort_key)
