@@ -458,11 +458,10 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     """Run (or resume) the sweep; returns the process exit code."""
     planner = plan = None
     if sweep_mode(sweep_cfg) == "edge":
+        planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=False, build_jobs=build_jobs)
+        plan = plan_workers(sweep_cfg, len(planner.searches) * len(sweep_cfg.seeds))
         # one worker runs an lr's seeds one at a time, so that an lr whose first seed fails costs one run
-        variants = set(sweep_cfg.only_variants or sweep_cfg.variants)  # a variant listed twice is searched once
-        searches = len(variants) * max(1, len(sweep_cfg.get("models") or []))
-        plan = plan_workers(sweep_cfg, searches * len(sweep_cfg.seeds))
-        planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=plan.count == 1, build_jobs=build_jobs)
+        planner.one_at_a_time = plan.count == 1
 
     def jobs_and_pending() -> tuple[list[SweepJob], list[SweepJob]]:
         """The jobs (edge mode: those known and the first round) and those not finished/diverged yet."""
