@@ -1,11 +1,22 @@
 """Config access shared by the modules: where conf/ is, composing it in code, and saying what is wrong with it."""
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@functools.cache
+def default_instrument_cfg() -> dict:
+    """A run's instrument defaults, conf/instrument/default.yaml (each key is explained there), read when first
+    needed: a run's config has every key, so only a probe built without one (tests, benchmarks) and the dashboard's
+    steps_to_acc columns read the file."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "instrument" / "default.yaml"))
 
 
 def compose_train_config(overrides: list[str]):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from bnexp.config import CONF_DIR
+from bnexp.config import CONF_DIR, default_instrument_cfg
 from bnexp.records import aggregate, discover_runs, largest_stable_lrs, variant_sort_key
 from bnexp.rundirs import config_value
 from bnexp.dashboard_spec import (
@@ -85,9 +85,7 @@ def _stable_lr_markdown(runs: list | None) -> str:
 
 def run_table_columns() -> list[Key]:
     """The runs table: what a reader compares across runs; steps_to_acc's targets as conf/instrument sets them."""
-    from omegaconf import OmegaConf
-
-    acc_targets = OmegaConf.load(CONF_DIR / "instrument" / "default.yaml").acc_targets
+    acc_targets = default_instrument_cfg()["acc_targets"]
     return ([summary("status"), LR_KEY, config("seed"), summary("best_test_acc"), summary("final_test_acc"),
              summary("max_grad_norm"), summary("max_grad_norm_layer"), summary("max_global_grad_norm")]
             + [summary(f"steps_to_acc.{float(target)}") for target in acc_targets]

@@ -10,25 +10,17 @@ history (`history.py`). Nothing here synchronises with the device, so the GPU qu
 """
 from __future__ import annotations
 
-import functools
 import itertools
 from typing import Any, Iterable, Mapping, NamedTuple
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from bnexp.config import CONF_DIR
+from bnexp.config import default_instrument_cfg
 from bnexp.rundirs import config_value
 from bnexp.instrument.history import GradNormHistory, MechanismHistory, steps_to_accuracy
 from bnexp.instrument.hooks import ForwardHooks
 from bnexp.instrument.layers import ParameterLayers, unwrap_model
-
-@functools.cache
-def default_instrument_cfg() -> dict:
-    """A run's own defaults, conf/instrument/default.yaml (each key is explained there), read when first needed:
-    a run's config has every key, so only a probe built without one (tests, benchmarks) reads the file."""
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "instrument" / "default.yaml"))
 
 
 def instrument_setting(instrument_cfg: Any, key: str) -> Any:
