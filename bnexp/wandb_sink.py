@@ -29,7 +29,7 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 import wandb
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bnexp.fileio import json_safe
 from bnexp.rundirs import config_value, first_line
@@ -90,7 +90,7 @@ def _plain(value: Any) -> Any:
 class WandbSink(AbstractContextManager):
     """Mirror of the local sink that streams records to one W&B run per training job."""
 
-    def __init__(self, cfg: Any, run_dir: str | os.PathLike, extra_config: Mapping[str, Any] | None = None):
+    def __init__(self, cfg: DictConfig, run_dir: str | os.PathLike, extra_config: Mapping[str, Any] | None = None):
         """`extra_config`: W&B config keys beside the resolved run config (the trainer's `bnexp_provenance`)."""
         logger_cfg = config_value(cfg, "logger")
         variant_name = config_value(cfg, "variant.name", "variant")
