@@ -205,14 +205,25 @@ class WorkerPlan:
     threads_per_worker: int
 
 
+def _count_setting(sweep_cfg: DictConfig, key: str) -> int | None:
+    """sweep.<key> as a whole number; None for auto."""
+    value = sweep_cfg.get(key, "auto")
+    if value in (None, "auto"):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"sweep.{key}={value!r} must be a whole number or auto") from None
+
+
 def plan_workers(sweep_cfg: DictConfig, n_jobs: int) -> WorkerPlan:
     gpus = visible_gpu_ids(sweep_cfg.get("gpus", "auto"))
-    workers, threads = sweep_cfg.get("workers", "auto"), sweep_cfg.get("threads_per_worker", "auto")
+    workers, threads = _count_setting(sweep_cfg, "workers"), _count_setting(sweep_cfg, "threads_per_worker")
     # auto: one run per GPU; on CPU one run already uses every core
-    count = max(1, min((len(gpus) or 1) if workers in (None, "auto") else int(workers), max(n_jobs, 1)))
+    count = max(1, min((len(gpus) or 1) if workers is None else workers, max(n_jobs, 1)))
     gpu_of_worker = [gpus[i % len(gpus)] if gpus else None for i in range(count)]
     # auto: split the cores so parallel CPU runs do not oversubscribe each other
-    threads = max(1, (os.cpu_count() or 1) // count) if threads in (None, "auto") else int(threads)
+    threads = max(1, (os.cpu_count() or 1) // count) if threads is None else threads
     return WorkerPlan(count, gpu_of_worker, threads)
 
 
@@ -491,11 +502,12 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     # Job statuses are read after taking the lock: another sweep may have just finished some of them.
     jobs, pending = jobs_and_pending()
     skipped = len(jobs) - len(pending)
+    # before the status file is first written: a bad sweep.workers must not leave it saying "running"
+    plan = plan or plan_workers(sweep_cfg, len(pending))  # the edge mode's plan is made above
     ledger = SweepLedger(sweep_cfg, jobs, out_dir)
     if planner is not None:
         ledger.extra["edge"] = planner.status()
     ledger.save("running")
-    plan = plan or plan_workers(sweep_cfg, len(pending))  # the edge mode's plan is made above
     timeout_s = sweep_cfg.get("timeout_s")
     devices = ", ".join(f"GPU {g}" for g in plan.gpu_of_worker) if plan.gpu_of_worker[0] is not None \
         else f"CPU, {plan.threads_per_worker} thread(s) each"
