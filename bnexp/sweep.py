@@ -37,7 +37,7 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -392,13 +392,14 @@ RUN_FIELDS = ["run_id", "status", "variant", "model", "lr", "seed", "returncode"
 class SweepLedger:
     """The sweep-level view of every run; only the main thread touches it."""
 
-    def __init__(self, sweep_cfg: DictConfig, jobs: list[SweepJob], out_dir: Path):
+    def __init__(self, sweep_cfg: DictConfig, jobs: list[SweepJob], out_dir: Path,
+                 edge_status: Callable[[], dict] | None = None):
         self.out_dir = out_dir
         self.name = str(sweep_cfg.name)
         self.config = OmegaConf.to_container(sweep_cfg)
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.rows: dict[str, dict[str, Any]] = {}
-        self.extra: dict[str, Any] = {}  # more fields for sweep_status.json (the edge mode's brackets)
+        self.edge_status = edge_status  # the edge mode's brackets, asked for at each save
         self.add_jobs(jobs)
 
     def add_jobs(self, jobs: list[SweepJob]) -> None:
@@ -434,7 +435,8 @@ class SweepLedger:
         write_json_atomic(self.out_dir / STATUS_FILE, {
             "sweep": self.name, "state": state, "started_at": self.started_at,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": self.counts(),
-            "config": self.config, **self.extra, "runs": list(self.rows.values())})
+            "config": self.config, **({"edge": self.edge_status()} if self.edge_status else {}),
+            "runs": list(self.rows.values())})
         with atomic_write(self.out_dir / RUNS_CSV, newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=RUN_FIELDS, extrasaction="ignore")
             writer.writeheader()
@@ -504,9 +506,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     skipped = len(jobs) - len(pending)
     # before the status file is first written: a bad sweep.workers must not leave it saying "running"
     plan = plan or plan_workers(sweep_cfg, len(pending))  # the edge mode's plan is made above
-    ledger = SweepLedger(sweep_cfg, jobs, out_dir)
-    if planner is not None:
-        ledger.extra["edge"] = planner.status()
+    ledger = SweepLedger(sweep_cfg, jobs, out_dir, edge_status=planner.status if planner else None)
     ledger.save("running")
     timeout_s = sweep_cfg.get("timeout_s")
     devices = ", ".join(f"GPU {g}" for g in plan.gpu_of_worker) if plan.gpu_of_worker[0] is not None \
@@ -588,7 +588,6 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
             bar.refresh()
             for job in more:
                 futures[pool.submit(run_on_worker, job)] = job
-        ledger.extra["edge"] = planner.status()
 
     pool = ThreadPoolExecutor(max_workers=plan.count, thread_name_prefix="sweep-worker", initializer=take_slot)
     futures = {pool.submit(run_on_worker, job): job for job in pending}
@@ -627,8 +626,6 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     for row in ledger.rows.values():
         if row["status"] == "running":  # only possible after an interrupt
             row.update(status="failed", error="sweep interrupted before the run ended")
-    if planner is not None:
-        ledger.extra["edge"] = planner.status()
     ledger.save("interrupted" if interrupted else "done")
 
     failures = ledger.failures()
