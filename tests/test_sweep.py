@@ -211,6 +211,13 @@ def test_bad_sweep_name_is_a_clear_error():
     assert "bnexp.sweep: error" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_bad_worker_count_is_a_clear_error_before_any_status_is_written(tmp_path: Path):
+    result = run_sweep_cli([*FAKE, f"sweep.out_dir={tmp_path}", "sweep.gpus=[]", "sweep.workers=lots"])
+    assert result.returncode == 2
+    assert "sweep.workers='lots' must be a whole number or auto" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "sweep_status.json").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Failures, kills and resume (fake trainer)
 # ----------------------------------------------------------------------------------------------------------------
