@@ -34,9 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp.fileio import json_safe
 from bnexp.rundirs import config_value, first_line
 
-# Prefixes that only ever appear in step records / epoch records; defined once with a glob.
-STEP_ONLY_PREFIXES = ("grad_norm/", "param_norm/", "update_ratio/", "act/", "bn/")
-EPOCH_ONLY_PREFIXES = ("test/",)
+# Prefixes that only ever appear in step records or only in epoch records: their x-axis, defined once with a glob.
+PREFIX_AXES = {"grad_norm/": "step", "param_norm/": "step", "update_ratio/": "step", "act/": "step", "bn/": "step",
+               "test/": "epoch"}
 RESERVED_KEYS = ("kind", "step", "epoch")
 
 
@@ -135,10 +135,8 @@ class WandbSink(AbstractContextManager):
 
         self.run.define_metric("step")
         self.run.define_metric("epoch")
-        for prefix in STEP_ONLY_PREFIXES:
-            self.run.define_metric(prefix + "*", step_metric="step")
-        for prefix in EPOCH_ONLY_PREFIXES:
-            self.run.define_metric(prefix + "*", step_metric="epoch")
+        for prefix, axis in PREFIX_AXES.items():
+            self.run.define_metric(prefix + "*", step_metric=axis)
         # Best and last test accuracy both land in the run summary (W&B tables/sorting use it).
         self.run.define_metric("test/acc", step_metric="epoch", summary="max,last")
         self._defined_keys: set[str] = set()
@@ -187,7 +185,7 @@ class WandbSink(AbstractContextManager):
                 prefix, _, leaf = key.rpartition("/")
                 key = f"{prefix}/epoch_{leaf}" if prefix else f"epoch_{leaf}"
             # keys outside the glob prefixes (e.g. train/*) get their x-axis on first appearance
-            if key not in self._defined_keys and not key.startswith(STEP_ONLY_PREFIXES + EPOCH_ONLY_PREFIXES):
+            if key not in self._defined_keys and not key.startswith(tuple(PREFIX_AXES)):
                 self.run.define_metric(key, step_metric=axis)
                 self._defined_keys.add(key)
             payload[key] = value
