@@ -152,12 +152,6 @@ def build_sections(grouping: Grouping, runs: list | None = None) -> list[Section
     ]
 
 
-def default_grouping(lr_filter: float | None = None, split_by_lr: bool = False) -> Grouping:
-    # The sink sets a run's group to variant.name; grouped BN runs differ only in stat_groups, hence the second key.
-    return Grouping(keys=[Key("run", "group"), config("variant.stat_groups")], mirrors={"group": "variant.name"},
-                    lr_key=LR_KEY, lr_filter=lr_filter, split_by_lr=split_by_lr)
-
-
 def _grid_sentence(variants: list[str], lrs: list[float], seeds: list[int]) -> str:
     return (f"{len(variants)} variants ({', '.join(variants)}) x {len(lrs)} lrs "
             f"({', '.join(f'{float(lr):g}' for lr in lrs)}) x {len(seeds)} seeds")
@@ -191,7 +185,9 @@ def build_spec(project: str = DEFAULT_PROJECT, entity: str | None = None, name: 
                lr_filter: float | None = None, split_by_lr: bool = False, runs: list | None = None,
                report_filter: dict[str, str] | None = None, report_title: str | None = None,
                local_report: str | None = None) -> DashboardSpec:
-    grouping = default_grouping(lr_filter, split_by_lr)
+    # The sink sets a run's group to variant.name; grouped BN runs differ only in stat_groups, hence the second key.
+    grouping = Grouping([Key("run", "group"), config("variant.stat_groups")], mirrors={"group": "variant.name"},
+                        lr_key=LR_KEY, lr_filter=lr_filter, split_by_lr=split_by_lr)
     sections = build_sections(grouping, runs)
     report = None
     if report_filter is not None:
