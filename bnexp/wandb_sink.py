@@ -116,18 +116,19 @@ class WandbSink(AbstractContextManager):
             dir=str(wandb_dir),
             # One W&B run per Hydra multirun job, even though jobs share the process.
             reinit="finish_previous",
-        )
-        settings = dict(
-            init_timeout=float(config_value(logger_cfg, "init_timeout", 30)),
-            console=str(config_value(logger_cfg, "console", "off")),
-            # Otherwise wandb first looks up the account to print "logged in as": twice, 5 s each when the
-            # host cannot be reached, before init_timeout starts counting. bnexp prints its own lines.
-            quiet=True,
+            # a dict: each wandb.init makes its own Settings of it (and sets the run's mode and id on that)
+            settings=dict(
+                init_timeout=float(config_value(logger_cfg, "init_timeout", 30)),
+                console=str(config_value(logger_cfg, "console", "off")),
+                # Otherwise wandb first looks up the account to print "logged in as": twice, 5 s each when the
+                # host cannot be reached, before init_timeout starts counting. bnexp prints its own lines.
+                quiet=True,
+            ),
         )
         if mode == "online":
-            self.run, mode, reason = self._init_online_or_offline(init_kwargs, settings, wandb_dir)
+            self.run, mode, reason = self._init_online_or_offline(init_kwargs, wandb_dir)
         else:
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **init_kwargs)
+            self.run = wandb.init(mode=mode, **init_kwargs)
         self.mode = mode
         if mode == "offline":
             offline_dir = Path(self.run.dir).parent  # run.dir is <offline-run-dir>/files
@@ -145,7 +146,7 @@ class WandbSink(AbstractContextManager):
         self._finished = False
 
     @staticmethod
-    def _init_online_or_offline(init_kwargs: dict, settings: dict, wandb_dir: Path) -> tuple[Any, str, str | None]:
+    def _init_online_or_offline(init_kwargs: dict, wandb_dir: Path) -> tuple[Any, str, str | None]:
         """An online run, or an offline one when the online start fails or passes init_timeout (no network).
 
         The online attempt gets its run id from us (or the W&B agent's WANDB_RUN_ID), so that the run-<time>-<id>
@@ -157,7 +158,7 @@ class WandbSink(AbstractContextManager):
         attempt_dirs = lambda: set((wandb_dir / "wandb").glob(f"run-*-{run_id}"))  # noqa: E731
         dirs_before = attempt_dirs()
         try:
-            run = wandb.init(mode="online", id=run_id, settings=wandb.Settings(**settings), **init_kwargs)
+            run = wandb.init(mode="online", id=run_id, **init_kwargs)
             return run, "online", None
         except Exception as error:  # noqa: BLE001 - any init failure must not cost the local run
             failure = f"{type(error).__name__}: {first_line(str(error).strip())}"
@@ -166,7 +167,7 @@ class WandbSink(AbstractContextManager):
             shutil.rmtree(leftover, ignore_errors=True)
         print(f"[bnexp] wandb online init failed ({failure}); logging offline (the failed attempt's files are "
               "removed)", file=sys.stderr)
-        run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **init_kwargs)
+        run = wandb.init(mode="offline", **init_kwargs)
         return run, "offline", "online init failed"
 
     def _log(self, record: Mapping[str, Any], axis: str) -> None:
