@@ -152,19 +152,14 @@ def build_sections(grouping: Grouping, runs: list | None = None) -> list[Section
     ]
 
 
-def default_grouping(lr_filter: float | None = None, split_by_lr: bool = False) -> Grouping:
-    # The sink sets a run's group to variant.name; grouped BN runs differ only in stat_groups, hence the second key.
-    return Grouping(keys=[Key("run", "group"), config("variant.stat_groups")], mirrors={"group": "variant.name"},
-                    lr_key=LR_KEY, lr_filter=lr_filter, split_by_lr=split_by_lr)
-
-
 def _grid_sentence(variants: list[str], lrs: list[float], seeds: list[int]) -> str:
     return (f"{len(variants)} variants ({', '.join(variants)}) x {len(lrs)} lrs "
             f"({', '.join(f'{float(lr):g}' for lr in lrs)}) x {len(seeds)} seeds")
 
 
-def _describe_grid(runs: list | None, filter_: dict[str, str]) -> tuple[str, str]:
-    """(grid, data source) sentences for the report: from local run dirs if given, else the named sweep config."""
+def _describe_grid(runs: list | None, sweep_name: str) -> tuple[str, str]:
+    """(grid, data source) sentences for the report: from local run dirs if given, else the sweep config that the
+    study's tag or group names (conf/sweep/<sweep_name>.yaml), if there is one."""
     if runs:
         from bnexp.report import describe_data_sources
 
@@ -173,7 +168,6 @@ def _describe_grid(runs: list | None, filter_: dict[str, str]) -> tuple[str, str
                               sorted({run.seed for run in runs if run.seed is not None}))
         models = ", ".join(sorted({run.model for run in runs}))
         return f"{grid} on {models}: {len(runs)} local run dirs.", "\n".join(describe_data_sources(runs))
-    sweep_name = filter_.get("tag") or filter_.get("group") or ""
     sweep_file = CONF_DIR / "sweep" / f"{sweep_name}.yaml"
     if sweep_name and re.fullmatch(r"[\w.-]+", sweep_name) and sweep_file.is_file():
         from omegaconf import OmegaConf
@@ -191,13 +185,15 @@ def build_spec(project: str = DEFAULT_PROJECT, entity: str | None = None, name: 
                lr_filter: float | None = None, split_by_lr: bool = False, runs: list | None = None,
                report_filter: dict[str, str] | None = None, report_title: str | None = None,
                local_report: str | None = None) -> DashboardSpec:
-    grouping = default_grouping(lr_filter, split_by_lr)
+    # The sink sets a run's group to variant.name; grouped BN runs differ only in stat_groups, hence the second key.
+    grouping = Grouping([Key("run", "group"), config("variant.stat_groups")], mirrors={"group": "variant.name"},
+                        lr_key=LR_KEY, lr_filter=lr_filter, split_by_lr=split_by_lr)
     sections = build_sections(grouping, runs)
     report = None
     if report_filter is not None:
         (kind, value), = report_filter.items()
         study = value if kind != "sweep" else f"sweep-{value}"
-        grid, data = _describe_grid(runs, report_filter)
+        grid, data = _describe_grid(runs, "" if kind == "sweep" else value)
         local = local_report or f"results/{study}"
         text = (f"Runs of {project} with {kind} `{value}`, one line per variant (min–max band over seeds).\n\n"
                 f"**Grid.** {grid}\n\n**Data.** {data}\n\n"

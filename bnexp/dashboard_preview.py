@@ -14,14 +14,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from bnexp.dashboard_spec import DashboardError, DashboardSpec, Grouping, Key, Panel
+from bnexp.dashboard_spec import DashboardError, DashboardSpec, Key, Panel
 from bnexp.records import variant_sort_key
 from bnexp.rundirs import as_float, config_value, read_metrics
-
-
-def _group_label(run: Any, grouping: Grouping) -> str:
-    # run.variant is variant.name, with _g<stat_groups> for grouped BN: the workspace's two grouping keys
-    return f"{run.variant} lr{run.lr:g}" if grouping.split_by_lr else run.variant
 
 
 def _run_value(run: Any, key: Key) -> Any:
@@ -131,7 +126,9 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
     logged = {run.run_dir: read_metrics(run.run_dir) for run in runs}
     groups: dict[str, list] = {}
     for run in sorted(runs, key=lambda r: (variant_sort_key(r.variant), r.lr, r.seed or 0)):
-        groups.setdefault(_group_label(run, spec.grouping), []).append(run)
+        # run.variant is variant.name, with _g<stat_groups> for grouped BN: the workspace's two grouping keys
+        label = f"{run.variant} lr{run.lr:g}" if spec.grouping.split_by_lr else run.variant
+        groups.setdefault(label, []).append(run)
     palette = plt.get_cmap("tab10")
     colors = {label: palette(index % 10) for index, label in enumerate(groups)}
 

@@ -84,18 +84,15 @@ class SinkGroup:
 
 def logger_sinks(cfg, run_dir, provenance: dict | None = None) -> list:
     """The extra sink chosen with `logger=`: none (local files only) or wandb (whose run config gets the
-    provenance under `bnexp_provenance`).
+    provenance under `bnexp_provenance`); the config check has already refused any other name.
 
     wandb is imported only here and only when asked for, so logger=none works without it installed.
     """
-    name = cfg.logger.name
-    if name == "none":
+    if cfg.logger.name == "none":
         return []
-    if name == "wandb":
-        try:
-            from bnexp.wandb_sink import WandbSink
-        except ImportError as error:
-            raise ValueError(f"logger=wandb needs the wandb package ({error}). Install it with "
-                             "pip install -e \".[wandb]\", or use logger=none (local files only).") from error
-        return [WandbSink(cfg, run_dir, extra_config={"bnexp_provenance": provenance})]
-    raise ValueError(f"unknown logger {name!r}; use logger=none or logger=wandb")
+    try:
+        from bnexp.wandb_sink import WandbSink
+    except ImportError as error:
+        raise ValueError(f"logger=wandb needs the wandb package ({error}). Install it with "
+                         "pip install -e \".[wandb]\", or use logger=none (local files only).") from error
+    return [WandbSink(cfg, run_dir, extra_config={"bnexp_provenance": provenance})]

@@ -34,9 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 from bnexp.fileio import json_safe
 from bnexp.rundirs import config_value, first_line
 
-# Prefixes that only ever appear in step records / epoch records; defined once with a glob.
-STEP_ONLY_PREFIXES = ("grad_norm/", "param_norm/", "update_ratio/", "act/", "bn/")
-EPOCH_ONLY_PREFIXES = ("test/",)
+# Prefixes that only ever appear in step records or only in epoch records: their x-axis, defined once with a glob.
+PREFIX_AXES = {"grad_norm/": "step", "param_norm/": "step", "update_ratio/": "step", "act/": "step", "bn/": "step",
+               "test/": "epoch"}
 RESERVED_KEYS = ("kind", "step", "epoch")
 
 
@@ -116,18 +116,19 @@ class WandbSink(AbstractContextManager):
             dir=str(wandb_dir),
             # One W&B run per Hydra multirun job, even though jobs share the process.
             reinit="finish_previous",
-        )
-        settings = dict(
-            init_timeout=float(config_value(logger_cfg, "init_timeout", 30)),
-            console=str(config_value(logger_cfg, "console", "off")),
-            # Otherwise wandb first looks up the account to print "logged in as": twice, 5 s each when the
-            # host cannot be reached, before init_timeout starts counting. bnexp prints its own lines.
-            quiet=True,
+            # a dict: each wandb.init makes its own Settings of it (and sets the run's mode and id on that)
+            settings=dict(
+                init_timeout=float(config_value(logger_cfg, "init_timeout", 30)),
+                console=str(config_value(logger_cfg, "console", "off")),
+                # Otherwise wandb first looks up the account to print "logged in as": twice, 5 s each when the
+                # host cannot be reached, before init_timeout starts counting. bnexp prints its own lines.
+                quiet=True,
+            ),
         )
         if mode == "online":
-            self.run, mode, reason = self._init_online_or_offline(init_kwargs, settings, wandb_dir)
+            self.run, mode, reason = self._init_online_or_offline(init_kwargs, wandb_dir)
         else:
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **init_kwargs)
+            self.run = wandb.init(mode=mode, **init_kwargs)
         self.mode = mode
         if mode == "offline":
             offline_dir = Path(self.run.dir).parent  # run.dir is <offline-run-dir>/files
@@ -135,10 +136,8 @@ class WandbSink(AbstractContextManager):
 
         self.run.define_metric("step")
         self.run.define_metric("epoch")
-        for prefix in STEP_ONLY_PREFIXES:
-            self.run.define_metric(prefix + "*", step_metric="step")
-        for prefix in EPOCH_ONLY_PREFIXES:
-            self.run.define_metric(prefix + "*", step_metric="epoch")
+        for prefix, axis in PREFIX_AXES.items():
+            self.run.define_metric(prefix + "*", step_metric=axis)
         # Best and last test accuracy both land in the run summary (W&B tables/sorting use it).
         self.run.define_metric("test/acc", step_metric="epoch", summary="max,last")
         self._defined_keys: set[str] = set()
@@ -147,7 +146,7 @@ class WandbSink(AbstractContextManager):
         self._finished = False
 
     @staticmethod
-    def _init_online_or_offline(init_kwargs: dict, settings: dict, wandb_dir: Path) -> tuple[Any, str, str | None]:
+    def _init_online_or_offline(init_kwargs: dict, wandb_dir: Path) -> tuple[Any, str, str | None]:
         """An online run, or an offline one when the online start fails or passes init_timeout (no network).
 
         The online attempt gets its run id from us (or the W&B agent's WANDB_RUN_ID), so that the run-<time>-<id>
@@ -159,7 +158,7 @@ class WandbSink(AbstractContextManager):
         attempt_dirs = lambda: set((wandb_dir / "wandb").glob(f"run-*-{run_id}"))  # noqa: E731
         dirs_before = attempt_dirs()
         try:
-            run = wandb.init(mode="online", id=run_id, settings=wandb.Settings(**settings), **init_kwargs)
+            run = wandb.init(mode="online", id=run_id, **init_kwargs)
             return run, "online", None
         except Exception as error:  # noqa: BLE001 - any init failure must not cost the local run
             failure = f"{type(error).__name__}: {first_line(str(error).strip())}"
@@ -168,7 +167,7 @@ class WandbSink(AbstractContextManager):
             shutil.rmtree(leftover, ignore_errors=True)
         print(f"[bnexp] wandb online init failed ({failure}); logging offline (the failed attempt's files are "
               "removed)", file=sys.stderr)
-        run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **init_kwargs)
+        run = wandb.init(mode="offline", **init_kwargs)
         return run, "offline", "online init failed"
 
     def _log(self, record: Mapping[str, Any], axis: str) -> None:
@@ -187,7 +186,7 @@ class WandbSink(AbstractContextManager):
                 prefix, _, leaf = key.rpartition("/")
                 key = f"{prefix}/epoch_{leaf}" if prefix else f"epoch_{leaf}"
             # keys outside the glob prefixes (e.g. train/*) get their x-axis on first appearance
-            if key not in self._defined_keys and not key.startswith(STEP_ONLY_PREFIXES + EPOCH_ONLY_PREFIXES):
+            if key not in self._defined_keys and not key.startswith(tuple(PREFIX_AXES)):
                 self.run.define_metric(key, step_metric=axis)
                 self._defined_keys.add(key)
             payload[key] = value
