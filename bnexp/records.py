@@ -353,6 +353,27 @@ def choose_shared_lr(groups: list[GroupStats], requested: float | None) -> float
     return max((g.lr for g in groups if g.variant == reference and g.stable and g.lr in common), default=common[0])
 
 
+def series_labeller(items: list) -> Callable[[Any], str]:
+    """How the plots label the series of a run, group or edge among `items`: its variant, or model/variant when
+    the items span several models."""
+    if len({item.model for item in items}) > 1:
+        return lambda item: f"{item.model}/{item.variant}"
+    return lambda item: item.variant
+
+
+def runs_by_series(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Runs grouped by their series label, in report order (by model, variant, then seed)."""
+    ordered = sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.seed is None, r.seed))
+    return group_by(ordered, series_labeller(runs))
+
+
+def runs_at_lr(runs: list[RunRecord], lr: float | None) -> dict[str, list[RunRecord]]:
+    """The runs at `lr` (the shared lr of the per-variant curve plots) by series; none when there is no such lr."""
+    if lr is None:
+        return {}
+    return runs_by_series([run for run in runs if math.isclose(run.lr, lr, rel_tol=1e-9)])
+
+
 @dataclass
 class ProvenanceCounts:
     """Per provenance field, how many runs recorded each value; and how many runs recorded no provenance."""

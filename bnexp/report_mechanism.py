@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bnexp.records import RunRecord, group_by, variant_sort_key
-from bnexp.report_plots import PlotResult, _colors, _runs_at_lr, _save, plt
+from bnexp.records import RunRecord, group_by, runs_at_lr, variant_sort_key
+from bnexp.report_plots import PlotResult, plt, save_figure, series_colors
 from bnexp.rundirs import as_float
 from bnexp.tables import markdown_table, write_csv
 
@@ -67,13 +67,13 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
     title = f"Channel-scale spread and dead units over training at lr={lr:g}" if lr is not None else \
         "Channel-scale spread and dead units over training"
     by_variant = {}
-    for variant, members in _runs_at_lr(runs, lr).items():
+    for variant, members in runs_at_lr(runs, lr).items():
         measured = [run for run in members if points_of.get(run.run_dir)]
         if measured:
             by_variant[variant] = measured
     if not by_variant:
         return PlotResult(title, None, note=f"no run at lr={lr} records the mechanism metrics")
-    colors = _colors(list(by_variant))
+    colors = series_colors(list(by_variant))
     panels = (("xhat_max", "channel std spread after normalising,\nbefore γ (max over norm layers)", True),
               ("spread_max", "largest / smallest channel output std\n(max over norm layers)", True),
               ("dead_mean", "dead units after activations\n(mean over layers)", False),
@@ -101,7 +101,7 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
         ax.xaxis.set_tick_params(labelbottom=True)
     axes[0][0].legend(fontsize=8)
     figure.suptitle(f"lr={lr:g}: one line per seed, dashed = diverged", fontsize=10)
-    path = _save(figure, out_dir / f"mechanism_lr{lr:g}.png")
+    path = save_figure(figure, out_dir / f"mechanism_lr{lr:g}.png")
     return PlotResult(title, path,
                       "Top left: the mixing itself, how unequal the channels are after subtracting and dividing by "
                       "their statistic, before γ (1 with per-channel statistics; with shared statistics the input "
@@ -122,7 +122,7 @@ def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
         return PlotResult(title, None, note="no finished run records both the mechanism metrics and a final accuracy")
     variants = sorted({run.variant for run, _ in rows}, key=variant_sort_key)
     lrs = sorted({run.lr for run, _ in rows})
-    colors = _colors(variants)
+    colors = series_colors(variants)
     markers = {lr: LR_MARKERS[i % len(LR_MARKERS)] for i, lr in enumerate(lrs)}
     figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     panels = (("dead_mean", "dead units at the end (mean over activation layers)", False),
@@ -142,7 +142,7 @@ def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
     handles = [plt.Line2D([], [], color=colors[v], marker="o", ls="", label=v) for v in variants]
     handles += [plt.Line2D([], [], color="grey", marker=markers[lr], ls="", label=f"lr {lr:g}") for lr in lrs]
     axes[1].legend(handles=handles, fontsize=8, loc="best")
-    path = _save(figure, out_dir / "mechanism_vs_accuracy.png")
+    path = save_figure(figure, out_dir / "mechanism_vs_accuracy.png")
     left_out = sum(1 for run in runs if run.status == "diverged")
     return PlotResult(title, path, "One point per finished run: colour = variant, marker = lr. "
                       + (f"{left_out} diverged run(s) have no final accuracy and are not shown." if left_out else ""))
