@@ -22,7 +22,7 @@ import numpy as np
 from bnexp.records import RunRecord, group_by, runs_at_lr, variant_sort_key
 from bnexp.report_plots import PlotResult, plt, save_figure, series_colors
 from bnexp.rundirs import as_float
-from bnexp.tables import markdown_table, write_csv
+from bnexp.tables import model_table, write_csv
 
 # Each MechanismPoint field: the suffix of the probe's keys it summarises, and how (over layers)
 POINT_SUMMARIES = {"xhat_max": ("/xhat_std_ratio", max), "spread_max": ("/out_std_ratio", max),
@@ -189,13 +189,13 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
               "after the activations (mean over layers, and the deadest layer), the largest ratio of channel "
               "stds over the norm layers after normalising (x̂, before γ) and at the output, and the fraction of "
               "the head's inputs that are exactly 0.", ""]
-    header = ["variant", "lr", "runs", "dead (mean)", "dead (max layer)", "x̂-std spread", "out-std spread",
-              "head zero inputs", "final test acc"]
-    rows = [([row["model"]] if show_model else []) + [
-        row["variant"], f"{row['lr']:g}", str(row["n_runs"]),
+    header = ["model", "variant", "lr", "runs", "dead (mean)", "dead (max layer)", "x̂-std spread",
+              "out-std spread", "head zero inputs", "final test acc"]
+    rows = [[
+        row["model"], row["variant"], f"{row['lr']:g}", str(row["n_runs"]),
         *(_fmt(row[field], spec) for field, spec in TABLE_FIELDS.items()),
         "–" if row["final_test_acc"] is None else f"{100 * row['final_test_acc']:.1f}%"] for row in table]
-    lines += [markdown_table((["model"] if show_model else []) + header, rows), ""]
+    lines += [model_table(header, rows, show_model), ""]
     for plot in (plot_mechanism_over_training(runs, shared_lr, out_dir, points_of),
                  plot_mechanism_vs_accuracy(runs, out_dir, points_of)):
         lines += plot.markdown("Not shown")
