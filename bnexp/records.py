@@ -240,14 +240,6 @@ class GroupStats:
                                    for run in self.runs)
 
 
-def _interval_values(name: str, values: list[float], method: str) -> dict[str, Any]:
-    """<name>_n, <name>_ci_low/_ci_high (NaN when fewer than 2 values) and the interval's method."""
-    interval = intervals.mean_interval(values, method) if values else None
-    low, high = (interval.low, interval.high) if interval else (None, None)
-    return {f"{name}_n": len(values), f"{name}_ci_low": math.nan if low is None else low,
-            f"{name}_ci_high": math.nan if high is None else high, "interval": method}
-
-
 def accuracy_targets(runs: list[RunRecord]) -> list[str]:
     targets = {key for run in runs for key in (run.summary.get("steps_to_acc") or {})}
     return sorted(targets, key=lambda t: float(t))
@@ -273,6 +265,8 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
         diverged = [run for run in members if run.status == "diverged"]
         # Accuracy over seeds that finished without diverging; divergence is reported in its own column.
         accuracies = final_accuracies(members)
+        interval = intervals.mean_interval(accuracies, interval_method) if accuracies else None
+        has_interval = interval is not None and interval.has_interval  # no interval over fewer than 2 seeds
         best = _summary_numbers(finished, "best_test_acc")
         grad_norms = _summary_numbers(members, "max_grad_norm")
         completed = len(finished) + len(diverged)
@@ -281,7 +275,9 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
             "n_incomplete": len(members) - completed,
             "frac_diverged": len(diverged) / completed if completed else math.nan,
             "final_test_acc_mean": _mean(accuracies), "final_test_acc_std": _std(accuracies),
-            **_interval_values("final_test_acc", accuracies, interval_method),
+            "final_test_acc_n": len(accuracies),
+            "final_test_acc_ci_low": interval.low if has_interval else math.nan,
+            "final_test_acc_ci_high": interval.high if has_interval else math.nan, "interval": interval_method,
             "best_test_acc_mean": _mean(best),
             "n_below_min_acc": sum(a < min_acc for a in accuracies),
         }
