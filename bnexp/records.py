@@ -81,6 +81,18 @@ class RunRecord:
         return [r for r in read_metrics(self.run_dir)
                 if r.get("kind", "step") == "step" and _is_finite_number(r.get("step"))]
 
+    @functools.cached_property
+    def grad_norms(self) -> GradNormTrajectory:
+        """grad_norm/global's trajectory (worked out once: the summary table and the edge of stability use it)."""
+        values = []
+        for record in sorted(self.step_records, key=lambda r: r["step"]):
+            if "grad_norm/global" in record:
+                value = as_float(record["grad_norm/global"])  # None for NaN
+                values.append(math.inf if value is None else value)
+        if not values:
+            return GradNormTrajectory(None, None, None)
+        return GradNormTrajectory(values[0], max(values[1:], default=None), values[-1])
+
 
 @dataclass
 class GradNormTrajectory:
@@ -93,17 +105,6 @@ class GradNormTrajectory:
     at_init: float | None
     peak_after_init: float | None
     last: float | None
-
-
-def grad_norm_trajectory(run: RunRecord) -> GradNormTrajectory:
-    values = []
-    for record in sorted(run.step_records, key=lambda r: r["step"]):
-        if "grad_norm/global" in record:
-            value = as_float(record["grad_norm/global"])  # None for NaN
-            values.append(math.inf if value is None else value)
-    if not values:
-        return GradNormTrajectory(None, None, None)
-    return GradNormTrajectory(values[0], max(values[1:], default=None), values[-1])
 
 
 def variant_label(config: dict[str, Any], summary: dict[str, Any]) -> str:
@@ -287,11 +288,11 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
             values[f"steps_to_acc_{target}_mean"] = _mean(steps)
             values[f"steps_to_acc_{target}_reached"] = len(steps)
         values["max_grad_norm"] = max(grad_norms, default=math.nan)
-        trajectories = [(run, grad_norm_trajectory(run)) for run in members]
-        at_init = [t.at_init for _, t in trajectories if t.at_init is not None]
-        peaks = [t.peak_after_init for _, t in trajectories if t.peak_after_init is not None]
+        trajectories = [run.grad_norms for run in members]
+        at_init = [t.at_init for t in trajectories if t.at_init is not None]
+        peaks = [t.peak_after_init for t in trajectories if t.peak_after_init is not None]
         # the last value of a diverged run is its blow-up, already in the peak: average the finished runs
-        last = [t.last for run, t in trajectories if run.status == "finished" and t.last is not None]
+        last = [run.grad_norms.last for run in finished if run.grad_norms.last is not None]
         values["grad_norm_at_init_mean"] = _mean(at_init)
         values["grad_norm_peak_after_init_max"] = max(peaks, default=math.nan)
         values["grad_norm_last_mean"] = _mean(last)
@@ -453,7 +454,7 @@ NO_NORM = "no norm"
 def run_outcome(run: RunRecord, min_acc: float = DEFAULT_MIN_ACC) -> edge_search.Outcome | None:
     """How the run ended for the edge of stability: trains, diverged, collapsed, failed; None while unknown.
     A finished run's last `grad_norm/global` of exactly 0 (the network died) makes it collapsed."""
-    last_grad_norm = grad_norm_trajectory(run).last if run.status == "finished" else None
+    last_grad_norm = run.grad_norms.last if run.status == "finished" else None
     return edge_search.classify_run(run.status, as_float(run.summary.get("final_test_acc")), last_grad_norm, min_acc)
 
 
