@@ -373,7 +373,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     try:
         lines += report_mechanism.mechanism_section(runs, out_dir, chosen_lr)
     except Exception as error:  # noqa: BLE001 - the report must be written whatever one run dir holds
-        lines += ["## Mechanism: channel scales and dead units", "",
+        lines += [report_mechanism.SECTION_HEADING, "",
                   f"_Not shown: the section could not be made ({type(error).__name__}: {first_line(str(error))})._", ""]
     if incomplete := [run for run in runs if not run.completed]:
         lines += ["## Runs that did not complete", "",

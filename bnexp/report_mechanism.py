@@ -24,6 +24,8 @@ from bnexp.report_plots import PlotResult, plt, save_figure, series_colors
 from bnexp.rundirs import as_float
 from bnexp.tables import model_table, write_csv
 
+# the report prints it also when the section could not be made
+SECTION_HEADING = "## Mechanism: channel scales and dead units"
 # Each MechanismPoint field: the suffix of the probe's keys it summarises, and how (over layers)
 POINT_SUMMARIES = {"xhat_max": ("/xhat_std_ratio", max), "spread_max": ("/out_std_ratio", max),
                    "dead_mean": ("/dead_frac", lambda values: sum(values) / len(values)),
@@ -173,7 +175,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | None) -> list[str]:
     """The report's markdown lines for the mechanism (its plots and mechanism.csv are written to out_dir)."""
-    lines = ["## Mechanism: channel scales and dead units", ""]
+    lines = [SECTION_HEADING, ""]
     points_of = {run.run_dir: mechanism_points(run) for run in runs}
     measured = sum(1 for points in points_of.values() if points)
     if not measured:
