@@ -313,7 +313,8 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
              report_plots.plot_init_grad_norms(runs, out_dir),
              report_plots.plot_edge_of_stability(edges, out_dir)]
 
-    reference_config = next((run.config for run in runs if run.config), {})
+    config_run = next((run for run in runs if run.config), None)  # the run whose config the report shows
+    reference_config = config_run.config if config_run else {}
     flat_reference = flatten(reference_config)
     headline = {key: flat_reference[key] for key in HEADLINE_CONFIG_KEYS if key in flat_reference}
 
@@ -326,7 +327,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         "## Made from", "", *provenance_markdown(provenance_counts(runs), len(runs)), "",
         "## Config", "",
         "Grid axes: variant, lr, seed" + (", model" if show_model else "") + ". Shared settings (from "
-        f"`{next((shown_path(run.run_dir) for run in runs if run.config), '-')}`):", "",
+        f"`{shown_path(config_run.run_dir) if config_run else '-'}`):", "",
         "```yaml", yaml.safe_dump(headline, sort_keys=False).strip() if headline else "# (no config found)", "```",
         "",
     ]
