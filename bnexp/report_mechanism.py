@@ -115,11 +115,10 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
 
 
 def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
-                               points_of: dict[Path, list[MechanismPoint]]) -> PlotResult:
+                               at_end: list[tuple[RunRecord, MechanismPoint]]) -> PlotResult:
     title = "Mechanism at the end against final test accuracy"
-    measured_and_finished = [run for run in runs if run.status == "finished" and points_of.get(run.run_dir)
-                             and as_float(run.summary.get("final_test_acc")) is not None]
-    rows = [(run, points_of[run.run_dir][-1]) for run in measured_and_finished]
+    rows = [(run, point) for run, point in at_end
+            if run.status == "finished" and as_float(run.summary.get("final_test_acc")) is not None]
     if not rows:
         return PlotResult(title, None, note="no finished run records both the mechanism metrics and a final accuracy")
     variants = sorted({run.variant for run, _ in rows}, key=variant_sort_key)
@@ -156,10 +155,9 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def mechanism_table(runs: list[RunRecord], points_of: dict[Path, list[MechanismPoint]]) -> list[dict]:
+def mechanism_table(at_end: list[tuple[RunRecord, MechanismPoint]]) -> list[dict]:
     """Per model x variant x lr, means over the runs that record the metrics, at each run's last measured step."""
-    measured = [(run, points_of[run.run_dir][-1]) for run in runs if points_of.get(run.run_dir)]
-    grouped = group_by(measured, lambda member: (member[0].model, member[0].variant, member[0].lr))
+    grouped = group_by(at_end, lambda member: (member[0].model, member[0].variant, member[0].lr))
     rows = []
     for model, variant, lr in sorted(grouped, key=lambda key: (key[0], variant_sort_key(key[1]), key[2])):
         members = grouped[(model, variant, lr)]
@@ -177,12 +175,14 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
     """The report's markdown lines for the mechanism (its plots and mechanism.csv are written to out_dir)."""
     lines = [SECTION_HEADING, ""]
     points_of = {run.run_dir: mechanism_points(run) for run in runs}
-    measured = sum(1 for points in points_of.values() if points)
+    # each run that records the metrics, with its last measured step: what the table and the accuracy plot show
+    at_end = [(run, points_of[run.run_dir][-1]) for run in runs if points_of[run.run_dir]]
+    measured = len(at_end)
     if not measured:
         return lines + ["_Not shown: no run records the mechanism metrics (`bn/<norm>/out_std_ratio`, "
                         "`act/<act>/dead_frac`, `act/<linear>/in_zero_frac`); these runs were made before the "
                         "probe measured them, or with `instrument.every=0`._", ""]
-    table = mechanism_table(runs, points_of)
+    table = mechanism_table(at_end)
     write_csv(out_dir / "mechanism.csv", list(table[0]), (row.values() for row in table))
     show_model = len({row["model"] for row in table}) > 1
     lines += [f"{measured} of {len(runs)} runs record the mechanism metrics"
@@ -199,6 +199,6 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
         "–" if row["final_test_acc"] is None else f"{100 * row['final_test_acc']:.1f}%"] for row in table]
     lines += [model_table(header, rows, show_model), ""]
     for plot in (plot_mechanism_over_training(runs, shared_lr, out_dir, points_of),
-                 plot_mechanism_vs_accuracy(runs, out_dir, points_of)):
+                 plot_mechanism_vs_accuracy(runs, out_dir, at_end)):
         lines += plot.markdown("Not shown")
     return lines
