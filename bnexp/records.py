@@ -81,6 +81,18 @@ class RunRecord:
         return [r for r in read_metrics(self.run_dir)
                 if r.get("kind", "step") == "step" and _is_finite_number(r.get("step"))]
 
+    @functools.cached_property
+    def grad_norms(self) -> GradNormTrajectory:
+        """grad_norm/global's trajectory (worked out once: the summary table and the edge of stability use it)."""
+        values = []
+        for record in sorted(self.step_records, key=lambda r: r["step"]):
+            if "grad_norm/global" in record:
+                value = as_float(record["grad_norm/global"])  # None for NaN
+                values.append(math.inf if value is None else value)
+        if not values:
+            return GradNormTrajectory(None, None, None)
+        return GradNormTrajectory(values[0], max(values[1:], default=None), values[-1])
+
 
 @dataclass
 class GradNormTrajectory:
@@ -93,17 +105,6 @@ class GradNormTrajectory:
     at_init: float | None
     peak_after_init: float | None
     last: float | None
-
-
-def grad_norm_trajectory(run: RunRecord) -> GradNormTrajectory:
-    values = []
-    for record in sorted(run.step_records, key=lambda r: r["step"]):
-        if "grad_norm/global" in record:
-            value = as_float(record["grad_norm/global"])  # None for NaN
-            values.append(math.inf if value is None else value)
-    if not values:
-        return GradNormTrajectory(None, None, None)
-    return GradNormTrajectory(values[0], max(values[1:], default=None), values[-1])
 
 
 def variant_label(config: dict[str, Any], summary: dict[str, Any]) -> str:
@@ -240,14 +241,6 @@ class GroupStats:
                                    for run in self.runs)
 
 
-def _interval_values(name: str, values: list[float], method: str) -> dict[str, Any]:
-    """<name>_n, <name>_ci_low/_ci_high (NaN when fewer than 2 values) and the interval's method."""
-    interval = intervals.mean_interval(values, method) if values else None
-    low, high = (interval.low, interval.high) if interval else (None, None)
-    return {f"{name}_n": len(values), f"{name}_ci_low": math.nan if low is None else low,
-            f"{name}_ci_high": math.nan if high is None else high, "interval": method}
-
-
 def accuracy_targets(runs: list[RunRecord]) -> list[str]:
     targets = {key for run in runs for key in (run.summary.get("steps_to_acc") or {})}
     return sorted(targets, key=lambda t: float(t))
@@ -273,6 +266,8 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
         diverged = [run for run in members if run.status == "diverged"]
         # Accuracy over seeds that finished without diverging; divergence is reported in its own column.
         accuracies = final_accuracies(members)
+        interval = intervals.mean_interval(accuracies, interval_method) if accuracies else None
+        has_interval = interval is not None and interval.has_interval  # no interval over fewer than 2 seeds
         best = _summary_numbers(finished, "best_test_acc")
         grad_norms = _summary_numbers(members, "max_grad_norm")
         completed = len(finished) + len(diverged)
@@ -281,7 +276,9 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
             "n_incomplete": len(members) - completed,
             "frac_diverged": len(diverged) / completed if completed else math.nan,
             "final_test_acc_mean": _mean(accuracies), "final_test_acc_std": _std(accuracies),
-            **_interval_values("final_test_acc", accuracies, interval_method),
+            "final_test_acc_n": len(accuracies),
+            "final_test_acc_ci_low": interval.low if has_interval else math.nan,
+            "final_test_acc_ci_high": interval.high if has_interval else math.nan, "interval": interval_method,
             "best_test_acc_mean": _mean(best),
             "n_below_min_acc": sum(a < min_acc for a in accuracies),
         }
@@ -291,11 +288,11 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
             values[f"steps_to_acc_{target}_mean"] = _mean(steps)
             values[f"steps_to_acc_{target}_reached"] = len(steps)
         values["max_grad_norm"] = max(grad_norms, default=math.nan)
-        trajectories = [(run, grad_norm_trajectory(run)) for run in members]
-        at_init = [t.at_init for _, t in trajectories if t.at_init is not None]
-        peaks = [t.peak_after_init for _, t in trajectories if t.peak_after_init is not None]
+        trajectories = [run.grad_norms for run in members]
+        at_init = [t.at_init for t in trajectories if t.at_init is not None]
+        peaks = [t.peak_after_init for t in trajectories if t.peak_after_init is not None]
         # the last value of a diverged run is its blow-up, already in the peak: average the finished runs
-        last = [t.last for run, t in trajectories if run.status == "finished" and t.last is not None]
+        last = [run.grad_norms.last for run in finished if run.grad_norms.last is not None]
         values["grad_norm_at_init_mean"] = _mean(at_init)
         values["grad_norm_peak_after_init_max"] = max(peaks, default=math.nan)
         values["grad_norm_last_mean"] = _mean(last)
@@ -351,6 +348,27 @@ def choose_shared_lr(groups: list[GroupStats], requested: float | None) -> float
     common = sorted(set.intersection(*lrs_by_variant.values())) or sorted({g.lr for g in groups})
     reference = "correct_bn" if "correct_bn" in lrs_by_variant else sorted(lrs_by_variant, key=variant_sort_key)[0]
     return max((g.lr for g in groups if g.variant == reference and g.stable and g.lr in common), default=common[0])
+
+
+def series_labeller(items: list) -> Callable[[Any], str]:
+    """How the plots label the series of a run, group or edge among `items`: its variant, or model/variant when
+    the items span several models."""
+    if len({item.model for item in items}) > 1:
+        return lambda item: f"{item.model}/{item.variant}"
+    return lambda item: item.variant
+
+
+def runs_by_series(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Runs grouped by their series label, in report order (by model, variant, then seed)."""
+    ordered = sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.seed is None, r.seed))
+    return group_by(ordered, series_labeller(runs))
+
+
+def runs_at_lr(runs: list[RunRecord], lr: float | None) -> dict[str, list[RunRecord]]:
+    """The runs at `lr` (the shared lr of the per-variant curve plots) by series; none when there is no such lr."""
+    if lr is None:
+        return {}
+    return runs_by_series([run for run in runs if math.isclose(run.lr, lr, rel_tol=1e-9)])
 
 
 @dataclass
@@ -436,7 +454,7 @@ NO_NORM = "no norm"
 def run_outcome(run: RunRecord, min_acc: float = DEFAULT_MIN_ACC) -> edge_search.Outcome | None:
     """How the run ended for the edge of stability: trains, diverged, collapsed, failed; None while unknown.
     A finished run's last `grad_norm/global` of exactly 0 (the network died) makes it collapsed."""
-    last_grad_norm = grad_norm_trajectory(run).last if run.status == "finished" else None
+    last_grad_norm = run.grad_norms.last if run.status == "finished" else None
     return edge_search.classify_run(run.status, as_float(run.summary.get("final_test_acc")), last_grad_norm, min_acc)
 
 

@@ -57,7 +57,7 @@ from bnexp.records import (
     varying_config_keys,
 )
 from bnexp.rundirs import COMPLETED_STATUSES, as_float, config_value, first_line, flatten
-from bnexp.tables import markdown_table, write_csv
+from bnexp.tables import markdown_table, model_table, write_csv
 
 HEADLINE_CONFIG_KEYS = ("model.name", "model.width", "data.name", "data.train_size", "data.test_size",
                         "optim.name", "optim.momentum", "optim.nesterov", "optim.weight_decay",
@@ -155,8 +155,8 @@ def _lr_text(lr: float | None, missing: str = "none") -> str:
 def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: bool,
                      interval_method: str = DEFAULT_INTERVAL_METHOD) -> str:
     show_incomplete = any(group.values["n_incomplete"] for group in groups)  # a column of blanks says nothing
-    header = (["model"] if show_model else []) + [
-        "variant", "lr", f"test acc % (mean [95% {INTERVAL_NAMES[interval_method]} interval])", "n", "diverged"]
+    header = ["model", "variant", "lr", f"test acc % (mean [95% {INTERVAL_NAMES[interval_method]} interval])",
+              "n", "diverged"]
     header += (["incomplete"] if show_incomplete else [])
     header += [f"steps to {float(t):.0%}" for t in targets]
     header += ["grad norm at step 0", "peak grad norm after step 0", "last grad norm"]
@@ -164,10 +164,9 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
     for group in groups:
         v = group.values
         completed = v["n_finished"] + v["n_diverged"]
-        row = ([group.model] if show_model else []) + [
-            group.variant, f"{group.lr:g}",
-            _fmt_acc(v["final_test_acc_mean"], v["final_test_acc_ci_low"], v["final_test_acc_ci_high"]),
-            str(v["final_test_acc_n"]), f"{v['n_diverged']}/{completed}" if completed else "–"]
+        row = [group.model, group.variant, f"{group.lr:g}",
+               _fmt_acc(v["final_test_acc_mean"], v["final_test_acc_ci_low"], v["final_test_acc_ci_high"]),
+               str(v["final_test_acc_n"]), f"{v['n_diverged']}/{completed}" if completed else "–"]
         if show_incomplete:
             row.append(str(v["n_incomplete"]) if v["n_incomplete"] else "")
         for target in targets:
@@ -175,31 +174,27 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
             row.append("–" if not reached else f"{mean:.0f} ({reached}/{v['n_finished']})")
         rows.append(row + [_fmt(v[key]) for key in ("grad_norm_at_init_mean", "grad_norm_peak_after_init_max",
                                                      "grad_norm_last_mean")])
-    return markdown_table(header, rows)
+    return model_table(header, rows, show_model)
 
 
 def stable_markdown(stable: list[StableLr], show_model: bool, min_acc: float = DEFAULT_MIN_ACC) -> str:
-    header = (["model"] if show_model else []) + ["variant", "largest stable lr", "smallest lr with a divergence",
-                                                  f"largest lr that trains (acc ≥ {100 * min_acc:g}%)"]
-    rows = []
-    for item in stable:
-        largest = _lr_text(item.largest_stable_lr) + (" (top of grid)" if item.stable_at_top_of_grid else "")
-        rows.append(([item.model] if show_model else []) + [
-            item.variant, largest, _lr_text(item.smallest_unstable_lr, missing="–"),
-            _lr_text(item.largest_training_lr)])
-    return markdown_table(header, rows)
+    header = ["model", "variant", "largest stable lr", "smallest lr with a divergence",
+              f"largest lr that trains (acc ≥ {100 * min_acc:g}%)"]
+    rows = [[item.model, item.variant,
+             _lr_text(item.largest_stable_lr) + (" (top of grid)" if item.stable_at_top_of_grid else ""),
+             _lr_text(item.smallest_unstable_lr, missing="–"), _lr_text(item.largest_training_lr)]
+            for item in stable]
+    return model_table(header, rows, show_model)
 
 
 def edge_markdown(edges: list[EdgeOfStability], show_model: bool) -> str:
-    header = (["model"] if show_model else []) + ["variant", "channels per statistic", "max stable lr",
-                                                  "bracket", "lrs tried"]
+    header = ["model", "variant", "channels per statistic", "max stable lr", "bracket", "lrs tried"]
     rows = []
     for edge in edges:
         channels = "–" if edge.channels_per_statistic is None else str(edge.channels_per_statistic)
-        rows.append(([edge.model] if show_model else []) + [edge.variant, channels, _lr_text(edge.max_stable_lr),
-                                                              edge.bracket.describe(),
-                                                              ", ".join(f"{lr:g}" for lr in edge.lrs_tried)])
-    return markdown_table(header, rows)
+        rows.append([edge.model, edge.variant, channels, _lr_text(edge.max_stable_lr), edge.bracket.describe(),
+                     ", ".join(f"{lr:g}" for lr in edge.lrs_tried)])
+    return model_table(header, rows, show_model)
 
 
 def differences_markdown(comparisons: list[Comparison], show_model: bool) -> list[str]:
@@ -318,7 +313,8 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
              report_plots.plot_init_grad_norms(runs, out_dir),
              report_plots.plot_edge_of_stability(edges, out_dir)]
 
-    reference_config = next((run.config for run in runs if run.config), {})
+    config_run = next((run for run in runs if run.config), None)  # the run whose config the report shows
+    reference_config = config_run.config if config_run else {}
     flat_reference = flatten(reference_config)
     headline = {key: flat_reference[key] for key in HEADLINE_CONFIG_KEYS if key in flat_reference}
 
@@ -331,7 +327,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         "## Made from", "", *provenance_markdown(provenance_counts(runs), len(runs)), "",
         "## Config", "",
         "Grid axes: variant, lr, seed" + (", model" if show_model else "") + ". Shared settings (from "
-        f"`{next((shown_path(run.run_dir) for run in runs if run.config), '-')}`):", "",
+        f"`{shown_path(config_run.run_dir) if config_run else '-'}`):", "",
         "```yaml", yaml.safe_dump(headline, sort_keys=False).strip() if headline else "# (no config found)", "```",
         "",
     ]
@@ -378,7 +374,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     try:
         lines += report_mechanism.mechanism_section(runs, out_dir, chosen_lr)
     except Exception as error:  # noqa: BLE001 - the report must be written whatever one run dir holds
-        lines += ["## Mechanism: channel scales and dead units", "",
+        lines += [report_mechanism.SECTION_HEADING, "",
                   f"_Not shown: the section could not be made ({type(error).__name__}: {first_line(str(error))})._", ""]
     if incomplete := [run for run in runs if not run.completed]:
         lines += ["## Runs that did not complete", "",

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bnexp.records import RunRecord, group_by, variant_sort_key
-from bnexp.report_plots import PlotResult, _colors, _runs_at_lr, _save, plt
+from bnexp.records import RunRecord, group_by, runs_at_lr, variant_sort_key
+from bnexp.report_plots import PlotResult, plt, save_figure, series_colors
 from bnexp.rundirs import as_float
-from bnexp.tables import markdown_table, write_csv
+from bnexp.tables import model_table, write_csv
 
+# the report prints it also when the section could not be made
+SECTION_HEADING = "## Mechanism: channel scales and dead units"
 # Each MechanismPoint field: the suffix of the probe's keys it summarises, and how (over layers)
 POINT_SUMMARIES = {"xhat_max": ("/xhat_std_ratio", max), "spread_max": ("/out_std_ratio", max),
                    "dead_mean": ("/dead_frac", lambda values: sum(values) / len(values)),
@@ -67,13 +69,13 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
     title = f"Channel-scale spread and dead units over training at lr={lr:g}" if lr is not None else \
         "Channel-scale spread and dead units over training"
     by_variant = {}
-    for variant, members in _runs_at_lr(runs, lr).items():
+    for variant, members in runs_at_lr(runs, lr).items():
         measured = [run for run in members if points_of.get(run.run_dir)]
         if measured:
             by_variant[variant] = measured
     if not by_variant:
         return PlotResult(title, None, note=f"no run at lr={lr} records the mechanism metrics")
-    colors = _colors(list(by_variant))
+    colors = series_colors(list(by_variant))
     panels = (("xhat_max", "channel std spread after normalising,\nbefore γ (max over norm layers)", True),
               ("spread_max", "largest / smallest channel output std\n(max over norm layers)", True),
               ("dead_mean", "dead units after activations\n(mean over layers)", False),
@@ -101,7 +103,7 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
         ax.xaxis.set_tick_params(labelbottom=True)
     axes[0][0].legend(fontsize=8)
     figure.suptitle(f"lr={lr:g}: one line per seed, dashed = diverged", fontsize=10)
-    path = _save(figure, out_dir / f"mechanism_lr{lr:g}.png")
+    path = save_figure(figure, out_dir / f"mechanism_lr{lr:g}.png")
     return PlotResult(title, path,
                       "Top left: the mixing itself, how unequal the channels are after subtracting and dividing by "
                       "their statistic, before γ (1 with per-channel statistics; with shared statistics the input "
@@ -113,16 +115,15 @@ def plot_mechanism_over_training(runs: list[RunRecord], lr: float | None, out_di
 
 
 def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
-                               points_of: dict[Path, list[MechanismPoint]]) -> PlotResult:
+                               at_end: list[tuple[RunRecord, MechanismPoint]]) -> PlotResult:
     title = "Mechanism at the end against final test accuracy"
-    measured_and_finished = [run for run in runs if run.status == "finished" and points_of.get(run.run_dir)
-                             and as_float(run.summary.get("final_test_acc")) is not None]
-    rows = [(run, points_of[run.run_dir][-1]) for run in measured_and_finished]
+    rows = [(run, point) for run, point in at_end
+            if run.status == "finished" and as_float(run.summary.get("final_test_acc")) is not None]
     if not rows:
         return PlotResult(title, None, note="no finished run records both the mechanism metrics and a final accuracy")
     variants = sorted({run.variant for run, _ in rows}, key=variant_sort_key)
     lrs = sorted({run.lr for run, _ in rows})
-    colors = _colors(variants)
+    colors = series_colors(variants)
     markers = {lr: LR_MARKERS[i % len(LR_MARKERS)] for i, lr in enumerate(lrs)}
     figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     panels = (("dead_mean", "dead units at the end (mean over activation layers)", False),
@@ -142,7 +143,7 @@ def plot_mechanism_vs_accuracy(runs: list[RunRecord], out_dir: Path,
     handles = [plt.Line2D([], [], color=colors[v], marker="o", ls="", label=v) for v in variants]
     handles += [plt.Line2D([], [], color="grey", marker=markers[lr], ls="", label=f"lr {lr:g}") for lr in lrs]
     axes[1].legend(handles=handles, fontsize=8, loc="best")
-    path = _save(figure, out_dir / "mechanism_vs_accuracy.png")
+    path = save_figure(figure, out_dir / "mechanism_vs_accuracy.png")
     left_out = sum(1 for run in runs if run.status == "diverged")
     return PlotResult(title, path, "One point per finished run: colour = variant, marker = lr. "
                       + (f"{left_out} diverged run(s) have no final accuracy and are not shown." if left_out else ""))
@@ -154,10 +155,9 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def mechanism_table(runs: list[RunRecord], points_of: dict[Path, list[MechanismPoint]]) -> list[dict]:
+def mechanism_table(at_end: list[tuple[RunRecord, MechanismPoint]]) -> list[dict]:
     """Per model x variant x lr, means over the runs that record the metrics, at each run's last measured step."""
-    measured = [(run, points_of[run.run_dir][-1]) for run in runs if points_of.get(run.run_dir)]
-    grouped = group_by(measured, lambda member: (member[0].model, member[0].variant, member[0].lr))
+    grouped = group_by(at_end, lambda member: (member[0].model, member[0].variant, member[0].lr))
     rows = []
     for model, variant, lr in sorted(grouped, key=lambda key: (key[0], variant_sort_key(key[1]), key[2])):
         members = grouped[(model, variant, lr)]
@@ -173,14 +173,16 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | None) -> list[str]:
     """The report's markdown lines for the mechanism (its plots and mechanism.csv are written to out_dir)."""
-    lines = ["## Mechanism: channel scales and dead units", ""]
+    lines = [SECTION_HEADING, ""]
     points_of = {run.run_dir: mechanism_points(run) for run in runs}
-    measured = sum(1 for points in points_of.values() if points)
+    # each run that records the metrics, with its last measured step: what the table and the accuracy plot show
+    at_end = [(run, points_of[run.run_dir][-1]) for run in runs if points_of[run.run_dir]]
+    measured = len(at_end)
     if not measured:
         return lines + ["_Not shown: no run records the mechanism metrics (`bn/<norm>/out_std_ratio`, "
                         "`act/<act>/dead_frac`, `act/<linear>/in_zero_frac`); these runs were made before the "
                         "probe measured them, or with `instrument.every=0`._", ""]
-    table = mechanism_table(runs, points_of)
+    table = mechanism_table(at_end)
     write_csv(out_dir / "mechanism.csv", list(table[0]), (row.values() for row in table))
     show_model = len({row["model"] for row in table}) > 1
     lines += [f"{measured} of {len(runs)} runs record the mechanism metrics"
@@ -189,14 +191,14 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
               "after the activations (mean over layers, and the deadest layer), the largest ratio of channel "
               "stds over the norm layers after normalising (x̂, before γ) and at the output, and the fraction of "
               "the head's inputs that are exactly 0.", ""]
-    header = ["variant", "lr", "runs", "dead (mean)", "dead (max layer)", "x̂-std spread", "out-std spread",
-              "head zero inputs", "final test acc"]
-    rows = [([row["model"]] if show_model else []) + [
-        row["variant"], f"{row['lr']:g}", str(row["n_runs"]),
+    header = ["model", "variant", "lr", "runs", "dead (mean)", "dead (max layer)", "x̂-std spread",
+              "out-std spread", "head zero inputs", "final test acc"]
+    rows = [[
+        row["model"], row["variant"], f"{row['lr']:g}", str(row["n_runs"]),
         *(_fmt(row[field], spec) for field, spec in TABLE_FIELDS.items()),
         "–" if row["final_test_acc"] is None else f"{100 * row['final_test_acc']:.1f}%"] for row in table]
-    lines += [markdown_table((["model"] if show_model else []) + header, rows), ""]
+    lines += [model_table(header, rows, show_model), ""]
     for plot in (plot_mechanism_over_training(runs, shared_lr, out_dir, points_of),
-                 plot_mechanism_vs_accuracy(runs, out_dir, points_of)):
+                 plot_mechanism_vs_accuracy(runs, out_dir, at_end)):
         lines += plot.markdown("Not shown")
     return lines

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 from bnexp.records import (ALL_CHANNELS, NO_NORM, EdgeOfStability, GroupStats, RunRecord,  # noqa: E402
-                           final_accuracies, group_by, variant_sort_key)
+                           final_accuracies, group_by, runs_at_lr, runs_by_series, series_labeller)
 from bnexp.rundirs import as_float  # noqa: E402
 
 LAYER_PREFIX = "grad_norm/"
@@ -55,35 +55,19 @@ def never_raises(title: str):
     return decorate
 
 
-def _series_name(model: str, variant: str, show_model: bool) -> str:
-    return f"{model}/{variant}" if show_model else variant
-
-
-def _colors(names: list[str]) -> dict[str, Any]:
+def series_colors(names: list[str]) -> dict[str, Any]:
+    """One colour per series name, in order (the report's plots share the palette)."""
     palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     return {name: palette(i % palette.N) for i, name in enumerate(names)}
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
+    """Lay the figure out, write it as the report's plots are written (110 dpi) and close it."""
     if figure.get_layout_engine() is None:  # a figure made with a layout (constrained) lays itself out
         figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
-
-
-def _runs_by_series(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
-    """Runs grouped by variant (model/variant when several models are compared), in report order."""
-    show_model = len({run.model for run in runs}) > 1
-    ordered = sorted(runs, key=lambda r: (r.model if show_model else "", variant_sort_key(r.variant),
-                                          r.seed is None, r.seed))
-    return group_by(ordered, lambda run: _series_name(run.model, run.variant, show_model))
-
-
-def _runs_at_lr(runs: list[RunRecord], lr: float | None) -> dict[str, list[RunRecord]]:
-    if lr is None:
-        return {}
-    return _runs_by_series([run for run in runs if math.isclose(run.lr, lr, rel_tol=1e-9)])
 
 
 def _seed_offsets(count: int, spread: float = 0.04) -> np.ndarray:
@@ -96,15 +80,14 @@ def _seed_offsets(count: int, spread: float = 0.04) -> np.ndarray:
 @never_raises("Test accuracy vs learning rate")
 def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float | None = None) -> PlotResult:
     title = "Test accuracy vs learning rate"
-    show_model = len({g.model for g in groups}) > 1
-    series = group_by(groups, lambda group: _series_name(group.model, group.variant, show_model))
+    series = group_by(groups, series_labeller(groups))
     if not series:
         return PlotResult(title, None, note="no runs with an lr")
     if not any(math.isfinite(g.values["final_test_acc_mean"]) or g.values["n_diverged"] for g in groups):
         return PlotResult(title, None, note="no run has finished or diverged yet: no accuracy to plot")
     method = next((g.values.get("interval") for g in groups if g.values.get("interval")), "t")
     method_name = {"t": "Student-t", "bootstrap": "bootstrap"}.get(method, method)
-    colors = _colors(list(series))
+    colors = series_colors(list(series))
     figure, axes = plt.subplots(figsize=(8, 5))
     marked_diverged = False
     # each series' seed points sit slightly apart on x, so that series at the same lr do not hide each other
@@ -134,7 +117,7 @@ def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float 
              title=f"mean with 95% {method_name} interval over non-diverged seeds; dots: single seeds")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    path = _save(figure, out_dir / "acc_vs_lr.png")
+    path = save_figure(figure, out_dir / "acc_vs_lr.png")
     return PlotResult(title, path, f"One line per variant: the mean final test accuracy over the seeds that "
                                    f"finished, with its 95% {method_name} interval as error bar (none for a "
                                    "single seed); the faint dots are the seeds themselves, and each variant is nudged "
@@ -147,7 +130,7 @@ def plot_accuracy_vs_lr(groups: list[GroupStats], out_dir: Path, min_acc: float 
 def plot_loss_curves(runs: list[RunRecord], lr: float | None, out_dir: Path) -> PlotResult:
     title = f"Training loss at lr={lr:g}" if lr is not None else "Training loss"
     curves: dict[str, list[tuple[np.ndarray, np.ndarray, str]]] = {}
-    for variant, members in _runs_at_lr(runs, lr).items():
+    for variant, members in runs_at_lr(runs, lr).items():
         for run in members:
             points = [(r["step"], as_float(r.get("train/loss"))) for r in run.step_records]
             points = [(s, v) for s, v in points if v is not None and math.isfinite(v) and v > 0]
@@ -156,7 +139,7 @@ def plot_loss_curves(runs: list[RunRecord], lr: float | None, out_dir: Path) -> 
                 curves.setdefault(variant, []).append((steps, losses, run.status))
     if not curves:
         return PlotResult(title, None, note=f"no `train/loss` step records in metrics.jsonl at lr={lr}")
-    colors = _colors(list(curves))
+    colors = series_colors(list(curves))
     figure, axes = plt.subplots(figsize=(8, 5))
     for variant, lines in curves.items():
         for index, (steps, losses, status) in enumerate(lines):
@@ -171,7 +154,7 @@ def plot_loss_curves(runs: list[RunRecord], lr: float | None, out_dir: Path) -> 
              title=f"lr={lr:g}; one line per seed, dashed + red × = diverged")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
-    path = _save(figure, out_dir / f"loss_curves_lr{lr:g}.png")
+    path = save_figure(figure, out_dir / f"loss_curves_lr{lr:g}.png")
     return PlotResult(title, path, "Per-step training loss of every seed, one colour per variant.")
 
 
@@ -207,7 +190,7 @@ def log_grad_norm_matrix(records: list[dict], layers: list[str]) -> np.ndarray:
 def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Path) -> PlotResult:
     title = f"Per-layer gradient norm over training at lr={lr:g}" if lr is not None else "Per-layer gradient norm"
     panels = []
-    for variant, members in _runs_at_lr(runs, lr).items():
+    for variant, members in runs_at_lr(runs, lr).items():
         for run in members:  # the lowest seed that has per-layer records
             records = run.step_records
             layers = list(dict.fromkeys(layer for record in records for layer in _layer_grad_norms(record)))
@@ -239,7 +222,7 @@ def plot_grad_norm_heatmaps(runs: list[RunRecord], lr: float | None, out_dir: Pa
         axes.set_title(f"{variant} (seed {seed})", fontsize=9)
     axes_list[-1, 0].set_xlabel("step")
     figure.colorbar(image, ax=axes_list[:, 0].tolist(), label="log10 grad norm", shrink=0.8)
-    return PlotResult(title, _save(figure, out_dir / f"grad_norm_heatmap_lr{lr:g}.png"),
+    return PlotResult(title, save_figure(figure, out_dir / f"grad_norm_heatmap_lr{lr:g}.png"),
                       "log10 of each layer's gradient norm (rows, in model order) over logged steps; one panel "
                       "per variant, shared colour scale. Black: exactly zero gradient (the network died); "
                       "blank: nothing logged (after a divergence).")
@@ -257,7 +240,7 @@ def _init_grad_norms(run: RunRecord) -> dict[str, float]:
 def plot_init_grad_norms(runs: list[RunRecord], out_dir: Path) -> PlotResult:
     title = "Per-layer gradient norm at initialisation"
     per_variant: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for series, members in _runs_by_series(runs).items():
+    for series, members in runs_by_series(runs).items():
         for run in members:
             for layer, value in _init_grad_norms(run).items():
                 per_variant[series][layer].append(value)
@@ -266,7 +249,7 @@ def plot_init_grad_norms(runs: list[RunRecord], out_dir: Path) -> PlotResult:
                                             "the first metrics record")
     layers = list(dict.fromkeys(layer for norms in per_variant.values() for layer in norms))
     variants = list(per_variant)
-    colors = _colors(variants)
+    colors = series_colors(variants)
     figure, axes = plt.subplots(figsize=(max(8, 0.3 * len(layers) + 3), 5))
     for variant in variants:
         # only the layers this variant has (no_bn has no norm layers), joined by one line
@@ -278,7 +261,7 @@ def plot_init_grad_norms(runs: list[RunRecord], out_dir: Path) -> PlotResult:
     axes.set_xticklabels(layers, rotation=70, ha="right", fontsize=7)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
-    path = _save(figure, out_dir / "init_grad_norms.png")
+    path = save_figure(figure, out_dir / "init_grad_norms.png")
     return PlotResult(title, path, "Gradient norm of each layer at the first step, averaged over every run of "
                                    "the variant (all lrs and seeds: at initialisation the lr has not acted yet).")
 
@@ -299,9 +282,8 @@ def plot_edge_of_stability(edges: list[EdgeOfStability], out_dir: Path) -> PlotR
                                             "(per-channel, channels_per_group, one statistic per layer or no norm)")
     order = _channel_axis_order(placed)
     position = {value: index for index, value in enumerate(order)}
-    show_model = len({e.model for e in placed}) > 1
-    names = [_series_name(e.model, e.variant, show_model) for e in placed]
-    colors = _colors(names)
+    names = list(map(series_labeller(placed), placed))
+    colors = series_colors(names)
     figure, axes = plt.subplots(figsize=(8, 5))
     at_position: dict[int, int] = defaultdict(int)
     floor_lr = min(lr for e in placed for lr in e.lrs_tried)
@@ -330,7 +312,7 @@ def plot_edge_of_stability(edges: list[EdgeOfStability], out_dir: Path) -> PlotR
              title="marker: max stable lr; bar up to the first lr that does not train")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    path = _save(figure, out_dir / "edge_of_stability.png")
+    path = save_figure(figure, out_dir / "edge_of_stability.png")
     left_out = [e.variant for e in edges if e.channels_per_statistic is None]
     caption = ("Per variant, the largest lr at which every seed trained (marker) and the bracket up to the first "
                "lr at which one did not (bar end); an arrow means it trained at every lr tried, a ▽ that none "

@@ -20,3 +20,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def model_table(header: list[str], rows: list[list[str]], show_model: bool) -> str:
+    """A markdown table whose first column, the model, is left out when the study has a single model."""
+    first = 0 if show_model else 1
+    return markdown_table(header[first:], [row[first:] for row in rows])

@@ -406,7 +406,7 @@ def test_accuracy_plot_draws_every_seed_and_the_interval(sweep_like_dir: Path, t
                                for segment in collection.get_segments())
         return report_plots.plt.close(figure)
 
-    monkeypatch.setattr(report_plots, "_save", keep_figure)
+    monkeypatch.setattr(report_plots, "save_figure", keep_figure)
     groups = records.aggregate(records.discover_runs([sweep_like_dir]))
     report_plots.plot_accuracy_vs_lr(groups, tmp_path)
     finished = {round(100 * acc, 6) for acc in (0.80, 0.84, 0.70, 0.74, 0.60, 0.50, 0.40, 0.75, 0.77, 0.65, 0.66)}
