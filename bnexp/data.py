@@ -202,8 +202,9 @@ def load_image_folder(path: str, cache_dir: str, workers: int | None = None, *, 
     cache_file = Path(cache_dir).expanduser() / f"{source_prefix}-{_source_fingerprint(source)}.npz"
     description = f"CIFAR-10 JPEG copy ({source.name})" if "jpeg" in source.name.lower() else \
         f"image folder ({source.name})"
-    # a writer killed mid-write (SIGKILL) leaves its temporary: this source's, under any fingerprint, go now
-    remove_stale_temporaries(cache_file.parent, f"{glob.escape(source_prefix)}-*.npz")
+    cache_pattern = f"{glob.escape(source_prefix)}-*.npz"  # this source's caches, under any fingerprint
+    # a writer killed mid-write (SIGKILL) leaves its temporary: this source's go now
+    remove_stale_temporaries(cache_file.parent, cache_pattern)
     cached = _read_cache(cache_file, description)
     if cached is not None:
         check_subset_sizes(len(cached.train), len(cached.test), train_size, test_size, source)
@@ -229,7 +230,7 @@ def load_image_folder(path: str, cache_dir: str, workers: int | None = None, *, 
         raise DatasetError(f"Could not decode an image of {str(source)!r}: {error}. Replace or remove that file, "
                            f"or use another source. {how_to_fix(source)}") from None
 
-    _write_cache(cache_file, train, test, class_names, source)
+    _write_cache(cache_file, cache_pattern, train, test, class_names, source)
     return Dataset(train, test, source=description)
 
 
@@ -246,7 +247,8 @@ def _read_cache(cache_file: Path, description: str) -> Dataset | None:
         return None
 
 
-def _write_cache(cache_file: Path, train: Split, test: Split, class_names: list[str], source: Path) -> None:
+def _write_cache(cache_file: Path, cache_pattern: str, train: Split, test: Split, class_names: list[str],
+                 source: Path) -> None:
     """Write to a temporary name, then rename: a killed run never leaves half a cache. Older caches of the
     same source (same resolved path, other fingerprints) are removed, since they no longer match it; caches of
     another source with the same file name are kept."""
@@ -259,8 +261,7 @@ def _write_cache(cache_file: Path, train: Split, test: Split, class_names: list[
     except OSError as error:
         raise DatasetError(f"Could not write the decoded-image cache {str(cache_file)!r}: {error}. "
                            "Point data.data_dir (or $BNEXP_DATA_DIR) at a writable folder.") from error
-    source_prefix = cache_file.name.rsplit("-", 1)[0]
-    for candidate in cache_file.parent.glob(f"{source_prefix}-*.npz"):
+    for candidate in cache_file.parent.glob(cache_pattern):
         if candidate != cache_file and len(candidate.name) == len(cache_file.name) and \
                 _cached_source_path(candidate) in (source_path, None):
             candidate.unlink(missing_ok=True)
@@ -305,8 +306,6 @@ def load_dataset(data_cfg) -> Dataset:
     if name == "cifar10":
         dataset = load_torchvision_cifar10(data_cfg.data_dir, data_cfg.get("download", True))
     elif name == "cifar10_folder":
-        if "path" not in data_cfg or not data_cfg["path"]:  # a DictConfig has no key whose value is ??? (unset)
-            raise DatasetError(f"data=cifar10_folder needs data.path. {how_to_fix(None)}")
         dataset = load_image_folder(data_cfg.path, data_cfg.data_dir, data_cfg.get("decode_workers"),
                                     train_size=train_size, test_size=test_size)
     elif name == "synthetic":

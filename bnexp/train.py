@@ -15,6 +15,11 @@ from bnexp.config import CONF_DIR, describe_composition_error
 from bnexp.orphan_guard import die_with_parent
 
 
+# A multirun's jobs as Hydra's basic launcher runs them, one after another in this process: run dir -> whether it
+# stopped on a user error. A failed job lets the others run; run_cli exits 2 after the last one.
+_multirun_job_failed: dict[str, bool] = {}
+
+
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     # imported here, not at the top: a command line Hydra refuses is answered without loading torch
@@ -24,13 +29,17 @@ def main(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
+    in_multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if in_multirun:
+        _multirun_job_failed[run_dir] = False
     try:
         summary = train(cfg, run_dir)
     except (DatasetError, ValueError, RunDirLocked) as error:
         # A user error: say what and how to fix, not a traceback. The run dir keeps a 'failed' summary, except
         # when it is locked: then it belongs to a live run, and nothing in it was touched.
         print(f"bnexp.train: error: {error}\n(run dir: {run_dir})", file=sys.stderr)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        if in_multirun:
+            _multirun_job_failed[run_dir] = True
             return  # one bad job must not abort the rest of a multirun
         sys.exit(2)
     except (RunInterrupted, KeyboardInterrupt) as error:
@@ -53,6 +62,7 @@ def run_cli() -> None:
     # Without it Hydra prints a composition error itself and exits 1; with it the error reaches us, and a bad
     # command line exits 2 with one line, like every other config error.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    _multirun_job_failed.clear()
     try:
         main()
     except Exception as error:  # noqa: BLE001 - sorted below: config errors get one line, crashes a traceback
@@ -62,6 +72,11 @@ def run_cli() -> None:
         if wants_traceback:
             traceback.print_exc()
         print(f"bnexp.train: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    failed_dirs = [run_dir for run_dir, failed in _multirun_job_failed.items() if failed]
+    if failed_dirs:
+        print(f"bnexp.train: error: {len(failed_dirs)} of {len(_multirun_job_failed)} multirun jobs failed (each "
+              f"one's error is above); their run dirs: {', '.join(failed_dirs)}", file=sys.stderr)
         sys.exit(2)
 
 

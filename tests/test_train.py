@@ -86,6 +86,23 @@ def test_cli_runs_and_reports_errors_without_traceback(tmp_path):
     assert "does not exist" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_multirun_runs_every_job_then_exits_2_naming_the_failed_ones(tmp_path):
+    """A job with a user error does not stop the others (basic launcher: jobs in this process), but the
+    multirun's exit code says that not all went well, with the count and the failed jobs' run dirs."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "bnexp.train", "-m", *TINY_RUN, "optim.lr=-1,0.05",
+                             f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=job${hydra.job.num}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    failed, finished = tmp_path / "job0", tmp_path / "job1"
+    assert json.loads((failed / "summary.json").read_text())["status"] == "failed"
+    assert json.loads((finished / "summary.json").read_text())["status"] == "finished"
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert re.search(r"^bnexp\.train: error: 1 of 2 multirun jobs failed", last_line), last_line
+    assert str(failed) in last_line and str(finished) not in last_line
+
+
 @pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.xz")
 def test_short_run_on_the_jpeg_archive(tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("cache")
