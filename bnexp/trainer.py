@@ -119,7 +119,7 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
             with stop.held():  # a kill during the first write lands after it, as a failed run
                 sinks.sinks.append(LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary))
             if stop.pending is not None:
-                raise stop.interruption(stop.pending)
+                raise stop.pending
             sinks.sinks.extend(extra_sinks or [])
             validate_train_config(cfg)
             # inside the try: a logger failure is a failed run
@@ -136,10 +136,9 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
             if stop.pending is not None and summary["status"] != "failed":
                 # the kill landed while the end was being written: the run did not end on its own. (Not failed
                 # means the try ran through, so the local sink exists.)
-                interrupted = stop.interruption(stop.pending)
-                summary.update(status="failed", error=_describe_failure(interrupted))
+                summary.update(status="failed", error=_describe_failure(stop.pending))
                 sinks.sinks[0].write_summary(summary)
-                raise interrupted
+                raise stop.pending
     if sink_errors:
         raise sink_errors[0]
     return summary
@@ -180,11 +179,11 @@ def _number_or_as_given(value, kind):
 
 class StopSignals:
     """While the run lives, SIGTERM raises RunInterrupted and SIGINT KeyboardInterrupt, wherever they land
-    (decode, a step, the evaluation). Inside `held()` (the summary writes) a signal is kept as `pending` instead,
-    so that no kill leaves a torn or stale summary behind; the caller raises it after the write."""
+    (decode, a step, the evaluation). Inside `held()` (the summary writes) the first one's exception is kept as
+    `pending` instead, so that no kill leaves a torn or stale summary behind; the caller raises it after the write."""
 
     def __init__(self):
-        self.pending: int | None = None
+        self.pending: BaseException | None = None
         self._holding = False
 
     def __enter__(self) -> "StopSignals":
@@ -204,15 +203,11 @@ class StopSignals:
         finally:
             self._holding = False
 
-    @staticmethod
-    def interruption(signum: int) -> BaseException:
-        return KeyboardInterrupt() if signum == signal.SIGINT else RunInterrupted(f"received signal {signum}")
-
     def _on_signal(self, signum, frame):
-        if self._holding:
-            self.pending = self.pending or signum
-        else:
-            raise self.interruption(signum)
+        interruption = KeyboardInterrupt() if signum == signal.SIGINT else RunInterrupted(f"received signal {signum}")
+        if not self._holding:
+            raise interruption
+        self.pending = self.pending or interruption
 
 
 def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
