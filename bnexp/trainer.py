@@ -175,7 +175,8 @@ def _number_or_as_given(value, kind):
 class StopSignals:
     """While the run lives, SIGTERM raises RunInterrupted and SIGINT KeyboardInterrupt, wherever they land
     (decode, a step, the evaluation). Inside `held()` (the summary writes) the first one's exception is kept as
-    `pending` instead, so that no kill leaves a torn or stale summary behind; the caller raises it after the write."""
+    `pending` instead, so that no kill leaves a torn or stale summary behind; the caller raises it after the
+    write."""
 
     def __init__(self):
         self.pending: BaseException | None = None
@@ -199,7 +200,8 @@ class StopSignals:
             self._holding = False
 
     def _on_signal(self, signum, frame):
-        interruption = KeyboardInterrupt() if signum == signal.SIGINT else RunInterrupted(f"received signal {signum}")
+        interruption = (KeyboardInterrupt() if signum == signal.SIGINT
+                        else RunInterrupted(f"received signal {signum}"))
         if not self._holding:
             raise interruption
         self.pending = self.pending or interruption
@@ -232,7 +234,7 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
     window = LogWindow(int(cfg.train.log_every), device, len(batches), cfg.divergence.loss_factor,
                        LossCurve(cfg.get("instrument")), probe)
 
-    # Loop state.
+    # Loop state and the progress bar.
     step, test_acc_by_step, epoch_seconds = 0, {}, []
     progress = tqdm(total=total_steps, unit="step", dynamic_ncols=True, mininterval=1.0,
                     desc=f"{cfg.variant.name}/{cfg.model.name} lr={cfg.optim.lr}")
