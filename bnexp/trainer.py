@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from bnexp.config import validate_train_config
-from bnexp.data import TrainBatches, eval_batches, load_dataset, normalize
+from bnexp.data import TrainBatches, eval_batches, load_dataset
 from bnexp.instrument import LossCurve, StabilityProbe
 from bnexp.models import build_model, stat_groups_by_layer
 from bnexp.provenance import provenance
 from bnexp.runlock import RunDirLock
 from bnexp.sinks import LocalSink, SinkGroup, logger_sinks
-from bnexp.step import LogWindow, TrainStep
+from bnexp.step import LogWindow, TrainStep, model_logits
 
 
 class RunInterrupted(Exception):
@@ -79,8 +79,7 @@ def evaluate(model, split, batch_size: int, amp: bool, memory_format) -> tuple[f
     loss_sum = torch.zeros((), device=split.images.device)
     correct = torch.zeros((), device=split.images.device, dtype=torch.long)
     for images, labels in eval_batches(split, batch_size):
-        with torch.autocast(split.images.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(normalize(images.contiguous(memory_format=memory_format)))
+        logits = model_logits(model, images, amp, memory_format)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
     model.train()
