@@ -215,13 +215,9 @@ def stat_groups_by_layer(model: nn.Module) -> dict[str, int]:
 
     Per-channel layers (bnexp's or torch's) report their channel count; a model without normalisation has none.
     """
-    groups = {}
-    for name, module in model.named_modules():
-        if isinstance(module, BatchNorm2d):
-            groups[name] = int(module.stat_groups)
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            groups[name] = int(module.num_features)
-    return groups
+    return {name: int(module.stat_groups if isinstance(module, BatchNorm2d) else module.num_features)
+            for name, module in model.named_modules()
+            if isinstance(module, (BatchNorm2d, nn.modules.batchnorm._BatchNorm))}
 
 
 def build_model(model_name: str, variant_norm: str, *, width: float = 1.0, stat_groups: int | None = None,

@@ -19,6 +19,14 @@ from bnexp.data import normalize
 from bnexp.instrument import LossCurve, StabilityProbe, to_host
 
 
+def model_logits(model: nn.Module, images: torch.Tensor, amp: bool,
+                 memory_format: torch.memory_format) -> torch.Tensor:
+    """The model's logits for a uint8 batch, in training and evaluation alike."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        # the layout copy on uint8 moves a quarter of the bytes of a float copy
+        return model(normalize(images.contiguous(memory_format=memory_format)))
+
+
 @dataclass
 class TrainStep:
     model: nn.Module
@@ -38,11 +46,8 @@ class TrainStep:
             probe.before_forward(step)
         # torch.compile does not follow per-step hooks: steps that measure activations run the eager module
         eager = self.compiled_model is None or (probe is not None and probe.measures_activations(step))
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            # the layout copy on uint8 moves a quarter of the bytes of a float copy
-            inputs = normalize(images.contiguous(memory_format=self.memory_format))
-            logits = (self.model if eager else self.compiled_model)(inputs)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        logits = model_logits(self.model if eager else self.compiled_model, images, self.amp, self.memory_format)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if probe is not None:

@@ -6,6 +6,7 @@ reads them back every `train.log_every` steps and at each epoch's end (the diver
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import time
@@ -16,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from bnexp.config import validate_train_config
-from bnexp.data import TrainBatches, eval_batches, load_dataset, normalize
+from bnexp.data import TrainBatches, eval_batches, load_dataset
 from bnexp.instrument import LossCurve, StabilityProbe
 from bnexp.models import build_model, stat_groups_by_layer
 from bnexp.provenance import provenance
 from bnexp.runlock import RunDirLock
 from bnexp.sinks import LocalSink, SinkGroup, logger_sinks
-from bnexp.step import LogWindow, TrainStep
+from bnexp.step import LogWindow, TrainStep, model_logits
 
 
 class RunInterrupted(Exception):
@@ -57,25 +58,19 @@ def build_optimizer(model: torch.nn.Module, optim_cfg: DictConfig) -> torch.opti
     params = list(model.parameters())
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": optim_cfg.weight_decay},
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    if optim_cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
     if optim_cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
-    # the schema refuses other names; this guards an optimizer added to the schema but not here
-    raise ValueError(f"unknown optimizer {optim_cfg.name!r}; use optim=sgd or optim=adamw")
+    # sgd: the schema allows no other optimizer
+    return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_frac: float, schedule: str) -> float:
-    """Linear warmup from 0, then cosine or linear decay to 0."""
+    """Linear warmup from 0, then cosine or linear decay to 0 (the schema allows no other schedule)."""
     warmup_steps = max(1, int(round(total_steps * warmup_frac)))
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return 1 - progress
-    raise ValueError(f"unknown schedule {schedule!r}; use optim.schedule=cosine or linear")
+    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
 
 
 @torch.no_grad()
@@ -84,8 +79,7 @@ def evaluate(model, split, batch_size: int, amp: bool, memory_format) -> tuple[f
     loss_sum = torch.zeros((), device=split.images.device)
     correct = torch.zeros((), device=split.images.device, dtype=torch.long)
     for images, labels in eval_batches(split, batch_size):
-        with torch.autocast(split.images.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(normalize(images.contiguous(memory_format=memory_format)))
+        logits = model_logits(model, images, amp, memory_format)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
     model.train()
@@ -119,7 +113,7 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
             with stop.held():  # a kill during the first write lands after it, as a failed run
                 sinks.sinks.append(LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary))
             if stop.pending is not None:
-                raise stop.interruption(stop.pending)
+                raise stop.pending
             sinks.sinks.extend(extra_sinks or [])
             validate_train_config(cfg)
             # inside the try: a logger failure is a failed run
@@ -136,10 +130,9 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
             if stop.pending is not None and summary["status"] != "failed":
                 # the kill landed while the end was being written: the run did not end on its own. (Not failed
                 # means the try ran through, so the local sink exists.)
-                interrupted = stop.interruption(stop.pending)
-                summary.update(status="failed", error=_describe_failure(interrupted))
+                summary.update(status="failed", error=_describe_failure(stop.pending))
                 sinks.sinks[0].write_summary(summary)
-                raise interrupted
+                raise stop.pending
     if sink_errors:
         raise sink_errors[0]
     return summary
@@ -180,11 +173,12 @@ def _number_or_as_given(value, kind):
 
 class StopSignals:
     """While the run lives, SIGTERM raises RunInterrupted and SIGINT KeyboardInterrupt, wherever they land
-    (decode, a step, the evaluation). Inside `held()` (the summary writes) a signal is kept as `pending` instead,
-    so that no kill leaves a torn or stale summary behind; the caller raises it after the write."""
+    (decode, a step, the evaluation). Inside `held()` (the summary writes) the first one's exception is kept as
+    `pending` instead, so that no kill leaves a torn or stale summary behind; the caller raises it after the
+    write."""
 
     def __init__(self):
-        self.pending: int | None = None
+        self.pending: BaseException | None = None
         self._holding = False
 
     def __enter__(self) -> "StopSignals":
@@ -204,15 +198,12 @@ class StopSignals:
         finally:
             self._holding = False
 
-    @staticmethod
-    def interruption(signum: int) -> BaseException:
-        return KeyboardInterrupt() if signum == signal.SIGINT else RunInterrupted(f"received signal {signum}")
-
     def _on_signal(self, signum, frame):
-        if self._holding:
-            self.pending = self.pending or signum
-        else:
-            raise self.interruption(signum)
+        interruption = (KeyboardInterrupt() if signum == signal.SIGINT
+                        else RunInterrupted(f"received signal {signum}"))
+        if not self._holding:
+            raise interruption
+        self.pending = self.pending or interruption
 
 
 def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
@@ -225,7 +216,7 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
     batches = TrainBatches(train_split, cfg.train.batch_size, cfg.train.augment_pad, cfg.train.augment_flip,
                            seed=cfg.seed)
 
-    # The model, its optimiser, the stability probe and the step that runs them.
+    # The model, its optimiser and lr schedule, the stability probe and the step that runs them.
     on_cuda = device.type == "cuda"
     amp = device_feature_enabled(cfg.train.amp, on_cuda)
     memory_format = torch.channels_last if device_feature_enabled(cfg.train.channels_last, on_cuda) \
@@ -233,15 +224,16 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
     model = model_from_config(cfg).to(device, memory_format=memory_format)
     step_model = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(model, cfg.optim)
+    total_steps, epoch_images = cfg.train.epochs * len(batches), len(batches) * cfg.train.batch_size
+    # the settings are bound once: OmegaConf lookups cost microseconds, and this runs every step
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        lr_multiplier, total_steps=total_steps, warmup_frac=cfg.optim.warmup_frac, schedule=cfg.optim.schedule))
     probe = StabilityProbe(model, cfg.get("instrument"))
     train_step = TrainStep(model, optimizer, probe, step_model, amp, memory_format, cfg.optim.label_smoothing)
     window = LogWindow(int(cfg.train.log_every), device, len(batches), cfg.divergence.loss_factor,
                        LossCurve(cfg.get("instrument")), probe)
 
-    # Loop state. OmegaConf lookups cost microseconds, so the per-step settings are read once.
-    total_steps, epoch_images = cfg.train.epochs * len(batches), len(batches) * cfg.train.batch_size
-    warmup_frac, schedule = cfg.optim.warmup_frac, cfg.optim.schedule
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    # Loop state and the progress bar.
     step, test_acc_by_step, epoch_seconds = 0, {}, []
     progress = tqdm(total=total_steps, unit="step", dynamic_ncols=True, mininterval=1.0,
                     desc=f"{cfg.variant.name}/{cfg.model.name} lr={cfg.optim.lr}")
@@ -251,14 +243,10 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
             epoch_loss = torch.zeros((), device=device)
             epoch_correct = torch.zeros((), device=device, dtype=torch.long)
             for batch_index, (images, labels) in enumerate(batches):
-                # Learning rate: linear warmup, then cosine or linear decay.
-                lr_scale = lr_multiplier(step, total_steps, warmup_frac, schedule)
-                for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base_lr * lr_scale
-
                 # Forward, backward, update: device work only. Each log record has its first step's grad_norm/global.
                 loss, correct = train_step(step, images, labels, global_grad_norm=window.empty)
-                window.add(step, loss, base_lrs[0] * lr_scale)
+                window.add(step, loss, optimizer.param_groups[0]["lr"])
+                lr_schedule.step()  # the next step's lr
                 epoch_loss += loss
                 epoch_correct += correct
                 step += 1

@@ -10,11 +10,9 @@
 bnexp/step.py is the caller: TrainStep runs the probe around each step, LogWindow reads its measurements back.
 """
 from bnexp.instrument.history import steps_to_accuracy
-from bnexp.instrument.hooks import FORWARD_STATS, ForwardHooks, ForwardStat, is_norm_layer
-from bnexp.instrument.layers import ParameterLayers, unwrap_model
+from bnexp.instrument.hooks import ForwardHooks, ForwardStat
 from bnexp.instrument.loss import LossCurve
-from bnexp.instrument.probe import Measurement, StabilityProbe, default_instrument_cfg, to_host
+from bnexp.instrument.probe import StabilityProbe, default_instrument_cfg, to_host
 
-__all__ = ["FORWARD_STATS", "ForwardHooks", "ForwardStat", "LossCurve", "Measurement", "ParameterLayers",
-           "StabilityProbe", "default_instrument_cfg", "is_norm_layer", "steps_to_accuracy", "to_host",
-           "unwrap_model"]
+__all__ = ["ForwardHooks", "ForwardStat", "LossCurve", "StabilityProbe", "default_instrument_cfg",
+           "steps_to_accuracy", "to_host"]

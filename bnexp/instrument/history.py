@@ -59,32 +59,28 @@ class MechanismHistory:
     `act/<linear>/in_zero_frac` values, summarised over layers for summary.json (non-finite values, e.g. of a
     diverging step, are left out)."""
 
-    SUFFIXES = {"dead_frac": ("act/", "/dead_frac"), "out_std_ratio": ("bn/", "/out_std_ratio"),
-                "gamma_ratio": ("bn/", "/gamma_ratio"), "xhat_std_ratio": ("bn/", "/xhat_std_ratio"),
-                "in_zero_frac": ("act/", "/in_zero_frac")}
+    # summary.json field: the prefix and suffix of the keys it summarises, and how (over layers)
+    FIELDS = {"final_dead_frac": ("act/", "/dead_frac", lambda values: sum(values) / len(values)),
+              "final_dead_frac_max": ("act/", "/dead_frac", max),
+              "final_out_std_ratio": ("bn/", "/out_std_ratio", max),
+              "final_gamma_ratio": ("bn/", "/gamma_ratio", max),
+              "final_xhat_std_ratio": ("bn/", "/xhat_std_ratio", max),
+              "final_zero_input_frac": ("act/", "/in_zero_frac", max)}
 
     def __init__(self):
-        self.latest: dict[str, list[float]] = {}
+        self.latest: dict[str, list[float]] = {}  # summary field -> the values it summarises
         self.step: int | None = None
 
     def add(self, record: Mapping[str, float]) -> None:
-        found = {name: [float(value) for key, value in record.items()
-                        if key.startswith(prefix) and key.endswith(suffix) and math.isfinite(float(value))]
-                 for name, (prefix, suffix) in self.SUFFIXES.items()}
+        found = {field: [float(value) for key, value in record.items()
+                         if key.startswith(prefix) and key.endswith(suffix) and math.isfinite(float(value))]
+                 for field, (prefix, suffix, _) in self.FIELDS.items()}
         if any(found.values()):
             self.latest, self.step = found, int(record["step"])
 
     def summary(self) -> dict:
-        def reduce(name, how):
-            values = self.latest.get(name)
-            return how(values) if values else None
-
-        return {"final_dead_frac": reduce("dead_frac", lambda values: sum(values) / len(values)),
-                "final_dead_frac_max": reduce("dead_frac", max),
-                "final_out_std_ratio": reduce("out_std_ratio", max),
-                "final_gamma_ratio": reduce("gamma_ratio", max),
-                "final_xhat_std_ratio": reduce("xhat_std_ratio", max),
-                "final_zero_input_frac": reduce("in_zero_frac", max),
+        return {**{field: how(self.latest[field]) if self.latest.get(field) else None
+                   for field, (_, _, how) in self.FIELDS.items()},
                 "final_mechanism_step": self.step}
 
 

@@ -165,25 +165,18 @@ class ForwardHooks:
         self.disarm()
         self._calls = {}
         for index, (stat, _name, module) in enumerate(self.watched):
-            if stat.reads == "input":
-                handle = module.register_forward_pre_hook(functools.partial(self._on_input, index))
-            else:
-                handle = module.register_forward_hook(functools.partial(self._on_output, index))
-            self._handles.append(handle)
+            register = module.register_forward_pre_hook if stat.reads == "input" else module.register_forward_hook
+            self._handles.append(register(functools.partial(self._measure, index)))
 
     def disarm(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
-    def _on_input(self, index: int, _module, inputs) -> None:
-        self._measure(index, inputs[0] if inputs else None)
-
-    def _on_output(self, index: int, _module, _inputs, output) -> None:
-        self._measure(index, output)
-
-    def _measure(self, index: int, tensor) -> None:
+    def _measure(self, index: int, _module, inputs, output=None) -> None:
+        """The hook of `watched[index]`: a forward pre-hook (called without `output`) or a forward hook."""
         stat, name, module = self.watched[index]
+        tensor = output if stat.reads == "output" else (inputs[0] if inputs else None)
         calls = self._calls.get(index, 0)
         # once per forward (weight sharing, checkpointing), unless the statistic wants every call
         if not torch.is_tensor(tensor) or (calls and not stat.each_call):

@@ -28,36 +28,35 @@ class ParameterLayers:
     def __init__(self, model: nn.Module):
         self.names: list[str] = []
         self.params: list[nn.Parameter] = []
-        self._layer_of_param: list[int] = []
+        layer_of_param: list[int] = []
         # named_parameters yields each parameter once (the first module that has it), a module's own together
         trainable = ((name, param) for name, param in model.named_parameters() if param.requires_grad)
         for module_name, owned in itertools.groupby(trainable, key=lambda item: item[0].rpartition(".")[0]):
             for _, param in owned:
                 self.params.append(param)
-                self._layer_of_param.append(len(self.names))
+                layer_of_param.append(len(self.names))
             self.names.append(module_name or "model")
-        # per (device, parameter selection): a fresh host-to-device copy on each measure step would wait for the GPU
+        self._layer_of_param = tuple(layer_of_param)
+        # per (device, layer ids): a fresh host-to-device copy on each measure step would wait for the GPU
         self._layer_index_cache: dict[tuple, torch.Tensor] = {}
         self._snapshot: list[torch.Tensor] | None = None
         self._snapshot_norms: torch.Tensor | None = None
 
-    def _per_layer(self, tensors: list[torch.Tensor], param_indices: tuple[int, ...] | None = None) -> torch.Tensor:
-        """sqrt(sum of squared tensor norms within each layer), as one fp32 vector; `param_indices` says which
-        parameters `tensors` belong to (None: all, in order)."""
+    def _per_layer(self, tensors: list[torch.Tensor], layer_ids: tuple[int, ...]) -> torch.Tensor:
+        """sqrt(sum of squared tensor norms within each layer), as one fp32 vector; `layer_ids`: each tensor's
+        layer (an index into `names`)."""
         norms = tensor_norms(tensors)
-        key = (norms.device, param_indices)
+        key = (norms.device, layer_ids)
         if key not in self._layer_index_cache:
-            layer_ids = self._layer_of_param if param_indices is None else \
-                [self._layer_of_param[i] for i in param_indices]
             self._layer_index_cache[key] = torch.tensor(layer_ids, dtype=torch.long, device=norms.device)
         squared = torch.zeros(len(self.names), dtype=torch.float32, device=norms.device)
         return squared.index_add_(0, self._layer_index_cache[key], norms.square()).sqrt()
 
     def grad_norms(self) -> torch.Tensor | None:
         """Per-layer gradient norms (a layer without gradients counts 0); None before any backward."""
-        with_grad = tuple(i for i, p in enumerate(self.params) if p.grad is not None)
-        selection = None if len(with_grad) == len(self.params) else with_grad
-        return self._per_layer([self.params[i].grad for i in with_grad], selection) if with_grad else None
+        with_grad = [i for i, p in enumerate(self.params) if p.grad is not None]
+        layer_ids = tuple(self._layer_of_param[i] for i in with_grad)
+        return self._per_layer([self.params[i].grad for i in with_grad], layer_ids) if with_grad else None
 
     def global_grad_norm(self) -> torch.Tensor | None:
         """The norm of all gradients together (one fused norm, no per-layer work); None before any backward."""
@@ -67,21 +66,21 @@ class ParameterLayers:
     def param_norms(self, keep_snapshot: bool) -> torch.Tensor:
         """Per-layer parameter norms; with `keep_snapshot`, also a copy of the parameters for `update_ratios`."""
         params = [p.detach() for p in self.params]
-        norms = self._per_layer(params)
+        norms = self._per_layer(params, self._layer_of_param)
         if keep_snapshot:
             self._snapshot = list(torch._foreach_mul(params, 1.0))  # a few fused copy kernels
             self._snapshot_norms = norms
         return norms
 
     def update_ratios(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(global, per layer) ||w_after - w_before|| / ||w_before|| against the snapshot, which it frees; None
+        """(per layer, global) ||w_after - w_before|| / ||w_before|| against the snapshot, which it frees; None
         without one."""
         if self._snapshot is None:
             return None
         deltas = torch._foreach_sub([p.detach() for p in self.params], self._snapshot)
-        update_norms, weight_norms = self._per_layer(deltas), self._snapshot_norms
+        update_norms, weight_norms = self._per_layer(deltas, self._layer_of_param), self._snapshot_norms
         self._snapshot = self._snapshot_norms = None
         # clamp: no 0/0 for zero-initialised layers
         per_layer = update_norms / weight_norms.clamp_min(1e-12)
         overall = update_norms.square().sum().sqrt() / weight_norms.square().sum().sqrt().clamp_min(1e-12)
-        return overall, per_layer
+        return per_layer, overall

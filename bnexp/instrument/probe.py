@@ -87,13 +87,9 @@ class StabilityProbe:
         with torch.no_grad():
             if self.is_measure_step(step):
                 self._step = step
-                grad_norms = self.layers.grad_norms()
-                if grad_norms is not None:
-                    self._add(["grad_norm/global"], grad_norms.square().sum().sqrt())
-                    self._add([f"grad_norm/{name}" for name in self.layer_names], grad_norms)
-                param_norms = self.layers.param_norms(keep_snapshot=self.record_update_ratio)
-                self._add(["param_norm/global"], param_norms.square().sum().sqrt())
-                self._add([f"param_norm/{name}" for name in self.layer_names], param_norms)
+                if (grad_norms := self.layers.grad_norms()) is not None:
+                    self._add_per_layer("grad_norm", grad_norms)
+                self._add_per_layer("param_norm", self.layers.param_norms(keep_snapshot=self.record_update_ratio))
             elif global_grad_norm and (norm := self.layers.global_grad_norm()) is not None:
                 self._step = step
                 self._add(["grad_norm/global"], norm)
@@ -101,14 +97,18 @@ class StabilityProbe:
     def after_optimizer_step(self, step: int) -> None:
         ratios = self.layers.update_ratios()  # frees the snapshot in any case
         if ratios is not None and self._step == step:
-            self._add(["update_ratio/global"], ratios[0])
-            self._add([f"update_ratio/{name}" for name in self.layer_names], ratios[1])
+            self._add_per_layer("update_ratio", *ratios)
         self._close_step()
 
     def _add(self, keys: list[str], values: torch.Tensor) -> None:
         if self._step is not None:
             self._keys.extend(keys)
             self._values.append(values.detach().float().reshape(-1))
+
+    def _add_per_layer(self, kind: str, per_layer: torch.Tensor, overall: torch.Tensor | None = None) -> None:
+        """`<kind>/global` (by default the norm of the per-layer values) and `<kind>/<layer>` for every layer."""
+        self._add([f"{kind}/global"], per_layer.square().sum().sqrt() if overall is None else overall)
+        self._add([f"{kind}/{name}" for name in self.layer_names], per_layer)
 
     def _close_step(self) -> None:
         """The measured step's values become one device vector, waiting to be taken."""
