@@ -58,19 +58,26 @@ def build_optimizer(model: torch.nn.Module, optim_cfg: DictConfig) -> torch.opti
     params = list(model.parameters())
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": optim_cfg.weight_decay},
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    if optim_cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
     if optim_cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
-    # sgd: the schema allows no other optimizer
-    return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
+    # the schema refuses other names; this guards an optimizer added to the schema but not here
+    raise ValueError(f"unknown optimizer {optim_cfg.name!r}; use optim=sgd or optim=adamw")
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_frac: float, schedule: str) -> float:
-    """Linear warmup from 0, then cosine or linear decay to 0 (the schema allows no other schedule)."""
+    """Linear warmup from 0, then cosine or linear decay to 0."""
     warmup_steps = max(1, int(round(total_steps * warmup_frac)))
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1 - progress
+    # as for the optimizer: a schedule the schema allows but this function lacks must not fall back silently
+    raise ValueError(f"unknown schedule {schedule!r}; use optim.schedule=cosine or linear")
 
 
 @torch.no_grad()
