@@ -68,16 +68,14 @@ def build_optimizer(model: torch.nn.Module, optim_cfg: DictConfig) -> torch.opti
 
 def lr_multiplier(step: int, total_steps: int, warmup_frac: float, schedule: str) -> float:
     """Linear warmup from 0, then cosine or linear decay to 0."""
+    # as for the optimizer: a schedule the schema allows but this function lacks must not fall back silently
+    if schedule not in ("cosine", "linear"):
+        raise ValueError(f"unknown schedule {schedule!r}; use optim.schedule=cosine or linear")
     warmup_steps = max(1, int(round(total_steps * warmup_frac)))
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return 1 - progress
-    # as for the optimizer: a schedule the schema allows but this function lacks must not fall back silently
-    raise ValueError(f"unknown schedule {schedule!r}; use optim.schedule=cosine or linear")
+    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
 
 
 @torch.no_grad()
