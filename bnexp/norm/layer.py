@@ -94,6 +94,10 @@ class BatchNorm2d(nn.Module):
                  *, stat_groups: int | None = None, affine_per_channel: bool = True,
                  backend: str = "auto", layer_name: str | None = None):
         super().__init__()
+        if stat_groups is not None and not float(stat_groups).is_integer():
+            raise ValueError(
+                f"stat_groups={stat_groups!r} is not a whole number of groups; pass an integer that divides "
+                f"num_features={num_features}, e.g. 1 (shared) or {num_features} (per-channel).")
         stat_groups = num_features if stat_groups is None else int(stat_groups)
         if num_features < 1:
             raise ValueError(f"num_features must be positive, got {num_features}")
