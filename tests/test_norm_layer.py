@@ -234,6 +234,14 @@ def test_stat_groups_must_divide_channels():
         BatchNorm2d(6, stat_groups=4)
 
 
+def test_stat_groups_must_be_a_whole_number():
+    """A fractional group count is an error, not truncated; an integral float (2.0) is that integer."""
+    with pytest.raises(ValueError, match=r"stat_groups=2\.5 is not a whole number.*divides num_features=8"):
+        BatchNorm2d(8, stat_groups=2.5)
+    layer = BatchNorm2d(8, stat_groups=2.0)
+    assert layer.stat_groups == 2 and isinstance(layer.stat_groups, int) and layer.running_mean.shape == (2,)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the kernels are compiled, not interpreted")
 def test_triton_backend_runs_cpu_tensors_in_the_interpreter():
     """With TRITON_INTERPRET=1 (tests/conftest.py, without a GPU) backend='triton' runs the kernels on CPU tensors,

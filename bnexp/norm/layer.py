@@ -24,33 +24,25 @@ _warned_fallback = False
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_triton_status() -> tuple[bool, str]:
+def _probe_triton() -> tuple[bool, bool, str]:
+    """(kernels interpreted, Triton usable on CUDA tensors, why not)."""
     try:
-        from bnexp.norm.triton_function import triton_status
+        from bnexp.norm import triton_function
     except Exception as error:  # an ImportError, or a broken Triton install
-        return False, f"bnexp.norm.triton_function failed to import: {error!r}"
-    return triton_status()
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_triton_interpreting() -> bool:
-    try:
-        from bnexp.norm.triton_function import kernels_interpreted
-    except Exception:
-        return False
-    return kernels_interpreted()
+        return False, False, f"bnexp.norm.triton_function failed to import: {error!r}"
+    return (triton_function.kernels_interpreted(), *triton_function.triton_status())
 
 
 # Both answers hold for the whole process (Triton fixes interpreter or compiled kernels at import) and are asked
 # on every forward of every layer: cached, and constants to torch.compile, which then neither traces nor guards them.
 @torch.compiler.assume_constant_result
 def _triton_status() -> tuple[bool, str]:
-    return _cached_triton_status()
+    return _probe_triton()[1:]
 
 
 @torch.compiler.assume_constant_result
 def _triton_interpreting() -> bool:
-    return _cached_triton_interpreting()
+    return _probe_triton()[0]
 
 
 def resolve_backend(requested: str, x: Tensor) -> str:
@@ -94,6 +86,10 @@ class BatchNorm2d(nn.Module):
                  *, stat_groups: int | None = None, affine_per_channel: bool = True,
                  backend: str = "auto", layer_name: str | None = None):
         super().__init__()
+        if stat_groups is not None and not float(stat_groups).is_integer():
+            raise ValueError(
+                f"stat_groups={stat_groups!r} is not a whole number of groups; pass an integer that divides "
+                f"num_features={num_features}, e.g. 1 (shared) or {num_features} (per-channel).")
         stat_groups = num_features if stat_groups is None else int(stat_groups)
         if num_features < 1:
             raise ValueError(f"num_features must be positive, got {num_features}")
