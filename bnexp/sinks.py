@@ -18,7 +18,8 @@ from bnexp.fileio import json_safe, write_json_atomic
 
 
 class LocalSink:
-    def __init__(self, run_dir: str | os.PathLike, resolved_config_yaml: str, initial_summary: dict):
+    def __init__(self, run_dir: str | os.PathLike, resolved_config_yaml: str, initial_summary: dict,
+                 extra_files: dict[str, str] | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.summary_path = self.run_dir / "summary.json"
@@ -28,6 +29,9 @@ class LocalSink:
             # the old run's W&B files would sit beside the new run's outputs, and a logger=wandb rerun adds its own
             shutil.rmtree(self.run_dir / "wandb", ignore_errors=True)
         (self.run_dir / "config.yaml").write_text(resolved_config_yaml)
+        for relative_path, text in (extra_files or {}).items():  # the CLI's Hydra copy, .hydra/*.yaml
+            (self.run_dir / relative_path).parent.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / relative_path).write_text(text)
         # Line-buffered, so a killed run keeps every line logged before the kill. "w": a new run in the same
         # dir (hydra.run.dir=... given twice) replaces the old run's metrics instead of appending to them.
         self._metrics = open(self.run_dir / "metrics.jsonl", "w", buffering=1)

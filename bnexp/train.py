@@ -8,7 +8,7 @@ import traceback
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import bnexp.config_schema  # noqa: F401  (registers the schemas conf/train.yaml extends)
 from bnexp.config import CONF_DIR, describe_composition_error
@@ -32,8 +32,13 @@ def main(cfg: DictConfig) -> None:
     in_multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if in_multirun:
         _multirun_job_failed[run_dir] = False
+    # Hydra's own record of the run (its output_subdir is off in conf/train.yaml), written once the run holds the
+    # dir: the config as composed, Hydra's settings, and the command line's overrides
+    hydra_files = {".hydra/config.yaml": OmegaConf.to_yaml(cfg),
+                   ".hydra/hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+                   ".hydra/overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
     try:
-        summary = train(cfg, run_dir)
+        summary = train(cfg, run_dir, extra_files=hydra_files)
     except (DatasetError, ValueError, RunDirLocked) as error:
         # A user error: say what and how to fix, not a traceback. The run dir keeps a 'failed' summary, except
         # when it is locked: then it belongs to a live run, and nothing in it was touched.

@@ -101,8 +101,10 @@ def run_summary_base(cfg: DictConfig, stat_groups: dict | None) -> dict:
             "stat_groups_by_layer": stat_groups, "provenance": provenance(cfg.get("device"))}
 
 
-def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dict:
-    """Train one run; returns its summary (also written to run_dir/summary.json).
+def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None,
+          extra_files: dict[str, str] | None = None) -> dict:
+    """Train one run; returns its summary (also written to run_dir/summary.json). `extra_files` (path in run_dir
+    -> text) are written beside config.yaml once the lock is held: the CLI's Hydra copy in .hydra/.
 
     The run holds run_dir's lock (bnexp/runlock.py) from before its first write to after its last: a second run
     into the same dir raises RunDirLocked and touches nothing there. A diverged run is a result (status
@@ -116,7 +118,7 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None) -> dic
         sinks = SinkGroup([])
         try:
             with stop.held():  # a kill during the first write lands after it, as a failed run
-                sinks.sinks.append(LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary))
+                sinks.sinks.append(LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary, extra_files))
             if stop.pending is not None:
                 raise stop.pending
             sinks.sinks.extend(extra_sinks or [])

@@ -104,6 +104,26 @@ def test_a_locked_dir_is_refused_in_process_and_left_untouched(tmp_path):
     assert run_status(tmp_path) == "finished"
 
 
+def test_the_cli_refused_by_a_held_dir_leaves_its_hydra_copy_alone_too(tmp_path):
+    # the live run's own record, .hydra/ included: Hydra used to write the refused run's copy over it
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 7\n")
+    (tmp_path / "summary.json").write_text('{"status": "running", "seed": 7}\n')
+    (tmp_path / "train.log").write_text("the live run's log\n")  # Hydra's log handler opens it to append
+    with RunDirLock(tmp_path):
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        refused = _train_process(tmp_path, "+variant=no_bn", *TINY_RUN, "seed=1")
+        _, err = refused.communicate(timeout=180)
+        assert refused.returncode == 2 and "in use by another run" in err, err
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    finished = _train_process(tmp_path, "+variant=no_bn", *TINY_RUN, "seed=1")  # free again: the CLI writes it all
+    _, err = finished.communicate(timeout=180)
+    assert finished.returncode == 0, err
+    assert "seed: 1\n" in (tmp_path / ".hydra" / "config.yaml").read_text()
+    assert "seed=1" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+    assert "output_dir: " + str(tmp_path) in (tmp_path / ".hydra" / "hydra.yaml").read_text()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # A run that died without writing its end
 # ----------------------------------------------------------------------------------------------------------------
