@@ -24,25 +24,33 @@ _warned_fallback = False
 
 
 @functools.lru_cache(maxsize=1)
-def _probe_triton() -> tuple[bool, bool, str]:
-    """(kernels interpreted, Triton usable on CUDA tensors, why not)."""
+def _cached_triton_status() -> tuple[bool, str]:
     try:
-        from bnexp.norm import triton_function
+        from bnexp.norm.triton_function import triton_status
     except Exception as error:  # an ImportError, or a broken Triton install
-        return False, False, f"bnexp.norm.triton_function failed to import: {error!r}"
-    return (triton_function.kernels_interpreted(), *triton_function.triton_status())
+        return False, f"bnexp.norm.triton_function failed to import: {error!r}"
+    return triton_status()
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_triton_interpreting() -> bool:
+    try:
+        from bnexp.norm.triton_function import kernels_interpreted
+    except Exception:
+        return False
+    return kernels_interpreted()
 
 
 # Both answers hold for the whole process (Triton fixes interpreter or compiled kernels at import) and are asked
 # on every forward of every layer: cached, and constants to torch.compile, which then neither traces nor guards them.
 @torch.compiler.assume_constant_result
 def _triton_status() -> tuple[bool, str]:
-    return _probe_triton()[1:]
+    return _cached_triton_status()
 
 
 @torch.compiler.assume_constant_result
 def _triton_interpreting() -> bool:
-    return _probe_triton()[0]
+    return _cached_triton_interpreting()
 
 
 def resolve_backend(requested: str, x: Tensor) -> str:
