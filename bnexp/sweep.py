@@ -206,14 +206,18 @@ class WorkerPlan:
 
 
 def _count_setting(sweep_cfg: DictConfig, key: str) -> int | None:
-    """sweep.<key> as a whole number; None for auto."""
+    """sweep.<key> as a whole number of at least 1; None for auto."""
     value = sweep_cfg.get(key, "auto")
     if value in (None, "auto"):
         return None
     try:
-        return int(value)
+        # a bool is an int to Python, and int() would cut 2.5 to 2: neither is what was asked for
+        count = None if isinstance(value, bool) or not float(value).is_integer() else int(float(value))
     except (TypeError, ValueError):
-        raise ValueError(f"sweep.{key}={value!r} must be a whole number or auto") from None
+        count = None
+    if count is None or count < 1:
+        raise ValueError(f"sweep.{key}={value!r} must be a whole number of at least 1, or auto")
+    return count
 
 
 def plan_workers(sweep_cfg: DictConfig, n_jobs: int) -> WorkerPlan:

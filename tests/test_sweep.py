@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from bnexp import sweep
 
@@ -211,11 +213,23 @@ def test_bad_sweep_name_is_a_clear_error():
     assert "bnexp.sweep: error" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_bad_worker_count_is_a_clear_error_before_any_status_is_written(tmp_path: Path):
-    result = run_sweep_cli([*FAKE, f"sweep.out_dir={tmp_path}", "sweep.gpus=[]", "sweep.workers=lots"])
+@pytest.mark.parametrize("value", ["lots", "2.5", "0"])
+def test_bad_worker_count_is_a_clear_error_before_any_status_is_written(tmp_path: Path, value: str):
+    result = run_sweep_cli([*FAKE, f"sweep.out_dir={tmp_path}", "sweep.gpus=[]", f"sweep.workers={value}"])
     assert result.returncode == 2
-    assert "sweep.workers='lots' must be a whole number or auto" in result.stderr and "Traceback" not in result.stderr
+    assert re.search(r"sweep\.workers=\S+ must be a whole number of at least 1, or auto", result.stderr), \
+        result.stderr
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "sweep_status.json").exists()
+
+
+@pytest.mark.parametrize("key, value", [("workers", True), ("workers", -3), ("workers", 2.5),
+                                        ("threads_per_worker", 0), ("threads_per_worker", -2)])
+def test_worker_counts_that_are_not_whole_and_positive_are_refused_not_rounded(key: str, value):
+    with pytest.raises(ValueError, match=rf"sweep\.{key}=.* must be a whole number of at least 1, or auto"):
+        sweep.plan_workers(OmegaConf.create({"gpus": [], key: value}), n_jobs=8)
+    plan = sweep.plan_workers(OmegaConf.create({"gpus": [], key: 2.0}), n_jobs=8)  # a whole float is that count
+    assert (plan.count if key == "workers" else plan.threads_per_worker) == 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
