@@ -15,9 +15,10 @@ from bnexp.config import CONF_DIR, describe_composition_error
 from bnexp.orphan_guard import die_with_parent
 
 
-# A multirun's jobs as Hydra's basic launcher runs them, one after another in this process: run dir -> whether it
-# stopped on a user error. A failed job lets the others run; run_cli exits 2 after the last one.
-_multirun_job_failed: dict[str, bool] = {}
+# A multirun's jobs as Hydra's basic launcher runs them, one after another in this process: (run dir, whether it
+# stopped on a user error), one entry per job, since jobs may share a dir. A failed job lets the others run;
+# run_cli exits 2 after the last one.
+_multirun_jobs: list[tuple[str, bool]] = []
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -30,8 +31,6 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
     in_multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if in_multirun:
-        _multirun_job_failed[run_dir] = False
     # Hydra's own record of the run (its output_subdir is off in conf/train.yaml), written once the run holds the
     # dir: the config as composed, Hydra's settings, and the command line's overrides
     hydra_files = {".hydra/config.yaml": OmegaConf.to_yaml(cfg),
@@ -44,7 +43,7 @@ def main(cfg: DictConfig) -> None:
         # when it is locked: then it belongs to a live run, and nothing in it was touched.
         print(f"bnexp.train: error: {error}\n(run dir: {run_dir})", file=sys.stderr)
         if in_multirun:
-            _multirun_job_failed[run_dir] = True
+            _multirun_jobs.append((run_dir, True))
             return  # one bad job must not abort the rest of a multirun
         sys.exit(2)
     except (RunInterrupted, KeyboardInterrupt) as error:
@@ -52,6 +51,8 @@ def main(cfg: DictConfig) -> None:
         print(f"bnexp.train: stopped ({type(error).__name__}: {error}); the run dir keeps the metrics logged "
               f"so far and a 'failed' summary.\n(run dir: {run_dir})", file=sys.stderr)
         sys.exit(143 if isinstance(error, RunInterrupted) else 130)
+    if in_multirun:
+        _multirun_jobs.append((run_dir, False))
     print(f"bnexp.train: {summary['status']} | best test acc {summary['best_test_acc']} | run dir {run_dir}")
 
 
@@ -67,7 +68,7 @@ def run_cli() -> None:
     # Without it Hydra prints a composition error itself and exits 1; with it the error reaches us, and a bad
     # command line exits 2 with one line, like every other config error.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    _multirun_job_failed.clear()
+    _multirun_jobs.clear()
     try:
         main()
     except Exception as error:  # noqa: BLE001 - sorted below: config errors get one line, crashes a traceback
@@ -78,9 +79,9 @@ def run_cli() -> None:
             traceback.print_exc()
         print(f"bnexp.train: error: {message}", file=sys.stderr)
         sys.exit(2)
-    failed_dirs = [run_dir for run_dir, failed in _multirun_job_failed.items() if failed]
+    failed_dirs = [run_dir for run_dir, failed in _multirun_jobs if failed]
     if failed_dirs:
-        print(f"bnexp.train: error: {len(failed_dirs)} of {len(_multirun_job_failed)} multirun jobs failed (each "
+        print(f"bnexp.train: error: {len(failed_dirs)} of {len(_multirun_jobs)} multirun jobs failed (each "
               f"one's error is above); their run dirs: {', '.join(failed_dirs)}", file=sys.stderr)
         sys.exit(2)
 

@@ -103,6 +103,17 @@ def test_multirun_runs_every_job_then_exits_2_naming_the_failed_ones(tmp_path):
     assert str(failed) in last_line and str(finished) not in last_line
 
 
+def test_multirun_counts_jobs_not_run_dirs(tmp_path):
+    """Jobs that share a run dir (a subdir without the job number) are still counted one by one."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "bnexp.train", "-m", *TINY_RUN, "optim.lr=-1,-2",
+                             f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=same"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert re.search(r"^bnexp\.train: error: 2 of 2 multirun jobs failed", last_line), last_line
+
+
 @pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.xz")
 def test_short_run_on_the_jpeg_archive(tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("cache")
