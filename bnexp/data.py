@@ -306,6 +306,9 @@ def load_dataset(data_cfg) -> Dataset:
     if name == "cifar10":
         dataset = load_torchvision_cifar10(data_cfg.data_dir, data_cfg.get("download", True))
     elif name == "cifar10_folder":
+        # the config check refuses this first; load_dataset called on its own (scripts, tests) must too
+        if "path" not in data_cfg or not data_cfg["path"]:  # a DictConfig has no key whose value is ??? (unset)
+            raise DatasetError(f"data=cifar10_folder needs data.path. {how_to_fix(None)}")
         dataset = load_image_folder(data_cfg.path, data_cfg.data_dir, data_cfg.get("decode_workers"),
                                     train_size=train_size, test_size=test_size)
     elif name == "synthetic":

@@ -88,12 +88,15 @@ class SinkGroup:
 
 def logger_sinks(cfg, run_dir, provenance: dict | None = None) -> list:
     """The extra sink chosen with `logger=`: none (local files only) or wandb (whose run config gets the
-    provenance under `bnexp_provenance`); the config check has already refused any other name.
+    provenance under `bnexp_provenance`).
 
     wandb is imported only here and only when asked for, so logger=none works without it installed.
     """
-    if cfg.logger.name == "none":
+    name = cfg.logger.name
+    if name == "none":
         return []
+    if name != "wandb":  # the schema refuses other names; this guards a logger added there but not here
+        raise ValueError(f"unknown logger {name!r}; use logger=none or logger=wandb")
     try:
         from bnexp.wandb_sink import WandbSink
     except ImportError as error:
