@@ -86,13 +86,17 @@ def test_cli_runs_and_reports_errors_without_traceback(tmp_path):
     assert "does not exist" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def _multirun(sweep_dir: Path, lrs: str, subdir: str) -> subprocess.CompletedProcess:
+    """`python -m bnexp.train -m` of the tiny run over `lrs`, with Hydra's basic launcher."""
+    return subprocess.run([sys.executable, "-m", "bnexp.train", "-m", *TINY_RUN, f"optim.lr={lrs}",
+                           f"hydra.sweep.dir={sweep_dir}", f"hydra.sweep.subdir={subdir}"], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+
+
 def test_multirun_runs_every_job_then_exits_2_naming_the_failed_ones(tmp_path):
     """A job with a user error does not stop the others (basic launcher: jobs in this process), but the
     multirun's exit code says that not all went well, with the count and the failed jobs' run dirs."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "bnexp.train", "-m", *TINY_RUN, "optim.lr=-1,0.05",
-                             f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=job${hydra.job.num}"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = _multirun(tmp_path, "-1,0.05", "job${hydra.job.num}")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     failed, finished = tmp_path / "job0", tmp_path / "job1"
@@ -105,10 +109,7 @@ def test_multirun_runs_every_job_then_exits_2_naming_the_failed_ones(tmp_path):
 
 def test_multirun_counts_jobs_not_run_dirs(tmp_path):
     """Jobs that share a run dir (a subdir without the job number) are still counted one by one."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "bnexp.train", "-m", *TINY_RUN, "optim.lr=-1,-2",
-                             f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=same"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = _multirun(tmp_path, "-1,-2", "same")
     assert result.returncode == 2, result.stderr[-3000:]
     last_line = result.stderr.strip().splitlines()[-1]
     assert re.search(r"^bnexp\.train: error: 2 of 2 multirun jobs failed", last_line), last_line
