@@ -1,6 +1,6 @@
 """Cost of stability instrumentation: the trainer's own step and log window with the probe on vs off.
 
-Both arms run the trainer's `TrainStep` and `LogWindow` (bnexp/step.py) in one process, on the same model and
+Both arms run the trainer's `TrainStep` and `LogWindow` (bnexp/train/step.py) in one process, on the same model and
 batches, interleaved in blocks of `every` steps (each instrumented block holds exactly one measure step, like a real
 run), so drift in machine speed affects both arms alike. Both arms read their losses back every `log_every` steps
 as the trainer does; the instrumented arm's window also brings the probe's measurements back in that transfer.
@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bnexp.data import make_synthetic  # noqa: E402
+from bnexp.data.sources import make_synthetic  # noqa: E402
 from bnexp.instrument import LossCurve, StabilityProbe, default_instrument_cfg  # noqa: E402
 from bnexp.models import build_model  # noqa: E402
-from bnexp.step import LogWindow, TrainStep  # noqa: E402
+from bnexp.train.step import LogWindow, TrainStep  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

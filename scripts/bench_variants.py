@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bnexp.data import make_synthetic  # noqa: E402
+from bnexp.data.sources import make_synthetic  # noqa: E402
 from bnexp.models import build_model  # noqa: E402
-from bnexp.provenance import device_name  # noqa: E402
-from bnexp.step import TrainStep  # noqa: E402
+from bnexp.runs.provenance import device_name  # noqa: E402
+from bnexp.train.step import TrainStep  # noqa: E402
 
 # (label, norm kind, stat_groups, backend)
 VARIANTS = [("torch_bn", "torch", None, "torch"), ("correct_bn", "per_channel", None, "auto"),

@@ -10,7 +10,7 @@
 # Sections:
 #   1. CUDA tests: the Triton kernels (fp32/fp16/bf16, both layouts, torch.compile), the layer against
 #      nn.BatchNorm2d for every option, and the trainer with variant.backend=triton against backend=torch for
-#      every variant, channels_last, bf16 autocast and torch.compile (tests/test_trainer_backends.py)
+#      every variant, channels_last, bf16 autocast and torch.compile (tests/norm/test_backends_in_training.py)
 #   2. every variant through `python -m bnexp.train` on CUDA at a real size (scripts/gpu_train_smoke.sh)
 #   3. scripts/bench_bn.py: the kernel benchmark, with the time that is left
 #   4. scripts/bn_host_probe.py: host time per call against kernel time, if time is left
@@ -40,18 +40,18 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 
 fi
 
 # ---- 1. CUDA tests ---------------------------------------------------------------------------------------------
-TESTS=(tests/test_triton_bn.py tests/test_norm_layer.py)
+TESTS=(tests/norm/test_triton_kernels.py tests/norm/test_norm_layer.py)
 if python -c "import hypothesis" 2>/dev/null; then
-  TESTS+=(tests/test_norm_options.py)
+  TESTS+=(tests/norm/test_norm_options.py)
 else
-  echo "== left out tests/test_norm_options.py: hypothesis is missing (bring .gpu/ from scripts/gpu_prepare.sh)"
+  echo "== left out tests/norm/test_norm_options.py: hypothesis is missing (bring .gpu/ from scripts/gpu_prepare.sh)"
   status=1
 fi
 if python -c "import hydra, omegaconf" 2>/dev/null; then
-  TESTS+=(tests/test_trainer_backends.py)
+  TESTS+=(tests/norm/test_backends_in_training.py)
   HAVE_HYDRA=1
 else
-  echo "== left out tests/test_trainer_backends.py and the trainer runs: hydra-core is missing (bring .gpu/)"
+  echo "== left out tests/norm/test_backends_in_training.py and the trainer runs: hydra-core is missing (bring .gpu/)"
   HAVE_HYDRA=""
   status=1
 fi

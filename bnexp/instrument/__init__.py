@@ -7,7 +7,7 @@
 - `history.py`: the host-side gradient-norm and mechanism history and the summary fields derived from it;
 - `loss.py`: loss spikes and the loss AUC, from the losses the trainer reads back.
 
-bnexp/step.py is the caller: TrainStep runs the probe around each step, LogWindow reads its measurements back.
+bnexp/train/step.py is the caller: TrainStep runs the probe around each step, LogWindow reads its measurements back.
 """
 from bnexp.instrument.history import steps_to_accuracy
 from bnexp.instrument.hooks import ForwardHooks, ForwardStat

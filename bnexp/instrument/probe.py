@@ -16,8 +16,8 @@ from typing import Any, Iterable, Mapping, NamedTuple
 import torch
 from torch import nn
 
-from bnexp.config import default_instrument_cfg
-from bnexp.rundirs import config_value
+from bnexp.config.compose import default_instrument_cfg
+from bnexp.config.keys import config_value
 from bnexp.instrument.history import GradNormHistory, MechanismHistory, steps_to_accuracy
 from bnexp.instrument.hooks import ForwardHooks
 from bnexp.instrument.layers import ParameterLayers, unwrap_model

@@ -1,0 +1,6 @@
+"""`python -m bnexp.dashboard`: see bnexp/dashboard/workspace.py."""
+import sys
+
+from bnexp.dashboard.workspace import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""W&B faults: an unreachable host falls back to offline at logger.init_timeout and leaves one run dir; a rerun
+into a run dir does not keep the previous run's wandb/ folder."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import repo_env
+
+pytest.importorskip("wandb")
+
+
+FALLBACK_SCRIPT = """
+import sys, time
+from omegaconf import OmegaConf
+from bnexp.train.wandb_sink import WandbSink
+cfg = OmegaConf.create({"variant": {"name": "no_bn"}, "model": {"name": "airbench"}, "optim": {"lr": 0.1}, "seed": 0,
+                        "logger": {"name": "wandb", "project": "bnexp-test", "mode": "online",
+                                   "init_timeout": float(sys.argv[2])}})
+
+
+class Stamped:
+    '''stderr that notes when the fallback message is written'''
+    def __init__(self, stream):
+        self.stream, self.fallback_after = stream, None
+    def write(self, text):
+        if "online init failed" in text and self.fallback_after is None:
+            self.fallback_after = time.monotonic() - started
+        return self.stream.write(text)
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+sys.stderr = stamped = Stamped(sys.stderr)
+started = time.monotonic()
+sink = WandbSink(cfg, sys.argv[1])
+sink.log_step({"step": 0, "train/loss": 1.5})
+sink.finish({"status": "finished"})
+print("MODE", sink.mode, "FALLBACK_AFTER", stamped.fallback_after)
+"""
+
+
+def closed_port() -> int:
+    """A localhost port nothing listens on (bound, then released): connections to it are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_host_falls_back_at_the_init_timeout_and_leaves_one_run_dir(tmp_path):
+    """Before: two account lookups of 5 s each ran before the init timeout started, and the failed online attempt
+    left its own run-* dir beside the offline one."""
+    init_timeout = 3.0
+    env = repo_env({"WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}", "WANDB_API_KEY": "b" * 40})
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID"):
+        env.pop(name, None)
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(run_dir), str(init_timeout)], env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mode_line = next(line for line in result.stdout.splitlines() if line.startswith("MODE"))
+    _, mode, _, fallback_after = mode_line.split()
+    assert mode == "offline"
+    # the timeout, plus starting wandb's service process (about a second; more on a busy machine)
+    assert float(fallback_after) < init_timeout + 5, f"fell back after {fallback_after} s"
+    runs = sorted(path.name for path in (run_dir / "wandb").iterdir() if path.is_dir() and not path.is_symlink())
+    assert len(runs) == 1 and runs[0].startswith("offline-run-"), runs
+
+
+def test_a_rerun_into_a_run_dir_replaces_the_previous_runs_wandb_folder(tmp_path, capsys):
+    from bnexp.train.sinks import LocalSink
+
+    fresh = tmp_path / "fresh"
+    (fresh / "wandb" / "offline-run-x").mkdir(parents=True)  # W&B files of no bnexp run: not bnexp's to remove
+    LocalSink(fresh, "x: 1\n", {"status": "running"}).finish({"status": "finished"})
+    assert (fresh / "wandb" / "offline-run-x").is_dir()
+
+    rerun = tmp_path / "rerun"
+    old_run = rerun / "wandb" / "offline-run-20260101_000000-abcd1234"
+    old_run.mkdir(parents=True)
+    (old_run / "run-abcd1234.wandb").write_bytes(b"old")
+    (rerun / "summary.json").write_text(json.dumps({"status": "finished"}))
+    LocalSink(rerun, "x: 2\n", {"status": "running"}).finish({"status": "finished"})
+    assert not (rerun / "wandb").exists()
+    assert "wandb/ are being replaced" in capsys.readouterr().err
