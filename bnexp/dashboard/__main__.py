@@ -1,6 +1,6 @@
-"""`python -m bnexp.dashboard`: see bnexp/dashboard/workspace.py."""
+"""`python -m bnexp.dashboard`: see bnexp/dashboard/cli.py."""
 import sys
 
-from bnexp.dashboard.workspace import main
+from bnexp.dashboard.cli import main
 
 sys.exit(main())

@@ -1,6 +1,7 @@
 """The dashboard spec: plain data (sections of panels, the keys they read, the grouping), no wandb.
 
-bnexp/dashboard/workspace.py builds it and turns it into W&B objects; bnexp/dashboard/preview.py draws it locally.
+bnexp/dashboard/panels.py builds it, bnexp/dashboard/workspace.py turns it into W&B objects and
+bnexp/dashboard/preview.py draws it locally.
 """
 from __future__ import annotations
 

@@ -15,8 +15,10 @@ pytest.importorskip("wandb_workspaces")
 # wandb-workspaces 0.4.13 still declares pydantic-v1 validators; its import warns about that, not about bnexp.
 pytestmark = pytest.mark.filterwarnings("ignore:Pydantic V1 style:DeprecationWarning")
 
-from bnexp.dashboard import workspace as dashboard  # noqa: E402
-from bnexp.dashboard.workspace import build_report, build_spec, build_workspace, main, missing_keys  # noqa: E402
+from bnexp.dashboard.check import flatten_keys, missing_keys  # noqa: E402
+from bnexp.dashboard.cli import main  # noqa: E402
+from bnexp.dashboard.panels import LAYER_GRAD_NORM_REGEX, build_spec  # noqa: E402
+from bnexp.dashboard.workspace import build_report, build_workspace  # noqa: E402
 from tests.helpers import REPO, TINY_RUN, repo_env  # noqa: E402
 from tests.support.wandb_offline import read_finished_run  # noqa: E402
 
@@ -47,7 +49,7 @@ def logged_run(tmp_path_factory):
     assert run["exit_code"] == 0
     return {
         "history": {key for row in run["history"] for key in row},
-        "summary": dashboard.flatten_keys(run["summary"]),
+        "summary": flatten_keys(run["summary"]),
         "config": run["config"],
         "run": run["run"],
         "run_dir": root / "run",
@@ -86,7 +88,7 @@ def test_regexes_select_one_family_of_logged_keys(logged_run):
         prefix = panel.regex.lstrip("^").split("/")[0] + "/"
         assert matched and all(key.startswith(prefix) for key in matched), panel.regex
         assert not any(key.endswith("/global") for key in matched), panel.regex  # the global norm has its own panel
-    layer_keys = {key for key in logged if re.search(dashboard.LAYER_GRAD_NORM_REGEX, key)}
+    layer_keys = {key for key in logged if re.search(LAYER_GRAD_NORM_REGEX, key)}
     assert layer_keys == {key for key in logged if key.startswith("grad_norm/") and key != "grad_norm/global"}
 
 
