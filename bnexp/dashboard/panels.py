@@ -147,10 +147,11 @@ def _describe_grid(runs: list | None, sweep_name: str) -> tuple[str, str]:
     # The name is a --tag/--group from the command line, which no config schema checks: only a plain file name may
     # pick a file, so that a tag such as ../x never reads outside conf/sweep/.
     if sweep_name and re.fullmatch(r"[\w.-]+", sweep_name) and sweep_file.is_file():
-        from omegaconf import OmegaConf
+        from bnexp.sweep.runner import compose_sweep_config
 
-        sweep = OmegaConf.load(sweep_file)
-        data = [o for o in (sweep.train_overrides or []) if str(o).startswith("data")] or ["data=cifar10 (default)"]
+        # Composed as the sweep composes it: most sweep files take their seeds and data from a recipe's defaults.
+        sweep = compose_sweep_config([f"sweep={sweep_name}"])
+        data = [o for o in (sweep.get("train_overrides") or []) if str(o).startswith("data")] or ["data=cifar10 (default)"]
         grid = f"`conf/sweep/{sweep_name}.yaml`: {_grid_sentence(list(sweep.variants), sweep.lrs, sweep.seeds)}."
         return grid, "Data: " + ", ".join(f"`{o}`" for o in data) + " (the runs' `data_source` summary field says "\
             "which copy each used)."

@@ -244,6 +244,18 @@ def test_report_grid_and_stable_lr_table_from_local_runs(logged_run):
     assert "| grouped_bn_g2 |" in stable
 
 
+def test_report_grid_from_a_sweep_config_that_takes_its_seeds_and_data_from_a_recipe():
+    from omegaconf import OmegaConf
+
+    from bnexp.config.compose import CONF_DIR
+
+    recipe = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sweep" / "recipe" / "cpu_study.yaml"))
+    text = build_spec(report_filter={"tag": "cpu_study"}).report.text
+    assert "`conf/sweep/cpu_study.yaml`: 4 variants (correct_bn, grouped_bn_g2, shared_bn, no_bn)" in text
+    assert f"x {len(recipe['seeds'])} seeds" in text
+    assert all(f"`{override}`" in text for override in recipe["train_overrides"] if override.startswith("data"))
+
+
 def test_preview_draws_local_runs(logged_run, tmp_path, capsys):
     out = tmp_path / "preview.png"
     assert main(["--runs", str(logged_run["run_dir"]), "--preview", str(out)]) == 0
