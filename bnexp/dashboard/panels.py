@@ -151,7 +151,8 @@ def _describe_grid(runs: list | None, sweep_name: str) -> tuple[str, str]:
 
         # Composed as the sweep composes it: most sweep files take their seeds and data from a recipe's defaults.
         sweep = compose_sweep_config([f"sweep={sweep_name}"])
-        data = [o for o in (sweep.get("train_overrides") or []) if str(o).startswith("data")] or ["data=cifar10 (default)"]
+        overrides = sweep.get("train_overrides") or []
+        data = [o for o in overrides if str(o).startswith("data")] or ["data=cifar10 (default)"]
         grid = f"`conf/sweep/{sweep_name}.yaml`: {_grid_sentence(list(sweep.variants), sweep.lrs, sweep.seeds)}."
         return grid, "Data: " + ", ".join(f"`{o}`" for o in data) + " (the runs' `data_source` summary field says "\
             "which copy each used)."
