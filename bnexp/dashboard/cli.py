@@ -30,7 +30,8 @@ def describe(spec: DashboardSpec) -> str:
     lines = [f"workspace {spec.workspace_name!r} in {spec.entity or '<default entity>'}/{spec.project}, "
              f"grouped by {group_text} ({grouping.aggregate}, {grouping.band} band){lr_text}"]
     for index, section in enumerate(spec.sections, 1):
-        lines.append(f"  {index}. {section.name}")
+        only_when = f" (runs with {section.logged_when} > 0)" if section.logged_when else ""
+        lines.append(f"  {index}. {section.name}{only_when}")
         for panel in section.panels:
             what = (panel.regex or ", ".join(k.name for k in panel.y + panel.columns) or panel.kind)
             lines.append(f"       [{panel.kind}] {what}")

@@ -23,6 +23,9 @@ BN_RUNNING_MEAN_GAP_REGEX = r"^bn/.+/running_mean_gap$"
 BN_RUNNING_VAR_LOGRATIO_REGEX = r"^bn/.+/running_var_logratio$"
 ACT_RMS_REGEX = r"^act/.+/rms$"
 
+# The sharpness probe is off unless this is > 0; it then logs both keys in every sharpness_every-th step record.
+SHARPNESS_SWITCH = "instrument.sharpness_every"
+
 LR_KEY = config("optim.lr")
 
 
@@ -40,8 +43,8 @@ def _about_markdown(grouping: Grouping) -> str:
         "variant (the run group; grouped BN also split by `variant.stat_groups`), the mean over its runs with a "
         f"min–max band over seeds. {lr_text}\n\n"
         "| variant | what it normalises with |\n|---|---|\n" + "\n".join(rows) + "\n\n"
-        "Sections run from outcome to cause: accuracy, loss, gradient norms, update ratios, the norm layers' "
-        "input statistics, activation RMS, and a summary per run.")
+        "Sections run from outcome to cause: accuracy, loss, sharpness (in runs that measure it), gradient norms, "
+        "update ratios, the norm layers' input statistics, activation RMS, and a summary per run.")
 
 
 def _stable_lr_markdown(runs: list | None) -> str:
@@ -84,6 +87,11 @@ def build_sections(grouping: Grouping, runs: list | None = None) -> list[Section
             Panel("line", "Loss spikes so far (loss above k x its running median): a staircase = repeated "
                           "instability", x=step, y=[history("train/loss_spikes")]),
         ]),
+        Section("Sharpness", "step", [
+            Panel("line", "Sharpness (top Hessian eigenvalue, log y) vs its stability threshold (second line; "
+                          "2/lr for plain gradient descent): rising to it and hovering there = edge of stability",
+                  x=step, y=[history("sharpness/top_eig"), history("sharpness/threshold")], log_y=True),
+        ], logged_when=SHARPNESS_SWITCH),
         Section("Gradient norms", "step", [
             Panel("line", "Global gradient norm (log y): a climb by decades = explosion; a fall toward 0 = the "
                           "network died", x=step, y=[history("grad_norm/global")], log_y=True),

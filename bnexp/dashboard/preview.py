@@ -36,10 +36,17 @@ def _series(records: list[dict], x_key: str, y_key: str) -> dict[float, float]:
     return points
 
 
-def _draw_line_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dict[str, Any], logged: dict) -> None:
+def _draw_line_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dict[str, Any], logged: dict,
+                     empty_note: str | None = None) -> None:
+    """One line per group and y key (a mean with its min-max band), or per group and matched key for a regex panel;
+    a y key after the first (a threshold to compare the first with) is dashed. empty_note: written when no run
+    logged any of the keys."""
     import numpy as np
+    from matplotlib.lines import Line2D
 
     kind = "epoch" if panel.x.name == "epoch" else "step"
+    dashed_keys = {key.name for key in panel.y[1:]}
+    drawn = False
     for label, runs in groups.items():
         per_key: dict[str, list[dict[float, float]]] = {}
         for run in runs:
@@ -54,12 +61,18 @@ def _draw_line_panel(ax: Any, panel: Panel, groups: dict[str, list], colors: dic
                 continue
             values = [[points[x] for points in series if x in points] for x in xs]
             mean = np.array([np.mean(v) for v in values])
+            drawn = True
             if panel.regex:  # one thin line per (group, layer), as W&B draws a regex panel over grouped runs
                 ax.plot(xs, mean, color=colors[label], lw=0.8, alpha=0.55, label=label if index == 0 else None)
             else:
-                ax.plot(xs, mean, color=colors[label], lw=1.6, label=label)
+                ax.plot(xs, mean, color=colors[label], lw=1.6, ls="--" if key in dashed_keys else "-", label=label)
                 ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], color=colors[label],
                                 alpha=0.18, lw=0)
+    if drawn and dashed_keys:
+        ax.legend([Line2D([], [], color="black", lw=1.2, ls="--" if key.name in dashed_keys else "-")
+                   for key in panel.y], [key.name for key in panel.y], fontsize=7, frameon=False)
+    if not drawn and empty_note:
+        ax.text(0.5, 0.5, empty_note, ha="center", va="center", fontsize=8, transform=ax.transAxes)
     ax.set_xlabel(panel.x.name)
     if panel.log_y:
         ax.set_yscale("log")
@@ -114,7 +127,19 @@ def _wrap(line: str, width: int) -> str:
 
 
 def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
-    """One figure of the workspace's sections, drawn from local run dirs the way the W&B panels draw them."""
+    """The preview figure (draw_preview) saved as a PNG at out_path."""
+    import matplotlib.pyplot as plt
+
+    figure = draw_preview(spec, runs)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_path, dpi=64, bbox_inches="tight")
+    plt.close(figure)
+    return out_path
+
+
+def draw_preview(spec: DashboardSpec, runs: list) -> Any:
+    """One matplotlib figure of the workspace's sections, drawn from local run dirs the way the W&B panels draw
+    them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,7 +176,10 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
             ax = figure.add_subplot(grid[row, column])
             ax.set_title("\n".join(_wrap(panel.title, 62).splitlines()[:3]), fontsize=8, loc="left")
             if panel.kind == "line":
-                _draw_line_panel(ax, panel, groups, colors, logged)
+                note = (None if section.logged_when is None else
+                        f"no run logged {', '.join(key.name for key in panel.y) or panel.regex}\n"
+                        f"(runs log them when {section.logged_when} > 0)")
+                _draw_line_panel(ax, panel, groups, colors, logged, note)
             elif panel.kind == "scatter":
                 _draw_scatter_panel(ax, panel, groups, colors)
             else:
@@ -164,7 +192,4 @@ def render_preview(spec: DashboardSpec, runs: list, out_path: Path) -> Path:
     ax = figure.add_subplot(grid[len(spec.sections), :])
     ax.set_title(table_panel.title + " (the workspace's runs table, pinned columns)", fontsize=10, loc="left")
     _draw_runs_table(ax, table_panel, runs)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_path, dpi=64, bbox_inches="tight")
-    plt.close(figure)
-    return out_path
+    return figure

@@ -46,6 +46,7 @@ class Section:
     x_axis: str               # the section's default x axis (a history key)
     panels: list[Panel]
     pinned: bool = False
+    logged_when: str | None = None  # a config key: runs log this section's keys only when it is > 0; None: every run
 
 
 @dataclass

@@ -16,14 +16,16 @@ pytest.importorskip("wandb_workspaces")
 pytestmark = pytest.mark.filterwarnings("ignore:Pydantic V1 style:DeprecationWarning")
 
 from bnexp.dashboard.check import flatten_keys, missing_keys  # noqa: E402
-from bnexp.dashboard.cli import main  # noqa: E402
+from bnexp.dashboard.cli import describe, main  # noqa: E402
 from bnexp.dashboard.panels import LAYER_GRAD_NORM_REGEX, build_spec  # noqa: E402
 from bnexp.dashboard.workspace import build_report, build_workspace  # noqa: E402
-from tests.helpers import REPO, TINY_RUN, repo_env  # noqa: E402
+from bnexp.dashboard.preview import draw_preview  # noqa: E402
+from tests.helpers import REPO, TINY_RUN, make_run_dir, repo_env  # noqa: E402
 from tests.support.wandb_offline import read_finished_run  # noqa: E402
 
-SECTION_ORDER = ["About these runs", "Accuracy", "Loss", "Gradient norms", "Update ratios", "BatchNorm statistics",
-                 "Activation RMS", "Summary per run"]
+SECTION_ORDER = ["About these runs", "Accuracy", "Loss", "Sharpness", "Gradient norms", "Update ratios",
+                 "BatchNorm statistics", "Activation RMS", "Summary per run"]
+SHARPNESS_KEYS = ["sharpness/top_eig", "sharpness/threshold"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,6 +116,20 @@ def test_a_renamed_config_key_or_another_group_fails_the_check(logged_run):
     assert any("optim.lr" in problem for problem in check(full_spec(), logged_run, config=config))
     run = {**logged_run["run"], "group": "grouped_bn_g2"}
     assert any("variant.name" in problem for problem in check(full_spec(), logged_run, run=run))
+
+
+def test_sharpness_keys_are_expected_only_from_runs_that_measure_sharpness(logged_run):
+    def with_sharpness_every(every):
+        config = json.loads(json.dumps(logged_run["config"]))
+        config["instrument"]["sharpness_every"] = every
+        return config
+
+    spec = full_spec()
+    assert check(spec, logged_run, config=with_sharpness_every(0)) == []
+    problems = check(spec, logged_run, config=with_sharpness_every(5))
+    assert len(problems) == 2 and all(any(key in p for p in problems) for key in SHARPNESS_KEYS), problems
+    history = logged_run["history"] | set(SHARPNESS_KEYS)
+    assert check(spec, logged_run, history=history, config=with_sharpness_every(5)) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,6 +278,57 @@ def test_preview_draws_local_runs(logged_run, tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
     assert main(["--runs", str(logged_run["run_dir"]), "--preview", str(tmp_path / "x.png"), "--lr", "9.9"]) == 2
     assert "no runs to draw" in capsys.readouterr().err
+
+
+def _sharpness_run(root, variant, lr, seed, sharpness_every):
+    """A run dir as make_run_dir writes it; with sharpness_every > 0, the sharpness probe's two keys are added to
+    every sharpness_every-th step record (top eigenvalue (1 + seed) * (step + 1), threshold 2/lr)."""
+    run_dir = make_run_dir(root / f"{variant}_lr{lr}_seed{seed}", variant, lr, seed,
+                           extra_config={"instrument": {"sharpness_every": sharpness_every}})
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        if sharpness_every and record["kind"] == "step" and record["step"] % sharpness_every == 0:
+            record.update({"sharpness/top_eig": (1 + seed) * (record["step"] + 1), "sharpness/threshold": 2 / lr})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    return run_dir
+
+
+def _panel_axes(figure, panel):
+    (axes,) = [ax for ax in figure.axes if ax.get_title(loc="left").startswith(panel.title[:40])]
+    return axes
+
+
+def test_sharpness_section_lists_its_keys_and_the_preview_draws_it(tmp_path):
+    from bnexp.report.records import discover_runs
+
+    for seed in (0, 1):
+        _sharpness_run(tmp_path / "runs", "correct_bn", 0.1, seed, sharpness_every=2)
+    _sharpness_run(tmp_path / "runs", "no_bn", 0.1, 0, sharpness_every=0)
+    runs = discover_runs([tmp_path / "runs"])
+    spec = build_spec(runs=runs)
+
+    section = json.loads(spec.to_json())["sections"][SECTION_ORDER.index("Sharpness")]
+    assert section["name"] == "Sharpness" and section["logged_when"] == "instrument.sharpness_every"
+    (panel,) = section["panels"]
+    assert panel["kind"] == "line" and panel["x"]["name"] == "step" and panel["log_y"]
+    assert [key["name"] for key in panel["y"]] == SHARPNESS_KEYS
+
+    figure = draw_preview(spec, runs)
+    axes = _panel_axes(figure, spec.section("Sharpness").panels[0])
+    # correct_bn: its two seeds' mean top eigenvalue (solid) and threshold (dashed); no_bn logged neither
+    lines = {line.get_linestyle(): line for line in axes.get_lines()}
+    assert sorted(lines) == ["-", "--"] and len(axes.get_lines()) == 2
+    assert list(lines["-"].get_xdata()) == [0, 2, 4] and list(lines["-"].get_ydata()) == [1.5, 4.5, 7.5]
+    assert list(lines["--"].get_xdata()) == [0, 2, 4] and list(lines["--"].get_ydata()) == pytest.approx([20] * 3)
+    assert lines["-"].get_color() == lines["--"].get_color()  # both in the group's colour
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == SHARPNESS_KEYS
+    assert axes.get_yscale() == "log"
+
+    # Runs that do not measure sharpness: the panel says so, and the preview is still drawn.
+    figure = draw_preview(spec, [run for run in runs if run.variant == "no_bn"])
+    axes = _panel_axes(figure, spec.section("Sharpness").panels[0])
+    assert not axes.get_lines() and any("instrument.sharpness_every" in t.get_text() for t in axes.texts)
+    assert "Sharpness (runs with instrument.sharpness_every > 0)" in describe(spec)
 
 
 @pytest.mark.parametrize("args, message", [
