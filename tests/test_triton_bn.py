@@ -27,9 +27,10 @@ def tbn():
     over several programs (the paths a GPU takes on big inputs), with the GPU's 32-bit offsets."""
     from bnexp.norm import triton_function as tf
 
-    allocate_fp32, allocate_like = tf._new_fp32, tf._empty_like
+    allocate_buffer, allocate_like = tf._new_buffer, tf._empty_like
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tf, "_new_fp32", lambda numel, like: allocate_fp32(numel, like).fill_(float("nan")))
+        patch.setattr(tf, "_new_buffer",
+                      lambda numel, like, dtype: allocate_buffer(numel, like, dtype).fill_(float("nan")))
         patch.setattr(tf, "_empty_like", lambda x: allocate_like(x).fill_(float("nan")))
         patch.setattr(tf, "INTERPRETER_TUNING", tf.Tuning(tile=64, programs=5))
         yield tf
@@ -358,7 +359,7 @@ def test_fake_impls_give_shapes_and_layout(tbn):
         rm, rv = torch.empty(3), torch.empty(3)
         stats = torch.ops.bnexp.grouped_bn_stats(x, rm, rv, None, 0.1, 1e-5, 3)
         assert stats.shape == (2, 3) and stats.dtype == torch.float32
-        y = torch.ops.bnexp.grouped_bn_normalize(x, stats, w, w, True, 3)
+        y = torch.ops.bnexp.grouped_bn_normalize(x, stats, w, w, True, 3, 1e-5)
         assert y.shape == x.shape and y.stride() == x.stride()
         dx, dwb = torch.ops.bnexp.grouped_bn_backward(y, x, stats, w, True, 3)
         assert dx.stride() == x.stride() and dwb.shape == (2, 6)
@@ -372,7 +373,7 @@ def test_opcheck(tbn):
                           test_utils=("test_schema", "test_faketensor"))
     stats = torch.ops.bnexp.grouped_bn_stats(x, None, None, None, 0.1, 1e-5, 2)
     torch.library.opcheck(torch.ops.bnexp.grouped_bn_normalize.default,
-                          (x.clone().requires_grad_(True), stats, w.clone().requires_grad_(True), w, True, 2),
+                          (x.clone().requires_grad_(True), stats, w.clone().requires_grad_(True), w, True, 2, 1e-5),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     torch.library.opcheck(torch.ops.bnexp.grouped_bn_backward.default, (torch.randn_like(x), x, stats, w, True, 2),
                           test_utils=("test_schema", "test_faketensor"))
