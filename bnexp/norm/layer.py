@@ -166,8 +166,9 @@ class BatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}, stat_groups={self.stat_groups}, "
-                f"affine_per_channel={self.affine_per_channel}, backend={self.backend!r}")
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}, "
+                f"stat_groups={self.stat_groups}, affine_per_channel={self.affine_per_channel}, "
+                f"backend={self.backend!r}")
 
     def _describe(self) -> str:
         return f"BatchNorm2d layer '{self.layer_name}'" if self.layer_name else "BatchNorm2d layer"
