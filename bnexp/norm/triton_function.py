@@ -8,7 +8,7 @@ Public:
     kernels_interpreted() -> bool        were the kernels built for the Triton interpreter (CPU tensors)?
     Tuning, cuda_tuning(sm_count), INTERPRETER_TUNING: the launch sizes the host code plans with
 
-Precision: statistics, workspaces and gradients sums are fp32 for fp32, fp16 and bf16 inputs, fp64 for float64 ones
+Precision: statistics, workspaces and gradient sums are fp32 for fp32, fp16 and bf16 inputs, fp64 for float64 ones
 (the compute dtype, _compute_dtype). An input without elements (N, H or W = 0) gets the PyTorch path's empty
 output (functional.empty_batch_output) without a kernel launch.
 
