@@ -16,6 +16,27 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def check_eps(eps: float, use_batch_stats: bool, where: str = "batch_norm") -> None:
+    """F.batch_norm's rule, checked here so that both backends and every torch version keep it: eps > 0 with batch
+    statistics (a constant channel has variance 0), eps >= 0 with running ones (a NaN eps passes, as in torch)."""
+    if use_batch_stats and eps <= 0.0:
+        raise ValueError(f"{where}: eps must be positive during training (batch statistics), got eps={eps}. "
+                         "Use a small positive eps such as 1e-5.")
+    if eps < 0.0:
+        raise ValueError(f"{where}: eps must be non-negative, got eps={eps}. Use a small positive eps such as 1e-5.")
+
+
+def empty_batch_output(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """F.batch_norm's result for an input without elements (N, H or W is 0): an empty output in x's dtype and
+    layout, running statistics untouched, and weight and bias in the graph, so their gradients are zeros as torch's
+    are."""
+    channel_view = (1, x.shape[1], 1, 1)
+    y = x * weight.view(channel_view) if weight is not None else x.clone()
+    if bias is not None:
+        y = y + bias.view(channel_view)
+    return y.to(x.dtype)
+
+
 def torch_grouped_batch_norm(
     x: Tensor,
     weight: Tensor | None,
@@ -37,6 +58,9 @@ def torch_grouped_batch_norm(
     a cumulative average with factor 1/num_batches_tracked, read on the device.
     Returns y in x's dtype and memory format.
     """
+    check_eps(eps, use_batch_stats)
+    if x.numel() == 0:
+        return empty_batch_output(x, weight, bias)
     batch, channels, height, width = x.shape
     updates_running = use_batch_stats and running_mean is not None
     # Statistics in fp32 even for half inputs, as the Triton kernels do (float64 stays float64).

@@ -17,7 +17,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from bnexp.norm.functional import torch_grouped_batch_norm
+from bnexp.norm.functional import check_eps, torch_grouped_batch_norm
 
 BACKENDS = ("auto", "torch", "triton")
 _warned_fallback = False
@@ -82,6 +82,9 @@ def resolve_backend(requested: str, x: Tensor) -> str:
 class BatchNorm2d(nn.Module):
     """BatchNorm over (N, C, H, W) with statistics pooled over `stat_groups` channel groups.
 
+    `bias=False` (keyword-only, as in nn.BatchNorm2d since torch 2.14, and accepted here on any torch version) keeps
+    the scale but drops the shift.
+
     Extra arguments beyond `nn.BatchNorm2d`:
       stat_groups: number of statistic groups (divides num_features); None means per-channel.
       affine_per_channel: if False, one gamma/beta per statistic group instead of per channel.
@@ -91,7 +94,7 @@ class BatchNorm2d(nn.Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
-                 *, stat_groups: int | None = None, affine_per_channel: bool = True,
+                 *, bias: bool = True, stat_groups: int | None = None, affine_per_channel: bool = True,
                  backend: str = "auto", layer_name: str | None = None):
         super().__init__()
         if stat_groups is not None and not float(stat_groups).is_integer():
@@ -120,12 +123,8 @@ class BatchNorm2d(nn.Module):
         self.layer_name = layer_name
         factory = {"device": device, "dtype": dtype}
         affine_size = num_features if affine_per_channel else stat_groups
-        if affine:
-            self.weight = nn.Parameter(torch.ones(affine_size, **factory))
-            self.bias = nn.Parameter(torch.zeros(affine_size, **factory))
-        else:
-            for name in ("weight", "bias"):
-                self.register_parameter(name, None)
+        self.register_parameter("weight", nn.Parameter(torch.ones(affine_size, **factory)) if affine else None)
+        self.register_parameter("bias", nn.Parameter(torch.zeros(affine_size, **factory)) if affine and bias else None)
         if track_running_stats:
             buffers = {"device": device, "dtype": dtype or torch.float32}
             self.register_buffer("running_mean", torch.zeros(stat_groups, **buffers))
@@ -140,12 +139,15 @@ class BatchNorm2d(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        # Checkpoints from before num_batches_tracked existed (version < 2) lack it; nn.BatchNorm2d loads them
-        # with a count of 0, and so does this layer, so such checkpoints load here too.
+        # A checkpoint from before num_batches_tracked existed (version < 2), or a state dict without metadata (a
+        # dict built by hand), may lack it: nn.BatchNorm2d then keeps the layer's current count (0 on a new layer,
+        # or on the meta device where there is no count to keep), and so does this layer.
         version = local_metadata.get("version")
         key = prefix + "num_batches_tracked"
         if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            state_dict[key] = torch.tensor(0, dtype=torch.long)
+            current = self.num_batches_tracked
+            state_dict[key] = (current if current is not None and not current.is_meta
+                               else torch.tensor(0, dtype=torch.long))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -157,19 +159,25 @@ class BatchNorm2d(nn.Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             nn.init.ones_(self.weight)
+        if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}, stat_groups={self.stat_groups}, "
-                f"affine_per_channel={self.affine_per_channel}, backend={self.backend!r}")
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}, "
+                f"stat_groups={self.stat_groups}, affine_per_channel={self.affine_per_channel}, "
+                f"backend={self.backend!r}")
 
     def _describe(self) -> str:
         return f"BatchNorm2d layer '{self.layer_name}'" if self.layer_name else "BatchNorm2d layer"
 
     def _check_input(self, x: Tensor, use_batch_stats: bool) -> None:
+        # nn.BatchNorm2d's checks and in its order (shape, batch size, then eps), with messages that name the layer
+        if not x.is_floating_point():
+            raise TypeError(f"{self._describe()} expects a floating-point input, got {x.dtype}. Convert the input "
+                            "with .float() (or normalise it before it becomes an integer tensor).")
         if x.dim() != 4:
             raise ValueError(f"{self._describe()} expects 4-D input (N, C, H, W), got {x.dim()}-D "
                              f"shape {tuple(x.shape)}. Use it after a Conv2d, or reshape the input.")
@@ -178,18 +186,19 @@ class BatchNorm2d(nn.Module):
                 f"{self._describe()} was built for {self.num_features} channels but got input with "
                 f"{x.shape[1]} channels (shape {tuple(x.shape)}). Build it with "
                 f"num_features={x.shape[1]}, the out_channels of the layer before it.")
-        if use_batch_stats and x.numel() // self.stat_groups <= 1:
+        if use_batch_stats and x.numel() // self.stat_groups == 1:  # (an empty batch is fine: an empty output)
             raise ValueError(
                 f"{self._describe()} got one value per statistic in training (input shape "
                 f"{tuple(x.shape)}, stat_groups={self.stat_groups}), so the batch variance is undefined. "
                 "Use a batch size above 1, or call .eval() to use the running statistics.")
+        check_eps(self.eps, use_batch_stats, self._describe())
 
     def _per_channel_affine(self) -> tuple[Tensor | None, Tensor | None]:
         if not self.affine or self.affine_per_channel:
             return self.weight, self.bias
         channels_per_group = self.num_features // self.stat_groups
-        return (self.weight.repeat_interleave(channels_per_group),
-                self.bias.repeat_interleave(channels_per_group))
+        return tuple(None if parameter is None else parameter.repeat_interleave(channels_per_group)
+                     for parameter in (self.weight, self.bias))
 
     def forward(self, x: Tensor) -> Tensor:
         # nn.BatchNorm2d's rule, also for tracking switched off on a built layer (test-time adaptation): training

@@ -8,6 +8,15 @@ Public:
     kernels_interpreted() -> bool        were the kernels built for the Triton interpreter (CPU tensors)?
     Tuning, cuda_tuning(sm_count), INTERPRETER_TUNING: the launch sizes the host code plans with
 
+Precision: statistics, workspaces and gradient sums are fp32 for fp32, fp16 and bf16 inputs, fp64 for float64 ones
+(the compute dtype, _compute_dtype). An input without elements (N, H or W = 0) gets the PyTorch path's empty
+output (functional.empty_batch_output) without a kernel launch.
+
+Double backward (autograd.grad(..., create_graph=True): gradient penalties, Hessian-vector products): the kernels'
+gradients are constants to autograd, so with create_graph the backward of both paths computes the gradients in
+differentiable PyTorch ops from the saved input instead (_differentiable_gradients), and their own gradients are
+exact. torch.compile does not support double backward through a compiled graph at all (it raises).
+
 Structure. The kernels are driven by three host functions (_stats_impl, _normalize_impl, _backward_impl), reached
 two ways:
   * eager (the common case): _GroupedBatchNormFn, a torch.autograd.Function. The custom-op dispatch costs tens of
@@ -19,7 +28,7 @@ two ways:
                                    place (a mutating op, hence no autograd formula of its own)
       bnexp::grouped_bn_normalize  y = (x - mean) * invstd * weight + bias; its autograd formula delivers the
                                    FULL BatchNorm gradient (including the paths through the batch statistics,
-                                   when use_batch_stats) by calling
+                                   when use_batch_stats; eps is an argument for the double backward) by calling
       bnexp::grouped_bn_backward   dx and (2, C) dweight / dbias
     Splitting stats from normalize is what lets the running-stat mutation and autograd coexist: torch.library
     refuses an autograd formula on a mutating op.
@@ -34,8 +43,11 @@ import functools
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from bnexp.norm.functional import check_eps, empty_batch_output
 
 try:  # keep the module importable without triton so triton_status() can explain what is missing
     import triton
@@ -205,8 +217,20 @@ def _get_plan(x: Tensor) -> _Plan:
     return _cached_plan(x.shape, x.stride(), _tuning(x))
 
 
-def _new_fp32(numel: int, like: Tensor) -> Tensor:
-    return torch.empty(numel, device=like.device, dtype=torch.float32)
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of the statistics and every sum: fp64 for a float64 input, fp32 for the others."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _new_buffer(numel: int, like: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.empty(numel, device=like.device, dtype=dtype)
+
+
+def _split_float(value: float) -> tuple[float, float]:
+    """value as high + low, both fp32-representable: Triton passes a Python float to a kernel as fp32, and the pair
+    keeps 48 bits of it for fp64 statistics (in fp32, high + low rounds back to high)."""
+    high = float(np.float32(value))
+    return high, (value - high) if math.isfinite(high) else 0.0
 
 
 def _empty_like(x: Tensor) -> Tensor:
@@ -223,11 +247,12 @@ def _as_layout(x: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # num_groups is stat_groups, an int already (the eager Function and the custom ops' schemas make it one)
 def _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps, num_groups) -> Tensor:
-    """(2, G) fp32: batch mean and invstd per group; running buffers updated in place."""
+    """(2, G) in the compute dtype: batch mean and invstd per group; running buffers updated in place."""
     plan = _get_plan(x)
     channels_per_group = plan.num_channels // num_groups
-    workspace = _new_fp32(2 * plan.num_splits * plan.num_channels, x)
-    stats = _new_fp32(2 * num_groups, x).view(2, num_groups)
+    compute_dtype = _compute_dtype(x)
+    workspace = _new_buffer(2 * plan.num_splits * plan.num_channels, x, compute_dtype)
+    stats = _new_buffer(2 * num_groups, x, compute_dtype).view(2, num_groups)
     _k.bn_stats_partial_kernel[plan.grid](
         x, workspace, plan.num_positions, plan.num_channels, plan.stride_n, plan.stride_hw, plan.stride_c,
         plan.positions_per_split, plan.tiles_per_split,
@@ -246,15 +271,16 @@ def _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps
         running_var if has_running else stats,
         num_batches_tracked if momentum_from_nbt else stats,
         plan.num_positions, plan.num_channels, channels_per_group, plan.num_splits, plan.positions_per_split,
-        float(momentum or 0.0), float(eps),
+        *_split_float(momentum or 0.0), *_split_float(eps),
         HAS_RUNNING=has_running, MOMENTUM_FROM_NBT=momentum_from_nbt,
         BLOCK_S=block_s, BLOCK_CG=block_cg, num_warps=finalize_warps,
     )
     return stats
 
 
-def _eval_stats(running_mean: Tensor, running_var: Tensor, eps: float) -> Tensor:
-    return torch.stack([running_mean.float(), torch.rsqrt(running_var.float() + eps)])
+def _eval_stats(running_mean: Tensor, running_var: Tensor, eps: float, compute_dtype: torch.dtype) -> Tensor:
+    running_mean, running_var = running_mean.to(compute_dtype), running_var.to(compute_dtype)
+    return torch.stack([running_mean, torch.rsqrt(running_var + eps)])
 
 
 def _normalize_impl(x, stats, weight, bias, num_groups) -> Tensor:
@@ -274,14 +300,15 @@ def _normalize_impl(x, stats, weight, bias, num_groups) -> Tensor:
 
 
 def _backward_impl(grad_y, x, stats, weight, use_batch_stats, num_groups) -> tuple[Tensor, Tensor]:
-    """dx (x's strides and dtype) and (2, C) fp32 [dweight; dbias]."""
+    """dx (x's strides and dtype) and (2, C) [dweight; dbias] in the compute dtype (stats')."""
     # the kernels address dy through x's strides
     dy = grad_y if grad_y.stride() == x.stride() else torch.empty_like(x, dtype=grad_y.dtype).copy_(grad_y)
     plan = _get_plan(x)
     channels_per_group = plan.num_channels // num_groups
     partials_numel = 2 * plan.num_splits * plan.num_channels
-    workspace = _new_fp32(partials_numel + 2 * num_groups, x)  # partial sums, then the (2, G) dx coefficients
-    dweight_dbias = _new_fp32(2 * plan.num_channels, x).view(2, plan.num_channels)
+    # partial sums, then the (2, G) dx coefficients
+    workspace = _new_buffer(partials_numel + 2 * num_groups, x, stats.dtype)
+    dweight_dbias = _new_buffer(2 * plan.num_channels, x, stats.dtype).view(2, plan.num_channels)
     dx = _empty_like(x)
     stream_launch_args = dict(POSITIONS_PER_IMAGE=plan.positions_per_image, BLOCK_M=plan.BLOCK_M,
                               BLOCK_C=plan.BLOCK_C, USE_INT64=plan.USE_INT64, num_warps=_NUM_WARPS_STREAM)
@@ -309,21 +336,46 @@ def _backward_impl(grad_y, x, stats, weight, use_batch_stats, num_groups) -> tup
 # ----------------------------------------------------------------------------------------------------------
 # Autograd bookkeeping shared by the eager Function and the custom op's autograd formula
 # ----------------------------------------------------------------------------------------------------------
-def _save_for_backward(ctx, x, stats, weight, bias, use_batch_stats, stat_groups) -> None:
+def _save_for_backward(ctx, x, stats, weight, bias, use_batch_stats, stat_groups, eps) -> None:
+    # x as the caller passed it (not its NCHW copy, for odd strides): the double backward differentiates through it
     ctx.save_for_backward(x, stats, weight)
     ctx.use_batch_stats = use_batch_stats
     ctx.stat_groups = stat_groups
+    ctx.eps = eps
     ctx.weight_dtype = weight.dtype if weight is not None else None
     ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
 def _gradients(ctx, grad_y, backward, needs_x_grad: bool, needs_weight_grad: bool, needs_bias_grad: bool):
     """(dx, dweight, dbias) from backward (_backward_impl or its custom op) on the saved tensors; dweight / dbias
-    in the parameters' dtypes (the kernels accumulate in fp32); None where not needed."""
+    in the parameters' dtypes (the kernels accumulate in the compute dtype); None where not needed."""
     x, stats, weight = ctx.saved_tensors
-    dx, dweight_dbias = backward(grad_y, x, stats, weight, ctx.use_batch_stats, ctx.stat_groups)
+    dx, dweight_dbias = backward(grad_y, _as_layout(x), stats, weight, ctx.use_batch_stats, ctx.stat_groups)
     return (dx if needs_x_grad else None, dweight_dbias[0].to(ctx.weight_dtype) if needs_weight_grad else None,
             dweight_dbias[1].to(ctx.bias_dtype) if needs_bias_grad else None)
+
+
+def _differentiable_gradients(ctx, grad_y, needs_x_grad: bool, needs_weight_grad: bool, needs_bias_grad: bool):
+    """(dx, dweight, dbias) as _gradients gives them, in differentiable PyTorch ops, for a backward with
+    create_graph=True: the normalisation is recomputed from the saved input (batch statistics from x itself, so
+    that their dependence on x is in the graph; running statistics are the saved constants) and differentiated by
+    autograd, so the gradients carry a graph to x, weight and grad_y and second derivatives are exact."""
+    x, stats, weight = ctx.saved_tensors
+    batch, channels = x.shape[:2]
+    grouped = x.to(stats.dtype).reshape(batch, ctx.stat_groups, -1)
+    if ctx.use_batch_stats:
+        var, mean = torch.var_mean(grouped, dim=(0, 2), correction=0, keepdim=True)
+        invstd = torch.rsqrt(var + ctx.eps)
+    else:
+        mean, invstd = stats[0].view(1, -1, 1), stats[1].view(1, -1, 1)
+    normalized = ((grouped - mean) * invstd).reshape(x.shape)
+    scaled = normalized * weight.view(1, channels, 1, 1) if weight is not None else normalized
+    wanted = [tensor for tensor, needed in ((x, needs_x_grad), (weight, needs_weight_grad)) if needed]
+    grads = iter(torch.autograd.grad(scaled, wanted, grad_y.to(scaled.dtype), create_graph=True) if wanted else ())
+    dx = next(grads) if needs_x_grad else None
+    dweight = next(grads).to(ctx.weight_dtype) if needs_weight_grad else None
+    dbias = grad_y.sum(dim=(0, 2, 3), dtype=stats.dtype).to(ctx.bias_dtype) if needs_bias_grad else None
+    return dx, dweight, dbias
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -333,20 +385,24 @@ class _GroupedBatchNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, num_batches_tracked,
                 use_batch_stats, momentum, eps, stat_groups):
-        x = _as_layout(x)
+        x_for_kernels = _as_layout(x)
         if use_batch_stats:
-            stats = _stats_impl(x, running_mean, running_var, num_batches_tracked, momentum, eps, stat_groups)
+            stats = _stats_impl(x_for_kernels, running_mean, running_var, num_batches_tracked, momentum, eps,
+                                stat_groups)
         else:
-            stats = _eval_stats(running_mean, running_var, eps)
-        y = _normalize_impl(x, stats, weight, bias, stat_groups)
-        _save_for_backward(ctx, x, stats, weight, bias, use_batch_stats, stat_groups)
+            stats = _eval_stats(running_mean, running_var, eps, _compute_dtype(x))
+        y = _normalize_impl(x_for_kernels, stats, weight, bias, stat_groups)
+        _save_for_backward(ctx, x, stats, weight, bias, use_batch_stats, stat_groups, eps)
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         needs_grad = ctx.needs_input_grad  # forward's inputs: x, weight, bias, then seven without gradients
-        return (*_gradients(ctx, grad_y, _backward_impl, needs_grad[0], needs_grad[1], needs_grad[2]),
+        # grad mode is on in a backward exactly when it was asked for with create_graph=True
+        gradients = _differentiable_gradients if torch.is_grad_enabled() else functools.partial(
+            _gradients, backward=_backward_impl)
+        return (*gradients(ctx, grad_y, needs_x_grad=needs_grad[0], needs_weight_grad=needs_grad[1],
+                           needs_bias_grad=needs_grad[2]),
                 None, None, None, None, None, None, None)
 
 
@@ -368,7 +424,7 @@ def _stats_op(
 
 @_stats_op.register_fake
 def _stats_fake(x, running_mean, running_var, num_batches_tracked, momentum, eps, stat_groups):
-    return x.new_empty((2, int(stat_groups)), dtype=torch.float32)
+    return x.new_empty((2, int(stat_groups)), dtype=_compute_dtype(x))
 
 
 @torch.library.custom_op("bnexp::grouped_bn_normalize", mutates_args=())
@@ -379,12 +435,13 @@ def _normalize_op(
     bias: Optional[Tensor],
     use_batch_stats: bool,
     stat_groups: int,
+    eps: float,
 ) -> Tensor:
     return _normalize_impl(_as_layout(x), stats, weight, bias, stat_groups)
 
 
 @_normalize_op.register_fake
-def _normalize_fake(x, stats, weight, bias, use_batch_stats, stat_groups):
+def _normalize_fake(x, stats, weight, bias, use_batch_stats, stat_groups, eps):
     return torch.empty_like(_as_layout(x))
 
 
@@ -402,16 +459,20 @@ def _backward_op(
 
 @_backward_op.register_fake
 def _backward_fake(grad_y, x, stats, weight, use_batch_stats, stat_groups):
-    return torch.empty_like(_as_layout(x)), x.new_empty((2, x.shape[1]), dtype=torch.float32)
+    return torch.empty_like(_as_layout(x)), x.new_empty((2, x.shape[1]), dtype=stats.dtype)
 
 
 def _normalize_backward(ctx, grad_y):
-    needs_grad = ctx.needs_input_grad
-    dx, dweight, dbias = _gradients(ctx, grad_y, torch.ops.bnexp.grouped_bn_backward,
-                                    needs_grad[0], needs_grad[2], needs_grad[3])
+    needs_grad = ctx.needs_input_grad  # the op's inputs: x, stats, weight, bias, then three without gradients
+    # grad mode is on in a backward exactly when it was asked for with create_graph=True (an eager call of the
+    # custom ops; torch.compile refuses double backward before it gets here)
+    gradients = _differentiable_gradients if torch.is_grad_enabled() else functools.partial(
+        _gradients, backward=torch.ops.bnexp.grouped_bn_backward)
+    dx, dweight, dbias = gradients(ctx, grad_y, needs_x_grad=needs_grad[0], needs_weight_grad=needs_grad[2],
+                                   needs_bias_grad=needs_grad[3])
     # stats were computed from x.detach() (or are running buffers): their influence on the loss is already
     # inside dx, so they get no gradient of their own
-    return dx, None, dweight, dbias, None, None
+    return dx, None, dweight, dbias, None, None, None
 
 
 # the op's inputs are _save_for_backward's arguments, in its order
@@ -437,12 +498,16 @@ def triton_grouped_batch_norm(
 ) -> Tensor:
     """Grouped BatchNorm with Triton kernels; same signature and semantics as torch_grouped_batch_norm.
 
-    x: (N, C, H, W) fp32/fp16/bf16, NCHW or channels_last (other strides are copied to contiguous first).
+    x: (N, C, H, W) fp32/fp16/bf16 (fp32 statistics) or float64 (fp64 statistics), NCHW or channels_last (other
+    strides are copied to contiguous first).
     Statistics over groups of C // stat_groups consecutive channels; running buffers (G,) updated in place
     when use_batch_stats (momentum, or 1 / num_batches_tracked read on device when momentum is None).
     Returns y in x's dtype and memory format. Eager calls go through an autograd.Function; under torch.compile
     the same kernels are reached through the custom ops (grouped_batch_norm_custom_ops).
     """
+    check_eps(eps, use_batch_stats)
+    if x.numel() == 0:
+        return empty_batch_output(x, weight, bias)
     if torch.compiler.is_compiling():
         return grouped_batch_norm_custom_ops(x, weight, bias, running_mean, running_var, num_batches_tracked,
                                              use_batch_stats=use_batch_stats, momentum=momentum, eps=eps,
@@ -454,9 +519,13 @@ def triton_grouped_batch_norm(
 def grouped_batch_norm_custom_ops(x, weight, bias, running_mean, running_var, num_batches_tracked, *,
                                   use_batch_stats, momentum, eps, stat_groups) -> Tensor:
     """triton_grouped_batch_norm (same arguments) through the bnexp:: custom ops, as torch.compile captures it."""
+    check_eps(eps, use_batch_stats)
+    if x.numel() == 0:
+        return empty_batch_output(x, weight, bias)
     if use_batch_stats:
         stats = torch.ops.bnexp.grouped_bn_stats(
             x.detach(), running_mean, running_var, num_batches_tracked, momentum, float(eps), int(stat_groups))
     else:
-        stats = _eval_stats(running_mean, running_var, eps)
-    return torch.ops.bnexp.grouped_bn_normalize(x, stats, weight, bias, bool(use_batch_stats), int(stat_groups))
+        stats = _eval_stats(running_mean, running_var, eps, _compute_dtype(x))
+    return torch.ops.bnexp.grouped_bn_normalize(x, stats, weight, bias, bool(use_batch_stats), int(stat_groups),
+                                                float(eps))

@@ -27,9 +27,10 @@ def tbn():
     over several programs (the paths a GPU takes on big inputs), with the GPU's 32-bit offsets."""
     from bnexp.norm import triton_function as tf
 
-    allocate_fp32, allocate_like = tf._new_fp32, tf._empty_like
+    allocate_buffer, allocate_like = tf._new_buffer, tf._empty_like
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tf, "_new_fp32", lambda numel, like: allocate_fp32(numel, like).fill_(float("nan")))
+        patch.setattr(tf, "_new_buffer",
+                      lambda numel, like, dtype: allocate_buffer(numel, like, dtype).fill_(float("nan")))
         patch.setattr(tf, "_empty_like", lambda x: allocate_like(x).fill_(float("nan")))
         patch.setattr(tf, "INTERPRETER_TUNING", tf.Tuning(tile=64, programs=5))
         yield tf
@@ -196,6 +197,29 @@ def _check_training_case(tbn, case):
     assert rel_err(rv_t, rv_p) < 1e-5
 
 
+@pytest.mark.parametrize("use_batch_stats", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", [TRAIN_CASES[i] for i in (0, 3, 10)], ids=_case_id)
+def test_float64_input_computes_in_float64(tbn, case, use_batch_stats):
+    """A float64 input gets fp64 statistics and sums (and eps, momentum to 48 bits): float64 rounding against the
+    float64 reference, through tiles and split reductions, where fp32 statistics would be off by 1e-7."""
+    shape, groups, layout, affine = case
+    x = make_input(shape, layout, dtype=torch.float64).detach().requires_grad_(True)
+    weight, bias = make_affine(shape[1], affine)
+    if affine:
+        weight, bias = (t.detach().double().requires_grad_(True) for t in (weight, bias))
+    rm, rv = (t.double() for t in make_running(groups))
+    dy = torch.randn_like(x)
+    kw = dict(use_batch_stats=use_batch_stats, momentum=0.1, eps=1e-5, stat_groups=groups)
+    rm_t, rv_t = rm.clone(), rv.clone()
+    outputs = run_triton(tbn, x, weight, bias, rm_t, rv_t, None, dy, **kw)
+    reference = f64_reference(x, weight, bias, rm, rv, dy, use_batch_stats=use_batch_stats, momentum_factor=0.1,
+                              eps=1e-5, groups=groups)
+    for out, expected in zip((*outputs, rm_t, rv_t), reference):
+        if expected is not None:
+            assert out.dtype == torch.float64
+            assert rel_err(out, expected) < 1e-12
+
+
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 def test_per_channel_matches_torch_batchnorm2d(tbn, layout):
     """G == C is ordinary BatchNorm: compare with nn.BatchNorm2d over two training steps and an eval step."""
@@ -358,7 +382,7 @@ def test_fake_impls_give_shapes_and_layout(tbn):
         rm, rv = torch.empty(3), torch.empty(3)
         stats = torch.ops.bnexp.grouped_bn_stats(x, rm, rv, None, 0.1, 1e-5, 3)
         assert stats.shape == (2, 3) and stats.dtype == torch.float32
-        y = torch.ops.bnexp.grouped_bn_normalize(x, stats, w, w, True, 3)
+        y = torch.ops.bnexp.grouped_bn_normalize(x, stats, w, w, True, 3, 1e-5)
         assert y.shape == x.shape and y.stride() == x.stride()
         dx, dwb = torch.ops.bnexp.grouped_bn_backward(y, x, stats, w, True, 3)
         assert dx.stride() == x.stride() and dwb.shape == (2, 6)
@@ -372,7 +396,7 @@ def test_opcheck(tbn):
                           test_utils=("test_schema", "test_faketensor"))
     stats = torch.ops.bnexp.grouped_bn_stats(x, None, None, None, 0.1, 1e-5, 2)
     torch.library.opcheck(torch.ops.bnexp.grouped_bn_normalize.default,
-                          (x.clone().requires_grad_(True), stats, w.clone().requires_grad_(True), w, True, 2),
+                          (x.clone().requires_grad_(True), stats, w.clone().requires_grad_(True), w, True, 2, 1e-5),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     torch.library.opcheck(torch.ops.bnexp.grouped_bn_backward.default, (torch.randn_like(x), x, stats, w, True, 2),
                           test_utils=("test_schema", "test_faketensor"))
@@ -407,8 +431,13 @@ def assert_compiled_matches_eager(tbn, shape, stat_groups, head, grad_tolerance,
     assert rel_err(rm_c, rm_e) < 1e-6 and rel_err(rv_c, rv_e) < 1e-6
 
 
-def test_compile_fullgraph_cpu_aot_eager(tbn):
-    """No graph break: dynamo traces the custom ops through their fake impls (aot_eager keeps it cheap on CPU)."""
+def test_compile_fullgraph_cpu_aot_eager(tbn, monkeypatch):
+    """No graph break: dynamo traces the custom ops through their fake impls (aot_eager keeps it cheap on CPU). The
+    backward is the kernels' (a first-order backward never takes the double-backward path, compiled or eager)."""
+    def no_double_backward(*args, **kwargs):
+        raise AssertionError("a first-order backward took the double-backward path")
+
+    monkeypatch.setattr(tbn, "_differentiable_gradients", no_double_backward)
     assert_compiled_matches_eager(tbn, (3, 4, 3, 3), 2, lambda y: y.relu() * 1.5, grad_tolerance=1e-6,
                                   loss_tolerance=1e-6, backend="aot_eager")
 
