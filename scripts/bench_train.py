@@ -6,8 +6,11 @@ run), so drift in machine speed affects both arms alike. Both arms read their lo
 as the trainer does; the instrumented arm's window also brings the probe's measurements back in that transfer.
 
 The sharpness measurement (instrument.sharpness_every) is timed apart: steps that each take one measurement
-(Lanczos on Hessian-vector products of the loss on a fixed batch, warm-started) alternate with plain steps of the
-same model, and the ratio of their medians is printed, with what it costs a run measuring every N steps.
+(Lanczos on Hessian-vector products of the loss on a fixed batch) alternate with plain steps of the same model, and
+the ratio of their medians is printed, with what it costs a run measuring every N steps. By default every measurement
+takes all --sharpness-steps products (tolerance 0): the cost of that setting at most. A run's measurements stop
+earlier when warm-started near convergence; here consecutive measurements are only a step apart, so a tolerance
+would make them look cheaper than a run's, whose parameters move for sharpness_every steps in between.
 
     python scripts/bench_train.py                         # CPU-sized defaults
     python scripts/bench_train.py --device cuda --width 1 --batch-size 512 --blocks 6
@@ -53,6 +56,8 @@ def parse_args() -> argparse.Namespace:
                         help="sharpness-measuring steps timed (each beside a plain step); 0 skips them")
     parser.add_argument("--sharpness-steps", type=int, default=default_instrument_cfg()["sharpness_lanczos_steps"],
                         help="Lanczos steps (Hessian-vector products) per measurement")
+    parser.add_argument("--sharpness-tolerance", type=float, default=0.0,
+                        help="Lanczos stops early at this relative residual estimate (0: always every step)")
     parser.add_argument("--sharpness-batch", type=int, default=0,
                         help="images in the measurement batch (0: --batch-size, like sharpness_batch_size=null)")
     parser.add_argument("--sharpness-every", type=int, default=50,
@@ -145,27 +150,33 @@ def main() -> None:
 
     # Steps that each measure the sharpness (eagerly, fp32, as in a run) beside plain steps, alternating; the first
     # measurement (a cold start and first-call costs) is warm-up.
-    sharpness_times, beside_times = [], []
+    sharpness_times, beside_times, lanczos_steps_taken = [], [], []
+    sharpness_cpu_times, beside_cpu_times = [], []
     if args.sharpness_repeats > 0:
         measure_images, measure_labels = batches[0]
         measure_images, measure_labels = measure_images[:args.sharpness_batch or None], \
             measure_labels[:args.sharpness_batch or None]
         sharpness = SharpnessProbe(model, fixed_batch_loss(measure_images, measure_labels, memory_format=memory_format,
                                                            label_smoothing=0.0),
-                                   optimizer, every=1, lanczos_steps=args.sharpness_steps)
+                                   optimizer, every=1, lanczos_steps=args.sharpness_steps,
+                                   tolerance=args.sharpness_tolerance)
         sharpness_step = TrainStep(model, optimizer, StabilityProbe(model, {"every": 0}, sharpness), compiled,
                                    args.amp, memory_format)
         for repeat in range(args.sharpness_repeats + 1):
-            for timed_step, target in ((sharpness_step, sharpness_times), (steps["off"], beside_times)):
+            for timed_step, target, cpu_target in ((sharpness_step, sharpness_times, sharpness_cpu_times),
+                                                   (steps["off"], beside_times, beside_cpu_times)):
                 images, labels = batches[step % len(batches)]
                 synchronize()
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 timed_step(step, images, labels)
                 synchronize()
                 if repeat > 0:
                     target.append(time.perf_counter() - start)
+                    cpu_target.append(time.process_time() - cpu_start)
                 step += 1
-            sharpness_step.probe.take_measurements()
+            (record,) = sharpness_step.probe.readback()
+            if repeat > 0:
+                lanczos_steps_taken.append(int(record["sharpness/lanczos_steps"]))
 
     off_ms = 1000 * statistics.median(times["off"])
     on_ms = 1000 * statistics.median(times["on"])
@@ -177,12 +188,18 @@ def main() -> None:
         print(f"measure step: {1000 * statistics.median(measure_step_times):.2f} ms, plain step "
               f"{1000 * statistics.median(plain_step_times):.2f} ms (each synchronised, median of 3)")
     if sharpness_times:
-        sharpness_ratio = statistics.median(sharpness_times) / statistics.median(beside_times)
-        print(f"sharpness step ({args.sharpness_steps} Lanczos steps, measurement batch "
-              f"{args.sharpness_batch or args.batch_size}): {1000 * statistics.median(sharpness_times):.1f} ms, "
-              f"plain step {1000 * statistics.median(beside_times):.1f} ms (each synchronised, median of "
-              f"{args.sharpness_repeats}): ratio {sharpness_ratio:.1f}; a run measuring every {args.sharpness_every} "
-              f"steps pays {100 * (sharpness_ratio - 1) / args.sharpness_every:+.0f}% of its step time")
+        print(f"sharpness step (Lanczos steps taken {lanczos_steps_taken} of at most {args.sharpness_steps}, "
+              f"tolerance {args.sharpness_tolerance:g}, measurement batch {args.sharpness_batch or args.batch_size}): "
+              f"{1000 * statistics.median(sharpness_times):.1f} ms, plain step "
+              f"{1000 * statistics.median(beside_times):.1f} ms (each synchronised, "
+              f"median of {args.sharpness_repeats})")
+        arms = [("wall-time", sharpness_times, beside_times)]
+        if device.type == "cpu":  # steadier on a shared CPU, as above
+            arms.append(("process-CPU-time", sharpness_cpu_times, beside_cpu_times))
+        for kind, measuring, plain in arms:
+            ratio = statistics.median(measuring) / statistics.median(plain)
+            print(f"sharpness / plain step {kind} ratio: {ratio:.1f}; a run measuring every {args.sharpness_every} "
+                  f"steps pays {100 * (ratio - 1) / args.sharpness_every:+.0f}% of its step time")
     if args.check_syncs and device.type == "cuda":
         print(f"host syncs inside the training step: {len(step_syncs)} {step_syncs[:3]}")
     print(f"instrumented / off step-time ratio: {on_ms / off_ms:.3f}  (overhead {100 * (on_ms / off_ms - 1):+.1f}%)")
