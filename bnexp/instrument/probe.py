@@ -13,7 +13,7 @@ history (`history.py`). Nothing here synchronises with the device, so the GPU qu
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -23,9 +23,7 @@ from bnexp.rundirs import config_value
 from bnexp.instrument.history import GradNormHistory, MechanismHistory, steps_to_accuracy
 from bnexp.instrument.hooks import ForwardHooks
 from bnexp.instrument.layers import ParameterLayers, unwrap_model
-
-if TYPE_CHECKING:  # sharpness.py reads its settings through this module
-    from bnexp.instrument.sharpness import SharpnessProbe
+from bnexp.instrument.sharpness import SharpnessProbe
 
 
 def instrument_setting(instrument_cfg: Any, key: str) -> Any:

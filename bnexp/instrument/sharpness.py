@@ -38,8 +38,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from bnexp.config import default_instrument_cfg
 from bnexp.instrument.layers import unwrap_model
-from bnexp.instrument.probe import instrument_setting
+from bnexp.rundirs import config_value
 
 # forward -> the loss of the measurement batch computed through that forward (a module or a callable like one)
 LossOfForward = Callable[[Callable[[Tensor], Tensor]], Tensor]
@@ -200,14 +201,16 @@ class SharpnessProbe:
         `instrument.sharpness_batch_size` images (null: the training batch size, so norm statistics pool as many
         images as in a step) of the training split, drawn with the run's seed; `batch_loss(images, labels)` gives
         its loss as a function of the forward."""
-        every = int(instrument_setting(instrument_cfg, "sharpness_every"))
+        def setting(key: str) -> Any:  # as probe.instrument_setting, which imports this module
+            value = config_value(instrument_cfg, key)
+            return default_instrument_cfg()[key] if value is None else value
+
+        every = int(setting("sharpness_every"))
         if every <= 0:
             return None
-        batch_size = instrument_setting(instrument_cfg, "sharpness_batch_size") or default_batch_size
-        batch = train_split.subset(int(batch_size), seed)
+        batch = train_split.subset(int(setting("sharpness_batch_size") or default_batch_size), seed)
         return cls(model, batch_loss(batch.images, batch.labels), optimizer, every,
-                   int(instrument_setting(instrument_cfg, "sharpness_lanczos_steps")),
-                   float(instrument_setting(instrument_cfg, "sharpness_tolerance")), seed)
+                   int(setting("sharpness_lanczos_steps")), float(setting("sharpness_tolerance")), seed)
 
     def is_measure_step(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
