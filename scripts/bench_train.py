@@ -5,8 +5,16 @@ batches, interleaved in blocks of `every` steps (each instrumented block holds e
 run), so drift in machine speed affects both arms alike. Both arms read their losses back every `log_every` steps
 as the trainer does; the instrumented arm's window also brings the probe's measurements back in that transfer.
 
+The sharpness measurement (instrument.sharpness_every) is timed apart: steps that each take one measurement
+(Lanczos on Hessian-vector products of the loss on a fixed batch) alternate with plain steps of the same model, and
+the ratio of their medians is printed, with what it costs a run measuring every N steps. By default every measurement
+takes all --sharpness-steps products (tolerance 0): the cost of that setting at most. A run's measurements stop
+earlier when warm-started near convergence; here consecutive measurements are only a step apart, so a tolerance
+would make them look cheaper than a run's, whose parameters move for sharpness_every steps in between.
+
     python scripts/bench_train.py                         # CPU-sized defaults
     python scripts/bench_train.py --device cuda --width 1 --batch-size 512 --blocks 6
+    python scripts/bench_train.py --sharpness-repeats 0   # without the sharpness timing
 """
 from __future__ import annotations
 
@@ -22,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bnexp.data.sources import make_synthetic  # noqa: E402
-from bnexp.instrument import LossCurve, StabilityProbe, default_instrument_cfg  # noqa: E402
+from bnexp.instrument import LossCurve, SharpnessProbe, StabilityProbe, default_instrument_cfg  # noqa: E402
 from bnexp.models import build_model  # noqa: E402
-from bnexp.train.step import LogWindow, TrainStep  # noqa: E402
+from bnexp.train.step import LogWindow, TrainStep, fixed_batch_loss  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,6 +52,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--check-syncs", action="store_true",
                         help="CUDA: count host syncs inside the training step, both arms (should be 0)")
+    parser.add_argument("--sharpness-repeats", type=int, default=3,
+                        help="sharpness-measuring steps timed (each beside a plain step); 0 skips them")
+    parser.add_argument("--sharpness-steps", type=int, default=default_instrument_cfg()["sharpness_lanczos_steps"],
+                        help="Lanczos steps (Hessian-vector products) per measurement")
+    parser.add_argument("--sharpness-tolerance", type=float, default=0.0,
+                        help="Lanczos stops early at this relative residual estimate (0: always every step)")
+    parser.add_argument("--sharpness-batch", type=int, default=0,
+                        help="images in the measurement batch (0: --batch-size, like sharpness_batch_size=null)")
+    parser.add_argument("--sharpness-every", type=int, default=50,
+                        help="for the printed cost of a run measuring every N steps")
     return parser.parse_args()
 
 
@@ -130,6 +148,36 @@ def main() -> None:
             target.append(time.perf_counter() - measure_start)
         step += 2
 
+    # Steps that each measure the sharpness (eagerly, fp32, as in a run) beside plain steps, alternating; the first
+    # measurement (a cold start and first-call costs) is warm-up.
+    sharpness_times, beside_times, lanczos_steps_taken = [], [], []
+    sharpness_cpu_times, beside_cpu_times = [], []
+    if args.sharpness_repeats > 0:
+        measure_images, measure_labels = batches[0]
+        measure_images, measure_labels = measure_images[:args.sharpness_batch or None], \
+            measure_labels[:args.sharpness_batch or None]
+        sharpness = SharpnessProbe(model, fixed_batch_loss(measure_images, measure_labels, memory_format=memory_format,
+                                                           label_smoothing=0.0),
+                                   optimizer, every=1, lanczos_steps=args.sharpness_steps,
+                                   tolerance=args.sharpness_tolerance)
+        sharpness_step = TrainStep(model, optimizer, StabilityProbe(model, {"every": 0}, sharpness), compiled,
+                                   args.amp, memory_format)
+        for repeat in range(args.sharpness_repeats + 1):
+            for timed_step, target, cpu_target in ((sharpness_step, sharpness_times, sharpness_cpu_times),
+                                                   (steps["off"], beside_times, beside_cpu_times)):
+                images, labels = batches[step % len(batches)]
+                synchronize()
+                start, cpu_start = time.perf_counter(), time.process_time()
+                timed_step(step, images, labels)
+                synchronize()
+                if repeat > 0:
+                    target.append(time.perf_counter() - start)
+                    cpu_target.append(time.process_time() - cpu_start)
+                step += 1
+            (record,) = sharpness_step.probe.readback()
+            if repeat > 0:
+                lanczos_steps_taken.append(int(record["sharpness/lanczos_steps"]))
+
     off_ms = 1000 * statistics.median(times["off"])
     on_ms = 1000 * statistics.median(times["on"])
     print(f"device={device.type} model={args.model} norm={args.norm} width={args.width} batch={args.batch_size} "
@@ -139,6 +187,19 @@ def main() -> None:
     if args.every > 0:
         print(f"measure step: {1000 * statistics.median(measure_step_times):.2f} ms, plain step "
               f"{1000 * statistics.median(plain_step_times):.2f} ms (each synchronised, median of 3)")
+    if sharpness_times:
+        print(f"sharpness step (Lanczos steps taken {lanczos_steps_taken} of at most {args.sharpness_steps}, "
+              f"tolerance {args.sharpness_tolerance:g}, measurement batch {args.sharpness_batch or args.batch_size}): "
+              f"{1000 * statistics.median(sharpness_times):.1f} ms, plain step "
+              f"{1000 * statistics.median(beside_times):.1f} ms (each synchronised, "
+              f"median of {args.sharpness_repeats})")
+        arms = [("wall-time", sharpness_times, beside_times)]
+        if device.type == "cpu":  # steadier on a shared CPU, as above
+            arms.append(("process-CPU-time", sharpness_cpu_times, beside_cpu_times))
+        for kind, measuring, plain in arms:
+            ratio = statistics.median(measuring) / statistics.median(plain)
+            print(f"sharpness / plain step {kind} ratio: {ratio:.1f}; a run measuring every {args.sharpness_every} "
+                  f"steps pays {100 * (ratio - 1) / args.sharpness_every:+.0f}% of its step time")
     if args.check_syncs and device.type == "cuda":
         print(f"host syncs inside the training step: {len(step_syncs)} {step_syncs[:3]}")
     print(f"instrumented / off step-time ratio: {on_ms / off_ms:.3f}  (overhead {100 * (on_ms / off_ms - 1):+.1f}%)")

@@ -194,6 +194,10 @@ class InstrumentConfig:
     acc_targets: List[float] = setting("[0.5,0.7,0.8]", check=_acc_targets_problem)
     activations: Any = setting("true", kind="bool")
     update_ratio: Any = setting("true", kind="bool")
+    sharpness_every: int = setting("10", at_least=0)
+    sharpness_lanczos_steps: int = setting("20", at_least=1)
+    sharpness_tolerance: float = setting("1e-3", at_least=0.0)
+    sharpness_batch_size: Optional[int] = setting("512", at_least=1)  # null: train.batch_size
 
 
 @dataclass
@@ -449,6 +453,10 @@ def _cross_key_problems(cfg: Any) -> Iterator[str]:
     if batch_size is not None and train_size is not None and batch_size > train_size:
         yield (f"train.batch_size={batch_size} is larger than the {train_size} training images "
                f"(data.train_size); e.g. train.batch_size={min(512, train_size)}")
+    sharpness_batch_size = config_value(cfg, "instrument.sharpness_batch_size")
+    if sharpness_batch_size is not None and train_size is not None and sharpness_batch_size > train_size:
+        yield (f"instrument.sharpness_batch_size={sharpness_batch_size} is larger than the {train_size} training "
+               f"images (data.train_size); e.g. instrument.sharpness_batch_size={min(512, train_size)}")
 
 
 @functools.lru_cache(maxsize=64)

@@ -2,7 +2,9 @@
 
 Every `every` steps (step 0 always) a measure step records gradient, parameter and update norms per layer
 (`layers.py`) and activation statistics (`hooks.py`). The one rule for `grad_norm/global`: every measure step, and
-every step whose caller asks for it (the trainer asks at the first step of each log window).
+every step whose caller asks for it (the trainer asks at the first step of each log window). With a SharpnessProbe
+(`sharpness.py`), every `instrument.sharpness_every` steps also measure the top Hessian eigenvalue, between backward
+and the optimiser step; those steps alone synchronise with the device.
 
 Measurements stay device tensors until the caller takes them (`take_measurements`) and copies them to the host in
 one transfer with its own values (`to_host`); `receive` turns the host values into records and adds them to the
@@ -21,6 +23,7 @@ from bnexp.config.keys import config_value
 from bnexp.instrument.history import GradNormHistory, MechanismHistory, steps_to_accuracy
 from bnexp.instrument.hooks import ForwardHooks
 from bnexp.instrument.layers import ParameterLayers, unwrap_model
+from bnexp.instrument.sharpness import SharpnessProbe
 
 
 def instrument_setting(instrument_cfg: Any, key: str) -> Any:
@@ -46,8 +49,9 @@ def to_host(tensors: list[torch.Tensor]) -> list[list[float]]:
 class StabilityProbe:
     """Called around each optimisation step: before_forward, after_backward, after_optimizer_step."""
 
-    def __init__(self, model: nn.Module, instrument_cfg: Any = None):
+    def __init__(self, model: nn.Module, instrument_cfg: Any = None, sharpness: SharpnessProbe | None = None):
         model = unwrap_model(model)
+        self.sharpness = sharpness
         self.every = int(instrument_setting(instrument_cfg, "every"))
         self.acc_targets = [float(target) for target in instrument_setting(instrument_cfg, "acc_targets")]
         self.record_update_ratio = bool(instrument_setting(instrument_cfg, "update_ratio"))
@@ -93,6 +97,10 @@ class StabilityProbe:
             elif global_grad_norm and (norm := self.layers.global_grad_norm()) is not None:
                 self._step = step
                 self._add(["grad_norm/global"], norm)
+        if self.sharpness is not None and self.sharpness.is_measure_step(step):
+            self._step = step
+            if values := self.sharpness.measure():
+                self._add(list(values), torch.stack([value.float() for value in values.values()]))
 
     def after_optimizer_step(self, step: int) -> None:
         ratios = self.layers.update_ratios()  # frees the snapshot in any case

@@ -18,12 +18,12 @@ from tqdm import tqdm
 
 from bnexp.config.compose import validate_train_config
 from bnexp.data.sources import TrainBatches, eval_batches, load_dataset
-from bnexp.instrument import LossCurve, StabilityProbe
+from bnexp.instrument import LossCurve, SharpnessProbe, StabilityProbe
 from bnexp.models import build_model, stat_groups_by_layer
 from bnexp.runs.provenance import provenance
 from bnexp.runs.lock import RunDirLock
 from bnexp.train.sinks import LocalSink, SinkGroup, logger_sinks
-from bnexp.train.step import LogWindow, TrainStep, model_logits
+from bnexp.train.step import LogWindow, TrainStep, fixed_batch_loss, model_logits
 
 
 class RunInterrupted(Exception):
@@ -235,7 +235,11 @@ def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
     # the settings are bound once: OmegaConf lookups cost microseconds, and this runs every step
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
         lr_multiplier, total_steps=total_steps, warmup_frac=cfg.optim.warmup_frac, schedule=cfg.optim.schedule))
-    probe = StabilityProbe(model, cfg.get("instrument"))
+    sharpness = SharpnessProbe.from_config(model, optimizer, cfg.get("instrument"), train_split, cfg.seed,
+                                           cfg.train.batch_size, functools.partial(
+                                               fixed_batch_loss, memory_format=memory_format,
+                                               label_smoothing=cfg.optim.label_smoothing))
+    probe = StabilityProbe(model, cfg.get("instrument"), sharpness)
     train_step = TrainStep(model, optimizer, probe, step_model, amp, memory_format, cfg.optim.label_smoothing)
     window = LogWindow(int(cfg.train.log_every), device, len(batches), cfg.divergence.loss_factor,
                        LossCurve(cfg.get("instrument")), probe)

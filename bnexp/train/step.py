@@ -27,6 +27,18 @@ def model_logits(model: nn.Module, images: torch.Tensor, amp: bool,
         return model(normalize(images.contiguous(memory_format=memory_format)))
 
 
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """The loss a training step minimises; the sharpness measurement differentiates this same function twice."""
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
+def fixed_batch_loss(images: torch.Tensor, labels: torch.Tensor, *, memory_format: torch.memory_format,
+                     label_smoothing: float):
+    """forward -> the training loss of this uint8 batch through that forward, in fp32 without autocast: the
+    function whose Hessian the sharpness measurement takes (bnexp/instrument/sharpness.py)."""
+    return lambda forward: training_loss(model_logits(forward, images, False, memory_format), labels, label_smoothing)
+
+
 @dataclass
 class TrainStep:
     model: nn.Module
@@ -47,7 +59,7 @@ class TrainStep:
         # torch.compile does not follow per-step hooks: steps that measure activations run the eager module
         eager = self.compiled_model is None or (probe is not None and probe.measures_activations(step))
         logits = model_logits(self.model if eager else self.compiled_model, images, self.amp, self.memory_format)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        loss = training_loss(logits, labels, self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if probe is not None:

@@ -258,6 +258,9 @@ def test_a_quoted_number_on_the_command_line_is_the_number(tmp_path):
     (["variant.stat_groups=3"], r"variant\.stat_groups=3 does not divide every norm layer's width"),
     (["variant.stat_groups=null"], r"variant\.norm=grouped needs a group count"),
     (["train.batch_size=512"], r"train\.batch_size=512 is larger than the 256 training images"),
+    (["instrument.sharpness_batch_size=512"],
+     r"instrument\.sharpness_batch_size=512 is larger than the 256 training images"),
+    (["instrument.sharpness_every=-1"], r"instrument\.sharpness_every=-1 is too small"),
     (["optim=adamw", "optim.betas=[0.9]"], r"optim\.betas=\[0\.9\] must be two numbers"),
     (["train.compile=2"], r"train\.compile=2 is not true or false"),
 ])

@@ -1,4 +1,5 @@
-"""The GPU benchmark script's own logic, run on the CPU through its dry-run mode (Triton interpreter, tiny shapes).
+"""The benchmark scripts' own logic on the CPU: the GPU benchmark through its dry-run mode (Triton interpreter, tiny
+shapes), the training benchmark at a tiny size.
 
 The times it prints there mean nothing; what is checked is that every case and implementation gets a row with its
 spread, that the ratios and summary are computed from those rows, and that our output matched torch's.
@@ -10,8 +11,10 @@ import math
 import os
 import subprocess
 import sys
-from tests.helpers import REPO
 
+import pytest
+
+from tests.helpers import REPO
 
 
 def test_bench_bn_dry_run_writes_every_case(tmp_path):
@@ -68,3 +71,18 @@ def test_kernel_sass_report_compiles_for_sm90_without_a_gpu(tmp_path):
     streaming_and_finalize = {"stats_partial", "stats_finalize", "normalize", "backward_reduce",
                               "backward_finalize", "backward_dx"}
     assert kernels_by_layout == {"nchw": streaming_and_finalize, "nhwc": streaming_and_finalize}
+
+
+@pytest.mark.slow
+def test_bench_train_times_a_sharpness_step_beside_a_plain_one():
+    """The training benchmark's sharpness arm runs the real measurement (its Lanczos steps are reported) and
+    prints its ratios; the times themselves mean nothing here."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--width", "0.125", "--batch-size", "8",
+         "--blocks", "1", "--warmup", "1", "--every", "2", "--log-every", "2", "--sharpness-steps", "2",
+         "--sharpness-repeats", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Lanczos steps taken [2] of at most 2" in proc.stdout
+    assert "sharpness / plain step wall-time ratio:" in proc.stdout
+    assert "sharpness / plain step process-CPU-time ratio:" in proc.stdout
