@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bnexp.report.records import RunRecord, group_by, runs_at_lr, variant_sort_key
+from bnexp.report.run_records import RunRecord, group_by, variant_sort_key
+from bnexp.report.series import runs_at_lr
 from bnexp.report.plots import PlotResult, plt, save_figure, series_colors
 from bnexp.runs.files import as_float
 from bnexp.report.tables import model_table, write_csv

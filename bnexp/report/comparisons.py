@@ -1,0 +1,52 @@
+"""Differences between variants: each variant's final accuracy against the reference's at each lr, as a Welch
+difference, worded by whether it holds beyond its interval."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bnexp.report import intervals
+from bnexp.report.aggregation import GroupStats, final_accuracies
+from bnexp.report.run_records import variant_sort_key
+
+
+@dataclass
+class Comparison:
+    """A variant's final test accuracy against the reference's at one lr (finished seeds of each)."""
+    model: str
+    lr: float
+    variant: str
+    reference: str
+    difference: intervals.Difference   # mean(variant) - mean(reference), Welch t-interval
+
+    def verdict(self) -> str:
+        """'correct_bn > shared_bn', or '... not resolved (...)', from the interval of the difference."""
+        return self.difference.verdict(self.variant, self.reference)
+
+    def format(self) -> str:
+        """'shared_bn − correct_bn: -12.3 points [-20.1, -4.5] (n=3 vs 3) → holds: shared_bn < correct_bn'."""
+        d = self.difference
+        points = f"{100 * d.difference:+.1f} points"
+        if d.low is not None:
+            points += f" [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+        verdict = f"holds: {self.verdict()}" if d.resolved else self.verdict()
+        return f"{self.variant} − {self.reference}: {points} (n={d.n_a} vs {d.n_b}) → {verdict}"
+
+
+def compare_to_reference(groups: list[GroupStats], reference: str = "correct_bn",
+                         level: float = intervals.DEFAULT_LEVEL) -> list[Comparison]:
+    """Per model and lr, each other variant's final accuracy against `reference`'s, as a Welch difference.
+
+    Only lrs where both have a finished seed are compared; diverged seeds have no accuracy (the summary counts them).
+    """
+    by_key = {(g.model, g.variant, g.lr): g for g in groups}
+    comparisons = []
+    for group in groups:
+        base = by_key.get((group.model, reference, group.lr))
+        if group.variant == reference or base is None:
+            continue
+        values, base_values = final_accuracies(group.runs), final_accuracies(base.runs)
+        if values and base_values:
+            comparisons.append(Comparison(group.model, group.lr, group.variant, reference,
+                                          intervals.difference_interval(values, base_values, level)))
+    comparisons.sort(key=lambda c: (c.model, c.lr, variant_sort_key(c.variant)))
+    return comparisons
