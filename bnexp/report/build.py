@@ -22,6 +22,8 @@ killed) are counted and listed, so the report is written for every state a sweep
 from __future__ import annotations
 
 import argparse
+import difflib
+import math
 import sys
 from pathlib import Path
 
@@ -32,23 +34,68 @@ from bnexp.report.aggregation import (DEFAULT_INTERVAL_METHOD, INTERVAL_METHODS,
                                       largest_stable_lrs)
 from bnexp.report.comparisons import compare_to_reference
 from bnexp.report.markdown_tables import summary_markdown
-from bnexp.report.run_records import load_runs
+from bnexp.report.run_records import RunRecord, load_runs, variant_sort_key
+from bnexp.report.selection import counted_runs
 from bnexp.report.sections import ReportContent, report_markdown
 from bnexp.report.series import choose_shared_lr
 from bnexp.report.trainable_lr import edges_of_stability
 from bnexp.runs.files import first_line
 from bnexp.runs.outcome import DEFAULT_MIN_ACC
 
+DEFAULT_REFERENCE = "correct_bn"
+
+
+class ReportError(Exception):
+    """A report that cannot be made as asked; the message names the problem and what to give instead."""
+
+
+def check_settings(min_acc: float, shared_lr: float | None) -> None:
+    """Refuse settings no report can mean, before any run dir is read."""
+    if not 0.0 <= min_acc <= 1.0:  # NaN fails too
+        raise ReportError(f"--min-acc {min_acc:g} is not an accuracy: give a fraction between 0 and 1 "
+                          f"(e.g. --min-acc {DEFAULT_MIN_ACC:g} for {100 * DEFAULT_MIN_ACC:g}%)")
+    if shared_lr is not None and not (math.isfinite(shared_lr) and shared_lr > 0):
+        raise ReportError(f"--lr {shared_lr:g} is not a learning rate: give a positive number (e.g. --lr 0.4)")
+
+
+def check_reference(reference: str, runs: list[RunRecord]) -> None:
+    """A reference the caller named must be a variant of the runs (there is nothing to check without runs)."""
+    variants = sorted({run.variant for run in runs}, key=variant_sort_key)
+    if variants and reference not in variants:
+        close = difflib.get_close_matches(reference, variants, n=1)
+        raise ReportError(f"--reference {reference} is not a variant of these runs ({', '.join(variants)})"
+                          + (f"; did you mean --reference {close[0]}?" if close else ""))
+
+
+def make_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"--out {out_dir} is a file: give a directory for the report (it is created if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file on the way, or a folder it may not write in
+        raise ReportError(f"--out {out_dir} cannot be made: {error.strerror or error}"
+                          + (f" ({error.filename})" if error.filename and Path(error.filename) != out_dir else ""))
+
 
 def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = None,
                  min_acc: float = DEFAULT_MIN_ACC, interval_method: str = DEFAULT_INTERVAL_METHOD,
-                 reference: str = "correct_bn") -> Path:
-    """Read the runs below `paths`; write the CSVs, summary.md, the plots and report.md to `out_dir`."""
-    runs, skipped = load_runs(paths)
+                 reference: str | None = None) -> Path:
+    """Read the runs below `paths`; write the CSVs, summary.md, the plots and report.md to `out_dir`.
+
+    `reference`: the variant the Differences section compares with; when given it must be one of the runs',
+    by default correct_bn wherever there is one. Raises ReportError for settings it cannot use.
+    """
+    check_settings(min_acc, shared_lr)
+    loaded, skipped = load_runs(paths)
+    runs, repeats = counted_runs(loaded)
+    unplaced = [run for run in loaded if not run.on_lr_axis]  # failed on a bad lr: listed, not tabled
+    if reference is not None:
+        check_reference(reference, runs)
+    reference = reference or DEFAULT_REFERENCE
     if not runs:
         print(f"bnexp.report: warning: no usable run dirs under {[str(p) for p in paths]}"
               + (f" ({len(skipped)} skipped)" if skipped else "") + "; report.md says so", file=sys.stderr)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out_dir)
     groups = aggregate(runs, min_acc, interval_method)
     stable = largest_stable_lrs(groups, min_acc)
     edges = edges_of_stability(runs, min_acc)
@@ -56,7 +103,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     show_model = len({run.model for run in runs}) > 1
     chosen_lr = choose_shared_lr(groups, shared_lr)
 
-    csv_files.write_runs_csv(runs, out_dir / "runs.csv")
+    csv_files.write_runs_csv(runs + unplaced, out_dir / "runs.csv")
     csv_files.write_summary_csv(groups, out_dir / "summary.csv")
     csv_files.write_stable_csv(stable, out_dir / "stable_lr.csv")
     csv_files.write_edge_csv(edges, out_dir / "edge_of_stability.csv")
@@ -75,9 +122,10 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
         mechanism = [report_mechanism.SECTION_HEADING, "",
                      f"_Not shown: the section could not be made ({type(error).__name__}: "
                      f"{first_line(str(error))})._", ""]
-    content = ReportContent(paths=paths, runs=runs, skipped=skipped, groups=groups, stable=stable, edges=edges,
-                            comparisons=comparisons, summary_table=summary_table, plots=plots, mechanism=mechanism,
-                            min_acc=min_acc, interval_method=interval_method, reference=reference)
+    content = ReportContent(paths=paths, runs=runs, unplaced=unplaced, repeats=repeats, skipped=skipped,
+                            groups=groups, stable=stable, edges=edges, comparisons=comparisons,
+                            summary_table=summary_table, plots=plots, mechanism=mechanism, min_acc=min_acc,
+                            interval_method=interval_method, reference=reference)
     report_path = out_dir / "report.md"
     report_path.write_text(report_markdown(content))
     return report_path
@@ -91,15 +139,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="lr for the per-variant curve plots (default: largest lr where correct_bn is stable)")
     parser.add_argument("--interval", choices=INTERVAL_METHODS, default=DEFAULT_INTERVAL_METHOD,
                         help="the 95%% interval over seeds: t (Student-t, the default) or bootstrap (percentile)")
-    parser.add_argument("--reference", default="correct_bn",
-                        help="the variant every other one is compared with in the Differences section")
+    parser.add_argument("--reference", default=None,
+                        help="the variant every other one is compared with in the Differences section "
+                             f"(default {DEFAULT_REFERENCE}); it must be one of the runs' variants")
     parser.add_argument("--min-acc", type=float, default=DEFAULT_MIN_ACC,
                         help=f"final test accuracy a run must reach to count as training (default {DEFAULT_MIN_ACC})")
     args = parser.parse_args(argv)
     if missing := [str(p) for p in args.paths if not p.exists()]:
         print(f"bnexp.report: error: no such path(s): {missing}", file=sys.stderr)
         return 2
-    report_path = build_report(args.paths, args.out, args.lr, args.min_acc, args.interval, args.reference)
+    try:
+        report_path = build_report(args.paths, args.out, args.lr, args.min_acc, args.interval, args.reference)
+    except ReportError as error:
+        print(f"bnexp.report: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the out dir became unwritable, or the disk filled, while the report was written
+        print(f"bnexp.report: error: could not write the report in {args.out}: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {report_path} (+ summary.csv, summary.md, stable_lr.csv, edge_of_stability.csv, "
           f"differences.csv, runs.csv, plots) in {args.out}")
     return 0

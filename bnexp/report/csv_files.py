@@ -21,7 +21,9 @@ RUN_COLUMNS = ("model", "variant", "lr", "seed", "status", "final_test_acc", "be
 
 def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
     rows = []
-    for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr, r.seed or 0)):
+    # a run without an lr (it failed on a bad one) follows its variant's runs
+    for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr if r.on_lr_axis else math.inf,
+                                           r.seed or 0)):
         row = {"model": run.model, "variant": run.variant, "lr": run.lr, "seed": run.seed, "status": run.status,
                "run_dir": shown_path(run.run_dir), "error": first_line(run.summary.get("error"))}
         rows.append([row.get(c, run.summary.get(c)) for c in RUN_COLUMNS])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bnexp.report.aggregation import final_accuracies
 from bnexp.report.run_records import RunRecord, group_by, variant_sort_key
 from bnexp.report.series import runs_at_lr
 from bnexp.report.plots import PlotResult, plt, save_figure, series_colors
@@ -157,14 +158,16 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def mechanism_table(at_end: list[tuple[RunRecord, MechanismPoint]]) -> list[dict]:
-    """Per model x variant x lr, means over the runs that record the metrics, at each run's last measured step."""
+    """Per model x variant x lr, means over the runs that record the metrics, at each run's last measured step;
+    the final test accuracy over those of them that finished."""
     grouped = group_by(at_end, lambda member: (member[0].model, member[0].variant, member[0].lr))
     rows = []
     for model, variant, lr in sorted(grouped, key=lambda key: (key[0], variant_sort_key(key[1]), key[2])):
         members = grouped[(model, variant, lr)]
         rows.append({"model": model, "variant": variant, "lr": lr, "n_runs": len(members),
                      **{field: _mean([getattr(p, field) for _, p in members]) for field in TABLE_FIELDS},
-                     "final_test_acc": _mean([as_float(r.summary.get("final_test_acc")) for r, _ in members])})
+                     # a diverged run's last accuracy is not a result (as in the summary table)
+                     "final_test_acc": _mean(final_accuracies([run for run, _ in members]))})
     return rows
 
 

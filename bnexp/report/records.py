@@ -1,7 +1,8 @@
 """The report's reading of runs in one import, for callers outside the report (the dashboard) and for scripts.
 
 Each name lives in the module that does its job; this module only gathers them:
-  run_records   run dirs read into RunRecords (`load_runs`, `discover_runs`), variant labels and their order
+  run_records   run dirs read into RunRecords (`load_runs`), variant labels and their order
+  selection     the runs the tables count: on the lr axis, one per seed (`counted_runs`, `discover_runs`)
   aggregation   runs grouped by model x variant x lr (`aggregate` -> GroupStats), `largest_stable_lrs`
   comparisons   each variant against the reference at each lr, as a Welch difference (`compare_to_reference`)
   trainable_lr  the edge of stability per variant, with its bracket (`edges_of_stability`)
@@ -15,8 +16,9 @@ from bnexp.report.aggregation import (DEFAULT_INTERVAL_METHOD, INTERVAL_METHODS,
                                       accuracy_targets, aggregate, final_accuracies, largest_stable_lrs)
 from bnexp.report.comparisons import Comparison, compare_to_reference
 from bnexp.report.provenance import PROVENANCE_KEYS, ProvenanceCounts, provenance_counts
-from bnexp.report.run_records import (VARIANT_ORDER, GradNormTrajectory, RunRecord, Skipped, SkippedRunDir,
-                                      discover_runs, group_by, load_run, load_runs, variant_label, variant_sort_key)
+from bnexp.report.run_records import (VARIANT_ORDER, GradNormTrajectory, RunRecord, Skipped, SkippedRunDir, group_by,
+                                      load_run, load_runs, variant_label, variant_sort_key)
+from bnexp.report.selection import RepeatedSeed, counted_runs, discover_runs
 from bnexp.report.series import choose_shared_lr, runs_at_lr, runs_by_series, series_labeller
 from bnexp.report.study_config import varying_config_keys
 from bnexp.report.trainable_lr import (ALL_CHANNELS, NO_NORM, EdgeOfStability, channels_per_statistic,
@@ -26,8 +28,8 @@ from bnexp.runs.outcome import DEFAULT_MIN_ACC
 __all__ = [
     "ALL_CHANNELS", "DEFAULT_INTERVAL_METHOD", "DEFAULT_MIN_ACC", "INTERVAL_METHODS", "NO_NORM", "PROVENANCE_KEYS",
     "VARIANT_ORDER", "Comparison", "EdgeOfStability", "GradNormTrajectory", "GroupStats", "ProvenanceCounts",
-    "RunRecord", "Skipped", "SkippedRunDir", "StableLr", "accuracy_targets", "aggregate", "channels_per_statistic",
-    "choose_shared_lr", "compare_to_reference", "discover_runs", "edges_of_stability", "final_accuracies",
+    "RepeatedSeed", "RunRecord", "Skipped", "SkippedRunDir", "StableLr", "accuracy_targets", "aggregate", "channels_per_statistic",
+    "choose_shared_lr", "compare_to_reference", "counted_runs", "discover_runs", "edges_of_stability", "final_accuracies",
     "group_by", "largest_stable_lrs", "load_run", "load_runs", "provenance_counts", "run_outcome", "runs_at_lr",
     "runs_by_series", "series_labeller", "variant_label", "variant_sort_key", "varying_config_keys",
 ]

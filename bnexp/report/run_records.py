@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,9 +17,12 @@ from typing import Any, Callable, Iterable
 
 from bnexp.config.keys import config_value
 from bnexp.runs.fileio import read_json
+from bnexp.runs.lock import LOCK_FILE
 from bnexp.runs.files import (
     COMPLETED_STATUSES,
+    CONFIG_FILES,
     RUN_STATUSES,
+    SUMMARY_FILE,
     SWEEP_JOB_FILE,
     as_float,
     find_run_dirs,
@@ -48,12 +52,26 @@ class RunRecord:
     status: str
     variant: str          # label, e.g. correct_bn or grouped_bn_g8
     model: str
-    lr: float             # load_run refuses a run without a positive lr
+    lr: float             # positive, but for a run that did not complete (nan when it had none): on_lr_axis
     seed: int | None
 
     @property
     def completed(self) -> bool:
         return self.status in COMPLETED_STATUSES
+
+    @property
+    def on_lr_axis(self) -> bool:
+        """Whether the run has a place in the tables: a positive lr. A run that failed on a bad lr (nan, 0, -1)
+        has none, and is only listed among the runs that did not complete."""
+        return math.isfinite(self.lr) and self.lr > 0
+
+    @functools.cached_property
+    def summary_written_at(self) -> float:
+        """When summary.json was last written (its modification time; the trainer rewrites it at the run's end)."""
+        try:
+            return (self.run_dir / SUMMARY_FILE).stat().st_mtime
+        except OSError:
+            return 0.0
 
     @functools.cached_property
     def step_records(self) -> list[dict[str, Any]]:
@@ -147,7 +165,7 @@ def load_run(run_dir: Path) -> RunRecord:
     if given_lr is None:
         given_lr = config_value(config, "optim.lr", job.get("lr"), null_is_missing=False)
     lr = as_float(given_lr)
-    if lr is None or not math.isfinite(lr) or lr <= 0:
+    if (lr is None or not math.isfinite(lr) or lr <= 0) and status in COMPLETED_STATUSES:
         raise SkippedRunDir(f"its lr ({given_lr!r}) is not a positive number, so it has no place on the lr axis "
                             f"(status {status})")
     seed = summary.get("seed", config_value(config, "seed", job.get("seed"), null_is_missing=False))
@@ -155,12 +173,32 @@ def load_run(run_dir: Path) -> RunRecord:
         raise SkippedRunDir(f"its seed ({seed!r}) is not an integer (status {status})")
     model = summary.get("model") or config_value(config, "model.name") or job.get("model") or UNKNOWN_MODEL
     return RunRecord(run_dir=run_dir, summary=summary, config=config, status=status,
-                     variant=variant_label(config, summary), model=str(model), lr=lr,
+                     variant=variant_label(config, summary), model=str(model), lr=math.nan if lr is None else lr,
                      seed=int(seed) if seed is not None else None)
+
+
+def summaries_that_are_not_files(paths: Iterable[Path]) -> list[Skipped]:
+    """Dirs marked as run dirs (a config, a sweep job record or a run lock) whose summary.json is there but is not
+    a file: bnexp.runs' finder passes them over, and the report must say why they are missing."""
+    found = {}
+    for root in paths:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d != ".hydra" and not d.startswith(".tmp"))
+            summary = Path(dirpath) / SUMMARY_FILE
+            if not (os.path.lexists(summary) and not summary.is_file()):
+                continue
+            dirnames[:] = [d for d in dirnames if d != SUMMARY_FILE]
+            if any((Path(dirpath) / name).is_file() for name in (*CONFIG_FILES, SWEEP_JOB_FILE, LOCK_FILE)):
+                what = ("a directory" if summary.is_dir() else "a link to nothing" if summary.is_symlink()
+                        else "not a regular file")
+                found[Path(dirpath).resolve()] = (f"summary.json is {what}, so the run's result cannot be read "
+                                                  "(move it aside; running the run again writes the file)")
+    return [Skipped(run_dir, reason) for run_dir, reason in sorted(found.items())]
 
 
 def load_runs(paths: Iterable[Path]) -> tuple[list[RunRecord], list[Skipped]]:
     """Every run dir below `paths`: the runs the report can use, and the dirs it skipped with the reason."""
+    paths = list(paths)
     runs, skipped = [], []
     for run_dir in find_run_dirs(paths):
         try:
@@ -169,6 +207,7 @@ def load_runs(paths: Iterable[Path]) -> tuple[list[RunRecord], list[Skipped]]:
             skipped.append(Skipped(run_dir, str(reason)))
         except Exception as error:  # a damage not foreseen above must cost one run dir, not the report
             skipped.append(Skipped(run_dir, f"could not be read ({type(error).__name__}: {error})"))
+    skipped += summaries_that_are_not_files(paths)
     # A run that failed before its config was written does not know its model (the trainer's default); with
     # one model in the study it is that one, rather than a spurious second model in every table.
     known_models = {run.model for run in runs if run.model != UNKNOWN_MODEL}
@@ -177,10 +216,6 @@ def load_runs(paths: Iterable[Path]) -> tuple[list[RunRecord], list[Skipped]]:
             if run.model == UNKNOWN_MODEL:
                 run.model = next(iter(known_models))
     return runs, skipped
-
-
-def discover_runs(paths: Iterable[Path]) -> list[RunRecord]:
-    return load_runs(paths)[0]
 
 
 def variant_sort_key(label: str) -> tuple:

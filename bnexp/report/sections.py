@@ -20,6 +20,7 @@ from bnexp.report.markdown_tables import INTERVAL_NAMES, differences_markdown, e
 from bnexp.report.plots import PlotResult
 from bnexp.report.provenance import ProvenanceCounts, provenance_counts
 from bnexp.report.run_records import RunRecord, Skipped
+from bnexp.report.selection import RepeatedSeed
 from bnexp.report.shown_paths import portable_config, shown_path
 from bnexp.report.study_config import varying_config_keys
 from bnexp.report.tables import markdown_table
@@ -108,7 +109,9 @@ def provenance_markdown(counts: ProvenanceCounts, n_runs: int) -> list[str]:
 class ReportContent:
     """Everything report.md states, as build_report computed it."""
     paths: list[Path]
-    runs: list[RunRecord]
+    runs: list[RunRecord]               # the runs the tables count (bnexp/report/selection.py)
+    unplaced: list[RunRecord]           # runs that failed on a bad lr: no place in a table, listed as failed
+    repeats: list[RepeatedSeed]         # seeds run more than once: the run kept and the ones left out
     skipped: list[Skipped]
     groups: list[GroupStats]
     stable: list[StableLr]
@@ -125,12 +128,18 @@ class ReportContent:
     def show_model(self) -> bool:
         return len({run.model for run in self.runs}) > 1
 
+    @property
+    def listed_runs(self) -> list[RunRecord]:
+        """Every run the report speaks of: the counted ones and those without an lr."""
+        return self.runs + self.unplaced
+
 
 def opening(content: ReportContent) -> list[str]:
     return ["# BatchNorm learning-rate stability report", "",
             f"Generated {time.strftime('%Y-%m-%d %H:%M %Z')} by `python -m bnexp.report` from "
             + ", ".join(f"`{p}`" for p in content.paths) + ".", "",
-            *what_is_missing(content.runs, content.skipped, content.paths), ""]
+            *what_is_missing(content.listed_runs, content.skipped, content.paths),
+            *repeats_note(content.repeats), ""]
 
 
 def config_section(content: ReportContent) -> list[str]:
@@ -215,7 +224,7 @@ def plots_section(content: ReportContent) -> list[str]:
 
 
 def incomplete_section(content: ReportContent) -> list[str]:
-    incomplete = [run for run in content.runs if not run.completed]
+    incomplete = [run for run in content.listed_runs if not run.completed]
     if not incomplete:
         return []
     lines = ["## Runs that did not complete", "",
@@ -226,6 +235,37 @@ def incomplete_section(content: ReportContent) -> list[str]:
                            STATUS_WITHOUT_ERROR.get(run.status, "no error recorded"))
         lines.append(f"- {run.variant} lr={run.lr:g} seed={run.seed} ({run.status}): {error} — "
                      f"`{shown_path(run.run_dir)}`")
+    return lines + [""]
+
+
+def repeats_note(repeats: list[RepeatedSeed]) -> list[str]:
+    """The opening's line on seeds run more than once (none when every seed ran once)."""
+    left_out = sum(len(repeat.left_out) for repeat in repeats)
+    if not left_out:
+        return []
+    return ["", f"**Repeated seeds:** {left_out} run{'s' if left_out != 1 else ''} repeat a seed already run at the "
+                "same variant and lr (a sweep run again after its settings changed); each seed counts once, and "
+                "the runs left out are listed under \"Repeated seeds\"."]
+
+
+def _written(run: RunRecord) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.summary_written_at))
+
+
+def repeats_section(content: ReportContent) -> list[str]:
+    if not content.repeats:
+        return []
+    lines = ["## Repeated seeds", "",
+             "A seed counts once per variant and lr. Where one ran more than once, the tables and plots use the "
+             "newest run that finished or diverged (by when its summary.json was written); the others are left "
+             "out of every table and plot.", ""]
+    for repeat in content.repeats:
+        kept = repeat.kept
+        prefix = f"{kept.model}, " if content.show_model else ""
+        lines.append(f"- {prefix}{kept.variant} lr={kept.lr:g} seed={kept.seed}: kept `{shown_path(kept.run_dir)}` "
+                     f"({kept.status}, {_written(kept)}), {repeat.why}; left out "
+                     + ", ".join(f"`{shown_path(run.run_dir)}` ({run.status}, {_written(run)})"
+                                 for run in repeat.left_out))
     return lines + [""]
 
 
@@ -240,9 +280,11 @@ def skipped_section(content: ReportContent) -> list[str]:
 
 def report_markdown(content: ReportContent) -> str:
     lines = [*opening(content),
-             "## Data source", "", *describe_data_sources(content.runs), "",
-             "## Made from", "", *provenance_markdown(provenance_counts(content.runs), len(content.runs)), "",
+             "## Data source", "", *describe_data_sources(content.listed_runs), "",
+             "## Made from", "",
+             *provenance_markdown(provenance_counts(content.listed_runs), len(content.listed_runs)), "",
              *config_section(content), *stable_section(content), *edge_section(content),
              *results_section(content), *differences_section(content), *plots_section(content),
-             *content.mechanism, *incomplete_section(content), *skipped_section(content)]
+             *content.mechanism, *incomplete_section(content), *repeats_section(content),
+             *skipped_section(content)]
     return "\n".join(lines)
