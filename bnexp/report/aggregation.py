@@ -121,6 +121,13 @@ class StableLr:
     smallest_unstable_lr: float | None
     stable_at_top_of_grid: bool  # stable at the largest lr tried: the grid did not find the limit
     largest_training_lr: float | None  # stable and every seed reached min_acc
+    seeds_per_lr: str = ""             # how many seeds each lr was decided on: "3", or "2-3" when they differ
+
+
+def count_range(counts: list[int]) -> str:
+    """'3' when every count is 3, '2-3' when they range from 2 to 3."""
+    low, high = min(counts, default=0), max(counts, default=0)
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def largest_stable_lrs(groups: list[GroupStats], min_acc: float = DEFAULT_MIN_ACC) -> list[StableLr]:
@@ -130,6 +137,7 @@ def largest_stable_lrs(groups: list[GroupStats], min_acc: float = DEFAULT_MIN_AC
         results.append(StableLr(model, variant, largest,
                                 min((g.lr for g in members if g.values["n_diverged"] > 0), default=None),
                                 largest is not None and largest == max(g.lr for g in members),
-                                max((g.lr for g in members if g.trains(min_acc)), default=None)))
+                                max((g.lr for g in members if g.trains(min_acc)), default=None),
+                                count_range([len(g.runs) for g in members])))
     results.sort(key=lambda r: (r.model, variant_sort_key(r.variant)))
     return results

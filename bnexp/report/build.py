@@ -12,7 +12,9 @@ to --out:
   stable_lr.csv          the largest lr per variant at which every seed finished without diverging
   edge_of_stability.csv  per variant: the largest lr that trains, with its bracket (last that trains, first that
                          does not), and the channels each statistic pools
-  differences.csv        per lr, each variant's accuracy minus the reference's, with its Welch interval and verdict
+  differences.csv        per lr, each variant's accuracy minus the reference's, with its Welch interval and verdict,
+                         its p-value and its p-value after Holm's correction over all the comparisons
+  trend.csv              per lr, Kendall's τ-b between group size and final accuracy over the runs, with its p-value
   *.png                  plots (see bnexp/report/plots.py)
   report.md              all of the above with the config, the data source and the versions that made the runs
 Optional fields (instrumentation) may be missing in older runs; the affected plot is skipped with a note.
@@ -39,6 +41,7 @@ from bnexp.report.selection import counted_runs
 from bnexp.report.sections import ReportContent, report_markdown
 from bnexp.report.series import choose_shared_lr
 from bnexp.report.trainable_lr import edges_of_stability
+from bnexp.report.trend import group_size_trends
 from bnexp.runs.files import first_line
 from bnexp.runs.outcome import DEFAULT_MIN_ACC
 
@@ -100,6 +103,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     stable = largest_stable_lrs(groups, min_acc)
     edges = edges_of_stability(runs, min_acc)
     comparisons = compare_to_reference(groups, reference)
+    trends = group_size_trends(runs)
     show_model = len({run.model for run in runs}) > 1
     chosen_lr = choose_shared_lr(groups, shared_lr)
 
@@ -108,6 +112,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     csv_files.write_stable_csv(stable, out_dir / "stable_lr.csv")
     csv_files.write_edge_csv(edges, out_dir / "edge_of_stability.csv")
     csv_files.write_differences_csv(comparisons, out_dir / "differences.csv")
+    csv_files.write_trend_csv(trends, out_dir / "trend.csv")
     summary_table = summary_markdown(groups, accuracy_targets(runs), show_model, interval_method)
     (out_dir / "summary.md").write_text(summary_table + "\n")
 
@@ -117,13 +122,13 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
              report_plots.plot_init_grad_norms(runs, out_dir),
              report_plots.plot_edge_of_stability(edges, out_dir)]
     try:
-        mechanism = report_mechanism.mechanism_section(runs, out_dir, chosen_lr)
+        mechanism = report_mechanism.mechanism_section(runs, out_dir, chosen_lr, interval_method)
     except Exception as error:  # noqa: BLE001 - the report must be written whatever one run dir holds
         mechanism = [report_mechanism.SECTION_HEADING, "",
                      f"_Not shown: the section could not be made ({type(error).__name__}: "
                      f"{first_line(str(error))})._", ""]
     content = ReportContent(paths=paths, runs=runs, unplaced=unplaced, repeats=repeats, skipped=skipped,
-                            groups=groups, stable=stable, edges=edges, comparisons=comparisons,
+                            groups=groups, stable=stable, edges=edges, comparisons=comparisons, trends=trends,
                             summary_table=summary_table, plots=plots, mechanism=mechanism, min_acc=min_acc,
                             interval_method=interval_method, reference=reference)
     report_path = out_dir / "report.md"
@@ -157,6 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bnexp.report: error: could not write the report in {args.out}: {error}", file=sys.stderr)
         return 2
     print(f"wrote {report_path} (+ summary.csv, summary.md, stable_lr.csv, edge_of_stability.csv, "
-          f"differences.csv, runs.csv, plots) in {args.out}")
+          f"differences.csv, trend.csv, runs.csv, plots) in {args.out}")
     return 0
 

@@ -1,5 +1,5 @@
-"""The report's CSV files, one writer each: runs.csv, summary.csv, stable_lr.csv, edge_of_stability.csv and
-differences.csv (the mechanism section writes its own mechanism.csv)."""
+"""The report's CSV files, one writer each: runs.csv, summary.csv, stable_lr.csv, edge_of_stability.csv,
+differences.csv and trend.csv (the mechanism section writes its own mechanism.csv)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,6 +12,7 @@ from bnexp.report.run_records import RunRecord, variant_sort_key
 from bnexp.report.shown_paths import shown_path
 from bnexp.report.tables import write_csv
 from bnexp.report.trainable_lr import EdgeOfStability
+from bnexp.report.trend import GroupSizeTrend
 from bnexp.runs.files import first_line
 
 RUN_COLUMNS = ("model", "variant", "lr", "seed", "status", "final_test_acc", "best_test_acc", "diverged_step",
@@ -43,15 +44,22 @@ def write_stable_csv(stable: list[StableLr], path: Path) -> None:
 
 def write_edge_csv(edges: list[EdgeOfStability], path: Path) -> None:
     write_csv(path, ["model", "variant", "channels_per_statistic", "max_stable_lr", "first_failing_lr", "capped",
-                     "floored", "lrs_tried", "bracket"],
+                     "floored", "lrs_tried", "bracket", "seeds_per_lr"],
               [[edge.model, edge.variant, edge.channels_per_statistic, edge.max_stable_lr, edge.first_failing_lr,
                 edge.bracket.capped, edge.bracket.floored, " ".join(f"{lr:g}" for lr in edge.lrs_tried),
-                edge.bracket.describe()] for edge in edges])
+                edge.bracket.describe(), edge.seeds_per_lr] for edge in edges])
 
 
 def write_differences_csv(comparisons: list[Comparison], path: Path) -> None:
     write_csv(path, ["model", "lr", "variant", "reference", "difference", "ci_low", "ci_high", "n_variant",
-                     "n_reference", "resolved", "verdict"],
+                     "n_reference", "resolved", "verdict", "p_value", "p_holm", "holds_after_holm"],
               [[c.model, c.lr, c.variant, c.reference, c.difference.difference, c.difference.low,
-                c.difference.high, c.difference.n_a, c.difference.n_b, c.difference.resolved, c.verdict()]
-               for c in comparisons])
+                c.difference.high, c.difference.n_a, c.difference.n_b, c.difference.resolved, c.verdict(),
+                c.difference.p_value, c.p_holm, c.holds_after_holm] for c in comparisons])
+
+
+def write_trend_csv(trends: list[GroupSizeTrend], path: Path) -> None:
+    write_csv(path, ["model", "lr", "group_sizes", "n_runs", "n_diverged_left_out", "variants", "variants_left_out",
+                     "kendall_tau_b", "p_value", "p_holm"],
+              [[t.model, t.lr, " ".join(map(str, t.group_sizes)), t.n_runs, t.n_diverged, " ".join(t.variants),
+                " ".join(t.left_out), t.tau, t.p_value, t.p_holm] for t in trends])

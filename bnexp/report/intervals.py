@@ -4,8 +4,9 @@
   per-seed outcomes and honest about how little 3 seeds say: t(0.975, 2) = 4.303).
 - `bootstrap_interval`: the percentile bootstrap of the mean. With a handful of seeds it is too narrow (it cannot
   see spread the seeds did not show), so it is offered for comparison, not as the report's default.
-- `difference_interval`: the Welch t-interval of a difference of two means (unequal variances); the difference
-  is *resolved* when the interval excludes 0.
+- `difference_interval`: the Welch t-interval of a difference of two means (unequal variances) with its p-value;
+  the difference is *resolved* when the interval excludes 0.
+- `holm_adjusted`: Holm's step-down adjustment of the p-values of a family of tests.
 
 One value gives no interval: the result says so (`low`/`high` are None) instead of inventing a width.
 The t distribution and Welch's test are scipy.stats'. The bootstrap is not scipy.stats.bootstrap: that one always
@@ -138,13 +139,15 @@ def mean_interval(values: Iterable[float], method: str = "t", level: float = DEF
 
 @dataclass(frozen=True)
 class Difference:
-    """mean(a) - mean(b) with its Welch t-interval; low/high are None when a group has fewer than 2 values."""
+    """mean(a) - mean(b) with its Welch t-interval and two-sided p-value; low/high/p_value are None when a group
+    has fewer than 2 values. The interval excludes 0 exactly when p_value < 1 - level."""
     difference: float
     low: float | None
     high: float | None
     df: float | None
     n_a: int
     n_b: int
+    p_value: float | None = None
 
     @property
     def resolved(self) -> bool:
@@ -171,16 +174,31 @@ def difference_interval(a: Iterable[float], b: Iterable[float], level: float = D
     if len(a) < 2 or len(b) < 2:
         return Difference(difference, None, None, None, len(a), len(b))
     share_a, share_b = sample_variance(a) / len(a), sample_variance(b) / len(b)
-    if share_a + share_b == 0.0:
-        return Difference(difference, difference, difference, math.inf, len(a), len(b))
+    if share_a + share_b == 0.0:  # no spread at all: a difference is certain, no difference is certain too
+        return Difference(difference, difference, difference, math.inf, len(a), len(b),
+                          0.0 if difference != 0 else 1.0)
     with warnings.catch_warnings():
         # seeds equal to the last digits make scipy warn of precision loss; the interval is still that of the values
         warnings.simplefilter("ignore", RuntimeWarning)
         welch = stats.ttest_ind(a, b, equal_var=False)
     interval = welch.confidence_interval(level)
-    return Difference(difference, float(interval.low), float(interval.high), float(welch.df), len(a), len(b))
+    return Difference(difference, float(interval.low), float(interval.high), float(welch.df), len(a), len(b),
+                      float(welch.pvalue))
 
 
 def holds_beyond_interval(a: Iterable[float], b: Iterable[float], level: float = DEFAULT_LEVEL) -> bool:
     """Whether mean(a) - mean(b) keeps its sign across its Welch t-interval."""
     return difference_interval(a, b, level).resolved
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: with the m p-values sorted, the i-th smallest
+    becomes max over j <= i of min(1, (m - j + 1) · p_(j)). A test holds at family-wise error α when its adjusted
+    p-value is at most α (Holm 1979; no assumption on how the tests depend on each other)."""
+    order = sorted(range(len(p_values)), key=lambda index: p_values[index])
+    adjusted = [0.0] * len(p_values)
+    running_max = 0.0
+    for rank, index in enumerate(order):
+        running_max = max(running_max, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running_max
+    return adjusted

@@ -1,4 +1,5 @@
-"""The report's result tables as markdown: per variant x lr, the stable lrs, the edges, and the differences."""
+"""The report's result tables as markdown: per variant x lr, the stable lrs, the edges, the differences and the
+trend with group size."""
 from __future__ import annotations
 
 import itertools
@@ -9,6 +10,7 @@ from bnexp.report.aggregation import DEFAULT_INTERVAL_METHOD, GroupStats, Stable
 from bnexp.report.comparisons import Comparison
 from bnexp.report.tables import model_table
 from bnexp.report.trainable_lr import EdgeOfStability
+from bnexp.report.trend import GroupSizeTrend
 from bnexp.runs.files import as_float
 from bnexp.runs.outcome import DEFAULT_MIN_ACC
 
@@ -61,21 +63,21 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
 
 def stable_markdown(stable: list[StableLr], show_model: bool, min_acc: float = DEFAULT_MIN_ACC) -> str:
     header = ["model", "variant", "largest stable lr", "smallest lr with a divergence",
-              f"largest lr that trains (acc ≥ {100 * min_acc:g}%)"]
+              f"largest lr that trains (acc ≥ {100 * min_acc:g}%)", "seeds per lr"]
     rows = [[item.model, item.variant,
              _lr_text(item.largest_stable_lr) + (" (top of grid)" if item.stable_at_top_of_grid else ""),
-             _lr_text(item.smallest_unstable_lr, missing="–"), _lr_text(item.largest_training_lr)]
-            for item in stable]
+             _lr_text(item.smallest_unstable_lr, missing="–"), _lr_text(item.largest_training_lr),
+             item.seeds_per_lr or "–"] for item in stable]
     return model_table(header, rows, show_model)
 
 
 def edge_markdown(edges: list[EdgeOfStability], show_model: bool) -> str:
-    header = ["model", "variant", "channels per statistic", "max stable lr", "bracket", "lrs tried"]
+    header = ["model", "variant", "channels per statistic", "max stable lr", "bracket", "lrs tried", "seeds per lr"]
     rows = []
     for edge in edges:
         channels = "–" if edge.channels_per_statistic is None else str(edge.channels_per_statistic)
         rows.append([edge.model, edge.variant, channels, _lr_text(edge.max_stable_lr), edge.bracket.describe(),
-                     ", ".join(f"{lr:g}" for lr in edge.lrs_tried)])
+                     ", ".join(f"{lr:g}" for lr in edge.lrs_tried), edge.seeds_per_lr or "–"])
     return model_table(header, rows, show_model)
 
 
@@ -87,3 +89,16 @@ def differences_markdown(comparisons: list[Comparison], show_model: bool) -> lis
         lines += ["", f"**{prefix}lr {lr:g}**", ""]
         lines += [f"- {comparison.format()}" for comparison in same_lr]
     return lines
+
+
+def _p_text(p: float | None) -> str:
+    return "–" if p is None else f"{p:.2g}"
+
+
+def trend_markdown(trends: list[GroupSizeTrend], show_model: bool) -> str:
+    header = ["model", "lr", "group sizes (order)", "runs", "Kendall τ-b", "p", "Holm p", "diverged, left out",
+              "variants left out"]
+    rows = [[t.model, f"{t.lr:g}", " < ".join(map(str, t.group_sizes)), str(t.n_runs),
+             "–" if t.tau is None else f"{t.tau:+.2f}", _p_text(t.p_value), _p_text(t.p_holm), str(t.n_diverged),
+             ", ".join(t.left_out) or "–"] for t in trends]
+    return model_table(header, rows, show_model)

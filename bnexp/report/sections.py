@@ -2,7 +2,8 @@
 
 `report_markdown` writes the sections in order: what was found and what is missing, the data source, the versions
 that made the runs, the config, the largest stable lr, the edge of stability, the results per variant and lr, the
-differences, the plots, the mechanism, the runs that did not complete and the run dirs skipped.
+differences, the trend with group size, the plots, the mechanism, the runs that did not complete, the seeds run
+more than once and the run dirs skipped.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import yaml
 from bnexp.config.keys import config_value, flatten
 from bnexp.report.aggregation import GroupStats, StableLr
 from bnexp.report.comparisons import Comparison
-from bnexp.report.markdown_tables import INTERVAL_NAMES, differences_markdown, edge_markdown, stable_markdown
+from bnexp.report.markdown_tables import (INTERVAL_NAMES, differences_markdown, edge_markdown, stable_markdown,
+                                          trend_markdown)
 from bnexp.report.plots import PlotResult
 from bnexp.report.provenance import ProvenanceCounts, provenance_counts
 from bnexp.report.run_records import RunRecord, Skipped
@@ -25,6 +27,7 @@ from bnexp.report.shown_paths import portable_config, shown_path
 from bnexp.report.study_config import varying_config_keys
 from bnexp.report.tables import markdown_table
 from bnexp.report.trainable_lr import EdgeOfStability
+from bnexp.report.trend import GroupSizeTrend
 from bnexp.runs.files import COMPLETED_STATUSES, first_line
 
 HEADLINE_CONFIG_KEYS = ("model.name", "model.width", "data.name", "data.train_size", "data.test_size",
@@ -117,6 +120,7 @@ class ReportContent:
     stable: list[StableLr]
     edges: list[EdgeOfStability]
     comparisons: list[Comparison]
+    trends: list[GroupSizeTrend]
     summary_table: str          # summary.md, the results table
     plots: list[PlotResult]
     mechanism: list[str]        # the mechanism section's lines (it draws its own plots)
@@ -172,7 +176,9 @@ def stable_section(content: ReportContent) -> list[str]:
         "## Largest stable learning rate", "",
         "Largest lr at which every seed finished without diverging (failed or unfinished runs do not count as "
         f"stable). Stable is not the same as training: the last column also asks every seed to reach "
-        f"{100 * min_acc:g}% final test accuracy (`--min-acc`), which a net stuck at chance does not.", "",
+        f"{100 * min_acc:g}% final test accuracy (`--min-acc`), which a net stuck at chance does not. Each lr is "
+        "decided on all its seeds (seeds per lr: how many ran at each lr, a range when the lrs differ); these are "
+        "lrs of the grid, not estimates, so they carry no interval: their uncertainty is the grid's spacing.", "",
         stable_markdown(content.stable, content.show_model, min_acc), ""]
 
 
@@ -185,7 +191,9 @@ def edge_section(content: ReportContent) -> list[str]:
         f"{100 * min_acc:g}% and a last `grad_norm/global` above 0; it *diverges* (non-finite or exploding loss), "
         f"*collapses* (finished, but below {100 * min_acc:g}% or with a gradient of exactly 0) or *fails* (crashed). "
         "The bracket is as narrow as the lrs tried around it (an edge-mode sweep bisects it to √2, a dense grid "
-        "leaves its own spacing). Channels per statistic: 1 is per-channel, `all` one statistic per layer.", "",
+        "leaves its own spacing). Channels per statistic: 1 is per-channel, `all` one statistic per layer. Seeds "
+        "per lr: how many seeds each lr tried was run with (an edge search runs the next seed only while the "
+        "earlier ones trained).", "",
         edge_markdown(content.edges, content.show_model), ""]
 
 
@@ -206,14 +214,37 @@ def results_section(content: ReportContent) -> list[str]:
 
 def differences_section(content: ReportContent) -> list[str]:
     reference = content.reference
+    tested = [c for c in content.comparisons if c.p_holm is not None]
+    holm = ("" if not tested else
+            f" p is Welch's two-sided p-value (the interval excludes 0 exactly when p < 0.05). With many comparisons "
+            "some hold by chance: Holm's step-down correction over all "
+            f"{len(tested)} comparison{'s' if len(tested) != 1 else ''} below with a p-value (every lr"
+            + (" and model" if content.show_model else "") + "; one seed gives none) keeps the chance of any false "
+            "*holds* at 5%; "
+            f"{sum(c.holds_after_holm for c in tested)} of {len(tested)} hold after it.")
     return [
         "## Differences", "",
         f"Each variant's final test accuracy minus `{reference}`'s at the same lr, in percentage points, with the "
         "95% Welch t-interval of the difference (unequal variances). A difference *holds* when its interval "
         "excludes 0; otherwise it is *not resolved* by these seeds. Diverged seeds have no accuracy and are "
-        "left out here (see the table above).",
+        "left out here (see the table above)." + holm,
         *(differences_markdown(content.comparisons, content.show_model)
           or ["", f"_No lr has finished seeds of `{reference}` and another variant._"]), ""]
+
+
+def trend_section(content: ReportContent) -> list[str]:
+    lines = [
+        "## Trend with group size", "",
+        "At each lr, one test over every run instead of pairs of variants: Kendall's τ-b between the number of "
+        "channels each statistic pools and the final test accuracy of each run that finished (`trend.csv`). "
+        "Group sizes are ordered per-channel (1) < 2 < 4 < … < all (one statistic per layer); τ near −1 means "
+        "accuracy falls as the groups grow, near +1 that it rises. Left out: no normalisation (it has no group "
+        "size), a fixed group count above 1 (its group size differs between layers) and diverged runs (no final "
+        "accuracy; counted in the table). p is two-sided (scipy.stats.kendalltau: exact without ties for small "
+        "samples, else the normal approximation with the tie correction); Holm p corrects over the lrs tested.", ""]
+    if not content.trends:
+        return lines + ["_No lr has finished runs of two or more group sizes._", ""]
+    return lines + [trend_markdown(content.trends, content.show_model), ""]
 
 
 def plots_section(content: ReportContent) -> list[str]:
@@ -284,7 +315,8 @@ def report_markdown(content: ReportContent) -> str:
              "## Made from", "",
              *provenance_markdown(provenance_counts(content.listed_runs), len(content.listed_runs)), "",
              *config_section(content), *stable_section(content), *edge_section(content),
-             *results_section(content), *differences_section(content), *plots_section(content),
+             *results_section(content), *differences_section(content), *trend_section(content),
+             *plots_section(content),
              *content.mechanism, *incomplete_section(content), *repeats_section(content),
              *skipped_section(content)]
     return "\n".join(lines)

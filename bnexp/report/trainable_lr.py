@@ -10,6 +10,7 @@ from typing import Any
 
 from bnexp import lr_search as edge_search
 from bnexp.config.keys import config_value
+from bnexp.report.aggregation import count_range
 from bnexp.report.run_records import RunRecord, group_by, variant_sort_key
 from bnexp.runs.files import as_float
 from bnexp.runs.outcome import DEFAULT_MIN_ACC
@@ -51,6 +52,7 @@ class EdgeOfStability:
     bracket: edge_search.EdgeBracket
     channels_per_statistic: int | str | None
     lrs_tried: list[float]
+    seeds_per_lr: str = ""   # how many seeds each lr tried was run with: "3", or "1-3" when they differ
 
     @property
     def max_stable_lr(self) -> float | None:
@@ -82,6 +84,7 @@ def edges_of_stability(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) 
                                                   ratio=math.inf, min_lr=lrs[0], max_lr=lrs[-1])
         bracket = edge_search.find_bracket(settings, outcomes)
         config = next((run.config for run in members if run.config), {})
-        edges.append(EdgeOfStability(model, variant, bracket, channels_per_statistic(config), lrs))
+        seeds = count_range([len(runs_at) for runs_at in group_by(members, lambda run: run.lr).values()])
+        edges.append(EdgeOfStability(model, variant, bracket, channels_per_statistic(config), lrs, seeds))
     edges.sort(key=lambda e: (e.model, variant_sort_key(e.variant)))
     return edges

@@ -116,6 +116,15 @@ def test_welch_interval_covers_what_the_welch_formula_says(a, b, level):
     assert (difference.low + difference.high) / 2 == pytest.approx(centre, abs=1e-12)
     quantile = (difference.high - difference.low) / 2 / se
     assert simpson_t_cdf(quantile, df) == pytest.approx((1 + level) / 2, abs=1e-9)
+    # the p-value is the two tails beyond the t statistic, and it agrees with the interval
+    statistic = min(abs(centre) / se, 40.0)  # Simpson's rule keeps 1e-9 up to 40; beyond, a bound
+    tails = 2 * (1 - simpson_t_cdf(statistic, df, steps=4000))
+    if abs(centre) / se <= 40.0:
+        assert difference.p_value == pytest.approx(tails, abs=1e-9)
+    else:
+        assert difference.p_value <= tails
+    if abs(difference.p_value - (1 - level)) > 1e-9:
+        assert difference.resolved == (difference.p_value < 1 - level)
 
 
 @settings(max_examples=60, deadline=None)
@@ -207,7 +216,9 @@ def test_difference_needs_two_values_per_group_and_handles_no_spread():
     assert "not resolved" in single.verdict() and "n=1" in single.verdict()
     # every seed at the same value in both groups: the interval is the point, and a non-zero point is resolved
     flat = difference_interval([0.125, 0.125, 0.125], [0.25, 0.25, 0.25])
-    assert flat.low == flat.high == -0.125 and flat.resolved
+    assert flat.low == flat.high == -0.125 and flat.resolved and flat.p_value == 0.0
     assert not difference_interval([0.1, 0.1], [0.1, 0.1]).resolved
+    assert difference_interval([0.1, 0.1], [0.1, 0.1]).p_value == 1.0
+    assert single.p_value is None
     # one group without spread: Welch's degrees of freedom fall back to the other group's n - 1
     assert difference_interval([0.5, 0.5, 0.5], [0.3, 0.2, 0.25]).df == pytest.approx(2)
