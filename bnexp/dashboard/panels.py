@@ -54,7 +54,7 @@ def _stable_lr_markdown(runs: list | None) -> str:
             "W&B panels cannot compute this across runs. `python -m bnexp.report <sweep dir> --out results/<study>` "
             "writes it (stable_lr.csv), and `python -m bnexp.dashboard --runs <sweep dir>` puts the table here. "
             "Until then read it off the diverged-step panel: a variant's limit lies below its lowest diverged lr.")
-    from bnexp.report.build import stable_markdown
+    from bnexp.report.markdown_tables import stable_markdown
 
     show_model = len({run.model for run in runs}) > 1
     return title + stable_markdown(largest_stable_lrs(aggregate(runs)), show_model) + (
@@ -144,7 +144,7 @@ def _describe_grid(runs: list | None, sweep_name: str) -> tuple[str, str]:
     """(grid, data source) sentences for the report: from local run dirs if given, else the sweep config that the
     study's tag or group names (conf/sweep/<sweep_name>.yaml), if there is one."""
     if runs:
-        from bnexp.report.build import describe_data_sources
+        from bnexp.report.sections import describe_data_sources
 
         grid = _grid_sentence(sorted({run.variant for run in runs}, key=variant_sort_key),
                               sorted({run.lr for run in runs}),

@@ -8,7 +8,8 @@ From the probe's keys in metrics.jsonl (bnexp/instrument/hooks.py):
   act/<linear>/in_zero_frac fraction of exactly-zero inputs of a linear layer (the head: 1 = zero gradients)
 it draws, per variant at the report's shared lr, these over training (`mechanism_lr<lr>.png`), and for every run
 the value at the end against its final test accuracy (`mechanism_vs_accuracy.png`), plus a table per variant x lr
-(`mechanism.csv`). Runs made before the probe measured these keys are left out, and the section says so.
+(`mechanism.csv`, each mean with its 95% interval over the runs). Runs made before the probe measured these keys
+are left out, and the section says so.
 """
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bnexp.report.records import RunRecord, group_by, runs_at_lr, variant_sort_key
+from bnexp.report import intervals
+from bnexp.report.aggregation import final_accuracies
+from bnexp.report.markdown_tables import INTERVAL_NAMES
+from bnexp.report.run_records import RunRecord, group_by, variant_sort_key
+from bnexp.report.series import runs_at_lr
 from bnexp.report.plots import PlotResult, plt, save_figure, series_colors
 from bnexp.runs.files import as_float
 from bnexp.report.tables import model_table, write_csv
@@ -155,15 +160,32 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def mechanism_table(at_end: list[tuple[RunRecord, MechanismPoint]]) -> list[dict]:
-    """Per model x variant x lr, means over the runs that record the metrics, at each run's last measured step."""
+def _interval(values: list[float | None], method: str) -> intervals.Interval | None:
+    """The interval over the values that are not None (none without two of them)."""
+    values = [value for value in values if value is not None]
+    interval = intervals.mean_interval(values, method) if values else None
+    return interval if interval is not None and interval.has_interval else None
+
+
+def mechanism_table(at_end: list[tuple[RunRecord, MechanismPoint]], interval_method: str = "t") -> list[dict]:
+    """Per model x variant x lr, means over the runs that record the metrics, at each run's last measured step;
+    the final test accuracy over those of them that finished. Each mean has its 95% interval over those runs
+    (`<field>_ci_low`, `<field>_ci_high`; empty for fewer than two)."""
     grouped = group_by(at_end, lambda member: (member[0].model, member[0].variant, member[0].lr))
     rows = []
     for model, variant, lr in sorted(grouped, key=lambda key: (key[0], variant_sort_key(key[1]), key[2])):
         members = grouped[(model, variant, lr)]
-        rows.append({"model": model, "variant": variant, "lr": lr, "n_runs": len(members),
-                     **{field: _mean([getattr(p, field) for _, p in members]) for field in TABLE_FIELDS},
-                     "final_test_acc": _mean([as_float(r.summary.get("final_test_acc")) for r, _ in members])})
+        values = {field: [getattr(p, field) for _, p in members] for field in TABLE_FIELDS}
+        # a diverged run's last accuracy is not a result (as in the summary table)
+        values["final_test_acc"] = final_accuracies([run for run, _ in members])
+        row = {"model": model, "variant": variant, "lr": lr, "n_runs": len(members),
+               **{field: _mean(field_values) for field, field_values in values.items()},
+               "final_test_acc_n": len(values["final_test_acc"])}
+        for field, field_values in values.items():
+            interval = _interval(field_values, interval_method)
+            row[f"{field}_ci_low"] = interval.low if interval else None
+            row[f"{field}_ci_high"] = interval.high if interval else None
+        rows.append(row)
     return rows
 
 
@@ -171,7 +193,13 @@ def _fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | None) -> list[str]:
+def _fmt_interval(row: dict, field: str, spec: str, scale: float = 1.0) -> str:
+    low, high = row[f"{field}_ci_low"], row[f"{field}_ci_high"]
+    return "–" if low is None else f"[{format(scale * low, spec)}, {format(scale * high, spec)}]"
+
+
+def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | None,
+                      interval_method: str = "t") -> list[str]:
     """The report's markdown lines for the mechanism (its plots and mechanism.csv are written to out_dir)."""
     lines = [SECTION_HEADING, ""]
     points_of = {run.run_dir: mechanism_points(run) for run in runs}
@@ -182,7 +210,7 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
         return lines + ["_Not shown: no run records the mechanism metrics (`bn/<norm>/out_std_ratio`, "
                         "`act/<act>/dead_frac`, `act/<linear>/in_zero_frac`); these runs were made before the "
                         "probe measured them, or with `instrument.every=0`._", ""]
-    table = mechanism_table(at_end)
+    table = mechanism_table(at_end, interval_method)
     write_csv(out_dir / "mechanism.csv", list(table[0]), (row.values() for row in table))
     show_model = len({row["model"] for row in table}) > 1
     lines += [f"{measured} of {len(runs)} runs record the mechanism metrics"
@@ -197,6 +225,14 @@ def mechanism_section(runs: list[RunRecord], out_dir: Path, shared_lr: float | N
         row["model"], row["variant"], f"{row['lr']:g}", str(row["n_runs"]),
         *(_fmt(row[field], spec) for field, spec in TABLE_FIELDS.items()),
         "–" if row["final_test_acc"] is None else f"{100 * row['final_test_acc']:.1f}%"] for row in table]
+    lines += [model_table(header, rows, show_model), ""]
+    lines += [f"Each mean's 95% {INTERVAL_NAMES[interval_method]} interval over the same runs (the final test "
+              "accuracy's over those that finished, n of them; a diverged run's last accuracy is not a result); "
+              "one run gives none:", ""]
+    rows = [[row["model"], row["variant"], f"{row['lr']:g}", str(row["n_runs"]),
+             *(_fmt_interval(row, field, spec) for field, spec in TABLE_FIELDS.items()),
+             f"{_fmt_interval(row, 'final_test_acc', '.1f', scale=100)}% (n={row['final_test_acc_n']})"
+             if row["final_test_acc_ci_low"] is not None else f"– (n={row['final_test_acc_n']})"] for row in table]
     lines += [model_table(header, rows, show_model), ""]
     for plot in (plot_mechanism_over_training(runs, shared_lr, out_dir, points_of),
                  plot_mechanism_vs_accuracy(runs, out_dir, at_end)):

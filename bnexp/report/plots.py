@@ -19,8 +19,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
-from bnexp.report.records import (ALL_CHANNELS, NO_NORM, EdgeOfStability, GroupStats, RunRecord,  # noqa: E402
-                           final_accuracies, group_by, runs_at_lr, runs_by_series, series_labeller)
+from bnexp.report.aggregation import GroupStats, final_accuracies  # noqa: E402
+from bnexp.report.run_records import RunRecord, group_by  # noqa: E402
+from bnexp.report.series import runs_at_lr, runs_by_series, series_labeller  # noqa: E402
+from bnexp.report.trainable_lr import ALL_CHANNELS, NO_NORM, EdgeOfStability  # noqa: E402
 from bnexp.runs.files import as_float  # noqa: E402
 
 LAYER_PREFIX = "grad_norm/"

@@ -1,14 +1,15 @@
-"""Intervals over seeds: the t quantile against published tables, the intervals against direct computation."""
+"""Intervals over seeds: the t quantile against published tables and closed forms, the intervals against direct
+computation, Welch's interval against the Welch-Satterthwaite formula with a numerically integrated t density."""
 import itertools
 import math
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bnexp.report.intervals import (bootstrap_interval, difference_interval, holds_beyond_interval, mean_interval,
-                             regularized_incomplete_beta, student_t_cdf, student_t_quantile, t_interval)
+                                    student_t_cdf, student_t_quantile, t_interval)
 
 
 # two-sided 95% critical values t(0.975, df), as printed in standard t tables (3 decimals)
@@ -47,14 +48,83 @@ def test_t_cdf_matches_numerical_integration_of_the_density(t, df):
     assert student_t_cdf(t, df) == pytest.approx(0.5 + integral * width / 3, abs=1e-9)
 
 
-def test_incomplete_beta_closed_forms():
-    for x in (0.0, 0.1, 0.5, 0.93, 1.0):
-        assert regularized_incomplete_beta(x, 1, 1) == pytest.approx(x, abs=1e-14)        # uniform
-        assert regularized_incomplete_beta(x, 2, 1) == pytest.approx(x * x, abs=1e-14)    # x^a when b = 1
-        assert regularized_incomplete_beta(x, 0.5, 0.5) == pytest.approx(2 / math.pi * math.asin(math.sqrt(x)),
-                                                                         abs=1e-12)        # arcsine
-    with pytest.raises(ValueError, match="must lie in"):
-        regularized_incomplete_beta(1.5, 1, 1)
+def t_quantile_closed_form(p: float, df: int) -> float:
+    """The t quantile where it has a closed form: df 1 (Cauchy), 2 and 4 (solving the cdf's polynomial)."""
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if df == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    if df == 4:
+        alpha = 4 * p * (1 - p)
+        root = math.sqrt(math.cos(math.acos(math.sqrt(alpha)) / 3) / math.sqrt(alpha) - 1)
+        return math.copysign(2 * root, p - 0.5)
+    raise ValueError(df)
+
+
+@pytest.mark.parametrize("df", [1, 2, 4])
+@pytest.mark.parametrize("p", [0.6, 0.9, 0.95, 0.975, 0.995, 0.9995, 0.3, 0.025])
+def test_t_quantile_matches_its_closed_forms(p, df):
+    assert student_t_quantile(p, df) == pytest.approx(t_quantile_closed_form(p, df), rel=1e-12)
+
+
+def test_t_quantile_at_the_levels_the_report_uses():
+    # t(0.975, 2) is 0.95 / √0.04875 exactly; 4.302652729749464 to double precision
+    assert student_t_quantile(0.975, 2) == pytest.approx(4.302652729749464, rel=1e-14)
+    for bad_p, bad_df in ((0.0, 3), (1.0, 3), (0.5, 0), (0.5, -1)):
+        with pytest.raises(ValueError):
+            student_t_quantile(bad_p, bad_df)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_t_interval_half_width_uses_the_exact_quantile(n):
+    generator = random.Random(n)
+    values = [generator.uniform(0.1, 0.9) for _ in range(n)]
+    mean = math.fsum(values) / n
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile_closed_form(0.975, n - 1) * sd / math.sqrt(n)
+    interval = t_interval(values)
+    assert (interval.low, interval.high) == pytest.approx((mean - half, mean + half), rel=1e-12)
+
+
+def simpson_t_cdf(t: float, df: float, steps: int = 2000) -> float:
+    """P(T <= t) by Simpson's rule on the t density from 0 to t: independent of any library's t distribution."""
+    width = t / steps
+    integral = _t_density(0, df) + _t_density(t, df)
+    integral += sum((4 if k % 2 else 2) * _t_density(k * width, df) for k in range(1, steps))
+    return 0.5 + integral * width / 3
+
+
+samples = st.lists(st.floats(0.0, 1.0), min_size=2, max_size=7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=samples, b=samples, level=st.sampled_from([0.9, 0.95, 0.99]))
+def test_welch_interval_covers_what_the_welch_formula_says(a, b, level):
+    """The interval is mean(a) - mean(b) ± q · se, se and df by Welch-Satterthwaite, and q the t quantile whose
+    cdf (integrated numerically here) is (1 + level) / 2."""
+    def share(values):  # s² / n
+        mean = math.fsum(values) / len(values)
+        return math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)
+
+    share_a, share_b = share(a), share(b)
+    assume(share_a + share_b > 1e-12)  # no spread at all is the point interval, tested apart
+    se = math.sqrt(share_a + share_b)
+    df = (share_a + share_b) ** 2 / (share_a ** 2 / (len(a) - 1) + share_b ** 2 / (len(b) - 1))
+    difference = difference_interval(a, b, level)
+    assert difference.df == pytest.approx(df, rel=1e-9)
+    centre = math.fsum(a) / len(a) - math.fsum(b) / len(b)
+    assert (difference.low + difference.high) / 2 == pytest.approx(centre, abs=1e-12)
+    quantile = (difference.high - difference.low) / 2 / se
+    assert simpson_t_cdf(quantile, df) == pytest.approx((1 + level) / 2, abs=1e-9)
+    # the p-value is the two tails beyond the t statistic, and it agrees with the interval
+    statistic = min(abs(centre) / se, 40.0)  # Simpson's rule keeps 1e-9 up to 40; beyond, a bound
+    tails = 2 * (1 - simpson_t_cdf(statistic, df, steps=4000))
+    if abs(centre) / se <= 40.0:
+        assert difference.p_value == pytest.approx(tails, abs=1e-9)
+    else:
+        assert difference.p_value <= tails
+    if abs(difference.p_value - (1 - level)) > 1e-9:
+        assert difference.resolved == (difference.p_value < 1 - level)
 
 
 @settings(max_examples=60, deadline=None)
@@ -146,7 +216,9 @@ def test_difference_needs_two_values_per_group_and_handles_no_spread():
     assert "not resolved" in single.verdict() and "n=1" in single.verdict()
     # every seed at the same value in both groups: the interval is the point, and a non-zero point is resolved
     flat = difference_interval([0.125, 0.125, 0.125], [0.25, 0.25, 0.25])
-    assert flat.low == flat.high == -0.125 and flat.resolved
+    assert flat.low == flat.high == -0.125 and flat.resolved and flat.p_value == 0.0
     assert not difference_interval([0.1, 0.1], [0.1, 0.1]).resolved
+    assert difference_interval([0.1, 0.1], [0.1, 0.1]).p_value == 1.0
+    assert single.p_value is None
     # one group without spread: Welch's degrees of freedom fall back to the other group's n - 1
     assert difference_interval([0.5, 0.5, 0.5], [0.3, 0.2, 0.25]).df == pytest.approx(2)

@@ -90,3 +90,18 @@ def test_runs_without_mechanism_keys_are_skipped_with_a_note(tmp_path):
     assert "_Not shown: no run records the mechanism metrics" in text
     assert not (tmp_path / "out" / "mechanism.csv").exists()
     assert not list((tmp_path / "out").glob("mechanism*.png"))
+
+
+def test_a_diverged_runs_last_accuracy_is_not_in_the_mechanism_table(tmp_path):
+    """The trainer leaves a diverged run's last test accuracy in its summary; like the summary table, the mechanism
+    table's accuracy is over the runs that finished."""
+    runs = tmp_path / "runs"
+    for seed, (status, acc) in enumerate([("finished", 0.50), ("finished", 0.60), ("diverged", 0.95)]):
+        run_dir = make_run_dir(runs / f"run_{seed}", "shared_bn", 0.4, seed, status=status, final_test_acc=acc)
+        add_mechanism(run_dir, mechanism_record(5, [0.0, 0.5, 1.0], [3.0, 4.0], [5.0, 6.0], 0.0))
+    text = report.build_report([runs], tmp_path / "out", shared_lr=0.4).read_text()
+    with open(tmp_path / "out" / "mechanism.csv") as handle:
+        (row,) = csv.DictReader(handle)
+    assert int(row["n_runs"]) == 3
+    assert float(row["final_test_acc"]) == pytest.approx(0.55)
+    assert "| 55.0%" in text

@@ -138,6 +138,7 @@ def test_missing_path_is_a_clear_error(tmp_path: Path, capsys):
     assert "no such path" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_reads_real_hydra_multirun_output(tmp_path: Path):
     """`python -m bnexp.train -m ...` (Hydra's basic launcher) writes dirs the report understands."""
     env = repo_env({"OMP_NUM_THREADS": "2"})

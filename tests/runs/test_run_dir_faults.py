@@ -361,8 +361,11 @@ def test_the_report_survives_randomly_broken_trees(seed, tmp_path):
     with contextlib.ExitStack() as locks:
         for index in range(rng.randint(1, 7)):
             name = rng.choice(list(DAMAGES))
+            # a seed of its own per run dir: two dirs of one seed, variant and lr are one run tried twice, of which
+            # the report counts one
             run_dir = make_run_dir(tmp_path / "sweep" / "runs" / f"run{index}", rng.choice(["correct_bn", "no_bn"]),
-                                   rng.choice([0.1, 0.4]), rng.randint(0, 2), instrumented=rng.random() < 0.7)
+                                   rng.choice([0.1, 0.4]), 3 * index + rng.randint(0, 2),
+                                   instrumented=rng.random() < 0.7)
             _damage(run_dir, name, locks)
             expected[run_dir] = DAMAGES[name][1]
         if rng.random() < 0.3:
