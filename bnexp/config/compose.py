@@ -36,9 +36,9 @@ class ConfigError(ValueError):
 def validate_train_config(cfg: Any) -> None:
     """Raise one ConfigError listing every bad value of a train config (one line each), before any data is read.
 
-    Types, bounds and choices come from the schema (bnexp/config/schema.py); a composed config has its types
-    checked by Hydra already, a config built in Python gets them checked here."""
-    from bnexp.config.schema import check_train_config
+    Types, bounds and choices come from the schema (bnexp/config/schema.py), applied by bnexp/config/checks.py; a
+    composed config has its types checked by Hydra already, a config built in Python gets them checked here."""
+    from bnexp.config.checks import check_train_config
 
     problems = check_train_config(cfg)
     if problems:
@@ -51,7 +51,7 @@ def describe_composition_error(error: BaseException) -> str | None:
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-    from bnexp.config.schema import describe_type_error, describe_unknown_key
+    from bnexp.config.checks import describe_type_error, describe_unknown_key
 
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, name = error.missing_cfg_file.rpartition("/")
@@ -88,9 +88,15 @@ def _one_line(text: str) -> str:
         ("Config search path", "provider=", "full_key:", "object_type=", "reference_type=")))
 
 
-def _groups_in_train_defaults() -> set[str]:
-    """The groups conf/train.yaml selects by default (chosen with `group=x`; any other group needs `+group=x`)."""
+def train_default_choices() -> dict[str, str]:
+    """group -> option that conf/train.yaml chooses by default (chosen with `group=x`; any other group of conf/
+    needs `+group=x`); Hydra's own groups (`override hydra/...`) are left out."""
     import yaml
 
     defaults = yaml.safe_load((CONF_DIR / "train.yaml").read_text()).get("defaults", [])
-    return {key for entry in defaults if isinstance(entry, dict) for key in entry}
+    return {key: option for entry in defaults if isinstance(entry, dict) for key, option in entry.items()
+            if not key.startswith("override ")}
+
+
+def _groups_in_train_defaults() -> set[str]:
+    return set(train_default_choices())
