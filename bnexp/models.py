@@ -61,10 +61,14 @@ def make_norm_factory(norm: str, stat_groups: int | None = None, affine_per_chan
     return factories[norm]
 
 
+# Every layer keeps at least this many channels, a multiple of 8 like every width, so that stat_groups and
+# channels_per_group in {1, 2, 4, 8} always divide it.
+MIN_CHANNELS = 8
+
+
 def scaled_width(channels: int, width: float) -> int:
-    """Scale a channel count, keeping it a multiple of 8 so stat_groups and channels_per_group in {1, 2, 4, 8}
-    always divide it."""
-    return max(8, int(round(channels * width / 8)) * 8)
+    """Scale a channel count, keeping it a multiple of 8 and at least MIN_CHANNELS."""
+    return max(MIN_CHANNELS, int(round(channels * width / 8)) * 8)
 
 
 def conv3x3(in_channels: int, out_channels: int, with_bias: bool, stride: int = 1) -> nn.Conv2d:

@@ -1,8 +1,10 @@
-"""Checking a train config against its schema (bnexp/config/schema.py): each key's type and rules, the rules
-between keys, and the one-line messages that name the key, the value and a fix.
+"""Checking a train config against its schema (bnexp/config/schema.py): each key's type and rules, the keys the
+schema does not have, the rules between keys, and the one-line messages that name the key, the value and a fix.
 
 A composed config has its types checked by Hydra already; a plain one built in Python gets them checked here,
-strictly (no strings for numbers, no 0/1 for booleans).
+strictly (no strings for numbers, no 0/1 for booleans). `check_train_config(cfg, with_torch=False)` is the early
+check the command line makes before torch is imported: every rule but those that need torch or the model registry
+(the model and norm names, a CUDA device, the rules on layer widths), which the full check adds.
 """
 from __future__ import annotations
 
@@ -19,15 +21,20 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from bnexp.config.keys import config_value
 from bnexp.config.schema import CIFAR10_TRAIN_IMAGES, GROUP_OPTION_SCHEMAS, TrainConfig
 
+# The largest integer any key may hold: what torch, numpy and JSON readers take as an integer (64-bit).
+LARGEST_INT = 2**63 - 1
 
-def check_train_config(cfg: Any) -> list[str]:
+
+def check_train_config(cfg: Any, *, with_torch: bool = True) -> list[str]:
     """Every problem of a train config, one line each (empty when it is valid): the key, the value and a valid
-    example. Works on a composed config and on a plain one; keys the config does not have are not checked."""
+    example. Works on a composed config and on a plain one; keys the config does not have are not checked, keys
+    the schema does not have are refused. with_torch=False leaves out the rules that import torch."""
     problems: list[str] = []
-    _check_node(cfg, TrainConfig, "", problems)
+    _check_node(cfg, TrainConfig, "", problems, with_torch)
     if not problems:  # relations between keys are only meaningful once every key is valid on its own
         problems.extend(_cross_key_problems(cfg))
-        problems.extend(_layer_width_problems(cfg))
+        if with_torch:
+            problems.extend(_layer_width_problems(cfg))
     return problems
 
 
@@ -35,8 +42,13 @@ def check_train_config(cfg: Any) -> list[str]:
 
 _type_hints = functools.cache(typing.get_type_hints)  # a schema's annotations, resolved once
 
+# Top-level keys that are not the run's: Hydra's own settings, in the config a Hydra callback is given.
+_NOT_THE_RUNS = {"hydra"}
 
-def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> None:
+
+def _check_node(node: Any, schema: type, prefix: str, problems: list[str], with_torch: bool = True,
+                unknown_keys: bool = True) -> None:
+    """Each key of one node against its schema field, then (with unknown_keys) the node's keys the schema lacks."""
     hints = _type_hints(schema)
     for schema_field in dataclasses.fields(schema):
         name, key = schema_field.name, prefix + schema_field.name
@@ -56,7 +68,8 @@ def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> No
             if not isinstance(value, (dict, DictConfig)):
                 problems.append(f"{key}={_show(value)} is not a config group; e.g. {key}=<option> (see conf/{key}/)")
                 continue
-            _check_node(value, _node_schema(value, annotation, key, problems), key + ".", problems)
+            group_schema, known = _node_schema(value, annotation, key, problems)
+            _check_node(value, group_schema, key + ".", problems, with_torch, unknown_keys=known)
             continue
         if isinstance(value, ListConfig):
             value = OmegaConf.to_container(value, resolve=True)
@@ -66,24 +79,32 @@ def _check_node(node: Any, schema: type, prefix: str, problems: list[str]) -> No
         elif not _type_ok(value, kind):
             problem = f"is not {_KIND_WORDS.get(kind, 'valid')}"
         else:
-            problem = _value_problem(value, kind, schema_field.metadata)
+            problem = _value_problem(value, kind, schema_field.metadata, with_torch)
         if problem:
             problems.append(f"{key}={_show(value)} {problem}{example}")
+    if unknown_keys:
+        # A key the schema lacks, such as `+train.epoch=3` (Hydra adds a key given with a plus): it would be
+        # recorded in config.yaml and read by nothing.
+        known = {schema_field.name for schema_field in dataclasses.fields(schema)}
+        problems.extend(describe_unknown_key(prefix + name, schema) for name in node.keys()
+                        if name not in known and not (not prefix and name in _NOT_THE_RUNS))
 
 
-def _node_schema(node: Any, base: type, key: str, problems: list[str]) -> type:
-    """The schema of a group node: its own (a composed config knows it) or the one its `name` picks."""
+def _node_schema(node: Any, base: type, key: str, problems: list[str]) -> tuple[type, bool]:
+    """The schema of a group node (its own, as a composed config knows it, or the one its `name` picks), and
+    whether it is the option's own schema: under an unknown option name only the keys common to all options are
+    checked, and no key is called unknown."""
     options = GROUP_OPTION_SCHEMAS.get(key)
     if not options:
-        return base
+        return base, True
     name, known = node.get("name"), OmegaConf.get_type(node)  # a plain dict's type is dict, no schema
     if isinstance(known, type) and issubclass(known, base) and known is not base:
         if name is not None and options.get(name) not in (None, known):
             problems.append(f"{key}.name={_show(name)} does not match the {key} group's choice; "
                             f"choose the {key} with {key}={name} instead")
-        return known
-    # an unknown name is reported by the check of the `name` field; the keys common to all options are still checked
-    return options.get(name, base)
+        return known, True
+    # an unknown name is reported by the check of the `name` field
+    return options.get(name, base), name in options
 
 
 def _kind_of(annotation: Any, metadata: Mapping) -> tuple[str, bool]:
@@ -114,32 +135,36 @@ def _type_ok(value: Any, kind: str) -> bool:
     return isinstance(value, _KIND_TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
 
 
-def _value_problem(value: Any, kind: str, rules: Mapping) -> str | None:
+def _value_problem(value: Any, kind: str, rules: Mapping, with_torch: bool = True) -> str | None:
     """What is wrong with one value (already known to be of its type), or None."""
     if kind == "float" and not math.isfinite(value):
         return "is not a finite number"
     if kind == "list:float" and not all(math.isfinite(item) for item in value):
         return "holds a number that is not finite"
+    if kind == "int" and abs(value) > LARGEST_INT:
+        return f"is too large (at most {_number(rules.get('at_most', LARGEST_INT))})"
     if "at_least" in rules and value < rules["at_least"]:
-        return f"is too small (at least {rules['at_least']:g})"
+        return f"is too small (at least {_number(rules['at_least'])})"
     if "above" in rules and value <= rules["above"]:
-        return f"is too small (must be above {rules['above']:g})"
+        return f"is too small (must be above {_number(rules['above'])})"
     if "at_most" in rules and value > rules["at_most"]:
-        return f"is too large (at most {rules['at_most']:g})"
+        return f"is too large (at most {_number(rules['at_most'])})"
     if "choices" in rules:
         choices = rules["choices"]() if callable(rules["choices"]) else rules["choices"]
         # compared with their types, so that 1 is not taken for true
         if not any(type(value) is type(choice) and value == choice for choice in choices):
             return f"is not one of {', '.join(_spell(choice) for choice in choices)}"
-    if "check" in rules:
-        return rules["check"](value)
+    for rule in ("check", "check_with_torch") if with_torch else ("check",):
+        problem = rules[rule](value) if rule in rules else None
+        if problem:
+            return problem
     return None
 
 
 # ---------------------------------------------------------------- rules between keys
 
 def _cross_key_problems(cfg: Any) -> Iterator[str]:
-    """Rules between keys, all known before any data is read."""
+    """Rules between keys that need neither torch nor the models, all known before any data is read."""
     norm, stat_groups = config_value(cfg, "variant.norm"), config_value(cfg, "variant.stat_groups")
     channels_per_group = config_value(cfg, "variant.channels_per_group")
     if norm == "grouped" and stat_groups is None and channels_per_group is None:
@@ -165,10 +190,18 @@ def _cross_key_problems(cfg: Any) -> Iterator[str]:
 
 def _layer_width_problems(cfg: Any) -> Iterator[str]:
     """Rules on the widths of the model's norm layers (from a copy built on the meta device, so torch)."""
-    from bnexp.models import groups_for_width
+    from bnexp.models import MIN_CHANNELS, groups_for_width
 
     model_name, width = config_value(cfg, "model.name"), config_value(cfg, "model.width")
     if model_name is None or width is None:
+        return
+    widest = max(norm_layer_widths(model_name, 1.0))
+    if width * widest < MIN_CHANNELS:
+        # every layer would be held at the minimum: the same net at any smaller width, not the one named
+        yield (f"model.width={width:g} is too small for model={model_name}: its widest layer ({widest} channels at "
+               f"model.width=1) would have {width * widest:.3g}, and every layer would be held at the "
+               f"{MIN_CHANNELS}-channel minimum; e.g. model.width={MIN_CHANNELS / widest:g} ({MIN_CHANNELS} channels "
+               f"in every layer)")
         return
     norm, stat_groups = config_value(cfg, "variant.norm"), config_value(cfg, "variant.stat_groups")
     channels_per_group = config_value(cfg, "variant.channels_per_group")
@@ -241,6 +274,15 @@ def describe_unknown_key(dotted_key: str, node_schema: type | None = None) -> st
     return f"{dotted_key} is not a config key (see conf/ for the keys)"
 
 
+def key_kind(dotted_key: str) -> str | None:
+    """The kind of value a dotted key holds ('int', 'str', 'list:float', ...), or None for no key of the schema."""
+    located = _locate(dotted_key)
+    if located is None:
+        return None
+    schema_field, schema = located
+    return _kind_of(_type_hints(schema)[schema_field.name], schema_field.metadata)[0]
+
+
 def describe_type_error(dotted_key: str, value: Any) -> str:
     """'<key>=<value> is not an integer; e.g. <key>=8', for a value Hydra could not convert to the key's type."""
     dotted_key = re.sub(r"\[\d+\]$", "", dotted_key)  # an item of a list: the list's key
@@ -268,3 +310,8 @@ def _show(value: Any) -> str:
 def _spell(value: Any) -> str:
     """A choice as it is typed: strings bare, true/false for booleans."""
     return value if isinstance(value, str) else _show(value)
+
+
+def _number(bound: int | float) -> str:
+    """A bound as it is typed: an integer in full (4294967295, not 4.29497e+09), a float short (0.5, 1e-06)."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"

@@ -6,7 +6,7 @@ and `logger` (whose keys differ per option) name their own schema from the `bnex
 types every value while it composes: `variant.stat_groups=2.5`, `=true` or `=two`, or a key that does not exist,
 stop the command before a run dir exists. Hydra converts a quoted number ('4') to the int or float it spells.
 
-Types alone do not say that an lr must be finite or a group count at least 1: each field also carries
+Types alone do not say that an lr must be finite and above 0 or a group count at least 1: each field also carries
 its rules and a valid example. Booleans are typed `Any` and checked by the rules, because OmegaConf would read
 `train.compile=2` as true.
 """
@@ -23,39 +23,60 @@ MAX_SEED = 2**32 - 1
 # Synthetic images are drawn in memory in one go (float32 noise: 12 kB an image, several temporaries).
 MAX_SYNTHETIC_IMAGES = 100_000
 CIFAR10_TRAIN_IMAGES, CIFAR10_TEST_IMAGES = 50_000, 10_000
+# More epochs than any study runs, far below what would overflow a step count.
+MAX_EPOCHS = 1_000_000
+# Images in one batch: far above any GPU's memory at CIFAR's size, far below what would overflow an index.
+MAX_BATCH = 1_000_000
 
 
 def setting(example: str | None, **rules: Any) -> Any:
     """A schema field: no default (conf/ holds the defaults), a valid example for error messages, and rules:
     kind ('bool' for strict booleans in an `Any` field), at_least / at_most / above (bounds),
-    choices (a tuple, or a function returning one, resolved when checked), check (value -> problem or None)."""
+    choices (a tuple, or a function returning one, resolved when checked), check (value -> problem or None), and
+    check_with_torch (the same, for a rule that imports torch or the model registry: the early check of the
+    command line, made before torch is loaded, leaves it to the full check)."""
     return field(default=MISSING, metadata={"example": example, **rules})
 
 
-def _norm_kinds() -> tuple:
+def _norm_kind_problem(value: str) -> str | None:
     from bnexp.models import NORM_KINDS
-    return NORM_KINDS
+    return None if value in NORM_KINDS else f"is not one of {', '.join(NORM_KINDS)}"
 
 
-def _model_names() -> tuple:
+def _model_name_problem(value: str) -> str | None:
     from bnexp.models import MODELS
-    return tuple(sorted(MODELS))
+    return None if value in MODELS else f"is not one of {', '.join(sorted(MODELS))}"
 
 
 def _non_empty(value: str) -> str | None:
     return None if value.strip() else "is empty"
 
 
+def _path_component_problem(value: str) -> str | None:
+    """A name that becomes a folder of the run dir (conf/train.yaml's hydra.run.dir): one plain path component,
+    so that no name can place a run outside runs/."""
+    if not value.strip():
+        return "is empty"
+    if any(separator in value for separator in ("/", "\\", "\0")) or value in (".", ".."):
+        return "names a folder of the run dir, so it may not contain / or \\ or be . or .."
+    return None
+
+
 def _device_problem(value: str) -> str | None:
     if not (value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value)):
         return "is not a device bnexp trains on; use device=auto, cpu, cuda or cuda:N"
-    if value.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            return "was requested but CUDA is not available; use device=auto or device=cpu"
-        index = int(value.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            return f"is not one of the {torch.cuda.device_count()} visible CUDA devices; use device=cuda:0"
+    return None
+
+
+def _cuda_device_problem(value: str) -> str | None:
+    if not value.startswith("cuda"):
+        return None
+    import torch
+    if not torch.cuda.is_available():
+        return "was requested but CUDA is not available; use device=auto or device=cpu"
+    index = int(value.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        return f"is not one of the {torch.cuda.device_count()} visible CUDA devices; use device=cuda:0"
     return None
 
 
@@ -72,8 +93,8 @@ AUTO_OR_BOOL = ("auto", True, False)
 
 @dataclass
 class VariantConfig:
-    name: str = setting("correct_bn", check=_non_empty)
-    norm: str = setting("per_channel", choices=_norm_kinds)
+    name: str = setting("correct_bn", check=_path_component_problem)
+    norm: str = setting("per_channel", check_with_torch=_norm_kind_problem)
     stat_groups: Optional[int] = setting("8", at_least=1)  # grouped only; must divide every layer's width
     # grouped only, instead of stat_groups: channels per statistic, so each layer gets C // channels_per_group groups
     channels_per_group: Optional[int] = setting("4", at_least=1)
@@ -86,9 +107,9 @@ class VariantConfig:
 
 @dataclass
 class TrainLoopConfig:
-    epochs: int = setting("10", at_least=1)
-    batch_size: int = setting("512", at_least=1)
-    eval_batch_size: int = setting("1024", at_least=1)
+    epochs: int = setting("10", at_least=1, at_most=MAX_EPOCHS)
+    batch_size: int = setting("512", at_least=1, at_most=MAX_BATCH)
+    eval_batch_size: int = setting("1024", at_least=1, at_most=MAX_BATCH)
     log_every: int = setting("25", at_least=1)
     amp: Any = setting("auto", choices=AUTO_OR_BOOL)
     channels_last: Any = setting("auto", choices=AUTO_OR_BOOL)
@@ -104,7 +125,8 @@ class DivergenceConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = setting("airbench", choices=_model_names)
+    name: str = setting("airbench", check=_path_component_problem, check_with_torch=_model_name_problem)
+    # and not so small that every layer is held at the 8-channel minimum (a rule of each model: checks.py)
     width: float = setting("0.25", above=0.0, at_most=16.0)
 
 
@@ -141,7 +163,7 @@ class SyntheticDataConfig(DataConfig):
 @dataclass
 class OptimConfig:
     name: str = setting("sgd", choices=lambda: tuple(GROUP_OPTION_SCHEMAS["optim"]))
-    lr: float = setting("0.1", at_least=0.0)
+    lr: float = setting("0.1", above=0.0)  # lr=0 would train nothing, and the report drops such a run
     weight_decay: float = setting("5e-4", at_least=0.0)
     label_smoothing: float = setting("0.1", at_least=0.0, at_most=1.0)
     warmup_frac: float = setting("0.1", at_least=0.0, at_most=1.0)
@@ -197,7 +219,8 @@ class TrainConfig:
     train: TrainLoopConfig = MISSING
     divergence: DivergenceConfig = MISSING
     seed: int = setting("0", at_least=0, at_most=MAX_SEED)
-    device: str = setting(None, check=_device_problem)  # its problem text gives the choices
+    # the problem text gives the choices
+    device: str = setting(None, check=_device_problem, check_with_torch=_cuda_device_problem)
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
     optim: OptimConfig = MISSING

@@ -1,21 +1,25 @@
 """`python -m bnexp.train +variant=<name> [overrides]`: one run, written to the Hydra output dir.
 
-Two parts around Hydra's main: its --help text (conf/hydra/help/bnexp.yaml, with the variant and group lists read
-from conf/), and the run itself, whose user errors are one line and exit code 2.
+Three parts around Hydra's main: its --help text (conf/hydra/help/bnexp.yaml, with the variant and group lists read
+from conf/), the early check of the config (a Hydra callback, before the run dir exists and before torch is
+imported), and the run itself, whose user errors are one line and exit code 2.
 """
 from __future__ import annotations
 
 import os
 import sys
 import traceback
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import bnexp.config.schema  # noqa: F401  (registers the schemas conf/train.yaml extends)
-from bnexp.config.compose import CONF_DIR, describe_composition_error, train_default_choices
+from bnexp.config.compose import CONF_DIR, ConfigError, describe_composition_error, train_default_choices
+from bnexp.config.compose import validate_train_config
 
 
 # ---------------------------------------------------------------- --help
@@ -56,6 +60,26 @@ def help_section(section: str) -> str:
 
 
 OmegaConf.register_new_resolver("bnexp_help", help_section, replace=True)
+
+
+# ---------------------------------------------------------------- the early check
+
+class ConfigRefused(BaseException):
+    """A config refused by the early check, raised through Hydra to run_cli. A BaseException: Hydra turns an
+    Exception out of a callback into a warning and goes on with the run."""
+
+
+class CheckBeforeTheRunDir(Callback):
+    """Hydra calls on_run_start after composing the config and before it makes the run dir: a value out of range,
+    an unknown key or a name that would place the run outside runs/ stops the command here, within a second, with
+    no run dir left behind. The rules that need torch (layer widths, a CUDA device, the model and norm names)
+    follow in train(). A multirun's jobs are checked by train() alone, each recorded in its own dir."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            validate_train_config(config, with_torch=False)
+        except ConfigError as error:
+            raise ConfigRefused(str(error)) from None
 
 
 # ---------------------------------------------------------------- the run
@@ -116,6 +140,10 @@ def run_cli() -> None:
     _multirun_jobs.clear()
     try:
         main()
+    except ConfigRefused as refused:
+        for problem in str(refused).splitlines():
+            print(f"bnexp.train: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     except Exception as error:  # noqa: BLE001 - sorted below: config errors get one line, crashes a traceback
         message = None if _raised_by_the_run(error) else describe_composition_error(error)
         if message is None:

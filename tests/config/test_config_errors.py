@@ -118,8 +118,10 @@ def bad_values(schema_field, kind: str, optional: bool):
         options += [st.lists(st.integers(), min_size=1, max_size=2)]
         if "choices" in rules:
             options += [WRONG_TEXT, st.booleans()]
-        if rules.get("check") is config_schema._non_empty:
+        if rules.get("check") in (config_schema._non_empty, config_schema._path_component_problem):
             options.append(st.sampled_from(["", " ", "\t"]))
+        if rules.get("check") is config_schema._path_component_problem:
+            options.append(st.sampled_from(["..", ".", "a/b", "../../x", "a\\b", "/abs"]))
         if rules.get("check") is config_schema._device_problem:
             options.append(WRONG_TEXT)
     elif kind.startswith("list:"):
