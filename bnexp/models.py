@@ -22,7 +22,8 @@ def groups_for_width(channels: int, channels_per_group: int) -> int:
     """Statistic groups for a layer of `channels` channels when each statistic pools `channels_per_group` of them.
 
     A layer no wider than the group size gets one group (one statistic over all its channels); a wider one
-    must be a multiple of the group size, since groups are contiguous and equal.
+    must be a multiple of the group size, since groups are contiguous and equal. This is the rule's one home: the
+    train config's checks apply it to every layer of the configured model before a run starts.
     """
     if channels <= channels_per_group:
         return 1
@@ -41,44 +42,33 @@ def make_norm_factory(norm: str, stat_groups: int | None = None, affine_per_chan
     """Return channels -> norm module for one of NORM_KINDS.
 
     Grouped statistics take either `stat_groups` (the same group count in every layer) or `channels_per_group`
-    (the same group size in every layer: C // channels_per_group groups, at least one), not both.
+    (the same group size in every layer: C // channels_per_group groups, at least one). The arguments are taken
+    as valid: the train config's checks (bnexp/config/checks.py) refuse a bad combination, and build_model guards
+    a caller that bypasses them.
     """
-    if channels_per_group is not None:
-        if norm != "grouped":
-            raise ValueError(f"variant.channels_per_group={channels_per_group} only applies to norm 'grouped' "
-                             f"(this variant's norm is {norm!r}); set variant.channels_per_group=null")
-        if stat_groups is not None:
-            raise ValueError(
-                f"variant.stat_groups={stat_groups} and variant.channels_per_group={channels_per_group} are both set; "
-                "they are two ways to choose the grouping, so set one and make the other null "
-                "(e.g. variant.stat_groups=null variant.channels_per_group=4)")
-        if isinstance(channels_per_group, bool) or not isinstance(channels_per_group, (int, float)) \
-                or not float(channels_per_group).is_integer() or channels_per_group < 1:
-            raise ValueError(f"variant.channels_per_group={channels_per_group!r} must be a positive integer "
-                             "(1 is per-channel statistics), e.g. variant.channels_per_group=4")
-        group_size = int(channels_per_group)
-        return lambda channels: BatchNorm2d(channels, stat_groups=groups_for_width(channels, group_size),
+    if norm == "grouped" and channels_per_group is not None:
+        return lambda channels: BatchNorm2d(channels, stat_groups=groups_for_width(channels, channels_per_group),
                                             affine_per_channel=affine_per_channel, backend=backend)
-    if norm == "per_channel":
-        return lambda channels: BatchNorm2d(channels, backend=backend)
-    if norm in ("grouped", "shared"):  # shared is grouped with one group
-        if norm == "grouped" and not stat_groups:
-            raise ValueError("norm 'grouped' needs stat_groups or channels_per_group, "
-                             "e.g. variant.stat_groups=8 or variant.channels_per_group=4")
-        groups = 1 if norm == "shared" else stat_groups
-        return lambda channels: BatchNorm2d(channels, stat_groups=groups,
-                                            affine_per_channel=affine_per_channel, backend=backend)
-    if norm == "none":
-        return lambda channels: nn.Identity()
-    if norm == "torch":
-        return lambda channels: nn.BatchNorm2d(channels)
-    raise ValueError(f"unknown norm kind {norm!r}; expected one of {NORM_KINDS}")
+    factories = {
+        "per_channel": lambda channels: BatchNorm2d(channels, backend=backend),
+        "grouped": lambda channels: BatchNorm2d(channels, stat_groups=stat_groups,
+                                                affine_per_channel=affine_per_channel, backend=backend),
+        "shared": lambda channels: BatchNorm2d(channels, stat_groups=1,  # grouped with one group
+                                               affine_per_channel=affine_per_channel, backend=backend),
+        "none": lambda channels: nn.Identity(),
+        "torch": lambda channels: nn.BatchNorm2d(channels),
+    }
+    return factories[norm]
+
+
+# Every layer keeps at least this many channels, a multiple of 8 like every width, so that stat_groups and
+# channels_per_group in {1, 2, 4, 8} always divide it.
+MIN_CHANNELS = 8
 
 
 def scaled_width(channels: int, width: float) -> int:
-    """Scale a channel count, keeping it a multiple of 8 so stat_groups and channels_per_group in {1, 2, 4, 8}
-    always divide it."""
-    return max(8, int(round(channels * width / 8)) * 8)
+    """Scale a channel count, keeping it a multiple of 8 and at least MIN_CHANNELS."""
+    return max(MIN_CHANNELS, int(round(channels * width / 8)) * 8)
 
 
 def conv3x3(in_channels: int, out_channels: int, with_bias: bool, stride: int = 1) -> nn.Conv2d:
@@ -220,11 +210,35 @@ def stat_groups_by_layer(model: nn.Module) -> dict[str, int]:
             if isinstance(module, (BatchNorm2d, nn.modules.batchnorm._BatchNorm))}
 
 
+def _arguments_problem(model_name: str, norm: str, stat_groups: int | None,
+                       channels_per_group: int | None) -> str | None:
+    """What is wrong with build_model's choice of model and grouping, in its own argument names, or None."""
+    if model_name not in MODELS:
+        return f"unknown model {model_name!r}; choose one of {sorted(MODELS)}"
+    if norm not in NORM_KINDS:
+        return f"unknown norm kind {norm!r}; choose one of {NORM_KINDS}"
+    group_size_ok = channels_per_group is None or (
+        isinstance(channels_per_group, int) and not isinstance(channels_per_group, bool) and channels_per_group >= 1)
+    if norm == "grouped":  # exactly one way to group
+        grouping_ok = (stat_groups is None) != (channels_per_group is None)
+    else:  # a group size would be ignored (a group count is, as shared_bn's config sets one)
+        grouping_ok = channels_per_group is None
+    if not (group_size_ok and grouping_ok):
+        return (f"norm {norm!r} with stat_groups={stat_groups!r} and channels_per_group={channels_per_group!r}: "
+                "norm 'grouped' takes exactly one of stat_groups (a group count) and channels_per_group (a group "
+                "size, a positive integer); the other norms take no channels_per_group")
+    return None
+
+
 def build_model(model_name: str, variant_norm: str, *, width: float = 1.0, stat_groups: int | None = None,
                 affine_per_channel: bool = True, backend: str = "auto", num_classes: int = 10,
                 channels_per_group: int | None = None) -> nn.Module:
-    if model_name not in MODELS:
-        raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODELS)} (model=<name>)")
+    # The one guard of these arguments. A run's config has been checked already (bnexp/config/checks.py names the
+    # key and a fix); a Python caller of build_model bypasses those checks, and a grouping that names no grouping,
+    # or two, would otherwise build a different net than asked without a word.
+    problem = _arguments_problem(model_name, variant_norm, stat_groups, channels_per_group)
+    if problem:
+        raise ValueError(f"build_model: {problem}")
     norm_factory = make_norm_factory(variant_norm, stat_groups, affine_per_channel, backend, channels_per_group)
     model = MODELS[model_name](norm_factory, with_bias=variant_norm == "none", width=width,
                                num_classes=num_classes)

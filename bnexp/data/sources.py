@@ -86,7 +86,7 @@ class Dataset:
 def how_to_fix(path) -> str:
     return (f"Fix it by one of: (1) data=cifar10 data.data_dir=<dir> on a machine with network, to download "
             f"CIFAR-10; (2) data=cifar10_folder data.path=<folder or .tar.xz archive of "
-            f"{{train,test}}/<class>/*.jpg> (e.g. ../shared/data/cifar10-jpeg.tar.xz); "
+            f"{{train,test}}/<class>/*.jpg> (e.g. /path/to/cifar10-jpeg.tar.xz); "
             f"(3) data=synthetic for random images. (path: {path})")
 
 

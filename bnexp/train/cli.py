@@ -1,18 +1,88 @@
-"""`python -m bnexp.train +variant=<name> [overrides]`: one run, written to the Hydra output dir."""
+"""`python -m bnexp.train +variant=<name> [overrides]`: one run, written to the Hydra output dir.
+
+Three parts around Hydra's main: its --help text (conf/hydra/help/bnexp.yaml, with the variant and group lists read
+from conf/), the early check of the config (a Hydra callback, before the run dir exists and before torch is
+imported), and the run itself, whose user errors are one line and exit code 2.
+"""
 from __future__ import annotations
 
 import os
 import sys
 import traceback
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import bnexp.config.schema  # noqa: F401  (registers the schemas conf/train.yaml extends)
-from bnexp.config.compose import CONF_DIR, describe_composition_error
+from bnexp.config.compose import CONF_DIR, ConfigError, describe_composition_error, train_default_choices
+from bnexp.config.compose import validate_train_config
 
+
+# ---------------------------------------------------------------- --help
+
+# conf/'s folders that are not groups of a run: Hydra's own (its launchers are listed apart), bnexp.sweep's sweep
+# files, and the W&B sweep file
+_NOT_RUN_GROUPS = {"hydra", "sweep", "wandb"}
+
+
+def _first_comment_line(path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def help_section(section: str) -> str:
+    """The parts of `--help` that conf/ says (the `bnexp_help` resolver of conf/hydra/help/bnexp.yaml):
+    `variants`, a line each from the first comment of conf/variant/<name>.yaml, and `groups`, each group a run is
+    composed from with its options, the default marked."""
+    if section == "variants":
+        variants = sorted((CONF_DIR / "variant").glob("*.yaml"))
+        width = max(len(path.stem) for path in variants) + 2
+        return "\n".join(f"  {path.stem:<{width}}{_first_comment_line(path)}" for path in variants)
+    if section == "groups":
+        defaults = train_default_choices()
+        lines = []
+        for folder in sorted(CONF_DIR.iterdir()):
+            if folder.is_dir() and folder.name not in _NOT_RUN_GROUPS:
+                choice = f"{folder.name}=" if folder.name in defaults else f"+{folder.name}="
+                options = [path.stem + (" (default)" if defaults.get(folder.name) == path.stem else "")
+                           for path in sorted(folder.glob("*.yaml"))]
+                lines.append(f"  {choice:<17}{', '.join(options)}")
+        launchers = ", ".join(path.stem for path in sorted((CONF_DIR / "hydra" / "launcher").glob("*.yaml")))
+        lines.append(f"  {'hydra/launcher=':<17}{launchers} (with --multirun)")
+        return "\n".join(lines)
+    raise ValueError(f"no help section {section!r}; use variants or groups")
+
+
+OmegaConf.register_new_resolver("bnexp_help", help_section, replace=True)
+
+
+# ---------------------------------------------------------------- the early check
+
+class ConfigRefused(BaseException):
+    """A config refused by the early check, raised through Hydra to run_cli. A BaseException: Hydra turns an
+    Exception out of a callback into a warning and goes on with the run."""
+
+
+class CheckBeforeTheRunDir(Callback):
+    """Hydra calls on_run_start after composing the config and before it makes the run dir: a value out of range,
+    an unknown key or a name that would place the run outside runs/ stops the command here, within a second, with
+    no run dir left behind. The rules that need torch (layer widths, a CUDA device, the model and norm names)
+    follow in train(). A multirun's jobs are checked by train() alone, each recorded in its own dir."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            validate_train_config(config, with_torch=False)
+        except ConfigError as error:
+            raise ConfigRefused(str(error)) from None
+
+
+# ---------------------------------------------------------------- the run
 
 # A multirun's jobs as Hydra's basic launcher runs them, one after another in this process: (run dir, whether it
 # stopped on a user error), one entry per job, since jobs may share a dir. A failed job lets the others run;
@@ -70,6 +140,10 @@ def run_cli() -> None:
     _multirun_jobs.clear()
     try:
         main()
+    except ConfigRefused as refused:
+        for problem in str(refused).splitlines():
+            print(f"bnexp.train: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     except Exception as error:  # noqa: BLE001 - sorted below: config errors get one line, crashes a traceback
         message = None if _raised_by_the_run(error) else describe_composition_error(error)
         if message is None:

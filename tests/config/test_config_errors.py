@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
+from bnexp.config import checks as config_checks
 from bnexp.config import schema as config_schema
+from bnexp.config.checks import check_train_config, describe_type_error, norm_layer_widths
 from bnexp.config.compose import ConfigError, describe_composition_error, validate_train_config
-from bnexp.config.schema import (GROUP_OPTION_SCHEMAS, TrainConfig, check_train_config, describe_type_error,
-                                 norm_layer_widths)
+from bnexp.config.schema import GROUP_OPTION_SCHEMAS, TrainConfig
 from tests.helpers import REPO, TINY_RUN, compose_config, repo_env
 
 
@@ -42,7 +43,7 @@ def composed():
 
 def leaf_fields(node: DictConfig, schema: type, prefix: str = ""):
     """(dotted key, schema field, kind, optional) for every leaf of a composed config, with the schema its node has."""
-    hints = config_schema._type_hints(schema)
+    hints = config_checks._type_hints(schema)
     for schema_field in dataclasses.fields(schema):
         annotation = hints[schema_field.name]
         key = prefix + schema_field.name
@@ -50,7 +51,7 @@ def leaf_fields(node: DictConfig, schema: type, prefix: str = ""):
             child = node[schema_field.name]
             yield from leaf_fields(child, OmegaConf.get_type(child), key + ".")
         else:
-            kind, optional = config_schema._kind_of(annotation, schema_field.metadata)
+            kind, optional = config_checks._kind_of(annotation, schema_field.metadata)
             yield key, schema_field, kind, optional
 
 
@@ -117,8 +118,10 @@ def bad_values(schema_field, kind: str, optional: bool):
         options += [st.lists(st.integers(), min_size=1, max_size=2)]
         if "choices" in rules:
             options += [WRONG_TEXT, st.booleans()]
-        if rules.get("check") is config_schema._non_empty:
+        if rules.get("check") in (config_schema._non_empty, config_schema._path_component_problem):
             options.append(st.sampled_from(["", " ", "\t"]))
+        if rules.get("check") is config_schema._path_component_problem:
+            options.append(st.sampled_from(["..", ".", "a/b", "../../x", "a\\b", "/abs"]))
         if rules.get("check") is config_schema._device_problem:
             options.append(WRONG_TEXT)
     elif kind.startswith("list:"):
@@ -205,7 +208,7 @@ def test_a_value_within_the_rules_is_accepted(composed, drawn):
     typed = copy.deepcopy(composed[base])
     OmegaConf.update(typed, key, good, merge=True)
     problems = []
-    config_schema._check_node(typed, TrainConfig, "", problems)
+    config_checks._check_node(typed, TrainConfig, "", problems)
     assert not problems, (key, good, problems)
 
 

@@ -1,4 +1,6 @@
 """Model construction details that the comparison depends on."""
+import re
+
 import pytest
 import torch
 
@@ -66,17 +68,34 @@ def test_channels_per_group_that_splits_a_layer_unevenly_is_refused_with_a_fix()
         build_model("airbench", "grouped", width=0.25, channels_per_group=24)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(variant_norm="grouped", stat_groups=2, channels_per_group=4),
-     r"variant.stat_groups=2 and variant.channels_per_group=4 are both set"),
-    (dict(variant_norm="per_channel", channels_per_group=4), r"only applies to norm 'grouped'"),
-    (dict(variant_norm="grouped", channels_per_group=0), r"must be a positive integer"),
-    (dict(variant_norm="grouped", channels_per_group="four"), r"must be a positive integer"),
-    (dict(variant_norm="grouped"), r"needs stat_groups or channels_per_group"),
+GUARD = r"build_model: norm '{norm}' with stat_groups={stat_groups} and channels_per_group={size}: norm 'grouped' " \
+        r"takes exactly one of stat_groups"
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(variant_norm="grouped", stat_groups=2, channels_per_group=4),
+    dict(variant_norm="per_channel", channels_per_group=4),
+    dict(variant_norm="grouped", channels_per_group=0),
+    dict(variant_norm="grouped", channels_per_group="four"),
+    dict(variant_norm="grouped", channels_per_group=True),
+    dict(variant_norm="grouped"),
 ])
-def test_bad_grouping_settings_name_the_keys(kwargs, message):
+def test_build_model_called_directly_refuses_a_grouping_the_config_checks_refuse(kwargs):
+    """The one guard of build_model's arguments, for a Python caller that bypasses the config checks (which name
+    the key and a fix for each of these: tests/config/test_config_rules.py)."""
+    message = GUARD.format(norm=kwargs["variant_norm"], stat_groups=kwargs.get("stat_groups"),
+                           size=re.escape(repr(kwargs.get("channels_per_group"))))
     with pytest.raises(ValueError, match=message):
         build_model("airbench", width=0.25, **kwargs)
+
+
+@pytest.mark.parametrize("model_name, norm, message", [
+    ("resnet", "per_channel", r"build_model: unknown model 'resnet'; choose one of \['airbench', 'resnet18', 'vgg'\]"),
+    ("airbench", "group", r"build_model: unknown norm kind 'group'"),
+])
+def test_build_model_called_directly_refuses_an_unknown_model_or_norm(model_name, norm, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(model_name, norm, width=0.25)
 
 
 def _train_forward(norm, **grouping):
