@@ -32,6 +32,7 @@ from pathlib import Path
 from bnexp.report import csv_files
 from bnexp.report import mechanism as report_mechanism
 from bnexp.report import plots as report_plots
+from bnexp.report import sharpness as report_sharpness
 from bnexp.report.aggregation import (DEFAULT_INTERVAL_METHOD, INTERVAL_METHODS, accuracy_targets, aggregate,
                                       largest_stable_lrs)
 from bnexp.report.comparisons import compare_to_reference
@@ -80,6 +81,16 @@ def make_out_dir(out_dir: Path) -> None:
                           + (f" ({error.filename})" if error.filename and Path(error.filename) != out_dir else ""))
 
 
+def _section_or_note(heading: str, make_section) -> list[str]:
+    """A section's lines, or its heading and a note when it could not be made: the report must be written whatever
+    one run dir holds."""
+    try:
+        return make_section()
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        return [heading, "", f"_Not shown: the section could not be made ({type(error).__name__}: "
+                f"{first_line(str(error))})._", ""]
+
+
 def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = None,
                  min_acc: float = DEFAULT_MIN_ACC, interval_method: str = DEFAULT_INTERVAL_METHOD,
                  reference: str | None = None) -> Path:
@@ -121,15 +132,14 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
              report_plots.plot_grad_norm_heatmaps(runs, chosen_lr, out_dir),
              report_plots.plot_init_grad_norms(runs, out_dir),
              report_plots.plot_edge_of_stability(edges, out_dir)]
-    try:
-        mechanism = report_mechanism.mechanism_section(runs, out_dir, chosen_lr, interval_method)
-    except Exception as error:  # noqa: BLE001 - the report must be written whatever one run dir holds
-        mechanism = [report_mechanism.SECTION_HEADING, "",
-                     f"_Not shown: the section could not be made ({type(error).__name__}: "
-                     f"{first_line(str(error))})._", ""]
+    mechanism = _section_or_note(report_mechanism.SECTION_HEADING,
+                                 lambda: report_mechanism.mechanism_section(runs, out_dir, chosen_lr, interval_method))
+    sharpness = _section_or_note(report_sharpness.SECTION_HEADING,
+                                 lambda: report_sharpness.sharpness_section(runs, out_dir, interval_method))
     content = ReportContent(paths=paths, runs=runs, unplaced=unplaced, repeats=repeats, skipped=skipped,
                             groups=groups, stable=stable, edges=edges, comparisons=comparisons, trends=trends,
-                            summary_table=summary_table, plots=plots, mechanism=mechanism, min_acc=min_acc,
+                            summary_table=summary_table, plots=plots, mechanism=mechanism, sharpness=sharpness,
+                            min_acc=min_acc,
                             interval_method=interval_method, reference=reference)
     report_path = out_dir / "report.md"
     report_path.write_text(report_markdown(content))

@@ -124,6 +124,7 @@ class ReportContent:
     summary_table: str          # summary.md, the results table
     plots: list[PlotResult]
     mechanism: list[str]        # the mechanism section's lines (it draws its own plots)
+    sharpness: list[str]        # the sharpness section's lines (it draws its own plot)
     min_acc: float
     interval_method: str
     reference: str
@@ -317,6 +318,6 @@ def report_markdown(content: ReportContent) -> str:
              *config_section(content), *stable_section(content), *edge_section(content),
              *results_section(content), *differences_section(content), *trend_section(content),
              *plots_section(content),
-             *content.mechanism, *incomplete_section(content), *repeats_section(content),
+             *content.mechanism, *content.sharpness, *incomplete_section(content), *repeats_section(content),
              *skipped_section(content)]
     return "\n".join(lines)
