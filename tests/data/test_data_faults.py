@@ -20,10 +20,12 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from PIL import Image
 
-from bnexp.data import sources as data
+from bnexp.data import cache, decode, folder
 from bnexp.runs import fileio
 from bnexp.config.compose import ConfigError
-from bnexp.data.sources import DatasetError, load_dataset, load_image_folder
+from bnexp.data.dataset import DatasetError
+from bnexp.data.folder import load_image_folder
+from bnexp.data.sources import load_dataset
 from bnexp.train.run import RunInterrupted, StopSignals
 from tests.helpers import REPO, repo_env
 
@@ -111,7 +113,7 @@ def test_a_subset_larger_than_the_folder_is_refused_naming_the_count(tmp_path_fa
     data_cfg = {"name": "cifar10_folder", "path": str(tree), "data_dir": str(root / "cache"), "train_size": None,
                 "test_size": None}
     with monkeypatch.context() as patched:
-        patched.setattr(data, "_decode_split", no_decoding)
+        patched.setattr(folder, "_decode_split", no_decoding)
         with pytest.raises(ConfigError, match=rf"data\.{which}_size={6 + extra} is more than the 6 images"):
             load_dataset(OmegaConf.create({**data_cfg, f"{which}_size": 6 + extra}))
     exact = load_dataset(OmegaConf.create({**data_cfg, f"{which}_size": 6}))
@@ -130,7 +132,7 @@ def test_sigterm_during_a_serial_decode_raises_the_kill_not_a_dataset_error(tmp_
                                                                             trainer_sigterm_handler):
     from tests.support.slow_decode import slow_decode
     tree = write_tree(tmp_path, per_class=100)  # 300 images at 10 ms each
-    monkeypatch.setattr(data, "_decode_image", slow_decode)
+    monkeypatch.setattr(decode, "decode_image", slow_decode)
     threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
     with pytest.raises(RunInterrupted):
         load_image_folder(str(tree), str(tmp_path / "cache"), workers=1)
@@ -148,7 +150,7 @@ def test_a_kill_while_the_cache_is_written_leaves_no_temporary_file(tmp_path, mo
         time.sleep(5)  # the handler raises here
         real_savez(file, **arrays)
 
-    monkeypatch.setattr(data.np, "savez", savez_then_killed)
+    monkeypatch.setattr(cache.np, "savez", savez_then_killed)
     with pytest.raises(RunInterrupted):
         load_image_folder(str(tree), str(tmp_path / "cache"))
     assert list((tmp_path / "cache").iterdir()) == []

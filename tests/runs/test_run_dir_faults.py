@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bnexp.train import sinks as sinks_module
-from bnexp.train import run as trainer_module
+from bnexp.train import loop as trainer_module
 from bnexp.runs.files import run_status
 from bnexp.runs.lock import LOCK_FILE, RunDirLock, RunDirLocked, lock_state
 from bnexp.train.run import RunInterrupted, train

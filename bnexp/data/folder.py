@@ -1,0 +1,107 @@
+"""An image tree {train,test}/<class>/*.jpg|png, from a folder or a .tar/.tar.gz/.tar.xz archive of one, read into
+uint8 arrays: the files listed, decoded once in parallel, and cached (bnexp/data/cache.py)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bnexp.data import decode
+from bnexp.data.cache import DecodeCache
+from bnexp.data.dataset import READ_ERRORS, Dataset, DatasetError, Split, check_subset_sizes, how_to_fix
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz")
+
+
+def _list_encoded_images(path: Path) -> dict[str, list[tuple[str, str, bytes]]]:
+    """Map 'train'/'test' to (class name, file name, encoded bytes), from a folder or an archive; the file name is
+    the path inside the folder or the archive, for error messages."""
+    found: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
+
+    def files():
+        """(name inside the source, a reader of its bytes) of every file, from the folder or the archive."""
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                yield str(file.relative_to(path)), file.read_bytes
+        else:
+            with tarfile.open(path, "r:*") as archive:
+                for member in archive:
+                    if member.isfile():
+                        yield member.name, archive.extractfile(member).read
+
+    # the first read of an archive takes a while (a few seconds for CIFAR-10's .tar.xz): show the count and rate
+    with tqdm(unit="file", desc=f"reading {path.name}", mininterval=1.0, dynamic_ncols=True) as progress:
+        for name, read in files():
+            parts = Path(name).parts
+            # <root>/{train,test}/<class>/<file> with any number of leading folders
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and len(parts) >= 3 and parts[-3] in found:
+                found[parts[-3]].append((parts[-2], name, read()))
+                progress.update(1)
+    for split in found:
+        found[split].sort(key=lambda item: item[0])  # stable: files keep their order within a class
+    return found
+
+
+def _decode_split(files: list[tuple[str, str, bytes]], class_names: list[str], workers: int,
+                  split_name: str) -> Split:
+    named = [(file_name, data) for _, file_name, data in files]
+    with contextlib.ExitStack() as stack:
+        decoded = map(decode.decode_image, named)
+        if workers > 1 and len(named) > 1000:
+            pool = ProcessPoolExecutor(max_workers=workers, initializer=decode.decode_worker_setup)
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # on a kill, the queued chunks are dropped
+            # chunks of 64: little overhead, and a kill waits for at most one running chunk per worker
+            decoded = pool.map(decode.decode_image, named, chunksize=64)
+        arrays = list(tqdm(decoded, total=len(named), unit="img", desc=f"decoding {split_name}", mininterval=1.0,
+                           dynamic_ncols=True))  # in order, as they finish
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([class_names.index(name) for name, _, _ in files], dtype=torch.int64)
+    return Split(images, labels)
+
+
+def load_image_folder(path: str, cache_dir: str, workers: int | None = None, *, train_size: int | None = None,
+                      test_size: int | None = None) -> Dataset:
+    """The source's images, from the cache or decoded (then cached). train_size/test_size, when given, are
+    checked against the images the source holds as soon as they are counted, before any decoding."""
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise DatasetError(f"Dataset path {str(source)!r} does not exist. {how_to_fix(source)}")
+    if source.is_file() and not source.name.endswith(ARCHIVE_SUFFIXES):
+        raise DatasetError(f"{str(source)!r} is a file but not a .tar/.tar.gz/.tar.xz archive. {how_to_fix(source)}")
+    cache = DecodeCache(source, cache_dir)
+    description = f"CIFAR-10 JPEG copy ({source.name})" if "jpeg" in source.name.lower() else \
+        f"image folder ({source.name})"
+    cached = cache.read(description)
+    if cached is not None:
+        check_subset_sizes(len(cached.train), len(cached.test), train_size, test_size, source)
+        return cached
+    try:
+        encoded = _list_encoded_images(source)
+    except READ_ERRORS as error:
+        raise DatasetError(f"Could not read {str(source)!r}: {error}. {how_to_fix(source)}") from error
+    if not encoded["train"] or not encoded["test"]:
+        raise DatasetError(f"{str(source)!r} holds no images under train/<class>/ and test/<class>/ "
+                           f"(found {len(encoded['train'])} train, {len(encoded['test'])} test). {how_to_fix(source)}")
+    check_subset_sizes(len(encoded["train"]), len(encoded["test"]), train_size, test_size, source)
+    class_names = sorted({name for name, _, _ in encoded["train"]})
+    test_only = sorted({name for name, _, _ in encoded["test"]} - set(class_names))
+    if test_only:
+        raise DatasetError(f"{str(source)!r} has test/ classes with no train/ folder: {test_only} (train/ has "
+                           f"{class_names}); every test class needs a train/<class>/ folder. {how_to_fix(source)}")
+    workers = workers or min(16, os.cpu_count() or 1)
+    try:
+        train = _decode_split(encoded["train"], class_names, workers, "train")
+        test = _decode_split(encoded["test"], class_names, workers, "test")
+    except decode.ImageDecodeError as error:  # only a bad file: a kill during the decode stays a kill
+        raise DatasetError(f"Could not decode an image of {str(source)!r}: {error}. Replace or remove that file, "
+                           f"or use another source. {how_to_fix(source)}") from None
+
+    cache.write(train, test, class_names)
+    return Dataset(train, test, source=description)
