@@ -16,7 +16,8 @@ import torch
 from bnexp.data.dataset import READ_ERRORS, Dataset, DatasetError, Split
 from bnexp.runs.fileio import atomic_write, remove_stale_temporaries
 
-CACHE_FORMAT_VERSION = 1
+# 2: archives are read to their end and checked; a cache of format 1 may hold the images before a damage only
+CACHE_FORMAT_VERSION = 2
 
 
 def source_fingerprint(path: Path) -> str:
@@ -42,17 +43,21 @@ class DecodeCache:
         # a writer killed mid-write (SIGKILL) leaves its temporary: this source's go now
         remove_stale_temporaries(self.file.parent, self.pattern)
 
-    def read(self, description: str) -> Dataset | None:
-        """The cached arrays, or None when there is no cache or it is corrupt or old (then it is rebuilt)."""
+    def read(self, description: str) -> tuple[Dataset, list[str]] | None:
+        """The cached arrays and the class names in label order, or None when there is no cache or it is corrupt
+        or old (then it is rebuilt)."""
         try:  # no cache: np.load's FileNotFoundError is one of READ_ERRORS
             with np.load(self.file) as cached:
                 if int(cached["format_version"]) != CACHE_FORMAT_VERSION:
                     return None
-                return Dataset(Split(torch.from_numpy(cached["train_images"]),
-                                     torch.from_numpy(cached["train_labels"])),
-                               Split(torch.from_numpy(cached["test_images"]), torch.from_numpy(cached["test_labels"])),
-                               source=description)
-        except READ_ERRORS:
+                dataset = Dataset(Split(torch.from_numpy(cached["train_images"]),
+                                        torch.from_numpy(cached["train_labels"])),
+                                  Split(torch.from_numpy(cached["test_images"]),
+                                        torch.from_numpy(cached["test_labels"])),
+                                  source=description)
+                class_names = json.loads(str(cached["class_names"]))
+                return (dataset, class_names) if isinstance(class_names, list) else None
+        except READ_ERRORS:  # json's errors are ValueErrors
             return None
 
     def write(self, train: Split, test: Split, class_names: list[str]) -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+# The class folder names of a CIFAR-10 image tree, in label order (they sort into it); a run's models have ten outputs.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # What reading a source or a cache can raise when the data is missing, truncated or corrupt. Only these become a
 # DatasetError (exit code 2): a kill (the trainer's SIGTERM exception, Ctrl-C) must pass through as itself.
 READ_ERRORS = (OSError, EOFError, ValueError, KeyError, tarfile.TarError, lzma.LZMAError, zlib.error,

@@ -10,6 +10,8 @@ import signal
 
 import numpy as np
 
+from bnexp.runs.orphan_guard import end_with_parent
+
 
 class ImageDecodeError(ValueError):
     """One image file that cannot be decoded; names the file (a path in the folder or in the archive)."""
@@ -30,8 +32,10 @@ def decode_image(named: tuple[str, bytes]) -> np.ndarray:
     return array
 
 
-def decode_worker_setup() -> None:
+def decode_worker_setup(run_pid: int) -> None:
     """A decode worker leaves signals to the run: SIGTERM ends it quietly (the run's own handler would raise its
-    interrupt inside a decode), and Ctrl-C, which reaches the whole process group, is handled by the run alone."""
+    interrupt inside a decode), and Ctrl-C, which reaches the whole process group, is handled by the run alone.
+    It ends with the run, however the run ends: a run killed with SIGKILL leaves no worker decoding for nobody."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    end_with_parent(run_pid, signal.SIGKILL)  # a worker holds nothing that needs a clean end

@@ -9,6 +9,8 @@ Every source hands over uint8 tensors (bnexp/data/dataset.py); bnexp/data/batche
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -48,9 +50,11 @@ def make_synthetic(train_size: int, test_size: int, seed: int, num_classes: int 
     return Dataset(split(train_size), split(test_size), source="synthetic")
 
 
-def load_dataset(data_cfg) -> Dataset:
+def load_dataset(data_cfg, classes: Sequence[str] | None = None) -> Dataset:
     """Build the configured source, then cut the configured subsets. Both are fixed by data.subset_seed, not the
-    run seed: runs with different seeds see the same images (only init, order and augmentation change)."""
+    run seed: runs with different seeds see the same images (only init, order and augmentation change).
+    `classes`: the class folders an image tree must hold (a run asks for CIFAR-10's ten, CIFAR10_CLASSES); the
+    other sources always have CIFAR-10's ten classes."""
     name = data_cfg.name
     subset_seed = data_cfg.get("subset_seed", 0)
     train_size, test_size = data_cfg.get("train_size"), data_cfg.get("test_size")
@@ -61,7 +65,7 @@ def load_dataset(data_cfg) -> Dataset:
         if "path" not in data_cfg or not data_cfg["path"]:  # a DictConfig has no key whose value is ??? (unset)
             raise DatasetError(f"data=cifar10_folder needs data.path. {how_to_fix(None)}")
         dataset = load_image_folder(data_cfg.path, data_cfg.data_dir, data_cfg.get("decode_workers"),
-                                    train_size=train_size, test_size=test_size)
+                                    train_size=train_size, test_size=test_size, classes=classes)
     elif name == "synthetic":
         dataset = make_synthetic(train_size or 50_000, test_size or 10_000, subset_seed)
     else:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from bnexp.data.batches import TrainBatches, eval_batches
+from bnexp.data.dataset import CIFAR10_CLASSES
 from bnexp.data.sources import load_dataset
 from bnexp.instrument import LossCurve, StabilityProbe
 from bnexp.models import build_model
@@ -55,7 +56,7 @@ def train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
     # The data, on the training device.
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(cfg.data, CIFAR10_CLASSES)  # the ten classes the models have outputs for
     summary["data_source"] = dataset.source
     train_split, test_split = dataset.train.to(device), dataset.test.to(device)
     batches = TrainBatches(train_split, cfg.train.batch_size, cfg.train.augment_pad, cfg.train.augment_flip,
@@ -129,4 +130,5 @@ def train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
         summary["status"] = "finished"
     finally:
         progress.close()
-        summary.update(probe.summary(test_acc_by_step), **window.loss_curve.summary())
+        # the steps taken, also when a kill lands between two log windows
+        summary.update(probe.summary(test_acc_by_step), **window.loss_curve.summary(), steps_done=step)

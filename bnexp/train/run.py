@@ -13,14 +13,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bnexp.config.compose import validate_train_config
 from bnexp.models import stat_groups_by_layer
-from bnexp.runs.lock import RunDirLock
+from bnexp.runs.lock import RunDirLock, RunDirUnusable, unusable_run_dir_message
 from bnexp.runs.provenance import provenance
 from bnexp.train.loop import model_from_config, train_loop
 from bnexp.train.sinks import LocalSink, SinkGroup, logger_sinks
 
 
-class RunInterrupted(Exception):
-    """SIGTERM/SIGINT arrived: stop, but still close the logs and write the summary."""
+class RunInterrupted(BaseException):
+    """SIGTERM arrived: stop, but still close the logs and write the summary.
+
+    A BaseException, like KeyboardInterrupt (Ctrl-C), so that no `except Exception` on its way out takes the kill
+    for an error it can handle: W&B's start-up, for one, falls back to offline logging on any Exception."""
 
 
 def run_summary_base(cfg: DictConfig, stat_groups: dict | None) -> dict:
@@ -50,7 +53,11 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None,
         sinks = SinkGroup([])
         try:
             with stop.held():  # a kill during the first write lands after it, as a failed run
-                sinks.sinks.append(LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary, extra_files))
+                try:
+                    local = LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary, extra_files)
+                except OSError as error:  # a dir the lock file could go in, but the run's files cannot
+                    raise RunDirUnusable(unusable_run_dir_message(run_dir, error)) from None
+                sinks.sinks.append(local)
             if stop.pending is not None:
                 raise stop.pending
             sinks.sinks.extend(extra_sinks or [])

@@ -23,7 +23,7 @@ from PIL import Image
 from bnexp.data import cache, decode, folder
 from bnexp.runs import fileio
 from bnexp.config.compose import ConfigError
-from bnexp.data.dataset import DatasetError
+from bnexp.data.dataset import CIFAR10_CLASSES, DatasetError
 from bnexp.data.folder import load_image_folder
 from bnexp.data.sources import load_dataset
 from bnexp.train.run import RunInterrupted, StopSignals
@@ -32,10 +32,11 @@ from tests.helpers import REPO, repo_env
 CLASSES = ("cat", "dog", "ship")
 
 
-def write_tree(root: Path, per_class: int = 2, image_format: str = "PNG", test_per_class: int | None = None) -> Path:
+def write_tree(root: Path, per_class: int = 2, image_format: str = "PNG", test_per_class: int | None = None,
+               classes: tuple[str, ...] = CLASSES) -> Path:
     rng = np.random.default_rng(0)
     for split, count in (("train", per_class), ("test", per_class if test_per_class is None else test_per_class)):
-        for name in CLASSES:
+        for name in classes:
             folder = root / "tree" / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for index in range(count):
@@ -160,7 +161,7 @@ def test_sigterm_during_a_parallel_decode_is_recorded_as_a_kill(tmp_path):
     """The real command line, decoding 2100 images with 2 worker processes (slowed to 10 ms an image, ~10 s in
     all), stopped by SIGTERM a moment into the decode: status failed 'killed', exit code 143, no dataset error,
     and the queued work is dropped rather than decoded first."""
-    tree = write_tree(tmp_path, per_class=700, test_per_class=2)
+    tree = write_tree(tmp_path, per_class=210, test_per_class=2, classes=CIFAR10_CLASSES)
     run_dir, cache_dir = tmp_path / "run", tmp_path / "cache"
     stderr_path = tmp_path / "stderr.log"
     arguments = ["data=cifar10_folder", f"data.path={tree}", f"data.data_dir={cache_dir}", "data.decode_workers=2",
