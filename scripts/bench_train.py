@@ -5,6 +5,10 @@ batches, interleaved in blocks of `every` steps (each instrumented block holds e
 run), so drift in machine speed affects both arms alike. Both arms read their losses back every `log_every` steps
 as the trainer does; the instrumented arm's window also brings the probe's measurements back in that transfer.
 
+The step is the one a run takes: the run's config is composed from conf/ (trailing arguments are train overrides, as
+for `python -m bnexp.train`), and the device, bf16 autocast and channels_last, the model, the optimiser with its
+parameter groups, the lr schedule and the label smoothing all come from the trainer's own functions.
+
 The sharpness measurement (instrument.sharpness_every) is timed apart: steps that each take one measurement
 (Lanczos on Hessian-vector products of the loss on a fixed batch) alternate with plain steps of the same model, and
 the ratio of their medians is printed, with what it costs a run measuring every N steps. By default every measurement
@@ -14,6 +18,7 @@ would make them look cheaper than a run's, whose parameters move for sharpness_e
 
     python scripts/bench_train.py                         # CPU-sized defaults
     python scripts/bench_train.py --device cuda --width 1 --batch-size 512 --blocks 6
+    python scripts/bench_train.py +variant=grouped_bn variant.stat_groups=2 optim=adamw
     python scripts/bench_train.py --sharpness-repeats 0   # without the sharpness timing
 """
 from __future__ import annotations
@@ -29,26 +34,33 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bnexp.config.compose import compose_train_config, validate_train_config  # noqa: E402
 from bnexp.data.sources import make_synthetic  # noqa: E402
 from bnexp.instrument import LossCurve, SharpnessProbe, StabilityProbe, default_instrument_cfg  # noqa: E402
-from bnexp.models import build_model  # noqa: E402
+from bnexp.train.device import device_feature_enabled, resolve_device  # noqa: E402
+from bnexp.train.loop import model_from_config  # noqa: E402
+from bnexp.train.optim import build_lr_schedule, build_optimizer  # noqa: E402
 from bnexp.train.step import LogWindow, TrainStep, fixed_batch_loss  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="train config overrides, e.g. +variant=shared_bn optim=adamw")
     parser.add_argument("--model", default="airbench")
-    parser.add_argument("--norm", default="per_channel", help="per_channel | grouped | shared | none | torch")
+    parser.add_argument("--norm", default=None, help="variant.norm: per_channel | grouped | shared | none | torch "
+                        "(default: the variant's)")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--every", type=int, default=default_instrument_cfg()["every"], help="probe interval")
     parser.add_argument("--log-every", type=int, default=25, help="steps per log window (host readback)")
     parser.add_argument("--blocks", type=int, default=3, help="blocks of `every` steps per arm")
     parser.add_argument("--warmup", type=int, default=30, help="warm-up steps per arm (covers a measure step)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda, as the config's device")
+    parser.add_argument("--amp", default="auto", choices=("auto", "true", "false"),
+                        help="bf16 autocast, as train.amp (auto: on CUDA only)")
     parser.add_argument("--compile", action="store_true", help="torch.compile; measure steps run eagerly")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "true", "false"),
+                        help="as train.channels_last (auto: on CUDA only)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--check-syncs", action="store_true",
                         help="CUDA: count host syncs inside the training step, both arms (should be 0)")
@@ -65,25 +77,46 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def run_config(args: argparse.Namespace):
+    """The train config of a run with these settings, composed and checked as `python -m bnexp.train` does."""
+    overrides = [f"model={args.model}", f"model.width={args.width}", f"device={args.device}",
+                 f"train.amp={args.amp}", f"train.channels_last={args.channels_last}",
+                 f"train.batch_size={args.batch_size}", f"train.compile={str(args.compile).lower()}",
+                 f"instrument.every={args.every}", "data=synthetic", f"data.train_size={args.batch_size * 8}"]
+    if args.norm is not None:
+        overrides.append(f"variant.norm={args.norm}")
+    cfg = compose_train_config([*overrides, *args.overrides])
+    validate_train_config(cfg)
+    return cfg
+
+
 def main() -> None:
     args = parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    cfg = run_config(args)
+    device = resolve_device(cfg.device)
+    on_cuda = device.type == "cuda"
+    amp = device_feature_enabled(cfg.train.amp, on_cuda)
+    memory_format = torch.channels_last if device_feature_enabled(cfg.train.channels_last, on_cuda) \
+        else torch.contiguous_format
     torch.manual_seed(0)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = build_model(args.model, args.norm, width=args.width).to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    compiled = torch.compile(model) if args.compile else None
+    model = model_from_config(cfg).to(device, memory_format=memory_format)
+    optimizer = build_optimizer(model, cfg.optim)
+    # The schedule steps once per step of either arm: warm-up, the timed blocks, the six lone steps and the
+    # sharpness pairs below.
+    block = max(args.every, args.log_every, 1)
+    total_steps = 2 * args.warmup + 2 * args.blocks * block + 6 + 2 * (args.sharpness_repeats + 1)
+    lr_schedule = build_lr_schedule(optimizer, cfg.optim, total_steps)
+    compiled = torch.compile(model) if cfg.train.compile else None
     data = make_synthetic(train_size=args.batch_size * 8, test_size=8, seed=0).train.to(device)
     batches = [(data.images[i:i + args.batch_size], data.labels[i:i + args.batch_size])
                for i in range(0, len(data), args.batch_size)]
 
-    # The two arms share the model and optimiser; "on" is what a run with instrument.every=<every> does.
+    # The two arms share the model, optimiser and schedule; "on" is what a run with instrument.every=<every> does.
     steps, windows = {}, {}
-    for arm, probe in (("off", None), ("on", StabilityProbe(model, {"every": args.every}))):
-        steps[arm] = TrainStep(model, optimizer, probe, compiled, args.amp, memory_format)
+    for arm, probe in (("off", None), ("on", StabilityProbe(model, cfg.instrument))):
+        steps[arm] = TrainStep(model, optimizer, probe, compiled, amp, memory_format, cfg.optim.label_smoothing)
         windows[arm] = LogWindow(args.log_every, device, len(batches), loss_factor=1e9, loss_curve=LossCurve(),
                                  probe=probe)  # loss_factor: a benchmark never stops for divergence
     step_syncs = []
@@ -103,7 +136,8 @@ def main() -> None:
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             step_syncs.extend(f"{arm} step {step}: {w.message}" for w in caught if "synchroniz" in str(w.message))
-        window.add(step, loss, 0.05)
+        window.add(step, loss, optimizer.param_groups[0]["lr"])
+        lr_schedule.step()  # as the trainer does after every step
         if window.full:  # the trainer's periodic host readback
             window.close()
 
@@ -111,7 +145,6 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    block = max(args.every, args.log_every, 1)
     for step in range(args.warmup):  # compile / allocator / cudnn warm-up, both arms
         train_step(step, "on")
         train_step(step, "off")
@@ -157,11 +190,11 @@ def main() -> None:
         measure_images, measure_labels = measure_images[:args.sharpness_batch or None], \
             measure_labels[:args.sharpness_batch or None]
         sharpness = SharpnessProbe(model, fixed_batch_loss(measure_images, measure_labels, memory_format=memory_format,
-                                                           label_smoothing=0.0),
+                                                           label_smoothing=cfg.optim.label_smoothing),
                                    optimizer, every=1, lanczos_steps=args.sharpness_steps,
                                    tolerance=args.sharpness_tolerance)
         sharpness_step = TrainStep(model, optimizer, StabilityProbe(model, {"every": 0}, sharpness), compiled,
-                                   args.amp, memory_format)
+                                   amp, memory_format, cfg.optim.label_smoothing)
         for repeat in range(args.sharpness_repeats + 1):
             for timed_step, target, cpu_target in ((sharpness_step, sharpness_times, sharpness_cpu_times),
                                                    (steps["off"], beside_times, beside_cpu_times)):
@@ -169,6 +202,7 @@ def main() -> None:
                 synchronize()
                 start, cpu_start = time.perf_counter(), time.process_time()
                 timed_step(step, images, labels)
+                lr_schedule.step()  # as the trainer does after every step
                 synchronize()
                 if repeat > 0:
                     target.append(time.perf_counter() - start)
@@ -180,8 +214,10 @@ def main() -> None:
 
     off_ms = 1000 * statistics.median(times["off"])
     on_ms = 1000 * statistics.median(times["on"])
-    print(f"device={device.type} model={args.model} norm={args.norm} width={args.width} batch={args.batch_size} "
-          f"every={args.every} log_every={args.log_every} blocks={args.blocks}x{block} steps compile={args.compile}")
+    print(f"device={device.type} model={cfg.model.name} norm={cfg.variant.norm} width={cfg.model.width} "
+          f"batch={args.batch_size} every={args.every} log_every={args.log_every} blocks={args.blocks}x{block} steps "
+          f"compile={cfg.train.compile} amp={amp} channels_last={memory_format == torch.channels_last} "
+          f"optim={cfg.optim.name} schedule={cfg.optim.schedule}")
     print(f"step time off: {off_ms:.2f} ms   on: {on_ms:.2f} ms   (block medians; "
           f"off blocks {[round(1000 * t, 2) for t in times['off']]}, on blocks {[round(1000 * t, 2) for t in times['on']]})")
     if args.every > 0:

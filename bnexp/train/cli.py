@@ -146,6 +146,11 @@ def run_cli() -> None:
         sys.exit(2)
     except Exception as error:  # noqa: BLE001 - sorted below: config errors get one line, crashes a traceback
         message = None if _raised_by_the_run(error) else describe_composition_error(error)
+        # Hydra makes the run dir and opens its log there before the run starts (logging wraps that error)
+        os_error = error if isinstance(error, OSError) else error.__cause__
+        if message is None and isinstance(os_error, OSError) and not _raised_by_the_run(error):
+            from bnexp.runs.lock import unusable_run_dir_message
+            message = unusable_run_dir_message(None, os_error)
         if message is None:
             raise
         if wants_traceback:

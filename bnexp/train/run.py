@@ -1,94 +1,29 @@
-"""The training loop: one run of one variant, from config to run directory.
-
-The step (bnexp/train/step.py) does no host syncs: losses and accuracy counts stay on the device, and the log window
-reads them back every `train.log_every` steps and at each epoch's end (the divergence check happens then too).
+"""The life of one run, from config to run directory: it holds the run dir's lock, turns SIGTERM and Ctrl-C into
+exceptions wherever they land, opens the sinks, runs the loop (bnexp/train/loop.py), and writes the summary of how
+the run ended, however it ends.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 import signal
 import time
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf, open_dict
-from tqdm import tqdm
 
 from bnexp.config.compose import validate_train_config
-from bnexp.data.sources import TrainBatches, eval_batches, load_dataset
-from bnexp.instrument import LossCurve, SharpnessProbe, StabilityProbe
-from bnexp.models import build_model, stat_groups_by_layer
+from bnexp.models import stat_groups_by_layer
+from bnexp.runs.lock import RunDirLock, RunDirUnusable, unusable_run_dir_message
 from bnexp.runs.provenance import provenance
-from bnexp.runs.lock import RunDirLock
+from bnexp.train.loop import model_from_config, train_loop
 from bnexp.train.sinks import LocalSink, SinkGroup, logger_sinks
-from bnexp.train.step import LogWindow, TrainStep, fixed_batch_loss, model_logits
 
 
-class RunInterrupted(Exception):
-    """SIGTERM/SIGINT arrived: stop, but still close the logs and write the summary."""
+class RunInterrupted(BaseException):
+    """SIGTERM arrived: stop, but still close the logs and write the summary.
 
-
-def resolve_device(requested: str) -> torch.device:
-    # a CUDA device that is not there was refused with the config (config_schema's device check)
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def device_feature_enabled(setting: str | bool, on_cuda: bool) -> bool:
-    """train.amp / train.channels_last (auto, true or false: the schema allows no other value): `auto` turns the
-    feature on for CUDA only (on the CPU bf16 autocast and channels_last are slower, not faster); true / false
-    force it on any device (true on the CPU is how the tests exercise the CUDA code path)."""
-    return on_cuda if setting == "auto" else setting
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # seeds CUDA too
-
-
-def build_optimizer(model: torch.nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:
-    # No weight decay on norm affine parameters and biases (1-D tensors), as is usual for BN nets.
-    params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": optim_cfg.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    if optim_cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
-    if optim_cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
-    # the schema refuses other names; this guards an optimizer added to the schema but not here
-    raise ValueError(f"unknown optimizer {optim_cfg.name!r}; use optim=sgd or optim=adamw")
-
-
-def lr_multiplier(step: int, total_steps: int, warmup_frac: float, schedule: str) -> float:
-    """Linear warmup from 0, then cosine or linear decay to 0."""
-    # as for the optimizer: a schedule the schema allows but this function lacks must not fall back silently
-    if schedule not in ("cosine", "linear"):
-        raise ValueError(f"unknown schedule {schedule!r}; use optim.schedule=cosine or linear")
-    warmup_steps = max(1, int(round(total_steps * warmup_frac)))
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
-
-
-@torch.no_grad()
-def evaluate(model, split, batch_size: int, amp: bool, memory_format) -> tuple[float, float]:
-    model.eval()
-    loss_sum = torch.zeros((), device=split.images.device)
-    correct = torch.zeros((), device=split.images.device, dtype=torch.long)
-    for images, labels in eval_batches(split, batch_size):
-        logits = model_logits(model, images, amp, memory_format)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
-    model.train()
-    return loss_sum.item() / len(split), correct.item() / len(split)
+    A BaseException, like KeyboardInterrupt (Ctrl-C), so that no `except Exception` on its way out takes the kill
+    for an error it can handle: W&B's start-up, for one, falls back to offline logging on any Exception."""
 
 
 def run_summary_base(cfg: DictConfig, stat_groups: dict | None) -> dict:
@@ -118,14 +53,18 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None,
         sinks = SinkGroup([])
         try:
             with stop.held():  # a kill during the first write lands after it, as a failed run
-                sinks.sinks.append(LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary, extra_files))
+                try:
+                    local = LocalSink(run_dir, OmegaConf.to_yaml(cfg, resolve=True), summary, extra_files)
+                except OSError as error:  # a dir the lock file could go in, but the run's files cannot
+                    raise RunDirUnusable(unusable_run_dir_message(run_dir, error)) from None
+                sinks.sinks.append(local)
             if stop.pending is not None:
                 raise stop.pending
             sinks.sinks.extend(extra_sinks or [])
             validate_train_config(cfg)
             # inside the try: a logger failure is a failed run
             sinks.sinks.extend(logger_sinks(cfg, run_dir, summary["provenance"]))
-            _train_loop(cfg, sinks, summary)
+            train_loop(cfg, sinks, summary)
         except BaseException as error:
             summary["status"] = "failed"
             summary["error"] = _describe_failure(error)
@@ -148,12 +87,6 @@ def train(cfg: DictConfig, run_dir: str, extra_sinks: list | None = None,
 def _describe_failure(error: BaseException) -> str:
     killed = isinstance(error, (RunInterrupted, KeyboardInterrupt))
     return ("killed: " if killed else "") + f"{type(error).__name__}: {error}"
-
-
-def model_from_config(cfg: DictConfig) -> torch.nn.Module:
-    return build_model(cfg.model.name, cfg.variant.norm, width=cfg.model.width,
-                       stat_groups=cfg.variant.stat_groups, channels_per_group=cfg.variant.get("channels_per_group"),
-                       affine_per_channel=cfg.variant.affine_per_channel, backend=cfg.variant.backend)
 
 
 def record_stat_groups(cfg: DictConfig) -> dict | None:
@@ -211,90 +144,3 @@ class StopSignals:
         if not self._holding:
             raise interruption
         self.pending = self.pending or interruption
-
-
-def _train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:
-    # The data, on the training device.
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    dataset = load_dataset(cfg.data)
-    summary["data_source"] = dataset.source
-    train_split, test_split = dataset.train.to(device), dataset.test.to(device)
-    batches = TrainBatches(train_split, cfg.train.batch_size, cfg.train.augment_pad, cfg.train.augment_flip,
-                           seed=cfg.seed)
-
-    # The model, its optimiser and lr schedule, the stability probe and the step that runs them.
-    on_cuda = device.type == "cuda"
-    amp = device_feature_enabled(cfg.train.amp, on_cuda)
-    memory_format = torch.channels_last if device_feature_enabled(cfg.train.channels_last, on_cuda) \
-        else torch.contiguous_format
-    model = model_from_config(cfg).to(device, memory_format=memory_format)
-    step_model = torch.compile(model) if cfg.train.compile else model
-    optimizer = build_optimizer(model, cfg.optim)
-    total_steps, epoch_images = cfg.train.epochs * len(batches), len(batches) * cfg.train.batch_size
-    # the settings are bound once: OmegaConf lookups cost microseconds, and this runs every step
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
-        lr_multiplier, total_steps=total_steps, warmup_frac=cfg.optim.warmup_frac, schedule=cfg.optim.schedule))
-    sharpness = SharpnessProbe.from_config(model, optimizer, cfg.get("instrument"), train_split, cfg.seed,
-                                           cfg.train.batch_size, functools.partial(
-                                               fixed_batch_loss, memory_format=memory_format,
-                                               label_smoothing=cfg.optim.label_smoothing))
-    probe = StabilityProbe(model, cfg.get("instrument"), sharpness)
-    train_step = TrainStep(model, optimizer, probe, step_model, amp, memory_format, cfg.optim.label_smoothing)
-    window = LogWindow(int(cfg.train.log_every), device, len(batches), cfg.divergence.loss_factor,
-                       LossCurve(cfg.get("instrument")), probe)
-
-    # Loop state and the progress bar.
-    step, test_acc_by_step, epoch_seconds = 0, {}, []
-    progress = tqdm(total=total_steps, unit="step", dynamic_ncols=True, mininterval=1.0,
-                    desc=f"{cfg.variant.name}/{cfg.model.name} lr={cfg.optim.lr}")
-    try:
-        for epoch in range(cfg.train.epochs):
-            epoch_started = time.perf_counter()
-            epoch_loss = torch.zeros((), device=device)
-            epoch_correct = torch.zeros((), device=device, dtype=torch.long)
-            for batch_index, (images, labels) in enumerate(batches):
-                # Forward, backward, update: device work only. Each log record has its first step's grad_norm/global.
-                loss, correct = train_step(step, images, labels, global_grad_norm=window.empty)
-                window.add(step, loss, optimizer.param_groups[0]["lr"])
-                lr_schedule.step()  # the next step's lr
-                epoch_loss += loss
-                epoch_correct += correct
-                step += 1
-                progress.update(1)
-
-                # Every log_every steps and at the epoch's end (a window never spans two epochs): one host readback,
-                # the records out, the divergence check.
-                if window.full or batch_index == len(batches) - 1:
-                    readback = window.close()
-                    for record in readback.records:
-                        sinks.log_step(record)
-                    progress.set_postfix(loss=f"{readback.loss:.3f}", refresh=False)
-                    summary["steps_done"] = step
-                    if readback.diverged_step is not None:
-                        summary.update(status="diverged", diverged_step=readback.diverged_step, epochs_done=epoch)
-                        progress.write(readback.divergence)
-                        return
-
-            # End of the epoch: its throughput, the test set, one epoch record.
-            if on_cuda:
-                torch.cuda.synchronize()
-            epoch_seconds.append(time.perf_counter() - epoch_started)
-            images_per_s = epoch_images / epoch_seconds[-1]
-            test_loss, test_acc = evaluate(step_model, test_split, cfg.train.eval_batch_size, amp, memory_format)
-            test_acc_by_step[step] = test_acc
-            train_loss = epoch_loss.item() / len(batches)
-            train_acc = epoch_correct.item() / epoch_images
-            sinks.log_epoch({"epoch": epoch + 1, "step": step, "train/loss": train_loss, "train/acc": train_acc,
-                             "test/loss": test_loss, "test/acc": test_acc, "train/images_per_s": images_per_s})
-            progress.write(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} "
-                           f"| test loss {test_loss:.4f} acc {test_acc:.4f} | {images_per_s:.0f} img/s")
-            # with torch.compile, epoch 1 holds the compile time: the summary's rate leaves it out once others exist
-            rate_seconds = epoch_seconds[1:] if cfg.train.compile and len(epoch_seconds) > 1 else epoch_seconds
-            summary.update(epochs_done=epoch + 1, steps_done=step, final_test_acc=test_acc,
-                           best_test_acc=max(test_acc_by_step.values()),
-                           images_per_s=round(len(rate_seconds) * epoch_images / sum(rate_seconds), 1))
-        summary["status"] = "finished"
-    finally:
-        progress.close()
-        summary.update(probe.summary(test_acc_by_step), **window.loss_curve.summary())

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnexp.data.sources import normalize
+from bnexp.data.batches import normalize
 from bnexp.instrument import LossCurve, StabilityProbe, to_host
 
 

@@ -7,8 +7,10 @@ well; W&B is a second copy for dashboards, never the only one.
 Mode (`logger.mode`):
 - auto: WANDB_MODE if set, else online when credentials exist (WANDB_API_KEY or a netrc entry for the
   W&B host), else offline with a one-line hint that `wandb sync <dir>` uploads the run later.
-- online / offline / disabled: as requested. If an online init fails or times out (no network), the
-  run falls back to offline instead of hanging or crashing.
+- online / offline / disabled: as requested. If the W&B server cannot be reached (no network, a host name that
+  does not resolve, nothing listening), or an online init fails or times out, the run falls back to offline
+  instead of hanging or crashing.
+WANDB_MODE, when set, must be one of wandb's modes whatever logger.mode says (wandb reads it anyway).
 
 Keys keep the trainer's prefixes (train/, test/, grad_norm/, param_norm/, update_ratio/, act/, bn/).
 Step-level keys use `step` as their x-axis, epoch-level keys use `epoch`. An epoch-level train/ key
@@ -20,8 +22,11 @@ import netrc
 import os
 import secrets
 import shutil
+import socket
 import string
 import sys
+import threading
+import urllib.request
 from contextlib import AbstractContextManager
 from functools import partialmethod
 from pathlib import Path
@@ -39,6 +44,9 @@ from bnexp.runs.files import first_line
 PREFIX_AXES = {"grad_norm/": "step", "param_norm/": "step", "update_ratio/": "step", "act/": "step", "bn/": "step",
                "test/": "epoch"}
 RESERVED_KEYS = ("kind", "step", "epoch")
+# The values wandb accepts for WANDB_MODE (anything else fails inside wandb.init with a message that does not name
+# the variable).
+WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
 
 
 def has_wandb_credentials(base_url: str | None = None) -> bool:
@@ -64,10 +72,15 @@ def has_wandb_credentials(base_url: str | None = None) -> bool:
 
 def resolve_wandb_mode(requested: str | None) -> tuple[str, str | None]:
     """(mode, reason) for wandb.init; reason is set when auto mode picked offline."""
+    if os.environ.get("WANDB_MODE") and os.environ["WANDB_MODE"] not in WANDB_ENV_MODES:
+        raise ValueError(f"WANDB_MODE={os.environ['WANDB_MODE']!r} is not a W&B mode: set it to online, offline or "
+                         "disabled, or unset it (logger.mode=online|offline|disabled chooses the mode too)")
     requested = str(requested or "auto").lower()
     if requested in ("online", "offline", "disabled"):
         return requested, None
     if requested != "auto":
+        # The schema allows no other logger.mode, but a WandbSink is also built in Python from configs the schema
+        # never saw (tests, notebooks): the one check of the name on that path.
         raise ValueError(f"logger.mode must be auto|online|offline|disabled, got {requested!r}")
     env_mode = os.environ.get("WANDB_MODE", "").lower()
     if env_mode:
@@ -78,6 +91,37 @@ def resolve_wandb_mode(requested: str | None) -> tuple[str, str | None]:
     if has_wandb_credentials():
         return "online", None
     return "offline", "no W&B credentials found"
+
+
+def unreachable_reason(base_url: str, timeout_s: float) -> str | None:
+    """Why the W&B server at `base_url` cannot be reached (a host name that does not resolve, nothing listening,
+    no answer within `timeout_s`), or None when a connection opens. None too when a proxy stands in between: wandb
+    connects through it, a direct probe would not.
+
+    Asked before an online start, which otherwise waits out its whole init_timeout on a network that is not there,
+    inside W&B's service, where a kill cannot end it sooner."""
+    parsed = urlparse(base_url)
+    host = parsed.hostname
+    if not host or (urllib.request.getproxies() and not urllib.request.proxy_bypass(host)):
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    outcome: dict[str, str | None] = {}
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                outcome["reason"] = None
+        except socket.gaierror as error:
+            outcome["reason"] = f"its host name does not resolve: {error.strerror or error}"
+        except OSError as error:  # refused, unreachable, timed out
+            outcome["reason"] = error.strerror or str(error) or type(error).__name__
+
+    # In a thread: the host name lookup cannot be interrupted nor given a timeout, while this thread's wait can
+    # (a SIGTERM or Ctrl-C in it raises at once).
+    probe = threading.Thread(target=connect, name="wandb-reachability", daemon=True)
+    probe.start()
+    probe.join(timeout_s)
+    return outcome.get("reason", f"no answer within {timeout_s:g} s")
 
 
 def _plain(value: Any) -> Any:
@@ -148,12 +192,19 @@ class WandbSink(AbstractContextManager):
 
     @staticmethod
     def _init_online_or_offline(init_kwargs: dict, wandb_dir: Path) -> tuple[Any, str, str | None]:
-        """An online run, or an offline one when the online start fails or passes init_timeout (no network).
+        """An online run, or an offline one when the server cannot be reached, or the online start fails or passes
+        init_timeout.
 
         The online attempt gets its run id from us (or the W&B agent's WANDB_RUN_ID), so that the run-<time>-<id>
         dir it leaves behind when it fails, which holds nothing but its logs, can be told apart and removed: the
         offline run's dir is then the only one. wandb.teardown() first closes the failed attempt, so that nothing
         writes into that dir any more and the offline run may take the same id (an agent's)."""
+        base_url = str(wandb.setup().settings.base_url)
+        unreachable = unreachable_reason(base_url, init_kwargs["settings"]["init_timeout"])
+        if unreachable is not None:
+            print(f"[bnexp] wandb online init failed (cannot reach {base_url}: {unreachable}); logging offline",
+                  file=sys.stderr)
+            return wandb.init(mode="offline", **init_kwargs), "offline", f"cannot reach {base_url}"
         run_id = os.environ.get("WANDB_RUN_ID") or "".join(
             secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
         attempt_dirs = lambda: set((wandb_dir / "wandb").glob(f"run-*-{run_id}"))  # noqa: E731
@@ -161,7 +212,8 @@ class WandbSink(AbstractContextManager):
         try:
             run = wandb.init(mode="online", id=run_id, **init_kwargs)
             return run, "online", None
-        except Exception as error:  # noqa: BLE001 - any init failure must not cost the local run
+        except Exception as error:  # noqa: BLE001 - any init failure must not cost the local run (a kill is no
+            # Exception: it passes on, see bnexp/train/run.py's RunInterrupted)
             failure = f"{type(error).__name__}: {first_line(str(error).strip())}"
         wandb.teardown()
         for leftover in attempt_dirs() - dirs_before:

@@ -269,7 +269,7 @@ def test_a_quoted_number_on_the_command_line_is_the_number(tmp_path):
 ])
 def test_the_issues_bad_numbers_are_config_errors_before_any_data_is_read(overrides, message, tmp_path,
                                                                           monkeypatch):
-    from bnexp.train import run as trainer
+    from bnexp.train import loop as trainer
     from bnexp.train.run import train
 
     def no_data(*_):

@@ -8,7 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bnexp.data.sources import DatasetError, Split, TrainBatches, augment, load_image_folder, make_synthetic
+from bnexp.data.batches import TrainBatches, augment
+from bnexp.data.dataset import DatasetError, Split
+from bnexp.data.folder import load_image_folder
+from bnexp.data.sources import make_synthetic
 
 
 def write_tree(root, per_class=3, classes=("cat", "dog", "ship"), seed=0):

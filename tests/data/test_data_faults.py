@@ -20,20 +20,23 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from PIL import Image
 
-from bnexp.data import sources as data
+from bnexp.data import cache, decode, folder
 from bnexp.runs import fileio
 from bnexp.config.compose import ConfigError
-from bnexp.data.sources import DatasetError, load_dataset, load_image_folder
+from bnexp.data.dataset import CIFAR10_CLASSES, DatasetError
+from bnexp.data.folder import load_image_folder
+from bnexp.data.sources import load_dataset
 from bnexp.train.run import RunInterrupted, StopSignals
 from tests.helpers import REPO, repo_env
 
 CLASSES = ("cat", "dog", "ship")
 
 
-def write_tree(root: Path, per_class: int = 2, image_format: str = "PNG", test_per_class: int | None = None) -> Path:
+def write_tree(root: Path, per_class: int = 2, image_format: str = "PNG", test_per_class: int | None = None,
+               classes: tuple[str, ...] = CLASSES) -> Path:
     rng = np.random.default_rng(0)
     for split, count in (("train", per_class), ("test", per_class if test_per_class is None else test_per_class)):
-        for name in CLASSES:
+        for name in classes:
             folder = root / "tree" / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for index in range(count):
@@ -111,7 +114,7 @@ def test_a_subset_larger_than_the_folder_is_refused_naming_the_count(tmp_path_fa
     data_cfg = {"name": "cifar10_folder", "path": str(tree), "data_dir": str(root / "cache"), "train_size": None,
                 "test_size": None}
     with monkeypatch.context() as patched:
-        patched.setattr(data, "_decode_split", no_decoding)
+        patched.setattr(folder, "_decode_split", no_decoding)
         with pytest.raises(ConfigError, match=rf"data\.{which}_size={6 + extra} is more than the 6 images"):
             load_dataset(OmegaConf.create({**data_cfg, f"{which}_size": 6 + extra}))
     exact = load_dataset(OmegaConf.create({**data_cfg, f"{which}_size": 6}))
@@ -130,7 +133,7 @@ def test_sigterm_during_a_serial_decode_raises_the_kill_not_a_dataset_error(tmp_
                                                                             trainer_sigterm_handler):
     from tests.support.slow_decode import slow_decode
     tree = write_tree(tmp_path, per_class=100)  # 300 images at 10 ms each
-    monkeypatch.setattr(data, "_decode_image", slow_decode)
+    monkeypatch.setattr(decode, "decode_image", slow_decode)
     threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
     with pytest.raises(RunInterrupted):
         load_image_folder(str(tree), str(tmp_path / "cache"), workers=1)
@@ -148,7 +151,7 @@ def test_a_kill_while_the_cache_is_written_leaves_no_temporary_file(tmp_path, mo
         time.sleep(5)  # the handler raises here
         real_savez(file, **arrays)
 
-    monkeypatch.setattr(data.np, "savez", savez_then_killed)
+    monkeypatch.setattr(cache.np, "savez", savez_then_killed)
     with pytest.raises(RunInterrupted):
         load_image_folder(str(tree), str(tmp_path / "cache"))
     assert list((tmp_path / "cache").iterdir()) == []
@@ -158,7 +161,7 @@ def test_sigterm_during_a_parallel_decode_is_recorded_as_a_kill(tmp_path):
     """The real command line, decoding 2100 images with 2 worker processes (slowed to 10 ms an image, ~10 s in
     all), stopped by SIGTERM a moment into the decode: status failed 'killed', exit code 143, no dataset error,
     and the queued work is dropped rather than decoded first."""
-    tree = write_tree(tmp_path, per_class=700, test_per_class=2)
+    tree = write_tree(tmp_path, per_class=210, test_per_class=2, classes=CIFAR10_CLASSES)
     run_dir, cache_dir = tmp_path / "run", tmp_path / "cache"
     stderr_path = tmp_path / "stderr.log"
     arguments = ["data=cifar10_folder", f"data.path={tree}", f"data.data_dir={cache_dir}", "data.decode_workers=2",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bnexp.train import sinks as sinks_module
-from bnexp.train import run as trainer_module
+from bnexp.train import loop as trainer_module
 from bnexp.runs.files import run_status
 from bnexp.runs.lock import LOCK_FILE, RunDirLock, RunDirLocked, lock_state
 from bnexp.train.run import RunInterrupted, train
@@ -189,6 +189,17 @@ def _patch_phase(monkeypatch, phase: str, signum: int) -> None:
             _signal_self(signum)
             return original_evaluate(*args, **kwargs)
         monkeypatch.setattr(trainer_module, "evaluate", signalling_evaluate)
+    elif phase == "wandb start-up":
+        # the online start, as if the W&B server answered (no network is needed: the signal lands first)
+        from bnexp.train import wandb_sink
+        real_init = wandb_sink.wandb.init
+
+        def signalling_init(*args, mode=None, **kwargs):
+            if mode == "online":
+                _signal_self(signum)
+            return real_init(*args, mode=mode, **kwargs)
+        monkeypatch.setattr(wandb_sink.wandb, "init", signalling_init)
+        monkeypatch.setattr(wandb_sink, "unreachable_reason", lambda *_: None)
     elif phase in ("first summary write", "last summary write"):
         original_write = sinks_module.write_json_atomic
         wanted_status = "running" if phase == "first summary write" else "finished"
@@ -228,6 +239,56 @@ def test_sigint_in_a_phase_is_a_killed_failed_run(phase, tmp_path, monkeypatch):
         train(compose_config(["+variant=no_bn", *TINY_RUN]), str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"].startswith("killed: KeyboardInterrupt")
+
+
+def test_a_kill_between_two_log_windows_records_the_steps_taken(tmp_path, monkeypatch):
+    """Ctrl-C at the second step, before its log window closes: one step was taken (before: steps_done 0)."""
+    _patch_phase(monkeypatch, "train step", signal.SIGINT)  # lands as step 1 starts; log_every=2
+    with pytest.raises(KeyboardInterrupt):
+        train(compose_config(["+variant=no_bn", *TINY_RUN]), str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps_done"] == 1
+
+
+WANDB_ONLINE = ["logger=wandb", "logger.mode=online", "logger.init_timeout=60"]
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    """W&B's files in tmp_path, credentials that no server will see, and no mode from the environment."""
+    pytest.importorskip("wandb")
+    for name in ("WANDB_MODE", "WANDB_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_API_KEY", "c" * 40)
+    return tmp_path / "wandb_dir"
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, RunInterrupted), (signal.SIGINT, KeyboardInterrupt)])
+def test_a_kill_during_wandb_start_up_is_a_kill(signum, raised, wandb_env, tmp_path, monkeypatch):
+    """Before, SIGTERM there was taken for a failed online start: the run logged offline, trained to the end and
+    exited 0."""
+    _patch_phase(monkeypatch, "wandb start-up", signum)
+    with pytest.raises(raised):
+        train(compose_config(["+variant=no_bn", *TINY_RUN, *WANDB_ONLINE]), str(tmp_path / "run"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith(f"killed: {raised.__name__}")
+    assert summary["steps_done"] == 0 and summary["data_source"] is None  # it stopped there
+    assert not list(wandb_env.glob("wandb/offline-run-*"))  # no offline fallback
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_the_command_exits_143_or_130_for_a_kill_during_wandb_start_up(signum, exit_code, wandb_env, tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "tests.support.kill_at_phase", "wandb start-up", str(int(signum)),
+                             "+variant=no_bn", *TINY_RUN, *WANDB_ONLINE, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, env=repo_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "stopped" in result.stderr
+    assert "logging offline" not in result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("killed")
 
 
 @pytest.mark.parametrize("phase, signum, exit_code", [("last summary write", signal.SIGTERM, 143),

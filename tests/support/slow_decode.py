@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
-from bnexp.data.sources import _decode_image as real_decode
+from bnexp.data.decode import decode_image as real_decode
 
 DECODE_DELAY_S = 0.01
 
@@ -19,8 +19,8 @@ def train_cli_with_slow_decode(arguments: list[str]) -> None:
     """`python -m bnexp.train <arguments>`, with every image taking DECODE_DELAY_S to decode."""
     import runpy
 
-    import bnexp.data.sources
-    bnexp.data.sources._decode_image = slow_decode
+    import bnexp.data.decode
+    bnexp.data.decode.decode_image = slow_decode
     sys.argv = ["bnexp.train", *arguments]
     runpy.run_module("bnexp.train", run_name="__main__")  # as `python -m`: Hydra finds conf/ from the module's file
 

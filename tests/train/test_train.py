@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bnexp.data.sources import DatasetError
+from bnexp.data.dataset import DatasetError
 from bnexp.train.run import train
 from tests.helpers import REPO, SHARED_ARCHIVE, TINY_RUN, compose_config, repo_env, step_and_epoch_records
 
@@ -167,7 +167,7 @@ def test_forced_bf16_autocast_and_channels_last_reach_the_norm_layers(tmp_path, 
     """The CUDA defaults (bf16 autocast, channels_last) run the same code on the CPU when forced on."""
     import torch
 
-    import bnexp.train.run as trainer_module
+    import bnexp.train.loop as trainer_module
     from bnexp.norm import BatchNorm2d
 
     seen_inputs = []

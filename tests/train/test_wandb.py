@@ -147,6 +147,7 @@ def test_failed_online_init_falls_back_to_offline(tmp_path, monkeypatch):
         return real_init(*args, mode=mode, **kwargs)
 
     monkeypatch.setattr(wandb_sink.wandb, "init", init_without_network)
+    monkeypatch.setattr(wandb_sink, "unreachable_reason", lambda *_: None)  # as if the server answered
     cfg = make_cfg()
     cfg.logger.mode = "online"
     sink = WandbSink(cfg, tmp_path / "run")

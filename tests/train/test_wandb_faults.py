@@ -71,6 +71,42 @@ def test_an_unreachable_host_falls_back_at_the_init_timeout_and_leaves_one_run_d
     assert len(runs) == 1 and runs[0].startswith("offline-run-"), runs
 
 
+def test_a_host_name_that_does_not_resolve_falls_back_at_once(tmp_path):
+    """Before: a failed DNS lookup still waited the whole init timeout (60 s here) inside W&B's start-up. A name
+    under .invalid never resolves, with a network or without one."""
+    init_timeout = 60.0
+    env = repo_env({"WANDB_BASE_URL": "http://bnexp-test-host.invalid", "WANDB_API_KEY": "b" * 40})
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID"):
+        env.pop(name, None)
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(run_dir), str(init_timeout)], env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cannot reach http://bnexp-test-host.invalid: its host name does not resolve" in result.stderr, \
+        result.stderr[-3000:]
+    _, mode, _, fallback_after = next(line for line in result.stdout.splitlines() if line.startswith("MODE")).split()
+    assert mode == "offline" and float(fallback_after) < init_timeout / 2, f"fell back after {fallback_after} s"
+    runs = sorted(path.name for path in (run_dir / "wandb").iterdir() if path.is_dir() and not path.is_symlink())
+    assert len(runs) == 1 and runs[0].startswith("offline-run-"), runs
+
+
+def test_a_bad_wandb_mode_variable_is_named(tmp_path, monkeypatch):
+    """Before: WANDB_MODE=bogus failed inside wandb.init with a pydantic error about a `mode` field."""
+    from bnexp.train.run import train
+    from bnexp.train.wandb_sink import resolve_wandb_mode
+    from tests.helpers import TINY_RUN, compose_config
+
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    for requested in ("auto", "online", "offline"):  # wandb reads the variable whatever logger.mode says
+        with pytest.raises(ValueError, match=r"^WANDB_MODE='bogus' is not a W&B mode: set it to online, offline"):
+            resolve_wandb_mode(requested)
+    with pytest.raises(ValueError, match=r"WANDB_MODE='bogus'") as caught:
+        train(compose_config(["+variant=no_bn", *TINY_RUN, "logger=wandb"]), str(tmp_path / "run"))
+    assert "\n" not in str(caught.value)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
 def test_a_rerun_into_a_run_dir_replaces_the_previous_runs_wandb_folder(tmp_path, capsys):
     from bnexp.train.sinks import LocalSink
 
