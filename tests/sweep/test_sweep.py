@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from bnexp.sweep import runner as sweep
+from bnexp.sweep import grid, processes
 from tests.helpers import REPO, background_sweep, read_status, repo_env, run_sweep_cli, wait_for
 
 FAKE = ["sweep=smoke", "sweep.train_module=tests.support.fake_train"]
@@ -48,11 +48,11 @@ def pid_alive(pid: int) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 
 def test_grid_is_variants_x_models_x_lrs_x_seeds_with_deterministic_dirs(tmp_path: Path):
-    cfg = sweep.compose_sweep_config(["sweep=lr_stability", f"sweep.out_dir={tmp_path}",
+    cfg = grid.compose_sweep_config(["sweep=lr_stability", f"sweep.out_dir={tmp_path}",
                                       "sweep.models=[airbench,vgg]", "sweep.lrs=[0.1,0.2]", "sweep.seeds=[0,1]"])
-    jobs = sweep.build_jobs(cfg, ["data=synthetic"])
+    jobs = grid.build_jobs(cfg, ["data=synthetic"])
     assert len(jobs) == len(cfg.variants) * 2 * 2 * 2
-    again = sweep.build_jobs(cfg, ["data=synthetic"])
+    again = grid.build_jobs(cfg, ["data=synthetic"])
     assert [j.run_dir for j in jobs] == [j.run_dir for j in again]
     assert len({j.run_dir for j in jobs}) == len(jobs)
     grouped = next(j for j in jobs if j.variant == "grouped_bn_g8" and j.model == "vgg")
@@ -60,7 +60,7 @@ def test_grid_is_variants_x_models_x_lrs_x_seeds_with_deterministic_dirs(tmp_pat
     assert grouped.run_dir.parent == tmp_path / "runs"
     assert grouped.run_dir.name.startswith("vgg_grouped_bn_g8_lr0.")
     # A different recipe (train override) must not reuse the dirs: resume would skip runs it never did.
-    other = sweep.build_jobs(cfg, ["data=synthetic", "train.epochs=3"])
+    other = grid.build_jobs(cfg, ["data=synthetic", "train.epochs=3"])
     assert not {j.run_dir for j in jobs} & {j.run_dir for j in other}
 
 
@@ -70,8 +70,8 @@ def test_every_sweep_config_composes_into_valid_runs(sweep_name: str, tmp_path: 
     from bnexp.config.compose import compose_train_config
     from bnexp.models import build_model
 
-    cfg = sweep.compose_sweep_config([f"sweep={sweep_name}", f"sweep.out_dir={tmp_path}"])
-    jobs = sweep.build_jobs(cfg, [])
+    cfg = grid.compose_sweep_config([f"sweep={sweep_name}", f"sweep.out_dir={tmp_path}"])
+    jobs = grid.build_jobs(cfg, [])
     assert len(jobs) == len(cfg.variants) * max(1, len(cfg.models or [])) * len(cfg.lrs) * len(cfg.seeds)
     for job in {(j.variant, j.model): j for j in jobs}.values():
         train_cfg = compose_train_config(list(job.overrides))
@@ -84,20 +84,20 @@ def test_every_sweep_config_composes_into_valid_runs(sweep_name: str, tmp_path: 
 
 
 def test_cli_overrides_split_and_later_train_override_wins(tmp_path: Path):
-    sweep_overrides, train_overrides = sweep.split_cli_overrides(
+    sweep_overrides, train_overrides = grid.split_cli_overrides(
         ["sweep=smoke", "sweep.seeds=[1]", "+sweep.variants.x=[a]", "data.train_size=64", "+foo=1"])
     assert sweep_overrides == ["sweep=smoke", "sweep.seeds=[1]", "+sweep.variants.x=[a]"]
     assert train_overrides == ["data.train_size=64", "+foo=1"]
-    cfg = sweep.compose_sweep_config(["sweep=smoke", f"sweep.out_dir={tmp_path}", "sweep.only_variants=[no_bn]"])
-    jobs = sweep.build_jobs(cfg, ["data.train_size=64"])
+    cfg = grid.compose_sweep_config(["sweep=smoke", f"sweep.out_dir={tmp_path}", "sweep.only_variants=[no_bn]"])
+    jobs = grid.build_jobs(cfg, ["data.train_size=64"])
     assert [j.variant for j in jobs] == ["no_bn", "no_bn"]
     assert "data.train_size=64" in jobs[0].overrides and "data.train_size=256" not in jobs[0].overrides
     with pytest.raises(ValueError, match="grid axes"):
-        sweep.build_jobs(cfg, ["optim.lr=0.3"])
+        grid.build_jobs(cfg, ["optim.lr=0.3"])
 
 
 def test_lr_stability_grid_covers_every_variant_on_a_wide_log_grid(tmp_path: Path):
-    cfg = sweep.compose_sweep_config(["sweep=lr_stability"])
+    cfg = grid.compose_sweep_config(["sweep=lr_stability"])
     labels = set(cfg.variants)
     assert {"correct_bn", "shared_bn", "no_bn", "torch_bn"} <= labels
     groups = sorted(int(o.split("=")[1]) for v in cfg.variants.values() for o in v if "stat_groups" in o)
@@ -117,28 +117,28 @@ def test_lr_stability_grid_covers_every_variant_on_a_wide_log_grid(tmp_path: Pat
 
 
 def test_gpu_plan_one_worker_per_gpu_and_env(monkeypatch):
-    cfg = sweep.compose_sweep_config(["sweep=smoke", "sweep.gpus=[0,1,2]"])
-    plan = sweep.plan_workers(cfg, n_jobs=10)
+    cfg = grid.compose_sweep_config(["sweep=smoke", "sweep.gpus=[0,1,2]"])
+    plan = processes.plan_workers(cfg, n_jobs=10)
     assert plan.count == 3 and plan.gpu_of_worker == ["0", "1", "2"]
-    assert sweep._child_env(plan.gpu_of_worker[1], 1)["CUDA_VISIBLE_DEVICES"] == "1"
-    cpu = sweep.plan_workers(sweep.compose_sweep_config(["sweep=smoke", "sweep.gpus=[]", "sweep.workers=2"]), 10)
+    assert processes.child_env(plan.gpu_of_worker[1], 1)["CUDA_VISIBLE_DEVICES"] == "1"
+    cpu = processes.plan_workers(grid.compose_sweep_config(["sweep=smoke", "sweep.gpus=[]", "sweep.workers=2"]), 10)
     assert cpu.count == 2 and cpu.gpu_of_worker == [None, None]
     assert cpu.threads_per_worker == max(1, (os.cpu_count() or 1) // 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert sweep.visible_gpu_ids("auto") == ["3", "5"]
+    assert processes.visible_gpu_ids("auto") == ["3", "5"]
 
 
 def test_override_keys_and_values_go_through_hydras_parser():
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    assert sweep._merge_overrides(["+variant=a", "data.path='/x y,z'", "~model"], ["variant=b", "++model=vgg"]) == [
+    assert grid.merge_overrides(["+variant=a", "data.path='/x y,z'", "~model"], ["variant=b", "++model=vgg"]) == [
         "data.path='/x y,z'", "variant=b", "++model=vgg"]
     with pytest.raises(OverrideParseException):
-        sweep.split_cli_overrides(["data.train_size=[1,"])
+        grid.split_cli_overrides(["data.train_size=[1,"])
     parser = OverridesParser.create()
     for path in ["/runs/a", "/my runs/a,b=c", "/runs/it's", "/runs/a\\b", "/runs/a\\'b", "/runs/end\\"]:
-        quoted = sweep._quote_for_hydra(path)
+        quoted = grid.quote_for_hydra(path)
         assert parser.parse_override(f"hydra.run.dir={quoted}").value() == path, (path, quoted)
 
 
@@ -189,8 +189,8 @@ def test_bad_worker_count_is_a_clear_error_before_any_status_is_written(tmp_path
                                         ("threads_per_worker", 0), ("threads_per_worker", -2)])
 def test_worker_counts_that_are_not_whole_and_positive_are_refused_not_rounded(key: str, value):
     with pytest.raises(ValueError, match=rf"sweep\.{key}=.* must be a whole number of at least 1, or auto"):
-        sweep.plan_workers(OmegaConf.create({"gpus": [], key: value}), n_jobs=8)
-    plan = sweep.plan_workers(OmegaConf.create({"gpus": [], key: 2.0}), n_jobs=8)  # a whole float is that count
+        processes.plan_workers(OmegaConf.create({"gpus": [], key: value}), n_jobs=8)
+    plan = processes.plan_workers(OmegaConf.create({"gpus": [], key: 2.0}), n_jobs=8)  # a whole float is that count
     assert (plan.count if key == "workers" else plan.threads_per_worker) == 2
 
 

@@ -133,12 +133,11 @@ def test_unknown_mode_is_a_clear_error(tmp_path: Path):
 
 
 def test_planner_runs_every_seed_of_an_lr_in_parallel_and_skips_busy_searches(tmp_path: Path):
-    from bnexp.sweep import runner as sweep
+    from bnexp.sweep import grid as sweep
     from bnexp.sweep.edge import EdgePlanner
 
     cfg = sweep.compose_sweep_config(["sweep=cpu_mechanism", "sweep.mode=edge", f"sweep.out_dir={tmp_path}"])
-    parallel = EdgePlanner(cfg, ["data.train_size=64"], one_at_a_time=False,
-                           build_jobs=sweep.build_jobs).next_jobs()
+    parallel = EdgePlanner(cfg, ["data.train_size=64"], one_at_a_time=False).next_jobs()
     assert len(parallel) == len(cfg.variants) * len(cfg.seeds)
     assert {job.lr for job in parallel} == {cfg.edge_start_lr}
     assert all("data.train_size=64" in job.overrides for job in parallel)
@@ -147,7 +146,7 @@ def test_planner_runs_every_seed_of_an_lr_in_parallel_and_skips_busy_searches(tm
                                            f"sweep.lrs=[{cfg.edge_start_lr}]"])
     grid_jobs = sweep.build_jobs(grid_cfg, ["data.train_size=64"])
     assert {job.run_dir for job in parallel} == {job.run_dir for job in grid_jobs}
-    sequential = EdgePlanner(cfg, ["data.train_size=64"], one_at_a_time=True, build_jobs=sweep.build_jobs)
+    sequential = EdgePlanner(cfg, ["data.train_size=64"], one_at_a_time=True)
     first = sequential.next_jobs()
     assert [job.seed for job in first] == [0] * len(cfg.variants)
     assert {job.variant for job in sequential.next_jobs(in_flight=first[:2])} == set(cfg.variants) - {

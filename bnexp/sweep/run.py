@@ -1,0 +1,102 @@
+"""One sweep from its checked config to its exit code: the jobs to do (the grid, or the edge searches' first round),
+a dry run's listing, the out_dir lock, the first line, the scheduler, and the closing account of what did not finish.
+
+Resuming is running again: the jobs are rebuilt from the config, and a run whose dir says finished or diverged is
+skipped.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from bnexp.runs.files import COMPLETED_STATUSES, first_line, run_status
+from bnexp.sweep.edge import EdgePlanner
+from bnexp.sweep.executors import LocalExecutor
+from bnexp.sweep.grid import SweepJob, build_jobs, train_command
+from bnexp.sweep.ledger import STATUS_FILE, SweepLedger, lock_sweep_dir
+from bnexp.sweep.processes import plan_workers
+from bnexp.sweep.scheduler import Scheduler
+
+
+def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bool = False) -> int:
+    """Run (or resume) the sweep of a checked config (bnexp.sweep.grid.compose_sweep_config); returns the process
+    exit code."""
+    planner = plan = None
+    if sweep_cfg.mode == "edge":
+        planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=False)
+        plan = plan_workers(sweep_cfg, len(planner.searches) * len(sweep_cfg.seeds))
+        # one worker runs an lr's seeds one at a time, so that an lr whose first seed fails costs one run
+        planner.one_at_a_time = plan.count == 1
+
+    def jobs_and_pending() -> tuple[list[SweepJob], list[SweepJob]]:
+        """The jobs (edge mode: those known and the first round) and those not finished/diverged yet."""
+        jobs = planner.known_jobs() + planner.next_jobs() if planner else build_jobs(sweep_cfg, cli_train_overrides)
+        return jobs, [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
+
+    out_dir = Path(sweep_cfg.out_dir).resolve()
+    jobs, pending = jobs_and_pending()
+    skipped = len(jobs) - len(pending)
+
+    if dry_run:
+        _print_dry_run(jobs, pending, planner, sweep_cfg.train_module, out_dir)
+        return 0
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_sweep_dir(out_dir)  # noqa: F841  (held until this process exits)
+    # Job statuses are read after taking the lock: another sweep may have just finished some of them.
+    jobs, pending = jobs_and_pending()
+    skipped = len(jobs) - len(pending)
+    plan = plan or plan_workers(sweep_cfg, len(pending))  # the edge mode's plan is made above
+    executor = LocalExecutor(plan, sweep_cfg.train_module, sweep_cfg.timeout_s)
+    ledger = SweepLedger(sweep_cfg, jobs, out_dir, edge_status=planner.status if planner else None)
+    ledger.save("running")
+    redone = ledger.redone()
+    redoing = f"; redoing {', '.join(f'{n} {status}' for status, n in sorted(redone.items()))}" if redone else ""
+    if planner is None:
+        print(f"sweep {ledger.name}: {len(jobs)} runs ({skipped} already finished/diverged, {len(pending)} to run"
+              f"{redoing}) {executor.describe()} -> {out_dir}", flush=True)
+    else:
+        print(f"sweep {ledger.name} (edge mode): {len(planner.searches)} searches, {skipped} runs already "
+              f"finished/diverged, {len(pending)} to run first{redoing}, {executor.describe()} -> "
+              f"{out_dir}\n{planner.describe_settings()}", flush=True)
+
+    completed = Scheduler(ledger, executor, planner, skipped).run(pending)
+    ledger.save("done" if completed else "interrupted")
+
+    failures = ledger.failures()
+    counts = ledger.counts()
+    print(f"sweep {ledger.name}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+          + f" -> {out_dir / STATUS_FILE}")
+    if planner is not None:
+        _print_brackets(planner)
+    if failures:
+        print(f"{len(failures)} run(s) did not finish; re-run the same command to redo only these:",
+              file=sys.stderr)
+        for row in failures:
+            error_line = ("not started (sweep interrupted)" if row["status"] == "pending"
+                          else first_line(row.get("error"), row["status"]))
+            print(f"  - {row['run_id']}: {error_line}\n    see {row['run_dir']}/stderr.log", file=sys.stderr)
+        return 1 if completed else 130
+    return 0
+
+
+def _print_dry_run(jobs: list[SweepJob], pending: list[SweepJob], planner: EdgePlanner | None, train_module: str,
+                   out_dir: Path) -> None:
+    skipped = len(jobs) - len(pending)
+    for job in jobs:
+        state = "pending" if job in pending else "done (skip)"
+        print(f"[{state}] {' '.join(train_command(job, train_module))}")
+    if planner is not None:
+        print(f"{planner.describe_settings()}; so far:")
+        _print_brackets(planner)
+        print(f"edge mode: {len(pending)} run(s) in the first round, {skipped} known; later rounds depend on "
+              f"their outcomes; out_dir={out_dir}")
+    else:
+        print(f"{len(jobs)} runs, {len(pending)} to run, {skipped} already done; out_dir={out_dir}")
+
+
+def _print_brackets(planner: EdgePlanner) -> None:
+    for search, bracket in planner.brackets().items():
+        print(f"  {search.describe()}: {bracket.describe()}")
