@@ -117,13 +117,7 @@ def _repeats_problem(values: list) -> str | None:
 
 
 def _seeds_problem(seeds: list[int]) -> str | None:
-    if any(not 0 <= seed <= MAX_SEED for seed in seeds):
-        return f"holds a seed outside [0, {MAX_SEED}]"
-    return _repeats_problem(seeds)
-
-
-def _lrs_problem(lrs: list[float]) -> str | None:
-    return None
+    return "is empty: a sweep needs at least one seed" if not seeds else _repeats_problem(seeds)
 
 
 # ---------------------------------------------------------------- the schema
@@ -144,8 +138,8 @@ class SweepConfig:
                                        each=_variant_problem, each_example="correct_bn=[+variant=correct_bn]")
     only_variants: Optional[List[str]] = setting("[correct_bn,no_bn]", None)
     models: Optional[List[str]] = setting("[airbench,vgg]", None, choices=_model_choices)
-    lrs: List[float] = setting("[0.05,0.2,0.8]", check=_lrs_problem)
-    seeds: List[int] = setting("[0,1,2]", check=_seeds_problem)
+    lrs: List[float] = setting("[0.05,0.2,0.8]", above=0.0)  # edge mode: the smallest is the default start lr
+    seeds: List[int] = setting("[0,1,2]", at_least=0, at_most=MAX_SEED, check=_seeds_problem)
     train_overrides: Optional[List[str]] = setting("[data=synthetic]", None, check=_overrides_problem)
     # a recipe's train.epochs, for sweep configs that pass it on with an interpolation (conf/sweep/recipe/)
     epochs: Optional[int] = setting("4", None, at_least=1)
@@ -176,6 +170,8 @@ def edge_lr_range(sweep_cfg: Mapping) -> tuple[float, float, float]:
 def _cross_key_problems(values: Mapping) -> list[str]:
     """Rules between keys, checked once every key is valid on its own."""
     problems = []
+    if values["mode"] == "grid" and not values["lrs"]:
+        problems.append("sweep.lrs=[] is empty: the grid needs at least one lr; e.g. sweep.lrs=[0.05,0.2,0.8]")
     unknown = [label for label in values["only_variants"] or [] if label not in values["variants"]]
     if unknown:
         problems.append(f"sweep.only_variants names unknown variants {unknown}; known: {list(values['variants'])}")
@@ -288,23 +284,35 @@ def _value_problem(value: Any, annotation: Any, rules: Mapping) -> str | None:
     else:
         items = []
     for item in items:
-        if isinstance(item, float) and not math.isfinite(item):
-            return "is not a finite number" if len(items) == 1 and origin is not list else \
-                "holds a number that is not finite"
-        if "at_least" in rules and item < rules["at_least"]:
-            return f"is too small (at least {rules['at_least']:g})"
-        if "above" in rules and item <= rules["above"]:
-            return f"is too small (must be above {rules['above']:g})"
-        if "at_most" in rules and item > rules["at_most"]:
-            return f"is too large (at most {rules['at_most']:g})"
-        if "choices" in rules:
-            choices = rules["choices"]() if callable(rules["choices"]) else rules["choices"]
-            if item not in choices:
-                return f"is not one of {', '.join(map(str, choices))}" if origin is not list else \
-                    f"names {item!r}, which is not one of {', '.join(map(str, choices))}"
+        problem = _item_problem(item, rules)
+        if problem:
+            # a list names its bad item: 'sweep.lrs=[0.1,-1] holds -1, which is too small (must be above 0)'
+            return f"holds {_show(item)}, which {problem}" if origin is list else problem
     if "check" in rules:
         return rules["check"](value)
     return None
+
+
+def _item_problem(item: Any, rules: Mapping) -> str | None:
+    """What is wrong with one value of its type (a scalar, or an item of a list), or None."""
+    if isinstance(item, float) and not math.isfinite(item):
+        return "is not a finite number"
+    if "at_least" in rules and item < rules["at_least"]:
+        return f"is too small (at least {_number(rules['at_least'])})"
+    if "above" in rules and item <= rules["above"]:
+        return f"is too small (must be above {_number(rules['above'])})"
+    if "at_most" in rules and item > rules["at_most"]:
+        return f"is too large (at most {_number(rules['at_most'])})"
+    if "choices" in rules:
+        choices = rules["choices"]() if callable(rules["choices"]) else rules["choices"]
+        if item not in choices:
+            return f"is not one of {', '.join(map(str, choices))}"
+    return None
+
+
+def _number(value: float) -> str:
+    """A bound as it is written: 4294967295, not 4.29497e+09; 0.5, not 0.500000."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _describe_unknown_key(prefix: str, key: str, known: list[str]) -> str:

@@ -26,6 +26,7 @@ class JobOutcome:
     wall_time_s: float
     error: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    log: Path | None = None         # the stderr log of what ran; None when nothing did (the run never started)
 
 
 def prepare_run_dir(job: SweepJob, command: list[str]) -> None:
@@ -92,7 +93,7 @@ def judge(job: SweepJob, result: ProcessResult, timeout_s: float | None) -> JobO
     status = summary.get("status")
     if not result.timed_out and status in COMPLETED_STATUSES:
         # Finished per its own summary; a non-zero exit after that (e.g. in teardown) is only noted.
-        return JobOutcome(status, result.returncode, result.wall_time_s, None, summary)
+        return JobOutcome(status, result.returncode, result.wall_time_s, None, summary, job.run_dir / STDERR_LOG)
     if result.timed_out:
         reason = f"timed out after {timeout_s:g} s (sweep.timeout_s)"
     elif result.returncode == 0:
@@ -100,4 +101,5 @@ def judge(job: SweepJob, result: ProcessResult, timeout_s: float | None) -> JobO
     else:
         reason = describe_returncode(result.returncode)
     summary = record_failure(job, result.returncode, reason, tail(job.run_dir / STDERR_LOG))
-    return JobOutcome("failed", result.returncode, result.wall_time_s, summary["error"], summary)
+    return JobOutcome("failed", result.returncode, result.wall_time_s, summary["error"], summary,
+                      job.run_dir / STDERR_LOG)

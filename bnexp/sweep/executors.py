@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from bnexp.runs.lock import RunDirLocked
 from bnexp.sweep.attempt import JobOutcome, judge, prepare_run_dir
 from bnexp.sweep.grid import SweepJob, train_command
 from bnexp.sweep.processes import (
@@ -85,6 +86,8 @@ class LocalExecutor:
             return judge(job, result, self.timeout_s)
         except SweepStopped:
             return None
+        except RunDirLocked as error:
+            return JobOutcome("failed", None, 0.0, f"not started: {error}")
         except Exception as error:  # the runner's own failure (e.g. disk full) fails this run, not the sweep
             return JobOutcome("failed", None, 0.0, f"sweep runner error: {error!r}")
 

@@ -62,7 +62,8 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
               f"finished/diverged, {len(pending)} to run first{redoing}, {executor.describe()} -> "
               f"{out_dir}\n{planner.describe_settings()}", flush=True)
 
-    completed = Scheduler(ledger, executor, planner, skipped).run(pending)
+    scheduler = Scheduler(ledger, executor, planner, skipped)
+    completed = scheduler.run(pending)
     ledger.save("done" if completed else "interrupted")
 
     failures = ledger.failures()
@@ -75,9 +76,12 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
         print(f"{len(failures)} run(s) did not finish; re-run the same command to redo only these:",
               file=sys.stderr)
         for row in failures:
-            error_line = ("not started (sweep interrupted)" if row["status"] == "pending"
+            error_line = ("not started: the sweep was stopped before it" if row["status"] == "pending"
                           else first_line(row.get("error"), row["status"]))
-            print(f"  - {row['run_id']}: {error_line}\n    see {row['run_dir']}/stderr.log", file=sys.stderr)
+            log = scheduler.logs.get(row["run_id"])
+            # only a log that exists: a run that never started has none, and its line says why
+            see = f"\n    see {log}" if log is not None and log.is_file() else ""
+            print(f"  - {row['run_id']}: {error_line}{see}", file=sys.stderr)
         return 1 if completed else 130
     return 0
 

@@ -7,6 +7,7 @@ Everything here runs on the sweep's main thread; an executor's workers only ever
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -23,7 +24,8 @@ class Scheduler:
     """The runs of one sweep, from the first submitted to the last recorded.
 
     State: `in_flight` (run id -> Launch handed to the executor and not recorded yet), `ran_here` (run ids started
-    in this sweep: edge mode never asks for one again), `stopping` (set by Ctrl-C/SIGTERM), the ledger and the bar.
+    in this sweep: edge mode never asks for one again), `logs` (run id -> the stderr log of what ran, for the runs
+    that got that far), `stopping` (set by Ctrl-C/SIGTERM), the ledger and the bar.
     """
 
     def __init__(self, ledger: SweepLedger, executor: LocalExecutor, planner: EdgePlanner | None, skipped: int):
@@ -33,6 +35,7 @@ class Scheduler:
         self.skipped = skipped
         self.in_flight: dict[str, Launch] = {}
         self.ran_here: set[str] = set()
+        self.logs: dict[str, Path] = {}
         self.stopping = False
         # In a log file (no tty) every redraw is a new line, so redraw rarely there.
         self.bar = tqdm(total=0, unit="run", desc=ledger.name, dynamic_ncols=True, file=sys.stderr,
@@ -95,6 +98,8 @@ class Scheduler:
         if outcome is None:  # stopped before it started
             return
         self.ledger.mark_done(job, outcome)  # marked running already: _note_started() runs first
+        if outcome.log is not None:
+            self.logs[job.run_id] = outcome.log
         accuracy = outcome.summary.get("final_test_acc")
         detail = f" test_acc={accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""
         if outcome.status == "failed":

@@ -194,6 +194,26 @@ def test_worker_counts_that_are_not_whole_and_positive_are_refused_not_rounded(k
     assert (plan.count if key == "workers" else plan.threads_per_worker) == 2
 
 
+@pytest.mark.parametrize("lrs", ["[-1,nan]", "[]", "[abc]", "[0.1,-0.1]", "[inf]", "0.1"])
+def test_bad_lrs_are_one_line_naming_the_key_before_anything_is_written(lrs: str, tmp_path: Path):
+    out_dir = tmp_path / "sweep"
+    for extra in ([], ["--dry-run"]):
+        result = run_sweep_cli([*FAKE, f"sweep.out_dir={out_dir}", f"sweep.lrs={lrs}", *extra])
+        assert result.returncode == 2, (extra, result.stdout, result.stderr)
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("bnexp.sweep: error: sweep.lrs=") and "; e.g. sweep.lrs=[" in line, line
+        assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "2.5"])
+def test_a_dry_run_refuses_the_worker_count_the_run_refuses(value: str, tmp_path: Path):
+    result = run_sweep_cli([*FAKE, f"sweep.out_dir={tmp_path / 'sweep'}", "sweep.gpus=[]", f"sweep.workers={value}",
+                            "--dry-run"])
+    assert result.returncode == 2, result.stdout
+    assert re.search(r"sweep\.workers=\S+ must be a whole number of at least 1, or auto", result.stderr)
+    assert "hydra.run.dir=" not in result.stdout
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Failures, kills and resume (fake trainer)
 # ----------------------------------------------------------------------------------------------------------------
@@ -289,6 +309,33 @@ def test_second_sweep_on_a_dir_is_refused_and_sigterm_stops_cleanly(tmp_path: Pa
     status = read_status(tmp_path)
     assert status["state"] == "interrupted" and status["counts"] == {"failed": 2}
     assert all("SIGTERM" in row["error"] for row in status["runs"])
+
+
+def test_runs_that_never_started_are_told_as_such_and_every_log_pointed_at_exists(tmp_path: Path):
+    """One worker, three slow runs: the first finds its run dir held by another process and never starts, the
+    second is running when the sweep gets SIGTERM, the third has not started yet. Only the second has a log."""
+    from bnexp.runs.lock import take_lock
+
+    arguments = [*FAKE, f"sweep.out_dir={tmp_path}", "sweep.workers=1", "+sweep.variants.slow=['+variant=slow']",
+                 "sweep.only_variants=[slow]", "sweep.lrs=[0.1,0.2,0.3]"]
+    dry = run_sweep_cli([*arguments, "--dry-run"])
+    run_dirs = re.findall(r"hydra\.run\.dir=(\S+)", dry.stdout)
+    assert len(run_dirs) == 3, dry.stdout
+    held = take_lock(Path(run_dirs[0]) / "run.lock", patience_s=0)  # a live process holds the first run dir
+    try:
+        with background_sweep(arguments, env_extra={"FAKE_TRAIN_SLEEP": "60"}) as process:
+            wait_for(lambda: (tmp_path / "sweep_status.json").exists()
+                     and read_status(tmp_path)["counts"].get("running") == 1)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=60)
+    finally:
+        held.close()
+    assert process.returncode == 130, stderr
+    assert "3 run(s) did not finish" in stderr
+    logs = re.findall(r"see (\S+)", stderr)
+    assert logs == [f"{run_dirs[1]}/stderr.log"], stderr
+    assert all(Path(log).is_file() for log in logs)
+    assert "in use by another run" in stderr and "not started" in stderr
 
 
 def test_timeout_fails_the_run(tmp_path: Path):
