@@ -27,6 +27,12 @@ from bnexp.config.schema import MAX_SEED
 
 REQUIRED = object()  # a key every sweep config must set
 SWEEP_MODES = ("grid", "edge")
+# local: runs are processes of the sweep; slurm: SLURM jobs through submitit; submitit_local: the same jobs through
+# submitit's local executor, on this machine (to try the SLURM path without a cluster)
+EXECUTORS = ("local", "slurm", "submitit_local")
+# a SLURM job's time limit leaves a run this long beyond sweep.timeout_s to start and to stop after SIGTERM
+SLURM_START_MARGIN_S = 120
+SLURM_DEFAULTS_FILE = CONF_DIR / "sweep" / "slurm" / "default.yaml"
 
 
 def setting(example: str, default: Any = REQUIRED, **rules: Any) -> Any:
@@ -123,6 +129,27 @@ def _seeds_problem(seeds: list[int]) -> str | None:
 # ---------------------------------------------------------------- the schema
 
 @dataclass
+class SlurmConfig:
+    """One run's SLURM resources (conf/sweep/slurm/default.yaml holds the defaults; the same keys as the Hydra
+    launcher conf/hydra/launcher/bnexp_slurm.yaml, plus job_arrays)."""
+    partition: Optional[str] = setting("gpu", check=_non_empty)
+    account: Optional[str] = setting("my-lab", check=_non_empty)
+    qos: Optional[str] = setting("normal", check=_non_empty)
+    timeout_min: Optional[int] = setting("60", at_least=1)   # null: sweep.timeout_s + SLURM_START_MARGIN_S
+    gpus_per_node: int = setting("1", at_least=0)
+    cpus_per_task: int = setting("8", at_least=1)
+    mem_gb: Optional[float] = setting("32", above=0.0)
+    array_parallelism: int = setting("64", at_least=1)
+    job_arrays: bool = setting("true")
+    setup: Optional[List[str]] = setting("['source ~/venvs/bnexp/bin/activate']")
+    additional_parameters: Optional[Dict[str, Any]] = setting("{constraint:a100}")
+
+
+def _slurm_defaults() -> dict:
+    return OmegaConf.to_container(OmegaConf.load(SLURM_DEFAULTS_FILE))
+
+
+@dataclass
 class SweepConfig:
     """The composed `sweep` node of `python -m bnexp.sweep sweep=<name>` (conf/sweep/<name>.yaml)."""
     name: str = setting("my_sweep", check=_non_empty)
@@ -133,6 +160,8 @@ class SweepConfig:
     gpus: Any = setting("[0,1]", "auto", check=_gpus_problem)              # auto: every visible CUDA device
     timeout_s: Optional[float] = setting("1800", None, above=0.0)          # per run; past it the run is failed
     train_module: str = setting("bnexp.train", "bnexp.train", check=_module_problem)
+    executor: str = setting("slurm", "local", choices=EXECUTORS)
+    slurm: SlurmConfig = setting("{partition:gpu}", _slurm_defaults)  # a config composed by the sweep has them
 
     variants: Dict[str, Any] = setting("{correct_bn:[+variant=correct_bn]}", check=_variants_problem,
                                        each=_variant_problem, each_example="correct_bn=[+variant=correct_bn]")
@@ -175,6 +204,12 @@ def _cross_key_problems(values: Mapping) -> list[str]:
     unknown = [label for label in values["only_variants"] or [] if label not in values["variants"]]
     if unknown:
         problems.append(f"sweep.only_variants names unknown variants {unknown}; known: {list(values['variants'])}")
+    slurm_limit, timeout_s = values["slurm"]["timeout_min"], values["timeout_s"]
+    if values["executor"] != "local" and slurm_limit is not None and timeout_s is not None \
+            and slurm_limit * 60 < timeout_s + SLURM_START_MARGIN_S:
+        problems.append(f"sweep.slurm.timeout_min={slurm_limit} would end a job before sweep.timeout_s={timeout_s:g} "
+                        "ends its run; e.g. sweep.slurm.timeout_min="
+                        f"{math.ceil((timeout_s + SLURM_START_MARGIN_S) / 60)} (or null, which derives it)")
     start, floor, cap = edge_lr_range(values)
     if not floor <= start <= cap:
         problems.append(f"sweep.edge_min_lr, edge_start_lr and edge_max_lr come to {floor:g}, {start:g} and "
@@ -222,12 +257,13 @@ def _check_node(values: Mapping, schema: type, prefix: str, problems: list[str])
         annotation = hints[name]
         nested = dataclasses.is_dataclass(annotation)
         if name not in values:
-            if rules["default"] is REQUIRED:
+            default = rules["default"]() if callable(rules["default"]) else rules["default"]
+            if default is REQUIRED:
                 problems.append(f"{key} is not set{example}")
             elif nested:
-                filled[name] = _check_node({}, annotation, key + ".", problems)
+                filled[name] = _check_node(default, annotation, key + ".", problems)
             else:
-                filled[name] = rules["default"]
+                filled[name] = default
             continue
         value = values[name]
         if nested:
@@ -313,6 +349,23 @@ def _item_problem(item: Any, rules: Mapping) -> str | None:
 def _number(value: float) -> str:
     """A bound as it is written: 4294967295, not 4.29497e+09; 0.5, not 0.500000."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def describe_missing_key(dotted_key: str, override: str) -> str:
+    """Why an override of a key that the composed sweep config does not have failed, in one line: a key of the
+    schema wants a `+` (the sweep config leaves it out), any other gets a did-you-mean."""
+    *parents, leaf = dotted_key.split(".")
+    schema, prefix = None, ""
+    for index, part in enumerate(parents):
+        hint = SweepConfig if index == 0 and part == "sweep" else _type_hints(schema).get(part) if schema else None
+        if not dataclasses.is_dataclass(hint):
+            schema = None
+            break
+        schema, prefix = hint, prefix + part + "."
+    known = [schema_field.name for schema_field in dataclasses.fields(schema)] if schema else []
+    if leaf in known or not schema:
+        return f"{dotted_key} is not in this sweep config; add it with a plus: +{override}"
+    return _describe_unknown_key(prefix, leaf, known)
 
 
 def _describe_unknown_key(prefix: str, key: str, known: list[str]) -> str:

@@ -29,10 +29,10 @@ class JobOutcome:
     log: Path | None = None         # the stderr log of what ran; None when nothing did (the run never started)
 
 
-def prepare_run_dir(job: SweepJob, command: list[str]) -> None:
-    """An empty run dir holding the sweep's record of the job. A redo starts from an empty dir: appending to a
-    killed attempt's metrics.jsonl would mix two runs. A dir that a live process still holds (a run left from
-    elsewhere) is not ours to empty: RunDirLocked."""
+def prepare_run_dir(job: SweepJob, command: list[str], job_id: str | None = None) -> None:
+    """An empty run dir holding the sweep's record of the job (with the id of the submitted job that runs it, when
+    one does). A redo starts from an empty dir: appending to a killed attempt's metrics.jsonl would mix two runs. A
+    dir that a live process still holds (a run left from elsewhere) is not ours to empty: RunDirLocked."""
     if lock_state(job.run_dir) == "held":
         raise RunDirLocked(f"{job.run_dir} is in use by another run ({describe_holder(job.run_dir / LOCK_FILE)})")
     if job.run_dir.exists():
@@ -40,7 +40,8 @@ def prepare_run_dir(job: SweepJob, command: list[str]) -> None:
     job.run_dir.mkdir(parents=True)
     write_json_atomic(job.run_dir / SWEEP_JOB_FILE,
                       {"run_id": job.run_id, "variant": job.variant, "model": job.model, "lr": job.lr,
-                       "seed": job.seed, "overrides": list(job.overrides), "command": command})
+                       "seed": job.seed, "overrides": list(job.overrides), "command": command,
+                       **({"job_id": job_id} if job_id is not None else {})})
 
 
 def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:

@@ -9,11 +9,13 @@ mistake in either is one line on stderr and exit code 2, before anything is writ
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 
 from omegaconf import OmegaConf
 
+from bnexp.config.sweep_schema import describe_missing_key
 from bnexp.sweep.grid import compose_sweep_config, split_cli_overrides
 from bnexp.sweep.ledger import SweepLockedError
 from bnexp.sweep.run import run_sweep
@@ -42,8 +44,14 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(sweep_cfg))
             return 0
         return run_sweep(sweep_cfg, train_overrides, dry_run=args.dry_run)
+    except KeyboardInterrupt:  # before any run started (the scheduler records its own stops)
+        print("bnexp.sweep: interrupted", file=sys.stderr)
+        return 130
     except (HydraException, OmegaConfBaseException, ValueError, SweepLockedError) as error:
         # Configuration mistakes: a clear message beats a traceback (a line per problem).
-        for line in str(error).splitlines() or [repr(error)]:
+        missing = re.match(r"Could not override '(sweep\.[^']+)'\.\s+To append to your config use \+(\S+)",
+                           str(error))
+        lines = [describe_missing_key(*missing.groups())] if missing else str(error).splitlines()
+        for line in lines or [repr(error)]:
             print(f"bnexp.sweep: error: {line}", file=sys.stderr)
         return 2

@@ -2,9 +2,10 @@
 was given comes back once, as a Launch with the run's outcome (or none, for a run the sweep stopped before it
 started).
 
-The local executor: a pool of worker threads, one per worker slot (a GPU and its environment), each starting a run's
-training process on this machine and waiting for it. The sweep is the parent of every run, which is what lets a run
-end with the sweep however the sweep ends (bnexp.runs.orphan_guard).
+The local executor (SLURM and submitit's local executor: submitit_executor.py) is a pool of worker threads, one per
+worker slot (a GPU and its environment), each starting a run's training process on this machine and waiting for it.
+The sweep is the parent of every run, which is what lets a run end with the sweep however the sweep ends
+(bnexp.runs.orphan_guard).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import signal
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Protocol
 
 from bnexp.runs.lock import RunDirLocked
 from bnexp.sweep.attempt import JobOutcome, judge, prepare_run_dir
@@ -33,13 +35,39 @@ STOP_PATIENCE_S = 60.0
 
 @dataclass(eq=False)
 class Launch:
-    """One run handed to an executor. `started` is set (from any thread) once the run is under way, with the
-    worker slot and GPU it runs on where the executor has them; `outcome` when it has ended."""
+    """One run handed to an executor. `job_id` names it to its executor (the pid of a local run's process, a
+    SLURM job id) once known; `started` is set (from any thread) once the run is under way, with the worker slot and
+    GPU it runs on where the executor has them; `outcome` when it has ended."""
     job: SweepJob
+    job_id: str | None = None
     started: bool = False
     worker: int | None = None
     gpu: str | None = None
     outcome: JobOutcome | None = None
+
+
+class Executor(Protocol):
+    """What the scheduler asks of an executor. Everything is called from the sweep's main thread."""
+    capacity: int  # how many runs it runs at once
+
+    def describe(self) -> str:
+        """How the runs execute, for the sweep's first line ('with 2 worker(s) [CPU, 1 thread(s) each]')."""
+
+    def adopt(self, jobs: list[SweepJob]) -> dict[str, str]:
+        """Run id -> job id of the runs among `jobs` that an earlier sweep's jobs are still running: followed, not
+        started again."""
+
+    def submit(self, jobs: list[SweepJob]) -> list[Launch]:
+        """Hand over runs; each comes back once from wait() or stop()."""
+
+    def wait(self, timeout: float) -> list[Launch]:
+        """The runs that have ended, waiting up to about `timeout` s for one."""
+
+    def stop(self) -> list[Launch]:
+        """Start nothing more, stop what runs; the runs that ended (one never started has no outcome)."""
+
+    def close(self) -> None:
+        """Let go of whatever it holds (after the last wait or stop)."""
 
 
 class LocalExecutor:
@@ -57,9 +85,14 @@ class LocalExecutor:
         self._pool = ThreadPoolExecutor(max_workers=plan.count, thread_name_prefix="sweep-worker",
                                         initializer=self._take_slot)
         self._futures: dict[Future, Launch] = {}
+        self.capacity = plan.count
 
     def describe(self) -> str:
         return f"with {self.plan.count} worker(s) [{self.plan.describe()}]"
+
+    def adopt(self, jobs: list[SweepJob]) -> dict[str, str]:
+        """Runs of an earlier sweep to follow: none here, since a local run ends with the sweep that started it."""
+        return {}
 
     def _take_slot(self) -> None:
         self._thread_slot.index = next(self._slots)
@@ -82,7 +115,7 @@ class LocalExecutor:
             command = train_command(job, self.train_module)
             prepare_run_dir(job, command)
             result = run_training_process(command, job.run_dir, self.envs[slot], self.cwd, self.timeout_s,
-                                          self.processes)
+                                          self.processes, on_start=lambda pid: setattr(launch, "job_id", str(pid)))
             return judge(job, result, self.timeout_s)
         except SweepStopped:
             return None

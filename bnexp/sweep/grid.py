@@ -46,8 +46,12 @@ def compose_sweep_config(sweep_overrides: list[str], config_dir: Path = CONF_DIR
     from hydra import compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
 
-    # A tiny primary config whose only job is to make `sweep=<name>` a mandatory group choice.
-    ConfigStore.instance().store(name="_bnexp_sweep_main", node={"defaults": ["_self_", {"sweep": "???"}]})
+    # A tiny primary config: `sweep=<name>` is a mandatory group choice, and every sweep config gets the keys of
+    # its executor (conf/sweep/slurm/default.yaml as `slurm`, and `executor`), so that `sweep.executor=slurm` and
+    # `sweep.slurm.partition=gpu` need no `+`; a sweep config can set them too.
+    ConfigStore.instance().store(name="_bnexp_sweep_main", node={
+        "defaults": ["_self_", {"sweep/slurm@sweep.slurm": "default"}, {"sweep": "???"}],
+        "sweep": {"executor": "local"}})
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         composed = compose(config_name="_bnexp_sweep_main", overrides=sweep_overrides)
     sweep_cfg = composed.sweep

@@ -65,8 +65,16 @@ class SweepLedger:
                 "model": job.model, "lr": job.lr, "seed": job.seed, "returncode": summary.get("returncode"),
                 "wall_time_s": summary.get("wall_time_s"), "final_test_acc": summary.get("final_test_acc"),
                 "attempted": False, "run_dir": str(job.run_dir), "error": summary.get("error"),
-                "overrides": list(job.overrides),
+                "overrides": list(job.overrides), "job_id": None,
             }
+
+    def note_job_id(self, run_id: str, job_id: str | None) -> bool:
+        """The id its executor knows the run by (a local run's pid, a SLURM job id); whether it is news."""
+        row = self.rows[run_id]
+        if job_id is None or row["job_id"] == job_id:
+            return False
+        row["job_id"] = job_id
+        return True
 
     def mark_running(self, run_id: str, worker: int | None, gpu: str | None) -> None:
         self.rows[run_id].update(status="running", attempted=True, worker=worker, gpu=gpu, error=None,
@@ -83,10 +91,11 @@ class SweepLedger:
     def failures(self) -> list[dict[str, Any]]:
         return [row for row in self.rows.values() if row["status"] not in COMPLETED_STATUSES]
 
-    def redone(self) -> Counter:
-        """How many of the runs to do now were left failed, killed, ... by an earlier sweep."""
-        return Counter(row["previous_status"] for row in self.rows.values()
-                       if row["status"] == "pending" and row["previous_status"] != "missing")
+    def redone(self, followed: set[str] = frozenset()) -> Counter:
+        """How many of the runs to do now were left failed, killed, ... by an earlier sweep (`followed`: runs whose
+        job from an earlier sweep is still under way, which are not redone)."""
+        return Counter(row["previous_status"] for row in self.rows.values() if row["status"] == "pending"
+                       and row["previous_status"] != "missing" and row["run_id"] not in followed)
 
     def progress_text(self, skipped: int) -> str:
         counts = self.counts()

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from bnexp.runs.files import first_line
 from bnexp.sweep.edge import EdgePlanner
-from bnexp.sweep.executors import Launch, LocalExecutor
+from bnexp.sweep.executors import Executor, Launch
 from bnexp.sweep.grid import SweepJob
 from bnexp.sweep.ledger import SweepLedger
 
@@ -28,7 +28,7 @@ class Scheduler:
     that got that far), `stopping` (set by Ctrl-C/SIGTERM), the ledger and the bar.
     """
 
-    def __init__(self, ledger: SweepLedger, executor: LocalExecutor, planner: EdgePlanner | None, skipped: int):
+    def __init__(self, ledger: SweepLedger, executor: Executor, planner: EdgePlanner | None, skipped: int):
         self.ledger = ledger
         self.executor = executor
         self.planner = planner
@@ -44,20 +44,20 @@ class Scheduler:
     def run(self, pending: list[SweepJob]) -> bool:
         """Run `pending` (and, in edge mode, whatever the searches ask for next) to the end; False when stopped by
         Ctrl-C or SIGTERM."""
-        self._update_bar()
-        self._submit(pending)
         interrupted = False
         try:
+            self._update_bar()
+            self._submit(pending)
             if self.planner is not None:
                 self._plan_more()  # announces the searches that are done already
             while self.in_flight:
                 ended = self.executor.wait(timeout=POLL_S)
-                started = self._note_started()  # first: a run that started and ended since the last look
+                news = self._note_started()  # first: a run that started and ended since the last look
                 for launch in ended:
                     self._note_done(launch)
                 if self.planner is not None and ended and not self.stopping:
                     self._plan_more()
-                if started or ended:
+                if news or ended:
                     self._update_bar(refresh=False)
                     self.ledger.save("running")
         except KeyboardInterrupt:
@@ -81,20 +81,26 @@ class Scheduler:
         self.bar.refresh()
         self.ran_here.update(job.run_id for job in jobs)
         self.in_flight.update((launch.job.run_id, launch) for launch in self.executor.submit(jobs))
+        if self._note_started():  # a submitted job's id on disk at once: a killed sweep's next one follows it
+            self.ledger.save("running")
 
     def _update_bar(self, refresh: bool = True) -> None:
         self.bar.set_postfix_str(self.ledger.progress_text(self.skipped), refresh=refresh)
 
     def _note_started(self) -> bool:
-        newly = [launch for launch in self.in_flight.values()
-                 if launch.started and self.ledger.rows[launch.job.run_id]["status"] == "pending"]
-        for launch in newly:
-            self.ledger.mark_running(launch.job.run_id, launch.worker, launch.gpu)
-        return bool(newly)
+        """Record the job ids and the starts the executor reports; whether there were any."""
+        news = False
+        for launch in self.in_flight.values():
+            news |= self.ledger.note_job_id(launch.job.run_id, launch.job_id)
+            if launch.started and self.ledger.rows[launch.job.run_id]["status"] == "pending":
+                self.ledger.mark_running(launch.job.run_id, launch.worker, launch.gpu)
+                news = True
+        return news
 
     def _note_done(self, launch: Launch) -> None:
         job, outcome = launch.job, launch.outcome
         del self.in_flight[job.run_id]
+        self.ledger.note_job_id(job.run_id, launch.job_id)
         if outcome is None:  # stopped before it started
             return
         self.ledger.mark_done(job, outcome)  # marked running already: _note_started() runs first

@@ -96,16 +96,24 @@ def test_a_count_is_a_whole_number_of_at_least_one_or_auto(value):
             count_setting({"workers": value}, "workers")
 
 
-@pytest.mark.parametrize("arguments", [
-    ["sweep.edge_ratio=1", "sweep.mode=edge"],
-    ["+sweep.worker=2"],
+@pytest.mark.parametrize("arguments, message", [
+    (["sweep.edge_ratio=1"], "sweep.edge_ratio=1 is too small (must be above 1)"),
+    (["sweep.worker=2"], "sweep.worker is not a sweep config key; did you mean sweep.workers?"),
+    (["sweep.slurm.partion=gpu"], "sweep.slurm.partion is not a sweep config key; did you mean sweep.slurm.partition?"),
 ])
-def test_the_command_stops_before_writing_anything(arguments: list[str], tmp_path):
+def test_the_command_says_what_is_wrong_in_one_line_before_writing_anything(arguments: list[str], message: str,
+                                                                            tmp_path):
     out_dir = tmp_path / "sweep"
-    for extra in ([], ["--dry-run"], ["--print-config"]):
+    for extra in ([], ["--dry-run"], ["--print-config"]) if arguments == ["sweep.edge_ratio=1"] else ([],):
         result = run_sweep_cli(["sweep=cpu_mechanism", f"sweep.out_dir={out_dir}", *arguments, *extra])
         assert result.returncode == 2, result.stderr
         (line,) = result.stderr.strip().splitlines()
-        assert line.startswith("bnexp.sweep: error: sweep.") and "Traceback" not in result.stderr
+        assert line.startswith(f"bnexp.sweep: error: {message}") and "Traceback" not in result.stderr, line
         assert not out_dir.exists()
 
+
+def test_a_key_the_sweep_config_leaves_out_is_added_with_a_plus(tmp_path):
+    result = run_sweep_cli(["sweep=lr_stability", "sweep.mode=edge", "--dry-run"])
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("bnexp.sweep: error: sweep.mode is not in this sweep config; add it with a plus: "
+                                     "+sweep.mode=edge")
