@@ -61,6 +61,8 @@ class EdgeSearchSettings:
     max_lr: float = 100.0           # the cap when searching upward
 
     def __post_init__(self):
+        # The guard for a Python caller: a sweep's edge_* keys meet these rules in its schema first
+        # (bnexp/config/sweep_schema.py), where the messages name the sweep's keys.
         object.__setattr__(self, "seeds", tuple(self.seeds))
         if not self.seeds:
             raise ValueError("edge search needs at least one seed, e.g. seeds=[0, 1, 2]")

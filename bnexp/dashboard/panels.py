@@ -155,7 +155,7 @@ def _describe_grid(runs: list | None, sweep_name: str) -> tuple[str, str]:
     # The name is a --tag/--group from the command line, which no config schema checks: only a plain file name may
     # pick a file, so that a tag such as ../x never reads outside conf/sweep/.
     if sweep_name and re.fullmatch(r"[\w.-]+", sweep_name) and sweep_file.is_file():
-        from bnexp.sweep.runner import compose_sweep_config
+        from bnexp.sweep.grid import compose_sweep_config
 
         # Composed as the sweep composes it: most sweep files take their seeds and data from a recipe's defaults.
         sweep = compose_sweep_config([f"sweep={sweep_name}"])

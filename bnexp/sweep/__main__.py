@@ -1,6 +1,6 @@
-"""`python -m bnexp.sweep`: see bnexp/sweep/runner.py."""
+"""`python -m bnexp.sweep`: see bnexp/sweep/cli.py."""
 import sys
 
-from bnexp.sweep.runner import main
+from bnexp.sweep.cli import main
 
 sys.exit(main())

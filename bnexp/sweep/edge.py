@@ -18,50 +18,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp import lr_search as edge_search
+from bnexp.config.sweep_schema import edge_lr_range
 from bnexp.runs.fileio import read_json
-from bnexp.runs.outcome import DEFAULT_MIN_ACC, run_dir_outcome
 from bnexp.runs.files import COMPLETED_STATUSES, SWEEP_JOB_FILE, run_status
-
-SWEEP_MODES = ("grid", "edge")
-
-
-def sweep_mode(sweep_cfg: DictConfig) -> str:
-    mode = str(sweep_cfg.get("mode") or "grid")
-    if mode not in SWEEP_MODES:
-        raise ValueError(f"sweep.mode={mode!r} is not one of {list(SWEEP_MODES)} "
-                         "(grid: every variant x lr x seed; edge: search each variant's edge of stability)")
-    return mode
-
-
-def _setting(sweep_cfg: DictConfig, key: str, default: float) -> float:
-    value = sweep_cfg.get(key)
-    if value is None:
-        return default
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"sweep.{key}={value!r} must be a number") from None
+from bnexp.runs.outcome import DEFAULT_MIN_ACC, run_dir_outcome
+from bnexp.sweep.grid import SweepJob, build_jobs
 
 
 def edge_settings(sweep_cfg: DictConfig) -> tuple[edge_search.EdgeSearchSettings, float]:
-    """The search settings and the accuracy that counts as training, from the sweep config's `edge_*` keys.
-
-    Without them the search starts at the grid's smallest lr and uses bnexp.lr_search's defaults."""
-    seeds = tuple(int(seed) for seed in sweep_cfg.seeds)
-    grid_lrs = [float(lr) for lr in (sweep_cfg.get("lrs") or [])]
+    """The search settings and the accuracy that counts as training, from a checked sweep config's `edge_*` keys
+    (bnexp/config/sweep_schema.py: their rules, and the lr range a config without them asks for)."""
     defaults = edge_search.EdgeSearchSettings(start_lr=0.1)
-    start_lr = _setting(sweep_cfg, "edge_start_lr", min(grid_lrs, default=defaults.start_lr))
+    start_lr, min_lr, max_lr = edge_lr_range(sweep_cfg)
+
+    def given(value, default):
+        return default if value is None else float(value)
+
     settings = edge_search.EdgeSearchSettings(
-        start_lr=start_lr, seeds=seeds, ratio=_setting(sweep_cfg, "edge_ratio", defaults.ratio),
-        growth=_setting(sweep_cfg, "edge_growth", defaults.growth),
-        min_lr=_setting(sweep_cfg, "edge_min_lr", min(defaults.min_lr, start_lr)),
-        max_lr=_setting(sweep_cfg, "edge_max_lr", max(defaults.max_lr, start_lr)))
-    return settings, _setting(sweep_cfg, "edge_min_acc", DEFAULT_MIN_ACC)
+        start_lr=start_lr, seeds=tuple(int(seed) for seed in sweep_cfg.seeds), min_lr=min_lr, max_lr=max_lr,
+        ratio=given(sweep_cfg.edge_ratio, defaults.ratio), growth=given(sweep_cfg.edge_growth, defaults.growth))
+    return settings, given(sweep_cfg.edge_min_acc, DEFAULT_MIN_ACC)
 
 
 @dataclass(frozen=True)
@@ -76,10 +57,7 @@ class Search:
 class EdgePlanner:
     """Which runs each variant's edge search needs next, from the run dirs as they are now."""
 
-    def __init__(self, sweep_cfg: DictConfig, cli_train_overrides: list[str], one_at_a_time: bool,
-                 build_jobs: Callable[[DictConfig, list[str]], list]):
-        # the grid's own job builder (bnexp.sweep.runner.build_jobs), so that a run gets the grid's run dir
-        self._build_jobs = build_jobs
+    def __init__(self, sweep_cfg: DictConfig, cli_train_overrides: list[str], one_at_a_time: bool):
         self.sweep_cfg = sweep_cfg
         self.cli_train_overrides = list(cli_train_overrides)
         self.settings, self.min_acc = edge_settings(sweep_cfg)
@@ -89,19 +67,19 @@ class EdgePlanner:
         self.searches = [Search(job.variant, job.model)
                          for job in self._grid_jobs(lrs=[self.settings.start_lr], seeds=[self.settings.seeds[0]])]
         self.failed_here: set[str] = set()      # run ids that failed in this sweep: they count as not training
-        self._jobs: dict[tuple, object] = {}    # (search, lr, seed) -> SweepJob
+        self._jobs: dict[tuple, SweepJob] = {}  # (search, lr, seed) -> SweepJob
         self._dir_jobs: dict[str, tuple | None] = {}  # run dir name -> (search, lr, seed) when it is this recipe's
         self._completed: dict[str, edge_search.Outcome] = {}  # run id -> outcome of a finished/diverged run
         self._announced: set[Search] = set()
 
     # --- jobs ----------------------------------------------------------------------------------------------------
 
-    def _grid_jobs(self, **axes) -> list:
-        """The grid mode's jobs for the sweep config with the given keys (grid axes) replaced."""
-        return self._build_jobs(OmegaConf.merge(OmegaConf.to_container(self.sweep_cfg), axes),
-                                self.cli_train_overrides)
+    def _grid_jobs(self, **axes) -> list[SweepJob]:
+        """The grid mode's jobs for the sweep config with the given keys (grid axes) replaced, so that a run of the
+        search gets the run dir the grid would give it."""
+        return build_jobs(OmegaConf.merge(OmegaConf.to_container(self.sweep_cfg), axes), self.cli_train_overrides)
 
-    def job(self, search: Search, lr: float, seed: int):
+    def job(self, search: Search, lr: float, seed: int) -> SweepJob:
         """The sweep job of one run, exactly as the grid mode would build it."""
         key = (search, edge_search.round_lr(lr), seed)
         if key not in self._jobs:
@@ -151,13 +129,13 @@ class EdgePlanner:
         outcomes = self.outcomes()
         return {search: edge_search.find_bracket(self.settings, outcomes[search]) for search in self.searches}
 
-    def known_jobs(self) -> list:
+    def known_jobs(self) -> list[SweepJob]:
         """The jobs of every run with a known outcome that the searches use (shown as done in the bookkeeping)."""
         jobs = [self.job(search, lr, seed) for search, by_lr in self.outcomes().items()
                 for lr, by_seed in sorted(by_lr.items()) for seed in sorted(by_seed)]
         return [job for job in jobs if run_status(job.run_dir) in COMPLETED_STATUSES]
 
-    def next_jobs(self, in_flight: Iterable = ()) -> list:
+    def next_jobs(self, in_flight: Iterable[SweepJob] = ()) -> list[SweepJob]:
         """The runs to start now: for each search with no run in flight, the seeds of its next lr (the first one
         only with one worker). Empty for every search that is done."""
         busy = {Search(job.variant, job.model) for job in in_flight}

@@ -322,7 +322,8 @@ def test_stability_probe_logs_sharpness_on_its_own_cadence():
 
 @pytest.mark.slow
 def test_a_tiny_run_logs_sharpness_and_its_threshold_and_trains_as_without(tmp_path):
-    from bnexp.train.run import lr_multiplier, train
+    from bnexp.train.optim import lr_multiplier
+    from bnexp.train.run import train
     from tests.helpers import TINY_RUN, compose_config
 
     sharpness = ["instrument.sharpness_every=1", "instrument.sharpness_lanczos_steps=3",

@@ -129,7 +129,7 @@ def test_the_cli_refused_by_a_held_dir_leaves_its_hydra_copy_alone_too(tmp_path)
 
 def test_a_sigkilled_run_is_killed_in_status_report_and_sweep_and_resume_redoes_it(tmp_path):
     from bnexp.report import build as report
-    from bnexp.sweep import runner as sweep
+    from bnexp.sweep import grid as sweep
 
     out_dir = tmp_path / "sweep"
     arguments = ["sweep=smoke", f"sweep.out_dir={out_dir}", "sweep.only_variants=[correct_bn]", "sweep.lrs=[0.1]",

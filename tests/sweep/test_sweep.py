@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from bnexp.sweep import runner as sweep
+from bnexp.sweep import grid, processes
 from tests.helpers import REPO, background_sweep, read_status, repo_env, run_sweep_cli, wait_for
 
 FAKE = ["sweep=smoke", "sweep.train_module=tests.support.fake_train"]
@@ -48,11 +48,11 @@ def pid_alive(pid: int) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 
 def test_grid_is_variants_x_models_x_lrs_x_seeds_with_deterministic_dirs(tmp_path: Path):
-    cfg = sweep.compose_sweep_config(["sweep=lr_stability", f"sweep.out_dir={tmp_path}",
+    cfg = grid.compose_sweep_config(["sweep=lr_stability", f"sweep.out_dir={tmp_path}",
                                       "sweep.models=[airbench,vgg]", "sweep.lrs=[0.1,0.2]", "sweep.seeds=[0,1]"])
-    jobs = sweep.build_jobs(cfg, ["data=synthetic"])
+    jobs = grid.build_jobs(cfg, ["data=synthetic"])
     assert len(jobs) == len(cfg.variants) * 2 * 2 * 2
-    again = sweep.build_jobs(cfg, ["data=synthetic"])
+    again = grid.build_jobs(cfg, ["data=synthetic"])
     assert [j.run_dir for j in jobs] == [j.run_dir for j in again]
     assert len({j.run_dir for j in jobs}) == len(jobs)
     grouped = next(j for j in jobs if j.variant == "grouped_bn_g8" and j.model == "vgg")
@@ -60,7 +60,7 @@ def test_grid_is_variants_x_models_x_lrs_x_seeds_with_deterministic_dirs(tmp_pat
     assert grouped.run_dir.parent == tmp_path / "runs"
     assert grouped.run_dir.name.startswith("vgg_grouped_bn_g8_lr0.")
     # A different recipe (train override) must not reuse the dirs: resume would skip runs it never did.
-    other = sweep.build_jobs(cfg, ["data=synthetic", "train.epochs=3"])
+    other = grid.build_jobs(cfg, ["data=synthetic", "train.epochs=3"])
     assert not {j.run_dir for j in jobs} & {j.run_dir for j in other}
 
 
@@ -70,8 +70,8 @@ def test_every_sweep_config_composes_into_valid_runs(sweep_name: str, tmp_path: 
     from bnexp.config.compose import compose_train_config
     from bnexp.models import build_model
 
-    cfg = sweep.compose_sweep_config([f"sweep={sweep_name}", f"sweep.out_dir={tmp_path}"])
-    jobs = sweep.build_jobs(cfg, [])
+    cfg = grid.compose_sweep_config([f"sweep={sweep_name}", f"sweep.out_dir={tmp_path}"])
+    jobs = grid.build_jobs(cfg, [])
     assert len(jobs) == len(cfg.variants) * max(1, len(cfg.models or [])) * len(cfg.lrs) * len(cfg.seeds)
     for job in {(j.variant, j.model): j for j in jobs}.values():
         train_cfg = compose_train_config(list(job.overrides))
@@ -84,20 +84,20 @@ def test_every_sweep_config_composes_into_valid_runs(sweep_name: str, tmp_path: 
 
 
 def test_cli_overrides_split_and_later_train_override_wins(tmp_path: Path):
-    sweep_overrides, train_overrides = sweep.split_cli_overrides(
+    sweep_overrides, train_overrides = grid.split_cli_overrides(
         ["sweep=smoke", "sweep.seeds=[1]", "+sweep.variants.x=[a]", "data.train_size=64", "+foo=1"])
     assert sweep_overrides == ["sweep=smoke", "sweep.seeds=[1]", "+sweep.variants.x=[a]"]
     assert train_overrides == ["data.train_size=64", "+foo=1"]
-    cfg = sweep.compose_sweep_config(["sweep=smoke", f"sweep.out_dir={tmp_path}", "sweep.only_variants=[no_bn]"])
-    jobs = sweep.build_jobs(cfg, ["data.train_size=64"])
+    cfg = grid.compose_sweep_config(["sweep=smoke", f"sweep.out_dir={tmp_path}", "sweep.only_variants=[no_bn]"])
+    jobs = grid.build_jobs(cfg, ["data.train_size=64"])
     assert [j.variant for j in jobs] == ["no_bn", "no_bn"]
     assert "data.train_size=64" in jobs[0].overrides and "data.train_size=256" not in jobs[0].overrides
     with pytest.raises(ValueError, match="grid axes"):
-        sweep.build_jobs(cfg, ["optim.lr=0.3"])
+        grid.build_jobs(cfg, ["optim.lr=0.3"])
 
 
 def test_lr_stability_grid_covers_every_variant_on_a_wide_log_grid(tmp_path: Path):
-    cfg = sweep.compose_sweep_config(["sweep=lr_stability"])
+    cfg = grid.compose_sweep_config(["sweep=lr_stability"])
     labels = set(cfg.variants)
     assert {"correct_bn", "shared_bn", "no_bn", "torch_bn"} <= labels
     groups = sorted(int(o.split("=")[1]) for v in cfg.variants.values() for o in v if "stat_groups" in o)
@@ -117,28 +117,28 @@ def test_lr_stability_grid_covers_every_variant_on_a_wide_log_grid(tmp_path: Pat
 
 
 def test_gpu_plan_one_worker_per_gpu_and_env(monkeypatch):
-    cfg = sweep.compose_sweep_config(["sweep=smoke", "sweep.gpus=[0,1,2]"])
-    plan = sweep.plan_workers(cfg, n_jobs=10)
+    cfg = grid.compose_sweep_config(["sweep=smoke", "sweep.gpus=[0,1,2]"])
+    plan = processes.plan_workers(cfg, n_jobs=10)
     assert plan.count == 3 and plan.gpu_of_worker == ["0", "1", "2"]
-    assert sweep._child_env(plan.gpu_of_worker[1], 1)["CUDA_VISIBLE_DEVICES"] == "1"
-    cpu = sweep.plan_workers(sweep.compose_sweep_config(["sweep=smoke", "sweep.gpus=[]", "sweep.workers=2"]), 10)
+    assert processes.child_env(plan.gpu_of_worker[1], 1)["CUDA_VISIBLE_DEVICES"] == "1"
+    cpu = processes.plan_workers(grid.compose_sweep_config(["sweep=smoke", "sweep.gpus=[]", "sweep.workers=2"]), 10)
     assert cpu.count == 2 and cpu.gpu_of_worker == [None, None]
     assert cpu.threads_per_worker == max(1, (os.cpu_count() or 1) // 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert sweep.visible_gpu_ids("auto") == ["3", "5"]
+    assert processes.visible_gpu_ids("auto") == ["3", "5"]
 
 
 def test_override_keys_and_values_go_through_hydras_parser():
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    assert sweep._merge_overrides(["+variant=a", "data.path='/x y,z'", "~model"], ["variant=b", "++model=vgg"]) == [
+    assert grid.merge_overrides(["+variant=a", "data.path='/x y,z'", "~model"], ["variant=b", "++model=vgg"]) == [
         "data.path='/x y,z'", "variant=b", "++model=vgg"]
     with pytest.raises(OverrideParseException):
-        sweep.split_cli_overrides(["data.train_size=[1,"])
+        grid.split_cli_overrides(["data.train_size=[1,"])
     parser = OverridesParser.create()
     for path in ["/runs/a", "/my runs/a,b=c", "/runs/it's", "/runs/a\\b", "/runs/a\\'b", "/runs/end\\"]:
-        quoted = sweep._quote_for_hydra(path)
+        quoted = grid.quote_for_hydra(path)
         assert parser.parse_override(f"hydra.run.dir={quoted}").value() == path, (path, quoted)
 
 
@@ -189,15 +189,36 @@ def test_bad_worker_count_is_a_clear_error_before_any_status_is_written(tmp_path
                                         ("threads_per_worker", 0), ("threads_per_worker", -2)])
 def test_worker_counts_that_are_not_whole_and_positive_are_refused_not_rounded(key: str, value):
     with pytest.raises(ValueError, match=rf"sweep\.{key}=.* must be a whole number of at least 1, or auto"):
-        sweep.plan_workers(OmegaConf.create({"gpus": [], key: value}), n_jobs=8)
-    plan = sweep.plan_workers(OmegaConf.create({"gpus": [], key: 2.0}), n_jobs=8)  # a whole float is that count
+        processes.plan_workers(OmegaConf.create({"gpus": [], key: value}), n_jobs=8)
+    plan = processes.plan_workers(OmegaConf.create({"gpus": [], key: 2.0}), n_jobs=8)  # a whole float is that count
     assert (plan.count if key == "workers" else plan.threads_per_worker) == 2
+
+
+@pytest.mark.parametrize("lrs", ["[-1,nan]", "[]", "[abc]", "0.1"])
+def test_bad_lrs_are_one_line_naming_the_key_before_anything_is_written(lrs: str, tmp_path: Path):
+    out_dir = tmp_path / "sweep"
+    for extra in ([], ["--dry-run"]) if lrs == "[-1,nan]" else ([],):
+        result = run_sweep_cli([*FAKE, f"sweep.out_dir={out_dir}", f"sweep.lrs={lrs}", *extra])
+        assert result.returncode == 2, (extra, result.stdout, result.stderr)
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("bnexp.sweep: error: sweep.lrs=") and "; e.g. sweep.lrs=[" in line, line
+        assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "2.5"])
+def test_a_dry_run_refuses_the_worker_count_the_run_refuses(value: str, tmp_path: Path):
+    result = run_sweep_cli([*FAKE, f"sweep.out_dir={tmp_path / 'sweep'}", "sweep.gpus=[]", f"sweep.workers={value}",
+                            "--dry-run"])
+    assert result.returncode == 2, result.stdout
+    assert re.search(r"sweep\.workers=\S+ must be a whole number of at least 1, or auto", result.stderr)
+    assert "hydra.run.dir=" not in result.stdout
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Failures, kills and resume (fake trainer)
 # ----------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_failing_run_is_recorded_and_the_rest_complete(tmp_path: Path):
     result = run_sweep_cli([*FAKE, f"sweep.out_dir={tmp_path}", "sweep.workers=2",
                             "+sweep.variants.crash=['+variant=crash']", "+sweep.variants.diverge=['+variant=diverge']"])
@@ -218,6 +239,7 @@ def test_failing_run_is_recorded_and_the_rest_complete(tmp_path: Path):
     assert read_status(tmp_path)["state"] == "done"
 
 
+@pytest.mark.slow
 def test_killed_run_is_failed_and_resume_redoes_only_it(tmp_path: Path):
     arguments = [*FAKE, f"sweep.out_dir={tmp_path}", "sweep.workers=2", "+sweep.variants.slow=['+variant=slow']"]
     with background_sweep(arguments, env_extra={"FAKE_TRAIN_SLEEP": "60"}) as process:
@@ -252,6 +274,7 @@ def test_killed_run_is_failed_and_resume_redoes_only_it(tmp_path: Path):
         assert (tmp_path / "runs" / run_id / "summary.json").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_killed_sweep_takes_its_runs_down_and_resumes(tmp_path: Path):
     arguments = [*FAKE, f"sweep.out_dir={tmp_path}", "sweep.workers=1", "+sweep.variants.slow=['+variant=slow']",
                  "sweep.only_variants=[slow]", "sweep.lrs=[0.1,0.2,0.3]"]
@@ -275,6 +298,7 @@ def test_killed_sweep_takes_its_runs_down_and_resumes(tmp_path: Path):
     assert read_status(tmp_path)["counts"] == {"finished": 3}
 
 
+@pytest.mark.slow
 def test_second_sweep_on_a_dir_is_refused_and_sigterm_stops_cleanly(tmp_path: Path):
     arguments = [*FAKE, f"sweep.out_dir={tmp_path}", "sweep.workers=2", "+sweep.variants.slow=['+variant=slow']",
                  "sweep.only_variants=[slow]"]
@@ -291,6 +315,35 @@ def test_second_sweep_on_a_dir_is_refused_and_sigterm_stops_cleanly(tmp_path: Pa
     assert all("SIGTERM" in row["error"] for row in status["runs"])
 
 
+@pytest.mark.slow
+def test_runs_that_never_started_are_told_as_such_and_every_log_pointed_at_exists(tmp_path: Path):
+    """One worker, three slow runs: the first finds its run dir held by another process and never starts, the
+    second is running when the sweep gets SIGTERM, the third has not started yet. Only the second has a log."""
+    from bnexp.runs.lock import take_lock
+
+    arguments = [*FAKE, f"sweep.out_dir={tmp_path}", "sweep.workers=1", "+sweep.variants.slow=['+variant=slow']",
+                 "sweep.only_variants=[slow]", "sweep.lrs=[0.1,0.2,0.3]"]
+    dry = run_sweep_cli([*arguments, "--dry-run"])
+    run_dirs = re.findall(r"hydra\.run\.dir=(\S+)", dry.stdout)
+    assert len(run_dirs) == 3, dry.stdout
+    held = take_lock(Path(run_dirs[0]) / "run.lock", patience_s=0)  # a live process holds the first run dir
+    try:
+        with background_sweep(arguments, env_extra={"FAKE_TRAIN_SLEEP": "60"}) as process:
+            wait_for(lambda: (tmp_path / "sweep_status.json").exists()
+                     and read_status(tmp_path)["counts"].get("running") == 1)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=60)
+    finally:
+        held.close()
+    assert process.returncode == 130, stderr
+    assert "3 run(s) did not finish" in stderr
+    logs = re.findall(r"see (\S+)", stderr)
+    assert logs == [f"{run_dirs[1]}/stderr.log"], stderr
+    assert all(Path(log).is_file() for log in logs)
+    assert "in use by another run" in stderr and "not started" in stderr
+
+
+@pytest.mark.slow
 def test_timeout_fails_the_run(tmp_path: Path):
     result = run_sweep_cli([*FAKE, f"sweep.out_dir={tmp_path}", "sweep.timeout_s=1", "sweep.only_variants=[slow]",
                             "sweep.lrs=[0.1]", "+sweep.variants.slow=['+variant=slow']"],
@@ -304,6 +357,7 @@ def test_timeout_fails_the_run(tmp_path: Path):
 # End to end with the real trainer
 # ----------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_real_sweep_end_to_end_with_failure_and_report(tmp_path: Path):
     """2 variants x 2 lrs x 1 seed with bnexp.train, plus a grouped_bn whose stat_groups does not divide the
     channel count: that run is recorded failed, the others complete, the report agrees with the summaries."""

@@ -8,6 +8,8 @@ import math
 import signal
 from pathlib import Path
 
+import pytest
+
 from bnexp.lr_search import EdgeSearchSettings, Outcome, run_edge_search
 from tests.helpers import background_sweep, read_status, run_sweep_cli, wait_for
 
@@ -56,6 +58,7 @@ def assert_brackets_match_the_thresholds(out_dir: Path) -> None:
         assert found["bracket"].endswith(f"{'collapses' if how == 'collapse' else 'diverges'})"), found
 
 
+@pytest.mark.slow
 def test_edge_sweep_stopped_midway_resumes_to_the_known_edges_with_fewer_runs_than_a_grid(tmp_path: Path):
     arguments = [*EDGE, f"sweep.out_dir={tmp_path}"]
     with background_sweep(arguments, env_extra={**EDGES_ENV, "FAKE_TRAIN_RUN_SLEEP": "0.2"}) as process:
@@ -91,6 +94,7 @@ def test_edge_sweep_stopped_midway_resumes_to_the_known_edges_with_fewer_runs_th
     assert len(after) < dense / 3, (len(after), dense)
 
 
+@pytest.mark.slow
 def test_dense_grid_runs_in_the_out_dir_count_as_known_outcomes(tmp_path: Path):
     grid = ["sweep=cpu_mechanism", "sweep.train_module=tests.support.fake_train", "sweep.gpus=[]",
             "sweep.only_variants=[correct_bn]",
@@ -116,6 +120,7 @@ def test_dense_grid_runs_in_the_out_dir_count_as_known_outcomes(tmp_path: Path):
     assert {completed_runs(tmp_path)[run_id]["lr"] for run_id in new_runs} == {1.6, 1.131}
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_in_the_sweep_counts_as_not_training_and_exits_1(tmp_path: Path):
     arguments = ["sweep=cpu_mechanism", "sweep.train_module=tests.support.fake_train", "sweep.mode=edge", "sweep.gpus=[]",
                  "+sweep.variants.crash=['+variant=crash']", "sweep.only_variants=[crash]", "sweep.seeds=[0]",
@@ -133,12 +138,11 @@ def test_unknown_mode_is_a_clear_error(tmp_path: Path):
 
 
 def test_planner_runs_every_seed_of_an_lr_in_parallel_and_skips_busy_searches(tmp_path: Path):
-    from bnexp.sweep import runner as sweep
+    from bnexp.sweep import grid as sweep
     from bnexp.sweep.edge import EdgePlanner
 
     cfg = sweep.compose_sweep_config(["sweep=cpu_mechanism", "sweep.mode=edge", f"sweep.out_dir={tmp_path}"])
-    parallel = EdgePlanner(cfg, ["data.train_size=64"], one_at_a_time=False,
-                           build_jobs=sweep.build_jobs).next_jobs()
+    parallel = EdgePlanner(cfg, ["data.train_size=64"], one_at_a_time=False).next_jobs()
     assert len(parallel) == len(cfg.variants) * len(cfg.seeds)
     assert {job.lr for job in parallel} == {cfg.edge_start_lr}
     assert all("data.train_size=64" in job.overrides for job in parallel)
@@ -147,7 +151,7 @@ def test_planner_runs_every_seed_of_an_lr_in_parallel_and_skips_busy_searches(tm
                                            f"sweep.lrs=[{cfg.edge_start_lr}]"])
     grid_jobs = sweep.build_jobs(grid_cfg, ["data.train_size=64"])
     assert {job.run_dir for job in parallel} == {job.run_dir for job in grid_jobs}
-    sequential = EdgePlanner(cfg, ["data.train_size=64"], one_at_a_time=True, build_jobs=sweep.build_jobs)
+    sequential = EdgePlanner(cfg, ["data.train_size=64"], one_at_a_time=True)
     first = sequential.next_jobs()
     assert [job.seed for job in first] == [0] * len(cfg.variants)
     assert {job.variant for job in sequential.next_jobs(in_flight=first[:2])} == set(cfg.variants) - {

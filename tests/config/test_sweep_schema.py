@@ -1,0 +1,119 @@
+"""The sweep config's schema: every rule refuses its bad values with one line naming the key and a valid example,
+the defaults fill what a sweep config leaves out, and the command line stops before anything is written."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from bnexp.config.compose import ConfigError
+from bnexp.config.sweep_schema import check_sweep_config, count_problem, count_setting, edge_lr_range
+from bnexp.sweep.grid import compose_sweep_config
+from tests.helpers import run_sweep_cli
+
+
+def problems_of(*overrides: str, sweep: str = "smoke") -> list[str]:
+    with pytest.raises(ConfigError) as raised:
+        compose_sweep_config([f"sweep={sweep}", *overrides])
+    return str(raised.value).splitlines()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("sweep.workers=0", "sweep.workers"),
+    ("sweep.threads_per_worker=2.5", "sweep.threads_per_worker"),
+    ("sweep.gpus=3", "sweep.gpus"),
+    ("sweep.timeout_s=0", "sweep.timeout_s"),
+    ("sweep.timeout_s=inf", "sweep.timeout_s"),
+    ("sweep.train_module='python -m x'", "sweep.train_module"),
+    ("sweep.models=[resnet]", "sweep.models"),
+    ("sweep.seeds=[0,0]", "sweep.seeds"),
+    ("sweep.seeds=[-1]", "sweep.seeds"),
+    ("sweep.seeds=[zero]", "sweep.seeds"),
+    ("sweep.name=''", "sweep.name"),
+    ("+sweep.mode=bisect", "sweep.mode"),
+    ("+sweep.edge_ratio=1", "sweep.edge_ratio"),
+    ("+sweep.edge_growth=0.5", "sweep.edge_growth"),
+    ("+sweep.edge_min_acc=2", "sweep.edge_min_acc"),
+    ("sweep.variants=null", "sweep.variants"),
+    ("+sweep.variants.bad=['data.train_size=[1,']", "sweep.variants.bad"),
+    ("sweep.train_overrides=['data.train_size=[1,']", "sweep.train_overrides"),
+])
+def test_each_rule_refuses_with_one_line_naming_the_key_and_an_example(override: str, key: str):
+    (problem,) = problems_of(override)
+    assert problem.startswith(f"{key}=") and "; e.g. sweep." in problem, problem
+    example = problem.split("; e.g. ")[1]
+    assert example.startswith(key.rsplit(".", 1)[0] if key.endswith(".bad") else key), problem
+
+
+def test_every_problem_is_listed_and_an_unknown_key_gets_a_did_you_mean():
+    problems = problems_of("+sweep.worker=2", "sweep.workers=-1", "sweep.seeds=[1.5]")
+    assert problems[0] == "sweep.worker is not a sweep config key; did you mean sweep.workers?"
+    assert problems[1].startswith("sweep.workers=-1 must be a whole number of at least 1, or auto")
+    assert problems[2].startswith("sweep.seeds=[1.5] is not a list of integers")
+
+
+def test_rules_between_keys():
+    (unknown,) = problems_of("sweep.only_variants=[correct_bn,typo_bn]")
+    assert unknown.startswith("sweep.only_variants names unknown variants ['typo_bn']")
+    # the start lr defaults to the grid's smallest lr (0.05 here), which a floor of 0.1 excludes
+    (edge_range,) = problems_of("+sweep.edge_min_lr=0.1")
+    assert "edge_min_lr <= edge_start_lr <= edge_max_lr" in edge_range and "0.1, 0.05" in edge_range
+
+
+def test_defaults_fill_what_a_sweep_config_leaves_out():
+    cfg = compose_sweep_config(["sweep=lr_stability"])  # no mode, no edge_* keys
+    assert cfg.mode == "grid" and cfg.edge_ratio is None and cfg.timeout_s == 3600
+    assert edge_lr_range(cfg) == (0.0125, 1e-4, 100.0)  # the grid's smallest lr, lr_search's floor and cap
+    edge = compose_sweep_config(["sweep=cpu_mechanism"])
+    assert edge_lr_range(edge) == (0.05, 0.001, 12.8)
+    filled, problems = check_sweep_config({"name": "mine", "out_dir": "x", "variants": {"a": None},
+                                           "lrs": [0.1], "seeds": [0]})
+    assert problems == [] and filled["workers"] == "auto" and filled["train_module"] == "bnexp.train"
+    _, problems = check_sweep_config({"name": "mine"})
+    assert problems == ["sweep.out_dir is not set; e.g. sweep.out_dir=outputs/sweeps/my_sweep",
+                        "sweep.variants is not set; e.g. sweep.variants={correct_bn:[+variant=correct_bn]}",
+                        "sweep.lrs is not set; e.g. sweep.lrs=[0.05,0.2,0.8]",
+                        "sweep.seeds is not set; e.g. sweep.seeds=[0,1,2]"]
+
+
+def _is_whole_count(value) -> bool:
+    """The oracle: an int or float (never a bool) with no fractional part, at least 1."""
+    return (type(value) in (int, float) and math.isfinite(value) and value == math.floor(value) and value >= 1)
+
+
+@given(st.one_of(st.integers(-5, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                 st.text(max_size=4), st.none()))
+def test_a_count_is_a_whole_number_of_at_least_one_or_auto(value):
+    accepted = count_problem(value) is None
+    assert accepted == (value is None or _is_whole_count(value))
+    if accepted and value is not None:
+        assert count_setting(OmegaConf.create({"workers": value}), "workers") == int(value)
+    elif not accepted:
+        with pytest.raises(ConfigError, match=r"^sweep\.workers=.* must be a whole number of at least 1, or auto"):
+            count_setting({"workers": value}, "workers")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["sweep.edge_ratio=1"], "sweep.edge_ratio=1 is too small (must be above 1)"),
+    (["sweep.worker=2"], "sweep.worker is not a sweep config key; did you mean sweep.workers?"),
+    (["sweep.slurm.partion=gpu"], "sweep.slurm.partion is not a sweep config key; did you mean sweep.slurm.partition?"),
+])
+def test_the_command_says_what_is_wrong_in_one_line_before_writing_anything(arguments: list[str], message: str,
+                                                                            tmp_path):
+    out_dir = tmp_path / "sweep"
+    for extra in ([], ["--dry-run"], ["--print-config"]) if arguments == ["sweep.edge_ratio=1"] else ([],):
+        result = run_sweep_cli(["sweep=cpu_mechanism", f"sweep.out_dir={out_dir}", *arguments, *extra])
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"bnexp.sweep: error: {message}") and "Traceback" not in result.stderr, line
+        assert not out_dir.exists()
+
+
+def test_a_key_the_sweep_config_leaves_out_is_added_with_a_plus(tmp_path):
+    result = run_sweep_cli(["sweep=lr_stability", "sweep.mode=edge", "--dry-run"])
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("bnexp.sweep: error: sweep.mode is not in this sweep config; add it with a plus: "
+                                     "+sweep.mode=edge")
