@@ -37,12 +37,21 @@ def groups_for_width(channels: int, channels_per_group: int) -> int:
 
 
 def make_norm_factory(norm: str, stat_groups: int | None = None, affine_per_channel: bool = True,
-                      backend: str = "auto", channels_per_group: int | None = None) -> NormFactory:
+                      backend: str = "auto", channels_per_group: int | None = None, pooled: str = "both",
+                      freeze_weight: bool = False) -> NormFactory:
     """Return channels -> norm module for one of NORM_KINDS.
 
     Grouped statistics take either `stat_groups` (the same group count in every layer) or `channels_per_group`
     (the same group size in every layer: C // channels_per_group groups, at least one), not both.
+    `pooled` and `freeze_weight` are the interventions of bnexp's layer (see BatchNorm2d), for its norm kinds only.
     """
+    interventions = [setting for setting, is_set in (("variant.pooled=" + str(pooled), pooled != "both"),
+                                                     ("variant.freeze_weight=true", freeze_weight)) if is_set]
+    if interventions and norm in ("none", "torch"):
+        raise ValueError(f"{' and '.join(interventions)}: an option of bnexp's norm layer, not of norm {norm!r}; "
+                         "use norm per_channel, grouped or shared, or variant.pooled=both variant.freeze_weight=false")
+    options = {"affine_per_channel": affine_per_channel, "backend": backend, "pooled": pooled,
+               "freeze_weight": freeze_weight}
     if channels_per_group is not None:
         if norm != "grouped":
             raise ValueError(f"variant.channels_per_group={channels_per_group} only applies to norm 'grouped' "
@@ -57,17 +66,15 @@ def make_norm_factory(norm: str, stat_groups: int | None = None, affine_per_chan
             raise ValueError(f"variant.channels_per_group={channels_per_group!r} must be a positive integer "
                              "(1 is per-channel statistics), e.g. variant.channels_per_group=4")
         group_size = int(channels_per_group)
-        return lambda channels: BatchNorm2d(channels, stat_groups=groups_for_width(channels, group_size),
-                                            affine_per_channel=affine_per_channel, backend=backend)
+        return lambda channels: BatchNorm2d(channels, stat_groups=groups_for_width(channels, group_size), **options)
     if norm == "per_channel":
-        return lambda channels: BatchNorm2d(channels, backend=backend)
+        return lambda channels: BatchNorm2d(channels, **options)
     if norm in ("grouped", "shared"):  # shared is grouped with one group
         if norm == "grouped" and not stat_groups:
             raise ValueError("norm 'grouped' needs stat_groups or channels_per_group, "
                              "e.g. variant.stat_groups=8 or variant.channels_per_group=4")
         groups = 1 if norm == "shared" else stat_groups
-        return lambda channels: BatchNorm2d(channels, stat_groups=groups,
-                                            affine_per_channel=affine_per_channel, backend=backend)
+        return lambda channels: BatchNorm2d(channels, stat_groups=groups, **options)
     if norm == "none":
         return lambda channels: nn.Identity()
     if norm == "torch":
@@ -222,10 +229,12 @@ def stat_groups_by_layer(model: nn.Module) -> dict[str, int]:
 
 def build_model(model_name: str, variant_norm: str, *, width: float = 1.0, stat_groups: int | None = None,
                 affine_per_channel: bool = True, backend: str = "auto", num_classes: int = 10,
-                channels_per_group: int | None = None) -> nn.Module:
+                channels_per_group: int | None = None, pooled: str = "both", freeze_weight: bool = False
+                ) -> nn.Module:
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODELS)} (model=<name>)")
-    norm_factory = make_norm_factory(variant_norm, stat_groups, affine_per_channel, backend, channels_per_group)
+    norm_factory = make_norm_factory(variant_norm, stat_groups, affine_per_channel, backend, channels_per_group,
+                                     pooled, freeze_weight)
     model = MODELS[model_name](norm_factory, with_bias=variant_norm == "none", width=width,
                                num_classes=num_classes)
     init_weights(model)

@@ -85,6 +85,9 @@ class VariantConfig:
     channels_per_group: Optional[int] = setting("4", at_least=1)
     affine_per_channel: Any = setting("true", kind="bool")
     backend: str = setting("auto", choices=("auto", "torch", "triton"))
+    # interventions (bnexp's norm layer only): which statistic a group pools, and gamma frozen at 1
+    pooled: str = setting("mean", choices=("both", "mean", "var"))
+    freeze_weight: Any = setting("true", kind="bool")
     # Not a setting: the run writes here each norm layer's statistic groups (layer name -> groups), so
     # config.yaml and the W&B config say what stat_groups / channels_per_group came to (a given value is replaced).
     stat_groups_by_layer: Optional[Dict[str, int]] = None
@@ -431,6 +434,16 @@ def _cross_key_problems(cfg: Any) -> Iterator[str]:
     if channels_per_group is not None and norm != "grouped":
         yield (f"variant.channels_per_group={channels_per_group} applies to variant.norm=grouped only "
                f"(variant.norm={norm}); e.g. +variant=grouped_bn_by_size")
+    pooled = config_value(cfg, "variant.pooled", "both")
+    interventions = [f"variant.{key}={_show(value)}" for key, value, default in
+                     (("pooled", pooled, "both"), ("freeze_weight", config_value(cfg, "variant.freeze_weight"), False))
+                     if value not in (None, default)]
+    if interventions and norm in ("none", "torch"):
+        yield (f"{' and '.join(interventions)}: an option of bnexp's norm layer, which variant.norm={norm} does not "
+               "use; e.g. variant.pooled=both variant.freeze_weight=false")
+    if pooled != "both" and config_value(cfg, "variant.backend") == "triton":
+        yield (f"variant.pooled={pooled} has no Triton kernels; e.g. variant.backend=torch (or auto, which runs it "
+               "on the PyTorch path on every device)")
     model_name, width = config_value(cfg, "model.name"), config_value(cfg, "model.width")
     if norm == "grouped" and stat_groups is not None and model_name is not None and width is not None:
         widths = norm_layer_widths(model_name, width)

@@ -153,7 +153,8 @@ def _describe_failure(error: BaseException) -> str:
 def model_from_config(cfg: DictConfig) -> torch.nn.Module:
     return build_model(cfg.model.name, cfg.variant.norm, width=cfg.model.width,
                        stat_groups=cfg.variant.stat_groups, channels_per_group=cfg.variant.get("channels_per_group"),
-                       affine_per_channel=cfg.variant.affine_per_channel, backend=cfg.variant.backend)
+                       affine_per_channel=cfg.variant.affine_per_channel, backend=cfg.variant.backend,
+                       pooled=cfg.variant.get("pooled", "both"), freeze_weight=cfg.variant.get("freeze_weight", False))
 
 
 def record_stat_groups(cfg: DictConfig) -> dict | None:
