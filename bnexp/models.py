@@ -38,23 +38,25 @@ def groups_for_width(channels: int, channels_per_group: int) -> int:
 
 
 def make_norm_factory(norm: str, stat_groups: int | None = None, affine_per_channel: bool = True,
-                      backend: str = "auto", channels_per_group: int | None = None) -> NormFactory:
+                      backend: str = "auto", channels_per_group: int | None = None, pooled: str = "both",
+                      freeze_weight: bool = False) -> NormFactory:
     """Return channels -> norm module for one of NORM_KINDS.
 
     Grouped statistics take either `stat_groups` (the same group count in every layer) or `channels_per_group`
-    (the same group size in every layer: C // channels_per_group groups, at least one). The arguments are taken
-    as valid: the train config's checks (bnexp/config/checks.py) refuse a bad combination, and build_model guards
-    a caller that bypasses them.
+    (the same group size in every layer: C // channels_per_group groups, at least one). `pooled` and
+    `freeze_weight` are the interventions of bnexp's layer (see BatchNorm2d), for its norm kinds only. The arguments
+    are taken as valid: the train config's checks (bnexp/config/checks.py) refuse a bad combination, and build_model
+    guards a caller that bypasses them.
     """
+    options = {"affine_per_channel": affine_per_channel, "backend": backend, "pooled": pooled,
+               "freeze_weight": freeze_weight}
     if norm == "grouped" and channels_per_group is not None:
         return lambda channels: BatchNorm2d(channels, stat_groups=groups_for_width(channels, channels_per_group),
-                                            affine_per_channel=affine_per_channel, backend=backend)
+                                            **options)
     factories = {
-        "per_channel": lambda channels: BatchNorm2d(channels, backend=backend),
-        "grouped": lambda channels: BatchNorm2d(channels, stat_groups=stat_groups,
-                                                affine_per_channel=affine_per_channel, backend=backend),
-        "shared": lambda channels: BatchNorm2d(channels, stat_groups=1,  # grouped with one group
-                                               affine_per_channel=affine_per_channel, backend=backend),
+        "per_channel": lambda channels: BatchNorm2d(channels, **options),
+        "grouped": lambda channels: BatchNorm2d(channels, stat_groups=stat_groups, **options),
+        "shared": lambda channels: BatchNorm2d(channels, stat_groups=1, **options),  # grouped with one group
         "none": lambda channels: nn.Identity(),
         "torch": lambda channels: nn.BatchNorm2d(channels),
     }
@@ -210,8 +212,8 @@ def stat_groups_by_layer(model: nn.Module) -> dict[str, int]:
             if isinstance(module, (BatchNorm2d, nn.modules.batchnorm._BatchNorm))}
 
 
-def _arguments_problem(model_name: str, norm: str, stat_groups: int | None,
-                       channels_per_group: int | None) -> str | None:
+def _arguments_problem(model_name: str, norm: str, stat_groups: int | None, channels_per_group: int | None,
+                       pooled: str = "both", freeze_weight: bool = False) -> str | None:
     """What is wrong with build_model's choice of model and grouping, in its own argument names, or None."""
     if model_name not in MODELS:
         return f"unknown model {model_name!r}; choose one of {sorted(MODELS)}"
@@ -227,19 +229,26 @@ def _arguments_problem(model_name: str, norm: str, stat_groups: int | None,
         return (f"norm {norm!r} with stat_groups={stat_groups!r} and channels_per_group={channels_per_group!r}: "
                 "norm 'grouped' takes exactly one of stat_groups (a group count) and channels_per_group (a group "
                 "size, a positive integer); the other norms take no channels_per_group")
+    interventions = [setting for setting, is_set in ((f"variant.pooled={pooled}", pooled != "both"),
+                                                     ("variant.freeze_weight=true", freeze_weight)) if is_set]
+    if interventions and norm in ("none", "torch"):
+        return (f"{' and '.join(interventions)}: an option of bnexp's norm layer, not of norm {norm!r}; use norm "
+                "per_channel, grouped or shared, or variant.pooled=both variant.freeze_weight=false")
     return None
 
 
 def build_model(model_name: str, variant_norm: str, *, width: float = 1.0, stat_groups: int | None = None,
                 affine_per_channel: bool = True, backend: str = "auto", num_classes: int = 10,
-                channels_per_group: int | None = None) -> nn.Module:
+                channels_per_group: int | None = None, pooled: str = "both", freeze_weight: bool = False
+                ) -> nn.Module:
     # The one guard of these arguments. A run's config has been checked already (bnexp/config/checks.py names the
     # key and a fix); a Python caller of build_model bypasses those checks, and a grouping that names no grouping,
     # or two, would otherwise build a different net than asked without a word.
-    problem = _arguments_problem(model_name, variant_norm, stat_groups, channels_per_group)
+    problem = _arguments_problem(model_name, variant_norm, stat_groups, channels_per_group, pooled, freeze_weight)
     if problem:
         raise ValueError(f"build_model: {problem}")
-    norm_factory = make_norm_factory(variant_norm, stat_groups, affine_per_channel, backend, channels_per_group)
+    norm_factory = make_norm_factory(variant_norm, stat_groups, affine_per_channel, backend, channels_per_group,
+                                     pooled, freeze_weight)
     model = MODELS[model_name](norm_factory, with_bias=variant_norm == "none", width=width,
                                num_classes=num_classes)
     init_weights(model)

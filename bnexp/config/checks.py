@@ -176,6 +176,16 @@ def _cross_key_problems(cfg: Any) -> Iterator[str]:
     if channels_per_group is not None and norm != "grouped":
         yield (f"variant.channels_per_group={channels_per_group} applies to variant.norm=grouped only "
                f"(variant.norm={norm}); e.g. +variant=grouped_bn_by_size")
+    pooled = config_value(cfg, "variant.pooled", "both")
+    interventions = [f"variant.{key}={_show(value)}" for key, value, default in
+                     (("pooled", pooled, "both"), ("freeze_weight", config_value(cfg, "variant.freeze_weight"), False))
+                     if value not in (None, default)]
+    if interventions and norm in ("none", "torch"):
+        yield (f"{' and '.join(interventions)}: an option of bnexp's norm layer, which variant.norm={norm} does not "
+               "use; e.g. variant.pooled=both variant.freeze_weight=false")
+    if pooled != "both" and config_value(cfg, "variant.backend") == "triton":
+        yield (f"variant.pooled={pooled} has no Triton kernels; e.g. variant.backend=torch (or auto, which runs it "
+               "on the PyTorch path on every device)")
     if config_value(cfg, "optim.name") == "sgd" and config_value(cfg, "optim.nesterov") is True \
             and config_value(cfg, "optim.momentum") == 0:
         yield "optim.nesterov=true needs a momentum above 0; e.g. optim.momentum=0.9 (or optim.nesterov=false)"

@@ -100,6 +100,9 @@ class VariantConfig:
     channels_per_group: Optional[int] = setting("4", at_least=1)
     affine_per_channel: Any = setting("true", kind="bool")
     backend: str = setting("auto", choices=("auto", "torch", "triton"))
+    # interventions (bnexp's norm layer only): which statistic a group pools, and gamma frozen at 1
+    pooled: str = setting("mean", choices=("both", "mean", "var"))
+    freeze_weight: Any = setting("true", kind="bool")
     # Not a setting: the run writes here each norm layer's statistic groups (layer name -> groups), so
     # config.yaml and the W&B config say what stat_groups / channels_per_group came to (a given value is replaced).
     stat_groups_by_layer: Optional[Dict[str, int]] = None

@@ -55,9 +55,9 @@ class GradNormHistory:
 
 
 class MechanismHistory:
-    """The last measured `act/<act>/dead_frac`, `bn/<norm>/{xhat,out}_std_ratio`, `bn/<norm>/gamma_ratio` and
-    `act/<linear>/in_zero_frac` values, summarised over layers for summary.json (non-finite values, e.g. of a
-    diverging step, are left out)."""
+    """The last measured `act/<act>/dead_frac`, `bn/<norm>/{xhat,out}_std_ratio`, `bn/<norm>/xhat_offset_max`,
+    `bn/<norm>/gamma_ratio` and `act/<linear>/in_zero_frac` values, summarised over layers for summary.json
+    (non-finite values, e.g. of a diverging step, are left out)."""
 
     # summary.json field: the prefix and suffix of the keys it summarises, and how (over layers)
     FIELDS = {"final_dead_frac": ("act/", "/dead_frac", lambda values: sum(values) / len(values)),
@@ -65,6 +65,7 @@ class MechanismHistory:
               "final_out_std_ratio": ("bn/", "/out_std_ratio", max),
               "final_gamma_ratio": ("bn/", "/gamma_ratio", max),
               "final_xhat_std_ratio": ("bn/", "/xhat_std_ratio", max),
+              "final_xhat_offset_max": ("bn/", "/xhat_offset_max", max),
               "final_zero_input_frac": ("act/", "/in_zero_frac", max)}
 
     def __init__(self):

@@ -60,12 +60,45 @@ def channel_dims(x: torch.Tensor) -> list[int]:
     return [d for d in range(x.dim()) if d != 1]
 
 
+def statistics_in_use(module: nn.Module, channel_mean: torch.Tensor, channel_var: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch mean and variance a norm layer in training subtracts from and divides each channel by, as (C,)
+    tensors, from the per-channel moments of its input; None when its running buffers do not say how it groups.
+
+    The grouping is read off the running buffers (one entry per statistic), and bnexp's `pooled` says which
+    statistic a group shares: 'both' the group's mean and its variance about that mean (the channels' spread of
+    means included), 'mean' the group's mean and each channel's own variance, 'var' each channel's own mean and the
+    mean of the group's channel variances. torch's layers are per channel ('both' with groups of one)."""
+    running_mean, running_var = getattr(module, "running_mean", None), getattr(module, "running_var", None)
+    if not (torch.is_tensor(running_mean) and torch.is_tensor(running_var)):
+        return None
+    channels, mean_groups, var_groups = channel_mean.numel(), running_mean.numel(), running_var.numel()
+    if not (0 < mean_groups and 0 < var_groups and channels % mean_groups == 0 and channels % var_groups == 0):
+        return None
+    # every channel has the same count, so a group's moments are the means of its channels'
+    group_mean = channel_mean.view(mean_groups, -1).mean(1).repeat_interleave(channels // mean_groups)
+    if getattr(module, "pooled", "both") == "both":
+        # E[x^2] per group from per-channel var + mean^2
+        square_mean = (channel_var + channel_mean.square()).view(var_groups, -1).mean(1)
+        group_var = (square_mean.repeat_interleave(channels // var_groups) - group_mean.square()).clamp_min(0)
+    else:  # each channel's variance about its own mean, pooled over a group when 'var', per channel when 'mean'
+        group_var = channel_var.view(var_groups, -1).mean(1).repeat_interleave(channels // var_groups)
+    return group_mean, group_var
+
+
 def norm_input_stats(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-channel batch statistics of a norm layer's input, summarised over channels; how far the running
     statistics (read before this batch updates them: what eval mode would use now) are from this batch's, at the
-    layer's own statistic granularity; and `xhat_std_ratio`, the largest over the smallest per-channel std of the
-    normalised input x_hat (before gamma/beta): about 1 with per-channel statistics whatever the input, the input
-    channels' own std spread within a group when statistics are shared, i.e. the mixing itself."""
+    layer's own statistic granularity; and what normalising does to each channel before gamma/beta, i.e. to
+    x_hat_c = (x_c - m_c) / sqrt(v_c + eps) with (m_c, v_c) the statistics the layer uses for channel c
+    (`statistics_in_use`):
+
+    - `xhat_std_ratio`: the largest over the smallest per-channel std of x_hat, std_c / sqrt(v_c + eps): about 1
+      whenever each channel is divided by its own std (per-channel statistics, pooled='mean'), the channels' own
+      std spread within a group when the variance is pooled (pooled 'both' and 'var'), i.e. the scale mixing;
+    - `xhat_offset_max`: the largest |mean| of a channel of x_hat, |mu_c - m_c| / sqrt(v_c + eps): 0 whenever
+      each channel is centred on its own mean (per-channel statistics, pooled='var'), the channels' offsets from
+      their group's mean when the mean is pooled (pooled 'both' and 'mean'), i.e. the offset mixing."""
     # fp32 statistics under autocast (.float() of an fp32 tensor is the tensor itself)
     channel_var, channel_mean = torch.var_mean(x.float(), dim=channel_dims(x), unbiased=False)
     mean_min, mean_max = torch.aminmax(channel_mean)
@@ -73,21 +106,20 @@ def norm_input_stats(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tens
     stats = {"mean_mean": channel_mean.mean(), "mean_min": mean_min, "mean_max": mean_max,
              "var_mean": channel_var.mean(), "var_min": var_min, "var_max": var_max}
 
-    running_mean, running_var = getattr(module, "running_mean", None), getattr(module, "running_var", None)
-    if torch.is_tensor(running_mean) and torch.is_tensor(running_var):
-        groups, channels = running_mean.numel(), channel_mean.numel()
-        if groups > 0 and channels % groups == 0:
-            group_mean = channel_mean.view(groups, -1).mean(1)
-            # E[x^2] per group from per-channel var + mean^2 (every channel has the same count)
-            group_square_mean = (channel_var + channel_mean.square()).view(groups, -1).mean(1)
-            group_var = (group_square_mean - group_mean.square()).clamp_min(0)
-            eps = float(getattr(module, "eps", 1e-5))
-            stats["running_mean_gap"] = ((running_mean.float() - group_mean).abs() / (group_var + eps).sqrt()).mean()
-            stats["running_var_logratio"] = ((running_var.float() + eps) / (group_var + eps)).log().abs().mean()
-            # the std each channel has after subtracting and dividing by its group's statistic, before gamma/beta:
-            # 1 for every channel with per-channel statistics, the channels' own spread with shared ones
-            normalized_std = (channel_var / (group_var + eps).repeat_interleave(channels // groups)).sqrt()
-            stats["xhat_std_ratio"] = _spread(normalized_std)
+    in_use = statistics_in_use(module, channel_mean, channel_var)
+    if in_use is not None:
+        used_mean, used_var = in_use
+        channels = channel_mean.numel()
+        eps = float(getattr(module, "eps", 1e-5))
+        used_std = (used_var + eps).sqrt()
+        # the running statistics expanded to channels like the batch ones: with equal groups a mean over channels
+        # is the mean over statistics
+        running_mean = module.running_mean.float().repeat_interleave(channels // module.running_mean.numel())
+        running_var = module.running_var.float().repeat_interleave(channels // module.running_var.numel())
+        stats["running_mean_gap"] = ((running_mean - used_mean).abs() / used_std).mean()
+        stats["running_var_logratio"] = ((running_var + eps) / (used_var + eps)).log().abs().mean()
+        stats["xhat_std_ratio"] = _spread(channel_var.sqrt() / used_std)
+        stats["xhat_offset_max"] = ((channel_mean - used_mean).abs() / used_std).max()
     return stats
 
 

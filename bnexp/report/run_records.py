@@ -107,12 +107,18 @@ class GradNormTrajectory:
 
 
 def variant_label(config: dict[str, Any], summary: dict[str, Any]) -> str:
-    """correct_bn, shared_bn, ... with the group count appended for grouped BN (grouped_bn_g8): runs that differ
-    only in stat_groups are different variants for this study."""
+    """correct_bn, shared_bn, ... with the group count appended for grouped BN (grouped_bn_g8), and an intervention
+    set on the command line (variant.pooled, variant.freeze_weight) that the name does not already say: runs that
+    differ only in these are different variants for this study."""
     name = str(config_value(config, "variant.name") or summary.get("variant") or summary.get("sweep_variant")
                or "unknown")
     norm = config_value(config, "variant.norm")
     groups = config_value(config, "variant.stat_groups")
+    pooled = config_value(config, "variant.pooled", "both")
+    if pooled != "both" and f"pooled_{pooled}" not in name:
+        name = f"{name}_pooled_{pooled}"
+    if config_value(config, "variant.freeze_weight") is True and "frozen_gamma" not in name:
+        name = f"{name}_frozen_gamma"
     if groups is not None and (norm == "grouped" or name.startswith("grouped")) and f"_g{groups}" not in name:
         return f"{name}_g{groups}"
     return name

@@ -3,8 +3,10 @@
 Pairwise comparisons on 3 seeds say little each; the ordering by group size is one question over every run at an
 lr: does accuracy fall as each statistic pools more channels? The group size of a run is `channels_per_statistic`
 (bnexp/report/trainable_lr.py), ordered per-channel (1) < 2 < 4 < ... < all (one statistic per layer). Left out:
-no normalisation (not a group size), a fixed group count above 1 (its group size differs between layers) and
-diverged runs (they have no final accuracy; their number is given). τ-b counts tied pairs correctly, which matter
+no normalisation (not a group size), a fixed group count above 1 (its group size differs between layers), variants
+that change something besides the group size (one gamma/beta per group, as shared_bn; a pooled mean or variance
+alone; gamma frozen: the interventions), so that the order compares like with like, and diverged runs (they have no
+final accuracy; their number is given). τ-b counts tied pairs correctly, which matter
 here (every seed of a variant shares its group size). The p-value is scipy.stats.kendalltau's, two-sided: exact
 without ties for small samples, otherwise the normal approximation with the tie correction. Holm's correction
 runs over the lrs tested.
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 from scipy import stats
 
+from bnexp.config.keys import config_value
 from bnexp.report.intervals import holm_adjusted
 from bnexp.report.run_records import RunRecord, group_by, variant_sort_key
 from bnexp.report.trainable_lr import ALL_CHANNELS, channels_per_statistic
@@ -47,6 +50,14 @@ class GroupSizeTrend:
     p_holm: float | None = None
 
 
+def only_the_group_size_differs(config: dict) -> bool:
+    """Whether a run's norm layers differ from per-channel BatchNorm in their group size alone: gamma/beta per
+    channel, mean and variance pooled together, gamma learned."""
+    return (config_value(config, "variant.affine_per_channel", True) is not False
+            and config_value(config, "variant.pooled", "both") == "both"
+            and config_value(config, "variant.freeze_weight", False) is not True)
+
+
 def kendall_tau_b(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
     """Kendall's τ-b of the pairs (x, y) and its two-sided p-value; (None, None) when x or y does not vary."""
     result = stats.kendalltau(x, y, variant="b", alternative="two-sided")
@@ -56,7 +67,8 @@ def kendall_tau_b(x: list[float], y: list[float]) -> tuple[float | None, float |
 
 def trend_at(model: str, lr: float, runs: list[RunRecord]) -> GroupSizeTrend | None:
     """The trend among `runs` (one model and lr); None when fewer than two group sizes have a finished run."""
-    size_of = {run.variant: channels_per_statistic(run.config) for run in runs}
+    size_of = {run.variant: channels_per_statistic(run.config) if only_the_group_size_differs(run.config) else None
+               for run in runs}
     placed = [run for run in runs if group_size_rank(size_of[run.variant]) is not None]
     points = [(size_of[run.variant], as_float(run.summary.get("final_test_acc")))
               for run in placed if run.status == "finished"]

@@ -50,7 +50,8 @@ def evaluate(model, split, batch_size: int, amp: bool, memory_format) -> tuple[f
 def model_from_config(cfg: DictConfig) -> torch.nn.Module:
     return build_model(cfg.model.name, cfg.variant.norm, width=cfg.model.width,
                        stat_groups=cfg.variant.stat_groups, channels_per_group=cfg.variant.get("channels_per_group"),
-                       affine_per_channel=cfg.variant.affine_per_channel, backend=cfg.variant.backend)
+                       affine_per_channel=cfg.variant.affine_per_channel, backend=cfg.variant.backend,
+                       pooled=cfg.variant.get("pooled", "both"), freeze_weight=cfg.variant.get("freeze_weight", False))
 
 
 def train_loop(cfg: DictConfig, sinks: SinkGroup, summary: dict) -> None:

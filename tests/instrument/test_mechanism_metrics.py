@@ -125,6 +125,9 @@ def test_mechanism_metrics_match_a_direct_computation():
     assert summary["final_out_std_ratio"] == pytest.approx(max(record["bn/norm1/out_std_ratio"],
                                                                record["bn/norm2/out_std_ratio"]))
     assert summary["final_xhat_std_ratio"] == pytest.approx(record["bn/norm1/xhat_std_ratio"])
+    assert summary["final_xhat_offset_max"] == pytest.approx(max(record["bn/norm1/xhat_offset_max"],
+                                                                 record["bn/norm2/xhat_offset_max"]))
+    assert record["bn/norm2/xhat_offset_max"] < 1e-4  # per-channel statistics centre every channel
     assert summary["final_zero_input_frac"] == pytest.approx(record["act/head/in_zero_frac"])
     assert summary["final_mechanism_step"] == 0
 
@@ -186,3 +189,47 @@ def test_the_activation_module_is_measured_at_each_call_and_only_while_armed():
     for record in records:
         assert {key for key in record if key.endswith("dead_frac")} == \
             {"act/act/dead_frac", "act/act.call2/dead_frac", "act/relu/dead_frac"}
+
+
+@pytest.mark.parametrize("pooled", ["both", "mean", "var"])
+def test_x_hat_is_what_the_layer_divides_and_subtracts_in_each_pooling(pooled):
+    """x_hat_c = (x_c - m_c) / sqrt(v_c + eps) with the statistics the layer uses: a pooled variance keeps the channels'
+    scale spread (xhat_std_ratio), a pooled mean keeps their offsets (xhat_offset_max); the running-statistic gaps
+    compare each buffer, whatever its shape, with the batch statistic it stands for. By hand, in float64, against
+    the layer's own output."""
+    x = inputs() + torch.tensor([-2.0, 0.5, 3.0]).view(1, 3, 1, 1)
+    conv = nn.Conv2d(3, 3, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+    norm = BatchNorm2d(3, stat_groups=1, pooled=pooled, backend="torch", affine=False)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # running statistics away from their initial values
+        norm.running_mean.copy_(torch.randn(norm.running_mean.shape, generator=generator))
+        norm.running_var.copy_(torch.rand(norm.running_var.shape, generator=generator) + 0.5)
+    running_mean, running_var = norm.running_mean.double().clone(), norm.running_var.double().clone()
+    record, _ = measure(nn.Sequential(conv, norm, nn.ReLU(), nn.Flatten(), nn.Linear(3 * 36, 2)), x)
+
+    values = x.double().transpose(0, 1).reshape(3, -1)
+    channel_mean, channel_var = values.mean(1), values.var(1, unbiased=False)
+    used_mean = channel_mean if pooled == "var" else values.mean().expand(3)
+    used_var = {"both": values.var(unbiased=False).expand(3), "mean": channel_var,
+                "var": channel_var.mean().expand(3)}[pooled]
+    used_std = (used_var + norm.eps).sqrt()
+    x_hat = (values - used_mean[:, None]) / used_std[:, None]
+    with torch.no_grad():  # the layer's own output is that x_hat (affine=False), in training mode
+        torch.testing.assert_close(norm.train()(x).double().transpose(0, 1).reshape(3, -1), x_hat,
+                                   rtol=1e-5, atol=1e-5)
+    assert record["bn/1/xhat_std_ratio"] == pytest.approx(by_hand_spread(x_hat.std(1, unbiased=False).tolist()),
+                                                          rel=1e-4)
+    assert record["bn/1/xhat_offset_max"] == pytest.approx(x_hat.mean(1).abs().max().item(), rel=1e-4, abs=1e-5)
+    # one buffer entry per statistic: 3 for a per-channel one, 1 for the pooled one(s)
+    assert (running_mean.numel(), running_var.numel()) == {"both": (1, 1), "mean": (1, 3), "var": (3, 1)}[pooled]
+    running_mean = running_mean.repeat_interleave(3 // running_mean.numel())
+    running_var = running_var.repeat_interleave(3 // running_var.numel())
+    assert record["bn/1/running_mean_gap"] == pytest.approx(((running_mean - used_mean).abs() / used_std).mean().item(),
+                                                            rel=1e-4)
+    assert record["bn/1/running_var_logratio"] == pytest.approx(
+        ((running_var + norm.eps) / (used_var + norm.eps)).log().abs().mean().item(), rel=1e-4)
+    # what each pooling is for: equal scales with a per-channel variance, no offsets with a per-channel mean
+    assert (record["bn/1/xhat_std_ratio"] < 1.001) == (pooled == "mean")  # (eps lifts the 0.2-std channel)
+    assert (record["bn/1/xhat_offset_max"] < 1e-5) == (pooled == "var")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bnexp.models import build_model, stat_groups_by_layer
+from bnexp.norm import BatchNorm2d
 
 
 @pytest.mark.parametrize("model_name", ["airbench", "vgg", "resnet18"])
@@ -141,3 +142,20 @@ def test_group_size_variant_is_named_by_its_group_size():
     net = build_model("airbench", variant["norm"], width=0.25, stat_groups=variant["stat_groups"],
                       channels_per_group=variant["channels_per_group"])
     assert stat_groups_by_layer(net)["stem.1"] == 4
+
+
+@pytest.mark.parametrize("norm", ["per_channel", "grouped", "shared"])
+def test_interventions_reach_every_norm_layer(norm):
+    model = build_model("airbench", norm, width=0.125, stat_groups=2 if norm == "grouped" else None,
+                        pooled="var", freeze_weight=True)
+    norms = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
+    assert norms and all(m.pooled == "var" and m.freeze_weight for m in norms)
+    assert all("weight" not in dict(m.named_parameters()) for m in norms)
+
+
+@pytest.mark.parametrize("norm", ["none", "torch"])
+def test_interventions_on_a_norm_without_them_are_refused(norm):
+    with pytest.raises(ValueError, match=r"variant\.pooled=mean: an option of bnexp's norm layer"):
+        build_model("airbench", norm, width=0.125, pooled="mean")
+    with pytest.raises(ValueError, match=r"variant\.freeze_weight=true: an option"):
+        build_model("airbench", norm, width=0.125, freeze_weight=True)

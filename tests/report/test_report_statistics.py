@@ -258,3 +258,29 @@ def test_mechanism_table_gives_each_mean_its_interval(tmp_path: Path):
     assert "95% Student-t interval over the same runs" in text
     assert (f"| correct_bn | 0.4 | 3 | [{expected.low:.2f}, {expected.high:.2f}] |" in text
             and f"| [{100 * accuracy.low:.1f}, {100 * accuracy.high:.1f}]% (n=2) |" in text)
+
+
+def test_the_trend_leaves_out_variants_that_change_more_than_the_group_size(tmp_path: Path):
+    """One gamma/beta per group (shared_bn as its config says it), a pooled mean or variance alone and a frozen
+    gamma are not group sizes: only per-channel statistics and one statistic with per-channel gamma/beta remain."""
+    root = tmp_path / "runs"
+    others = {"shared_bn": {"variant": {"name": "shared_bn", "norm": "shared", "stat_groups": 1,
+                                        "affine_per_channel": False}},
+              "pooled_var_bn": {"variant": {"name": "pooled_var_bn", "norm": "grouped", "stat_groups": 1,
+                                            "pooled": "var"}},
+              "frozen_gamma_bn": {"variant": {"name": "frozen_gamma_bn", "norm": "per_channel",
+                                              "freeze_weight": True}}}
+    for seed in range(3):
+        make_run_dir(root / f"correct_{seed}", "correct_bn", 0.1, seed, final_test_acc=0.8 + 0.01 * seed,
+                     instrumented=False)
+        make_run_dir(root / f"one_{seed}", "grouped_bn", 0.1, seed, stat_groups=1, final_test_acc=0.5 + 0.01 * seed,
+                     instrumented=False)
+        for name, config in others.items():
+            make_run_dir(root / f"{name}_{seed}", name, 0.1, seed, final_test_acc=0.9, extra_config=config,
+                         instrumented=False)
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    (row,) = read_csv(out / "trend.csv")
+    assert row["group_sizes"] == "1 all" and int(row["n_runs"]) == 6
+    assert float(row["kendall_tau_b"]) < 0  # the 0.9s of the left-out variants would have turned it
+    assert set(row["variants_left_out"].split()) == {"shared_bn", "pooled_var_bn_g1", "frozen_gamma_bn"}
