@@ -28,7 +28,7 @@ from bnexp.config.schema import MAX_SEED
 REQUIRED = object()  # a key every sweep config must set
 SWEEP_MODES = ("grid", "edge")
 # local: runs are processes of the sweep; slurm: SLURM jobs through submitit; submitit_local: the same jobs through
-# submitit's local executor, on this machine (to try the SLURM path without a cluster)
+# submitit's local executor, on the machine the sweep runs on (to try the SLURM path without a cluster)
 EXECUTORS = ("local", "slurm", "submitit_local")
 # a SLURM job's time limit leaves a run this long beyond sweep.timeout_s to start and to stop after SIGTERM
 SLURM_START_MARGIN_S = 120

@@ -3,7 +3,7 @@ was given comes back once, as a Launch with the run's outcome (or none, for a ru
 started).
 
 The local executor (SLURM and submitit's local executor: submitit_executor.py) is a pool of worker threads, one per
-worker slot (a GPU and its environment), each starting a run's training process on this machine and waiting for it.
+worker slot (a GPU and its environment), each starting a run's training process on the machine the sweep runs on and waiting for it.
 The sweep is the parent of every run, which is what lets a run end with the sweep however the sweep ends
 (bnexp.runs.orphan_guard).
 """
@@ -71,7 +71,7 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Runs on this machine, at most one per worker slot at a time."""
+    """Runs on the machine the sweep runs on, at most one per worker slot at a time."""
 
     def __init__(self, plan: WorkerPlan, train_module: str, timeout_s: float | None):
         self.plan = plan

@@ -1,5 +1,5 @@
 """Runs as jobs submitted through submitit: on SLURM (`sweep.executor=slurm`: one job per run, or a job array per
-batch of runs), or through submitit's local executor on this machine (`sweep.executor=submitit_local`: the same
+batch of runs), or through submitit's local executor on the machine the sweep runs on (`sweep.executor=submitit_local`: the same
 path, start to end, without a cluster). The resources come from the sweep config's `slurm` node
 (conf/sweep/slurm/default.yaml), mapped to submitit's parameters as Hydra's submitit launcher maps them.
 

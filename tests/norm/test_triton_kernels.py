@@ -181,7 +181,7 @@ def _check_training_case(tbn, case):
     assert rel_err(rm_t, ref_rm) < 1e-6
     assert rel_err(rv_t, ref_rv) < 1e-6
 
-    # the lead's PyTorch path: same function
+    # bnexp's PyTorch path (torch_grouped_batch_norm): the same function
     xp = x.detach().clone().requires_grad_(True)
     wp = weight.detach().clone().requires_grad_(True) if affine else None
     bp = bias.detach().clone().requires_grad_(True) if affine else None

@@ -273,7 +273,7 @@ def test_report_lists_the_versions_its_runs_were_made_from(tmp_path: Path):
 
 
 def test_report_shows_run_dirs_below_the_current_dir_relative(tmp_path: Path, monkeypatch):
-    """A committed report must not carry this machine's absolute paths: neither the run dirs below the current
+    """A committed report must not carry the absolute paths of the machine that made it: neither the run dirs below the current
     dir nor the data archive beside it, which the runs' configs name by its absolute path."""
     checkout = tmp_path / "checkout"
     archive = tmp_path / "shared" / "cifar10.tar.xz"

@@ -2,7 +2,7 @@
 
 Each launcher config must compose with conf/train.yaml; joblib and submitit's local executor really run two tiny
 jobs whose dirs the report reads; the SLURM config renders a valid sbatch script through submitit itself
-(with a stand-in `srun` on PATH, since there is no cluster here).
+(with a stand-in `srun` on PATH: the tests submit nothing to a cluster).
 """
 from __future__ import annotations
 
