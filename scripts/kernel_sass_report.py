@@ -125,7 +125,7 @@ def widths(counter: collections.Counter) -> str:
 
 def case_launches(shape, dtype, layout, stat_groups):
     """Run the host code of one training forward + backward; return the recorded (compiled) launches."""
-    from bnexp.norm import triton_function as host
+    from bnexp.norm import triton_launch as host
 
     launches = []
     saved = {name: getattr(host._k, name) for name in KERNELS}
@@ -163,7 +163,7 @@ def main(argv=None):
     import triton
 
     install_compile_only_driver(args.sm)
-    from bnexp.norm import triton_function as host
+    from bnexp.norm import triton_launch as host
 
     host._tuning = lambda x: host.cuda_tuning(args.sm_count)  # the plan the layer makes on that card
     shapes = parse_shapes(args.shapes) if args.shapes else SHAPES

@@ -21,18 +21,19 @@ requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 @pytest.fixture(scope="module")
 def tbn():
-    """bnexp.norm.triton_function, with every buffer the kernels must write (outputs and workspaces) filled with NaN
+    """bnexp.norm.triton_function, its host side (triton_launch) with every buffer the kernels must write (outputs and workspaces) filled with NaN
     first, so that an element a kernel forgets to write fails the comparison; in the interpreter, with tiles of 64
     elements and 5 programs, so that the small shapes here walk several tiles per program and split every reduction
     over several programs (the paths a GPU takes on big inputs), with the GPU's 32-bit offsets."""
     from bnexp.norm import triton_function as tf
+    from bnexp.norm import triton_launch as launch
 
-    allocate_buffer, allocate_like = tf._new_buffer, tf._empty_like
+    allocate_buffer, allocate_like = launch._new_buffer, launch._empty_like
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tf, "_new_buffer",
+        patch.setattr(launch, "_new_buffer",
                       lambda numel, like, dtype: allocate_buffer(numel, like, dtype).fill_(float("nan")))
-        patch.setattr(tf, "_empty_like", lambda x: allocate_like(x).fill_(float("nan")))
-        patch.setattr(tf, "INTERPRETER_TUNING", tf.Tuning(tile=64, programs=5))
+        patch.setattr(launch, "_empty_like", lambda x: allocate_like(x).fill_(float("nan")))
+        patch.setattr(launch, "INTERPRETER_TUNING", launch.Tuning(tile=64, programs=5))
         yield tf
 
 
@@ -336,7 +337,9 @@ def test_large_mean_small_spread(tbn):
                          ids=["tile16-1prog", "tile32-64prog-fin4", "tile4096", "tile64-int64"])
 def test_tilings_agree(tbn, tuning, monkeypatch):
     """Different tile sizes / split counts compute the same function (exercises the partial merges)."""
-    monkeypatch.setattr(tbn, "_tuning", lambda x: tbn.Tuning(**tuning))
+    from bnexp.norm import triton_launch as launch
+
+    monkeypatch.setattr(launch, "_tuning", lambda x: tbn.Tuning(**tuning))
     for shape, groups, layout in [((3, 6, 4, 5), 3, "nchw"), ((3, 6, 4, 5), 1, "cl")]:
         x = make_input(shape, layout)
         weight, bias = make_affine(6)
