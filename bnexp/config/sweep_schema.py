@@ -6,7 +6,7 @@ anything or starts any run.
 either returns it with the defaults filled in or raises one ConfigError with a line per problem, each naming the key,
 the value and a valid example (`sweep.workers=0 must be a whole number of at least 1, or auto; e.g.
 sweep.workers=2`). The sweep's builders then trust the config. The check is not part of Hydra's composition (as the
-train schema is) so that `+sweep.mode=edge` keeps adding a key that a sweep config does not have.
+train schema is) so that `+sweep.mode=largest_lr` keeps adding a key that a sweep config does not have.
 """
 from __future__ import annotations
 
@@ -26,7 +26,13 @@ from bnexp.config.compose import CONF_DIR, ConfigError
 from bnexp.config.schema import MAX_SEED
 
 REQUIRED = object()  # a key every sweep config must set
-SWEEP_MODES = ("grid", "edge")
+SWEEP_MODES = ("grid", "largest_lr")
+# Keys and values that had other names: a config or command line that still uses one is told the new name. "Edge of
+# stability" now means what the field means by it (sharpness reaching 2/η, bnexp/instrument/sharpness.py); the
+# search these keys set finds the largest trainable lr.
+RENAMED_KEYS = {"edge_start_lr": "lr_search_start", "edge_ratio": "lr_search_ratio", "edge_growth": "lr_search_growth",
+                "edge_min_lr": "lr_search_min", "edge_max_lr": "lr_search_max", "edge_min_acc": "trains_min_acc"}
+RENAMED_MODES = {"edge": "largest_lr"}
 # local: runs are processes of the sweep; slurm: SLURM jobs through submitit; submitit_local: the same jobs through
 # submitit's local executor, on this machine (to try the SLURM path without a cluster)
 EXECUTORS = ("local", "slurm", "submitit_local")
@@ -109,8 +115,8 @@ def _variant_problem(label: str, overrides: Any) -> str | None:
 
 def _mode_problem(mode: str) -> str | None:
     return None if mode in SWEEP_MODES else (
-        f"is not one of {', '.join(SWEEP_MODES)} (grid: every variant x lr x seed; edge: search each variant's edge "
-        "of stability)")
+        f"is not one of {', '.join(SWEEP_MODES)} (grid: every variant x lr x seed; largest_lr: search each "
+        "variant's largest trainable lr)")
 
 
 def _model_choices() -> tuple[str, ...]:
@@ -167,30 +173,31 @@ class SweepConfig:
                                        each=_variant_problem, each_example="correct_bn=[+variant=correct_bn]")
     only_variants: Optional[List[str]] = setting("[correct_bn,no_bn]", None)
     models: Optional[List[str]] = setting("[airbench,vgg]", None, choices=_model_choices)
-    lrs: List[float] = setting("[0.05,0.2,0.8]", above=0.0)  # edge mode: the smallest is the default start lr
+    lrs: List[float] = setting("[0.05,0.2,0.8]", above=0.0)  # largest_lr mode: the smallest is the default start
     seeds: List[int] = setting("[0,1,2]", at_least=0, at_most=MAX_SEED, check=_seeds_problem)
     train_overrides: Optional[List[str]] = setting("[data=synthetic]", None, check=_overrides_problem)
     # a recipe's train.epochs, for sweep configs that pass it on with an interpolation (conf/sweep/recipe/)
     epochs: Optional[int] = setting("4", None, at_least=1)
 
-    mode: str = setting("edge", "grid", check=_mode_problem)
-    # edge mode (bnexp/sweep/edge.py); null: see edge_lr_range and bnexp.lr_search's defaults
-    edge_start_lr: Optional[float] = setting("0.05", None, above=0.0)
-    edge_ratio: Optional[float] = setting("1.414", None, above=1.0)
-    edge_growth: Optional[float] = setting("2", None, above=1.0)
-    edge_min_lr: Optional[float] = setting("0.001", None, above=0.0)
-    edge_max_lr: Optional[float] = setting("12.8", None, above=0.0)
-    edge_min_acc: Optional[float] = setting("0.2", None, at_least=0.0, at_most=1.0)
+    mode: str = setting("largest_lr", "grid", check=_mode_problem)
+    # largest_lr mode (bnexp/sweep/largest_lr.py); null: see lr_search_range and bnexp.lr_search's defaults
+    lr_search_start: Optional[float] = setting("0.05", None, above=0.0)
+    lr_search_ratio: Optional[float] = setting("1.414", None, above=1.0)
+    lr_search_growth: Optional[float] = setting("2", None, above=1.0)
+    lr_search_min: Optional[float] = setting("0.001", None, above=0.0)
+    lr_search_max: Optional[float] = setting("12.8", None, above=0.0)
+    trains_min_acc: Optional[float] = setting("0.2", None, at_least=0.0, at_most=1.0)
 
 
-def edge_lr_range(sweep_cfg: Mapping) -> tuple[float, float, float]:
-    """(start, floor, cap) of the edge search a sweep config asks for: edge_start_lr, else the grid's smallest lr
-    (else 0.1); edge_min_lr / edge_max_lr, else bnexp.lr_search's floor and cap, widened to take in the start."""
-    defaults = lr_search.EdgeSearchSettings(start_lr=0.1)
-    start = sweep_cfg.get("edge_start_lr")
+def lr_search_range(sweep_cfg: Mapping) -> tuple[float, float, float]:
+    """(start, floor, cap) of the lr search a sweep config asks for: lr_search_start, else the grid's smallest lr
+    (else 0.1); lr_search_min / lr_search_max, else bnexp.lr_search's floor and cap, widened to take in the
+    start."""
+    defaults = lr_search.LrSearchSettings(start_lr=0.1)
+    start = sweep_cfg.get("lr_search_start")
     start = float(start) if start is not None else min((float(lr) for lr in sweep_cfg.get("lrs") or []),
                                                        default=defaults.start_lr)
-    floor, cap = sweep_cfg.get("edge_min_lr"), sweep_cfg.get("edge_max_lr")
+    floor, cap = sweep_cfg.get("lr_search_min"), sweep_cfg.get("lr_search_max")
     floor = float(floor) if floor is not None else min(defaults.min_lr, start)
     cap = float(cap) if cap is not None else max(defaults.max_lr, start)
     return start, floor, cap
@@ -210,11 +217,11 @@ def _cross_key_problems(values: Mapping) -> list[str]:
         problems.append(f"sweep.slurm.timeout_min={slurm_limit} would end a job before sweep.timeout_s={timeout_s:g} "
                         "ends its run; e.g. sweep.slurm.timeout_min="
                         f"{math.ceil((timeout_s + SLURM_START_MARGIN_S) / 60)} (or null, which derives it)")
-    start, floor, cap = edge_lr_range(values)
+    start, floor, cap = lr_search_range(values)
     if not floor <= start <= cap:
-        problems.append(f"sweep.edge_min_lr, edge_start_lr and edge_max_lr come to {floor:g}, {start:g} and "
-                        f"{cap:g}; the search needs edge_min_lr <= edge_start_lr <= edge_max_lr, "
-                        "e.g. sweep.edge_min_lr=0.001 sweep.edge_start_lr=0.05 sweep.edge_max_lr=12.8")
+        problems.append(f"sweep.lr_search_min, lr_search_start and lr_search_max come to {floor:g}, {start:g} and "
+                        f"{cap:g}; the search needs lr_search_min <= lr_search_start <= lr_search_max, "
+                        "e.g. sweep.lr_search_min=0.001 sweep.lr_search_start=0.05 sweep.lr_search_max=12.8")
     return problems
 
 
@@ -226,7 +233,7 @@ def check_sweep_config(sweep_cfg: Any) -> tuple[dict, list[str]]:
     values = OmegaConf.to_container(sweep_cfg, resolve=True) if isinstance(sweep_cfg, DictConfig) else sweep_cfg
     if not isinstance(values, Mapping):
         return {}, [f"the sweep config is {_show(values)}, not a mapping of keys (see conf/sweep/smoke.yaml)"]
-    problems: list[str] = []
+    problems, values = _renamed_problems(values)
     filled = _check_node(values, SweepConfig, "sweep.", problems)
     if not problems:
         problems.extend(_cross_key_problems(filled))
@@ -239,6 +246,29 @@ def validate_sweep_config(sweep_cfg: Any) -> DictConfig:
     if problems:
         raise ConfigError("\n".join(problems))
     return OmegaConf.create(filled)
+
+
+def _renamed_problems(values: Mapping) -> tuple[list[str], dict]:
+    """A line for each key or mode that was renamed, and the values without them (so that each gets one line)."""
+    problems = [renamed_key_line(f"sweep.{key}") for key in values if key in RENAMED_KEYS]
+    kept = {key: value for key, value in values.items() if key not in RENAMED_KEYS}
+    if isinstance(kept.get("mode"), str) and kept["mode"] in RENAMED_MODES:
+        problems.append(renamed_mode_line(kept.pop("mode")))
+    return problems, kept
+
+
+def renamed_key_line(dotted_key: str, override: str | None = None) -> str:
+    """'sweep.edge_ratio was renamed sweep.lr_search_ratio ...', for a key of RENAMED_KEYS (`override`: the
+    command-line argument that used it, rewritten with the new name)."""
+    prefix, _, key = dotted_key.rpartition(".")
+    new_key = f"{prefix}.{RENAMED_KEYS[key]}"
+    use = f"; give {override.replace(dotted_key, new_key, 1)}" if override else ""
+    return f"{dotted_key} was renamed {new_key} (it sets the search for the largest trainable lr){use}"
+
+
+def renamed_mode_line(mode: str) -> str:
+    return (f"sweep.mode={mode} was renamed sweep.mode={RENAMED_MODES[mode]} (the search for the largest trainable "
+            "lr; 'edge of stability' now means sharpness reaching the optimiser's threshold)")
 
 
 _type_hints = functools.cache(typing.get_type_hints)
@@ -355,6 +385,10 @@ def describe_missing_key(dotted_key: str, override: str) -> str:
     """Why an override of a key that the composed sweep config does not have failed, in one line: a key of the
     schema wants a `+` (the sweep config leaves it out), any other gets a did-you-mean."""
     *parents, leaf = dotted_key.split(".")
+    if parents == ["sweep"] and leaf in RENAMED_KEYS:
+        return renamed_key_line(dotted_key, override)
+    if dotted_key == "sweep.mode" and override.partition("=")[2].strip("'\"") in RENAMED_MODES:
+        return renamed_mode_line(override.partition("=")[2].strip("'\""))
     schema, prefix = None, ""
     for index, part in enumerate(parents):
         hint = SweepConfig if index == 0 and part == "sweep" else _type_hints(schema).get(part) if schema else None

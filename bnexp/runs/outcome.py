@@ -1,6 +1,6 @@
 """How a run ended, as the search for the largest trainable lr counts it: trains, diverged, collapsed or failed.
 
-The sweep's edge mode asks this of each run dir it planned; the report asks the same of the runs it aggregates
+The sweep's largest_lr mode asks this of each run dir it planned; the report asks the same of the runs it aggregates
 (through its run records, which read the same files).
 """
 from __future__ import annotations

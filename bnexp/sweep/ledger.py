@@ -45,13 +45,15 @@ class SweepLedger:
     """The sweep-level view of every run; only the main thread touches it."""
 
     def __init__(self, sweep_cfg: DictConfig, jobs: Iterable[SweepJob], out_dir: Path,
-                 edge_status: Callable[[], dict] | None = None):
+                 planner_status: Callable[[], dict] | None = None):
         self.out_dir = out_dir
         self.name = str(sweep_cfg.name)
         self.config = OmegaConf.to_container(sweep_cfg)
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.rows: dict[str, dict[str, Any]] = {}
-        self.edge_status = edge_status  # the edge mode's brackets, asked for at each save
+        self.mode = str(sweep_cfg.mode)
+        # a planning mode's state per search (largest_lr: its bracket), asked for at each save
+        self.planner_status = planner_status
         self.add_jobs(jobs)
 
     def add_jobs(self, jobs: Iterable[SweepJob]) -> None:
@@ -106,7 +108,7 @@ class SweepLedger:
         write_json_atomic(self.out_dir / STATUS_FILE, {
             "sweep": self.name, "state": state, "started_at": self.started_at,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": self.counts(),
-            "config": self.config, **({"edge": self.edge_status()} if self.edge_status else {}),
+            "config": self.config, **({self.mode: self.planner_status()} if self.planner_status else {}),
             "runs": list(self.rows.values())})
         with atomic_write(self.out_dir / RUNS_CSV, newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=RUN_FIELDS, extrasaction="ignore")

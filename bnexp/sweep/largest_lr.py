@@ -1,12 +1,12 @@
-"""The sweep's edge mode: per variant, search the edge of stability instead of running a dense lr grid.
+"""The sweep's largest_lr mode: per variant, search the largest trainable lr instead of running a dense lr grid.
 
-    python -m bnexp.sweep sweep=cpu_mechanism sweep.mode=edge [sweep.edge_ratio=1.414] ...
+    python -m bnexp.sweep sweep=cpu_mechanism sweep.mode=largest_lr [sweep.lr_search_ratio=1.414] ...
 
-Per variant (and model), the lr doubles from `sweep.edge_start_lr` until a run diverges or collapses, then the
+Per variant (and model), the lr doubles from `sweep.lr_search_start` until a run diverges or collapses, then the
 bracket is bisected in log space until the last lr that trains and the first that does not are within
-`sweep.edge_ratio` (√2 by default) of each other (bnexp/lr_search.py). Each lr runs every seed of `sweep.seeds`
-until one of them does not train; with one worker the seeds of an lr run one at a time, so a failing lr usually
-costs one run.
+`sweep.lr_search_ratio` (√2 by default) of each other (bnexp/lr_search.py). Each lr runs every seed of
+`sweep.seeds` until one of them does not train; with one worker the seeds of an lr run one at a time, so a failing
+lr usually costs one run. (The largest trainable lr is not the edge of stability, the sharpness reaching 2/η.)
 
 The planner keeps no state of its own: every time a worker is free it rebuilds each search's outcomes from the
 run dirs under `<out_dir>/runs` and asks for the next runs. So the mode resumes like every sweep (run the command
@@ -22,27 +22,29 @@ from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnexp import lr_search as edge_search
-from bnexp.config.sweep_schema import edge_lr_range
+from bnexp import lr_search
+from bnexp.config.sweep_schema import lr_search_range
 from bnexp.runs.fileio import read_json
 from bnexp.runs.files import COMPLETED_STATUSES, SWEEP_JOB_FILE, run_status
 from bnexp.runs.outcome import DEFAULT_MIN_ACC, run_dir_outcome
 from bnexp.sweep.grid import SweepJob, build_jobs
 
 
-def edge_settings(sweep_cfg: DictConfig) -> tuple[edge_search.EdgeSearchSettings, float]:
-    """The search settings and the accuracy that counts as training, from a checked sweep config's `edge_*` keys
-    (bnexp/config/sweep_schema.py: their rules, and the lr range a config without them asks for)."""
-    defaults = edge_search.EdgeSearchSettings(start_lr=0.1)
-    start_lr, min_lr, max_lr = edge_lr_range(sweep_cfg)
+def lr_search_settings(sweep_cfg: DictConfig) -> tuple[lr_search.LrSearchSettings, float]:
+    """The search settings and the accuracy that counts as training, from a checked sweep config's `lr_search_*`
+    and `trains_min_acc` keys (bnexp/config/sweep_schema.py: their rules, and the lr range a config without them
+    asks for)."""
+    defaults = lr_search.LrSearchSettings(start_lr=0.1)
+    start_lr, min_lr, max_lr = lr_search_range(sweep_cfg)
 
     def given(value, default):
         return default if value is None else float(value)
 
-    settings = edge_search.EdgeSearchSettings(
+    settings = lr_search.LrSearchSettings(
         start_lr=start_lr, seeds=tuple(int(seed) for seed in sweep_cfg.seeds), min_lr=min_lr, max_lr=max_lr,
-        ratio=given(sweep_cfg.edge_ratio, defaults.ratio), growth=given(sweep_cfg.edge_growth, defaults.growth))
-    return settings, given(sweep_cfg.edge_min_acc, DEFAULT_MIN_ACC)
+        ratio=given(sweep_cfg.lr_search_ratio, defaults.ratio),
+        growth=given(sweep_cfg.lr_search_growth, defaults.growth))
+    return settings, given(sweep_cfg.trains_min_acc, DEFAULT_MIN_ACC)
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,14 @@ class Search:
         return f"{self.model}/{self.variant}" if self.model else self.variant
 
 
-class EdgePlanner:
-    """Which runs each variant's edge search needs next, from the run dirs as they are now."""
+class LargestLrPlanner:
+    """Which runs each variant's search for its largest trainable lr needs next, from the run dirs as they are
+    now."""
 
     def __init__(self, sweep_cfg: DictConfig, cli_train_overrides: list[str], one_at_a_time: bool):
         self.sweep_cfg = sweep_cfg
         self.cli_train_overrides = list(cli_train_overrides)
-        self.settings, self.min_acc = edge_settings(sweep_cfg)
+        self.settings, self.min_acc = lr_search_settings(sweep_cfg)
         self.one_at_a_time = one_at_a_time
         self.runs_dir = Path(sweep_cfg.out_dir).resolve() / "runs"
         # one search per variant x model cell of the grid (whose builder checks sweep.only_variants)
@@ -69,7 +72,7 @@ class EdgePlanner:
         self.failed_here: set[str] = set()      # run ids that failed in this sweep: they count as not training
         self._jobs: dict[tuple, SweepJob] = {}  # (search, lr, seed) -> SweepJob
         self._dir_jobs: dict[str, tuple | None] = {}  # run dir name -> (search, lr, seed) when it is this recipe's
-        self._completed: dict[str, edge_search.Outcome] = {}  # run id -> outcome of a finished/diverged run
+        self._completed: dict[str, lr_search.Outcome] = {}  # run id -> outcome of a finished/diverged run
         self._announced: set[Search] = set()
 
     # --- jobs ----------------------------------------------------------------------------------------------------
@@ -81,7 +84,7 @@ class EdgePlanner:
 
     def job(self, search: Search, lr: float, seed: int) -> SweepJob:
         """The sweep job of one run, exactly as the grid mode would build it."""
-        key = (search, edge_search.round_lr(lr), seed)
+        key = (search, lr_search.round_lr(lr), seed)
         if key not in self._jobs:
             models = [search.model] if search.model else None
             (self._jobs[key],) = self._grid_jobs(only_variants=[search.variant], models=models, lrs=[float(lr)],
@@ -105,9 +108,9 @@ class EdgePlanner:
 
     # --- outcomes ------------------------------------------------------------------------------------------------
 
-    def outcomes(self) -> dict[Search, dict[float, dict[int, edge_search.Outcome]]]:
+    def outcomes(self) -> dict[Search, dict[float, dict[int, lr_search.Outcome]]]:
         """Every known outcome per search, read from the run dirs (a dense grid's runs included)."""
-        known: dict[Search, dict[float, dict[int, edge_search.Outcome]]] = {s: {} for s in self.searches}
+        known: dict[Search, dict[float, dict[int, lr_search.Outcome]]] = {s: {} for s in self.searches}
         # glob: no runs dir (before the first run) lists nothing
         for run_dir in sorted(path for path in self.runs_dir.glob("*") if path.is_dir()):
             located = self._run_of_dir(run_dir)
@@ -120,14 +123,14 @@ class EdgePlanner:
                     outcome = run_dir_outcome(run_dir, self.min_acc)
                     self._completed[run_dir.name] = outcome
                 elif run_dir.name in self.failed_here:
-                    outcome = edge_search.Outcome.FAILED
+                    outcome = lr_search.Outcome.FAILED
             if outcome is not None:
                 known[search].setdefault(lr, {})[seed] = outcome
         return known
 
-    def brackets(self) -> dict[Search, edge_search.EdgeBracket]:
+    def brackets(self) -> dict[Search, lr_search.TrainableLrBracket]:
         outcomes = self.outcomes()
-        return {search: edge_search.find_bracket(self.settings, outcomes[search]) for search in self.searches}
+        return {search: lr_search.find_bracket(self.settings, outcomes[search]) for search in self.searches}
 
     def known_jobs(self) -> list[SweepJob]:
         """The jobs of every run with a known outcome that the searches use (shown as done in the bookkeeping)."""
@@ -141,9 +144,9 @@ class EdgePlanner:
         busy = {Search(job.variant, job.model) for job in in_flight}
         outcomes = self.outcomes()
         return [self.job(search, lr, seed) for search in self.searches if search not in busy
-                for lr, seed in edge_search.next_runs(self.settings, outcomes[search], self.one_at_a_time)]
+                for lr, seed in lr_search.next_runs(self.settings, outcomes[search], self.one_at_a_time)]
 
-    def newly_done(self) -> list[tuple[Search, edge_search.EdgeBracket]]:
+    def newly_done(self) -> list[tuple[Search, lr_search.TrainableLrBracket]]:
         """Searches that finished since the last call, with their brackets (for the progress log)."""
         done = [(search, bracket) for search, bracket in self.brackets().items()
                 if bracket.done and search not in self._announced]
@@ -152,14 +155,14 @@ class EdgePlanner:
 
     def status(self) -> dict:
         """Per search, its bracket so far, for sweep_status.json."""
-        return {search.describe(): {"done": bracket.done, "max_stable_lr": bracket.max_stable_lr,
+        return {search.describe(): {"done": bracket.done, "largest_trainable_lr": bracket.largest_trainable_lr,
                                     "first_failing_lr": bracket.first_fails.lr if bracket.first_fails else None,
                                     "runs": bracket.runs, "bracket": bracket.describe()}
                 for search, bracket in self.brackets().items()}
 
     def describe_settings(self) -> str:
         s = self.settings
-        return (f"edge search from lr {edge_search.format_lr(s.start_lr)} (x{s.growth:g} up, bisect to ratio "
-                f"{s.ratio:.4g}, lr in [{edge_search.format_lr(s.min_lr)}, {edge_search.format_lr(s.max_lr)}]), "
+        return (f"largest trainable lr search from lr {lr_search.format_lr(s.start_lr)} (x{s.growth:g} up, bisect "
+                f"to ratio {s.ratio:.4g}, lr in [{lr_search.format_lr(s.min_lr)}, {lr_search.format_lr(s.max_lr)}]), "
                 f"seeds {list(s.seeds)}, trains at test acc >= {self.min_acc:g}"
                 + ("; one seed at a time" if self.one_at_a_time else ""))
