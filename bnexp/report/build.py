@@ -16,6 +16,8 @@ to --out:
   differences.csv        per lr, each variant's accuracy minus the reference's, with its Welch interval and verdict,
                          its p-value and its p-value after Holm's correction over all the comparisons
   trend.csv              per lr, Kendall's τ-b between group size and final accuracy over the runs, with its p-value
+  best_vs_best.csv       runs of a sweep.mode=best_lr sweep: per variant its tuned lr (interior or at the bound),
+                         the fresh seeds' accuracy there with its interval, and the difference to the reference's
   *.png                  plots (see bnexp/report/plots.py)
   report.md              all of the above with the config, the data source and the versions that made the runs
 Optional fields (instrumentation) may be missing in older runs; the affected plot is skipped with a note.
@@ -30,6 +32,7 @@ import math
 import sys
 from pathlib import Path
 
+from bnexp.report import best_vs_best as report_best
 from bnexp.report import csv_files
 from bnexp.report import mechanism as report_mechanism
 from bnexp.report import plots as report_plots
@@ -138,10 +141,12 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
                                  lambda: report_mechanism.mechanism_section(runs, out_dir, chosen_lr, interval_method))
     sharpness = _section_or_note(report_sharpness.SECTION_HEADING,
                                  lambda: report_sharpness.sharpness_section(runs, out_dir, interval_method))
+    best_vs_best = _section_or_note(report_best.SECTION_HEADING, lambda: report_best.best_vs_best_section(
+        runs, out_dir, reference, interval_method))
     content = ReportContent(paths=paths, runs=runs, unplaced=unplaced, repeats=repeats, skipped=skipped,
                             groups=groups, stable=stable, largest_trainable=largest_trainable,
                             comparisons=comparisons, trends=trends, summary_table=summary_table, plots=plots,
-                            mechanism=mechanism, sharpness=sharpness, min_acc=min_acc,
+                            mechanism=mechanism, sharpness=sharpness, best_vs_best=best_vs_best, min_acc=min_acc,
                             interval_method=interval_method, reference=reference, threshold_lrs=threshold_lrs)
     report_path = out_dir / "report.md"
     report_path.write_text(report_markdown(content))
@@ -174,6 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bnexp.report: error: could not write the report in {args.out}: {error}", file=sys.stderr)
         return 2
     print(f"wrote {report_path} (+ summary.csv, summary.md, stable_lr.csv, largest_trainable_lr.csv, "
-          f"differences.csv, trend.csv, runs.csv, plots) in {args.out}")
+          f"differences.csv, trend.csv, runs.csv, best_vs_best.csv for a best_lr sweep, plots) in {args.out}")
     return 0
 

@@ -15,7 +15,7 @@ from bnexp.report.trainable_lr import LargestTrainableLr
 from bnexp.report.trend import GroupSizeTrend
 from bnexp.runs.files import first_line
 
-RUN_COLUMNS = ("model", "variant", "lr", "seed", "status", "final_test_acc", "best_test_acc", "diverged_step",
+RUN_COLUMNS = ("model", "variant", "lr", "seed", "role", "status", "final_test_acc", "best_test_acc", "diverged_step",
                "max_grad_norm", "max_grad_norm_layer", "train_loss_auc", "steps_done", "wall_time_s",
                "images_per_s", "data_source", "run_dir", "error")
 
@@ -25,7 +25,8 @@ def write_runs_csv(runs: list[RunRecord], path: Path) -> None:
     # a run without an lr (it failed on a bad one) follows its variant's runs
     for run in sorted(runs, key=lambda r: (r.model, variant_sort_key(r.variant), r.lr if r.on_lr_axis else math.inf,
                                            r.seed or 0)):
-        row = {"model": run.model, "variant": run.variant, "lr": run.lr, "seed": run.seed, "status": run.status,
+        row = {"model": run.model, "variant": run.variant, "lr": run.lr, "seed": run.seed, "role": run.role,
+               "status": run.status,
                "run_dir": shown_path(run.run_dir), "error": first_line(run.summary.get("error"))}
         rows.append([row.get(c, run.summary.get(c)) for c in RUN_COLUMNS])
     write_csv(path, list(RUN_COLUMNS), rows)

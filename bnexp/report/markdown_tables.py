@@ -39,8 +39,10 @@ def _lr_text(lr: float | None, missing: str = "none") -> str:
 def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: bool,
                      interval_method: str = DEFAULT_INTERVAL_METHOD) -> str:
     show_incomplete = any(group.values["n_incomplete"] for group in groups)  # a column of blanks says nothing
+    show_roles = any("n_tuning_runs" in group.values for group in groups)  # a best_lr sweep's runs
     header = ["model", "variant", "lr", f"test acc % (mean [95% {INTERVAL_NAMES[interval_method]} interval])",
               "n", "diverged"]
+    header += (["tuning / fresh"] if show_roles else [])
     header += (["incomplete"] if show_incomplete else [])
     header += [f"steps to {float(t):.0%}" for t in targets]
     header += ["grad norm at step 0", "peak grad norm after step 0", "last grad norm"]
@@ -51,6 +53,8 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
         row = [group.model, group.variant, f"{group.lr:g}",
                _fmt_acc(v["final_test_acc_mean"], v["final_test_acc_ci_low"], v["final_test_acc_ci_high"]),
                str(v["final_test_acc_n"]), f"{v['n_diverged']}/{completed}" if completed else "–"]
+        if show_roles:
+            row.append(f"{v['n_tuning_runs']} / {v['n_fresh_runs']}")
         if show_incomplete:
             row.append(str(v["n_incomplete"]) if v["n_incomplete"] else "")
         for target in targets:

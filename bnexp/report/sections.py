@@ -2,8 +2,8 @@
 
 `report_markdown` writes the sections in order: what was found and what is missing, the data source, the versions
 that made the runs, the config, the largest stable lr, the largest trainable lr, the results per variant and lr, the
-differences, the trend with group size, the plots, the mechanism, the runs that did not complete, the seeds run
-more than once and the run dirs skipped.
+differences, the trend with group size, best against best (a best_lr sweep's), the plots, the mechanism, the runs
+that did not complete, the seeds run more than once and the run dirs skipped.
 """
 from __future__ import annotations
 
@@ -125,6 +125,7 @@ class ReportContent:
     plots: list[PlotResult]
     mechanism: list[str]        # the mechanism section's lines (it draws its own plots)
     sharpness: list[str]        # the sharpness section's lines (it draws its own plot)
+    best_vs_best: list[str]     # the best-against-best section's lines (it writes its own CSV and plot)
     min_acc: float
     interval_method: str
     reference: str
@@ -222,7 +223,19 @@ def results_section(content: ReportContent) -> list[str]:
         "`diverged` counts diverged seeds among completed ones; steps to a target average over the seeds that "
         "reached it. Grad norms are `grad_norm/global` from metrics.jsonl: at step 0 (set by the initialisation, "
         "mean over seeds), its peak after step 0 (max over seeds; inf once a norm went non-finite) and its last "
-        "logged value (mean over finished seeds; 0 means the network died).", "", content.summary_table, ""]
+        "logged value (mean over finished seeds; 0 means the network died)." + roles_note(content.runs), "",
+        content.summary_table, ""]
+
+
+def roles_note(runs: list[RunRecord]) -> str:
+    """For a best_lr sweep's runs: the per-lr tables pool its tuning runs with its fresh seeds, and say how many."""
+    roles = Counter(run.role for run in runs if run.role)
+    if not roles:
+        return ""
+    return (f" These runs include {roles['tune']} tuning runs and {roles['final']} fresh seeds of a "
+            "`sweep.mode=best_lr` sweep: the tables per lr (and the differences and trend below) pool them "
+            "(column `tuning / fresh`), and a tuning run at its variant's chosen lr was picked for doing well; "
+            "\"Best against best\" keeps the fresh seeds apart.")
 
 
 def differences_section(content: ReportContent) -> list[str]:
@@ -329,7 +342,7 @@ def report_markdown(content: ReportContent) -> str:
              *provenance_markdown(provenance_counts(content.listed_runs), len(content.listed_runs)), "",
              *config_section(content), *stable_section(content), *largest_trainable_lr_section(content),
              *results_section(content), *differences_section(content), *trend_section(content),
-             *plots_section(content),
+             *content.best_vs_best, *plots_section(content),
              *content.mechanism, *content.sharpness, *incomplete_section(content), *repeats_section(content),
              *skipped_section(content)]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """The largest trainable lr per variant (the largest lr at which every seed trains, with its bracket), from
-whatever runs exist: a dense grid, a largest_lr search, or both; the bracket is bnexp/lr_search.py's, as the
-sweep's largest_lr mode computes it. (Not the edge of stability, which is sharpness reaching the optimiser's
+whatever runs exist: a dense grid, a largest_lr search, or both; the bracket is bnexp/lr_search/largest_trainable.py's,
+as the sweep's largest_lr mode computes it. (Not the edge of stability, which is sharpness reaching the optimiser's
 threshold: bnexp/report/sharpness.py.) Also the channels each statistic pools (`channels_per_statistic`), the axis
 the brackets are plotted against."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from bnexp import lr_search
+from bnexp.lr_search import largest_trainable
 from bnexp.config.keys import config_value
 from bnexp.report.aggregation import count_range
 from bnexp.report.run_records import RunRecord, group_by, variant_sort_key
@@ -21,11 +21,12 @@ ALL_CHANNELS = "all"
 NO_NORM = "no norm"
 
 
-def run_outcome(run: RunRecord, min_acc: float = DEFAULT_MIN_ACC) -> lr_search.Outcome | None:
+def run_outcome(run: RunRecord, min_acc: float = DEFAULT_MIN_ACC) -> largest_trainable.Outcome | None:
     """How the run ended for the largest trainable lr: trains, diverged, collapsed, failed; None while unknown.
     A finished run's last `grad_norm/global` of exactly 0 (the network died) makes it collapsed."""
     last_grad_norm = run.grad_norms.last if run.status == "finished" else None
-    return lr_search.classify_run(run.status, as_float(run.summary.get("final_test_acc")), last_grad_norm, min_acc)
+    final_acc = as_float(run.summary.get("final_test_acc"))
+    return largest_trainable.classify_run(run.status, final_acc, last_grad_norm, min_acc)
 
 
 def channels_per_statistic(config: dict[str, Any]) -> int | str | None:
@@ -52,7 +53,7 @@ class LargestTrainableLr:
     not."""
     model: str
     variant: str
-    bracket: lr_search.TrainableLrBracket
+    bracket: largest_trainable.TrainableLrBracket
     channels_per_statistic: int | str | None
     lrs_tried: list[float]
     seeds_per_lr: str = ""   # how many seeds each lr tried was run with: "3", or "1-3" when they differ
@@ -78,14 +79,14 @@ def largest_trainable_lrs(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_AC
     found = []
     seeded = [run for run in runs if run.seed is not None]
     for (model, variant), members in group_by(seeded, lambda run: (run.model, run.variant)).items():
-        outcomes: dict[float, dict[int, lr_search.Outcome]] = defaultdict(dict)
+        outcomes: dict[float, dict[int, largest_trainable.Outcome]] = defaultdict(dict)
         for run in members:
             if (outcome := run_outcome(run, min_acc)) is not None:
                 outcomes[run.lr][run.seed] = outcome
         lrs = sorted({run.lr for run in members})
-        settings = lr_search.LrSearchSettings(start_lr=lrs[0], seeds=sorted({run.seed for run in members}),
+        settings = largest_trainable.LrSearchSettings(start_lr=lrs[0], seeds=sorted({run.seed for run in members}),
                                                   ratio=math.inf, min_lr=lrs[0], max_lr=lrs[-1])
-        bracket = lr_search.find_bracket(settings, outcomes)
+        bracket = largest_trainable.find_bracket(settings, outcomes)
         config = next((run.config for run in members if run.config), {})
         seeds = count_range([len(runs_at) for runs_at in group_by(members, lambda run: run.lr).values()])
         found.append(LargestTrainableLr(model, variant, bracket, channels_per_statistic(config), lrs, seeds))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bnexp.lr_search import Outcome, classify_run
+from bnexp.lr_search.largest_trainable import Outcome, classify_run
 from bnexp.runs.files import as_float, read_metrics, read_summary, run_status
 
 # The final test accuracy a run must reach to count as trained: twice chance on CIFAR-10's 10 classes.

@@ -23,7 +23,7 @@ from bnexp.sweep.grid import SweepJob
 STATUS_FILE = "sweep_status.json"
 RUNS_CSV = "runs.csv"
 SWEEP_LOCK_FILE = "sweep.lock"
-RUN_FIELDS = ["run_id", "status", "variant", "model", "lr", "seed", "returncode", "wall_time_s",
+RUN_FIELDS = ["run_id", "status", "variant", "model", "lr", "seed", "role", "returncode", "wall_time_s",
               "final_test_acc", "attempted", "run_dir", "error"]
 
 
@@ -64,7 +64,8 @@ class SweepLedger:
                 # a stale 'running'/'failed' from an earlier sweep is 'pending' until this sweep redoes it
                 "run_id": job.run_id, "status": status if status in COMPLETED_STATUSES else "pending",
                 "previous_status": None if status in COMPLETED_STATUSES else status, "variant": job.variant,
-                "model": job.model, "lr": job.lr, "seed": job.seed, "returncode": summary.get("returncode"),
+                "model": job.model, "lr": job.lr, "seed": job.seed, "role": job.role,
+                "returncode": summary.get("returncode"),
                 "wall_time_s": summary.get("wall_time_s"), "final_test_acc": summary.get("final_test_acc"),
                 "attempted": False, "run_dir": str(job.run_dir), "error": summary.get("error"),
                 "overrides": list(job.overrides), "job_id": None,

@@ -150,3 +150,39 @@ def test_a_sweep_config_file_with_the_old_keys_is_told_the_new_ones():
         "sweep.edge_max_lr was renamed sweep.lr_search_max (it sets the search for the largest trainable lr)",
         "sweep.mode=edge was renamed sweep.mode=largest_lr (the search for the largest trainable lr; 'edge of "
         "stability' now means sharpness reaching the optimiser's threshold)"]
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    (["sweep.seeds=[0,100]"], "sweep.tune_seeds and sweep.seeds share [100]: the fresh seeds at the best lr must not "
+                              "be the seeds that chose it (selection bias); e.g. sweep.tune_seeds=[100] "
+                              "sweep.seeds=[0,1,2]"),
+    (["sweep.tune_seeds=[]"], "sweep.tune_seeds=[] is empty: sweep.mode=best_lr tunes each variant's lr on these "
+                              "seeds; "
+                              "e.g. sweep.tune_seeds=[100] "
+     "(+sweep.tune_seeds=[100] where the sweep config leaves the key out)"),
+    (["sweep.tune_seeds=null"], "sweep.tune_seeds is not set: sweep.mode=best_lr tunes each variant's lr on these "
+                                "seeds; e.g. sweep.tune_seeds=[100] "
+     "(+sweep.tune_seeds=[100] where the sweep config leaves the key out)"),
+    (["sweep.lrs=[]"], "sweep.lrs=[] is empty: sweep.mode=best_lr tunes over at least one lr; "
+                       "e.g. sweep.lrs=[0.05,0.2,0.8]"),
+    (["sweep.seeds=[]"], "sweep.seeds=[] is empty: a sweep needs at least one seed; e.g. sweep.seeds=[0,1,2]"),
+    (["sweep.tune_growth=1"], "sweep.tune_growth=1 is too small (must be above 1); e.g. sweep.tune_growth=2"),
+    (["sweep.tune_growth=0.5"], "sweep.tune_growth=0.5 is too small (must be above 1); e.g. sweep.tune_growth=2"),
+    (["sweep.tune_seeds=[100,100]"], "sweep.tune_seeds=[100,100] repeats a value; list each once; "
+                                     "e.g. sweep.tune_seeds=[100]"),
+    (["sweep.lr_search_min=0.1"], "sweep.lrs holds [0.05], outside the tuning's bounds sweep.lr_search_min=0.1 and "
+                                  "sweep.lr_search_max=3.2; widen the bounds or move the lrs"),
+])
+def test_the_best_lr_modes_rules_each_refuse_in_one_line(overrides, problem):
+    assert problems_of(*overrides, sweep="best_lr_smoke") == [problem]
+
+
+def test_the_best_lr_example_config_is_valid_and_its_bounds_default_around_the_grid():
+    from bnexp.config.sweep_schema import best_lr_range
+
+    cfg = compose_sweep_config(["sweep=best_lr_smoke"])
+    assert cfg.mode == "best_lr" and list(cfg.tune_seeds) == [100] and best_lr_range(cfg) == (0.0125, 3.2)
+    # without bounds: bnexp/lr_search/best_lr.py's, widened to take in the grid
+    assert best_lr_range({"lrs": [0.05, 200.0]}) == (1e-4, 200.0)
+    # a grid sweep need not set tune_seeds, and may share them with seeds (it ignores them)
+    assert compose_sweep_config(["sweep=best_lr_smoke", "sweep.mode=grid", "sweep.tune_seeds=[0]"]).mode == "grid"

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from bnexp.lr_search import (LrSearchSettings, Outcome, classify_run, find_bracket, next_runs,
-                               run_lr_search)
+from bnexp.lr_search.largest_trainable import (LrSearchSettings, Outcome, classify_run, find_bracket, next_runs,
+                                               run_lr_search)
 
 SQRT2 = math.sqrt(2.0)
 
@@ -146,7 +146,8 @@ def test_known_grid_runs_shorten_the_search_and_non_monotone_lrs_are_reported():
     bracket = find_bracket(settings, grid)
     assert (bracket.last_trains.lr, bracket.first_fails.lr, bracket.next_lr) == (0.4, 0.8, 0.5657)
     assert bracket.non_monotone == (3.2,)
-    assert bracket.describe() == ("largest trainable lr 0.4 (0.4 trains, 0.8 fails); search not finished, next lr 0.5657; "
+    assert bracket.describe() == ("largest trainable lr 0.4 (0.4 trains, 0.8 fails); search not finished, next lr "
+                                  "0.5657; "
                                   "not monotone: 3.2 trained above the first lr that failed")
     mixed = find_bracket(LrSearchSettings(start_lr=0.1, seeds=(0, 1)),
                          {0.1: {0: "trains", 1: "trains"}, 0.2: {0: "collapsed", 1: "diverged"}})

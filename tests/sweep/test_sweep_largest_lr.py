@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bnexp.lr_search import LrSearchSettings, Outcome, run_lr_search
+from bnexp.lr_search.largest_trainable import LrSearchSettings, Outcome, run_lr_search
 from tests.helpers import background_sweep, read_status, run_sweep_cli, wait_for
 
 THRESHOLDS = {"correct_bn": (0.9, "diverge"), "shared_bn": (0.15, "collapse"), "no_bn": (0.07, "diverge")}
@@ -20,8 +20,9 @@ LR_LIMITS_ENV = {"FAKE_TRAIN_LR_LIMITS": ",".join(f"{label}={threshold}" + (":co
 SEEDS = (0, 1)
 # the study's config with the fake trainer; its lr_search_* keys: start 0.05, ratio 1.414, lr in [0.001, 12.8]
 # sweep.gpus=[]: CPU workers without asking torch for GPUs (its import is most of a small sweep's start)
-LARGEST_LR = ["sweep=cpu_mechanism", "sweep.train_module=tests.support.fake_train", "sweep.mode=largest_lr", "sweep.gpus=[]",
-        f"sweep.only_variants=[{','.join(THRESHOLDS)}]", f"sweep.seeds=[{','.join(map(str, SEEDS))}]"]
+LARGEST_LR = ["sweep=cpu_mechanism", "sweep.train_module=tests.support.fake_train", "sweep.mode=largest_lr",
+              "sweep.gpus=[]", f"sweep.only_variants=[{','.join(THRESHOLDS)}]",
+              f"sweep.seeds=[{','.join(map(str, SEEDS))}]"]
 SETTINGS = LrSearchSettings(start_lr=0.05, seeds=SEEDS, ratio=1.414, min_lr=0.001, max_lr=12.8)
 
 
@@ -55,7 +56,8 @@ def assert_brackets_match_the_thresholds(out_dir: Path) -> None:
         assert found["done"], found
         assert found["largest_trainable_lr"] < threshold <= found["first_failing_lr"], found
         assert found["first_failing_lr"] / found["largest_trainable_lr"] <= math.sqrt(2) * 1.001
-        assert (found["largest_trainable_lr"], found["first_failing_lr"]) == (bracket.last_trains.lr, bracket.first_fails.lr)
+        assert (found["largest_trainable_lr"], found["first_failing_lr"]) == (bracket.last_trains.lr,
+                                                                             bracket.first_fails.lr)
         assert found["bracket"].endswith(f"{'collapses' if how == 'collapse' else 'diverges'})"), found
 
 
@@ -111,7 +113,8 @@ def test_dense_grid_runs_in_the_out_dir_count_as_known_outcomes(tmp_path: Path):
     # the grid already bracketed the largest trainable lr at [0.8, 3.2): the first round bisects it, one seed at a time
     assert dry.stdout.count("[done (skip)]") == 8 and dry.stdout.count("[pending]") == 1
     assert "optim.lr=1.6 seed=0" in dry.stdout
-    assert "correct_bn: largest trainable lr 0.8 (0.8 trains, 3.2 diverges); search not finished, next lr 1.6" in dry.stdout
+    assert ("correct_bn: largest trainable lr 0.8 (0.8 trains, 3.2 diverges); search not finished, next lr 1.6"
+            in dry.stdout)
 
     result = run_sweep_cli(search, env_extra=LR_LIMITS_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -123,7 +126,8 @@ def test_dense_grid_runs_in_the_out_dir_count_as_known_outcomes(tmp_path: Path):
 
 @pytest.mark.slow
 def test_a_run_that_fails_in_the_sweep_counts_as_not_training_and_exits_1(tmp_path: Path):
-    arguments = ["sweep=cpu_mechanism", "sweep.train_module=tests.support.fake_train", "sweep.mode=largest_lr", "sweep.gpus=[]",
+    arguments = ["sweep=cpu_mechanism", "sweep.train_module=tests.support.fake_train", "sweep.mode=largest_lr",
+                 "sweep.gpus=[]",
                  "+sweep.variants.crash=['+variant=crash']", "sweep.only_variants=[crash]", "sweep.seeds=[0]",
                  "sweep.lr_search_start=0.004", f"sweep.out_dir={tmp_path}"]
     result = run_sweep_cli(arguments)

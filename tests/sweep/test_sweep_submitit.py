@@ -1,10 +1,10 @@
 """bnexp.sweep through submitit, without a cluster.
 
 submitit's local executor (`sweep.executor=submitit_local`) runs the jobs the SLURM executor would submit, on this
-machine: a grid and a largest_lr search end to end on the fake trainer, a stop that cancels queued and running jobs, and a
-sweep killed outright whose resume follows the job still running and redoes only what is missing. For SLURM, the
-sbatch script is rendered through submitit itself and its resources checked, and a sweep is run against stand-in
-sbatch/sacct/scancel commands (tests/support/fake_slurm): SLURM submission is rendered, not submitted.
+machine: a grid and a largest_lr search end to end on the fake trainer, a stop that cancels queued and running jobs,
+and a sweep killed outright whose resume follows the job still running and redoes only what is missing. For SLURM,
+the sbatch script is rendered through submitit itself and its resources checked, and a sweep is run against
+stand-in sbatch/sacct/scancel commands (tests/support/fake_slurm): SLURM submission is rendered, not submitted.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bnexp.lr_search import LrSearchSettings, Outcome, run_lr_search
+from bnexp.lr_search.largest_trainable import LrSearchSettings, Outcome, run_lr_search
 from tests.helpers import REPO, background_sweep, read_status, run_sweep_cli, wait_for
 
 submitit = pytest.importorskip("submitit")
@@ -107,7 +107,8 @@ def test_a_largest_lr_search_runs_end_to_end_through_submitits_local_executor(tm
         bracket, outcomes = run_lr_search(settings, train)
         found = searches[label]
         assert found["done"] and found["largest_trainable_lr"] < threshold <= found["first_failing_lr"], found
-        assert (found["largest_trainable_lr"], found["first_failing_lr"]) == (bracket.last_trains.lr, bracket.first_fails.lr)
+        assert (found["largest_trainable_lr"], found["first_failing_lr"]) == (bracket.last_trains.lr,
+                                                                             bracket.first_fails.lr)
         rows = [row for row in read_status(tmp_path)["runs"] if row["variant"] == label]
         assert len(rows) == sum(len(by_seed) for by_seed in outcomes.values())
         assert all(row["job_id"] and row["status"] in ("finished", "diverged") for row in rows)

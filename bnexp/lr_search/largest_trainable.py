@@ -11,8 +11,8 @@ did not die. A run that diverged, collapsed (accuracy at chance, or a last gradi
 decides that the lr does not train, so the remaining seeds of that lr need not run.
 
 Everything here is a pure function of the outcomes known so far: a sweep rebuilds the search from its finished run
-dirs and asks for the next runs, so a killed search resumes where it stopped. Candidate lrs are rounded to
-`LR_DIGITS` significant digits so they survive being written into a config and read back.
+dirs and asks for the next runs, so a killed search resumes where it stopped. Candidate lrs are rounded as
+bnexp/lr_search/lrs.py says, so they survive being written into a config and read back.
 """
 from __future__ import annotations
 
@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Iterable, Mapping
 
-LR_DIGITS = 4
-# two lrs are the same lr when they differ by less than this fraction (configs and dir names round them)
-SAME_LR_TOLERANCE = 1e-6
+from bnexp.lr_search.lrs import SAME_LR_TOLERANCE, format_lr, round_lr, same_lr
+
 # the stopping ratio is met up to this fraction, so that rounded candidate lrs cannot force one more bisection
 RATIO_SLACK = 1e-3
 
@@ -77,18 +76,6 @@ class LrSearchSettings:
             raise ValueError(f"lr search ratio={self.ratio} must be above 1 (e.g. 1.414 for √2)")
         if not self.growth > 1:
             raise ValueError(f"lr search growth={self.growth} must be above 1 (e.g. 2 to double)")
-
-
-def format_lr(lr: float) -> str:
-    return f"{lr:.{LR_DIGITS}g}"
-
-
-def round_lr(lr: float) -> float:
-    return float(format_lr(lr))
-
-
-def same_lr(first: float, second: float) -> bool:
-    return math.isclose(first, second, rel_tol=SAME_LR_TOLERANCE)
 
 
 @dataclass(frozen=True)
