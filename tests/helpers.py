@@ -46,8 +46,10 @@ def make_run_dir(run_dir: Path, variant: str, lr: float, seed: int, *, status: s
                  final_test_acc: float | None = 0.5, stat_groups: int | None = None, model: str = "airbench",
                  instrumented: bool = True, hydra_layout: bool = False,
                  data_source: str = "CIFAR-10 JPEG copy (cifar10-jpeg.tar.xz)", steps: int = 6,
-                 extra_config: dict | None = None, provenance: dict | None = None) -> Path:
-    """A run dir as the trainer writes it (README "Outputs"), with made-up but internally consistent numbers."""
+                 extra_config: dict | None = None, provenance: dict | None = None, role: str | None = None,
+                 tuning: dict | None = None) -> Path:
+    """A run dir as the trainer writes it (README "Outputs"), with made-up but internally consistent numbers.
+    `role` (and `tuning`): a best_lr sweep's record of the run in sweep_job.json ("tune" or "final")."""
     run_dir.mkdir(parents=True)
     norm = {"grouped_bn": "grouped", "no_bn": "none", "shared_bn": "shared"}.get(variant, "per_channel")
     config = {"variant": {"name": variant, "norm": norm, "stat_groups": stat_groups},
@@ -78,6 +80,10 @@ def make_run_dir(run_dir: Path, variant: str, lr: float, seed: int, *, status: s
     if provenance is not None:
         summary["provenance"] = provenance
     (run_dir / "summary.json").write_text(json.dumps(summary))
+    if role is not None:
+        record = {"run_id": run_dir.name, "variant": variant, "model": model, "lr": lr, "seed": seed, "role": role,
+                  **({"tuning": tuning} if tuning is not None else {})}
+        (run_dir / "sweep_job.json").write_text(json.dumps(record))
     return run_dir
 
 

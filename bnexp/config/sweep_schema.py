@@ -6,7 +6,7 @@ anything or starts any run.
 either returns it with the defaults filled in or raises one ConfigError with a line per problem, each naming the key,
 the value and a valid example (`sweep.workers=0 must be a whole number of at least 1, or auto; e.g.
 sweep.workers=2`). The sweep's builders then trust the config. The check is not part of Hydra's composition (as the
-train schema is) so that `+sweep.mode=edge` keeps adding a key that a sweep config does not have.
+train schema is) so that `+sweep.mode=largest_lr` keeps adding a key that a sweep config does not have.
 """
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnexp import lr_search
+from bnexp.lr_search import best_lr, largest_trainable
 from bnexp.config.compose import CONF_DIR, ConfigError
+from bnexp.config.sweep_renames import (RENAMED_KEYS, RENAMED_MODES, renamed_key_line, renamed_mode_line,
+                                        renamed_problems)
 from bnexp.config.schema import MAX_SEED
 
 REQUIRED = object()  # a key every sweep config must set
-SWEEP_MODES = ("grid", "edge")
+SWEEP_MODES = ("grid", "largest_lr", "best_lr")
 # local: runs are processes of the sweep; slurm: SLURM jobs through submitit; submitit_local: the same jobs through
 # submitit's local executor, on the machine the sweep runs on (to try the SLURM path without a cluster)
 EXECUTORS = ("local", "slurm", "submitit_local")
@@ -109,8 +111,8 @@ def _variant_problem(label: str, overrides: Any) -> str | None:
 
 def _mode_problem(mode: str) -> str | None:
     return None if mode in SWEEP_MODES else (
-        f"is not one of {', '.join(SWEEP_MODES)} (grid: every variant x lr x seed; edge: search each variant's edge "
-        "of stability)")
+        f"is not one of {', '.join(SWEEP_MODES)} (grid: every variant x lr x seed; largest_lr: search each "
+        "variant's largest trainable lr; best_lr: tune each variant's lr, then run fresh seeds at it)")
 
 
 def _model_choices() -> tuple[str, ...]:
@@ -167,40 +169,79 @@ class SweepConfig:
                                        each=_variant_problem, each_example="correct_bn=[+variant=correct_bn]")
     only_variants: Optional[List[str]] = setting("[correct_bn,no_bn]", None)
     models: Optional[List[str]] = setting("[airbench,vgg]", None, choices=_model_choices)
-    lrs: List[float] = setting("[0.05,0.2,0.8]", above=0.0)  # edge mode: the smallest is the default start lr
+    # largest_lr mode: the smallest is the default start; best_lr mode: the initial grid of the tuning
+    lrs: List[float] = setting("[0.05,0.2,0.8]", above=0.0)
     seeds: List[int] = setting("[0,1,2]", at_least=0, at_most=MAX_SEED, check=_seeds_problem)
     train_overrides: Optional[List[str]] = setting("[data=synthetic]", None, check=_overrides_problem)
     # a recipe's train.epochs, for sweep configs that pass it on with an interpolation (conf/sweep/recipe/)
     epochs: Optional[int] = setting("4", None, at_least=1)
 
-    mode: str = setting("edge", "grid", check=_mode_problem)
-    # edge mode (bnexp/sweep/edge.py); null: see edge_lr_range and bnexp.lr_search's defaults
-    edge_start_lr: Optional[float] = setting("0.05", None, above=0.0)
-    edge_ratio: Optional[float] = setting("1.414", None, above=1.0)
-    edge_growth: Optional[float] = setting("2", None, above=1.0)
-    edge_min_lr: Optional[float] = setting("0.001", None, above=0.0)
-    edge_max_lr: Optional[float] = setting("12.8", None, above=0.0)
-    edge_min_acc: Optional[float] = setting("0.2", None, at_least=0.0, at_most=1.0)
+    mode: str = setting("largest_lr", "grid", check=_mode_problem)
+    # largest_lr mode (bnexp/sweep/largest_lr.py); null: see lr_search_range and largest_trainable's defaults
+    lr_search_start: Optional[float] = setting("0.05", None, above=0.0)
+    lr_search_ratio: Optional[float] = setting("1.414", None, above=1.0)
+    lr_search_growth: Optional[float] = setting("2", None, above=1.0)
+    lr_search_min: Optional[float] = setting("0.001", None, above=0.0)
+    lr_search_max: Optional[float] = setting("12.8", None, above=0.0)
+    trains_min_acc: Optional[float] = setting("0.2", None, at_least=0.0, at_most=1.0)
+    # best_lr mode (bnexp/sweep/best_lr.py): each variant's lr tuned on tune_seeds over lrs, the grid extended
+    # x tune_growth (null: 2) past its end while the best lr is there, within [lr_search_min, lr_search_max] (see
+    # best_lr_range); then the seeds of `seeds` run at each variant's best lr
+    tune_seeds: Optional[List[int]] = setting("[100]", None, at_least=0, at_most=MAX_SEED, check=_repeats_problem)
+    tune_growth: Optional[float] = setting("2", None, above=1.0)
 
 
-def edge_lr_range(sweep_cfg: Mapping) -> tuple[float, float, float]:
-    """(start, floor, cap) of the edge search a sweep config asks for: edge_start_lr, else the grid's smallest lr
-    (else 0.1); edge_min_lr / edge_max_lr, else bnexp.lr_search's floor and cap, widened to take in the start."""
-    defaults = lr_search.EdgeSearchSettings(start_lr=0.1)
-    start = sweep_cfg.get("edge_start_lr")
+def lr_search_range(sweep_cfg: Mapping) -> tuple[float, float, float]:
+    """(start, floor, cap) of the lr search a sweep config asks for: lr_search_start, else the grid's smallest lr
+    (else 0.1); lr_search_min / lr_search_max, else bnexp/lr_search/largest_trainable.py's floor and cap, widened to
+    take in the start."""
+    defaults = largest_trainable.LrSearchSettings(start_lr=0.1)
+    start = sweep_cfg.get("lr_search_start")
     start = float(start) if start is not None else min((float(lr) for lr in sweep_cfg.get("lrs") or []),
                                                        default=defaults.start_lr)
-    floor, cap = sweep_cfg.get("edge_min_lr"), sweep_cfg.get("edge_max_lr")
+    floor, cap = sweep_cfg.get("lr_search_min"), sweep_cfg.get("lr_search_max")
     floor = float(floor) if floor is not None else min(defaults.min_lr, start)
     cap = float(cap) if cap is not None else max(defaults.max_lr, start)
     return start, floor, cap
 
 
+def best_lr_range(sweep_cfg: Mapping) -> tuple[float, float]:
+    """(floor, cap) of the best_lr tuning: lr_search_min / lr_search_max, else bnexp/lr_search/best_lr.py's
+    defaults widened to take in the grid's lrs."""
+    defaults = best_lr.TuningSettings(lrs=(0.1,), seeds=(0,))
+    lrs = [float(lr) for lr in sweep_cfg.get("lrs") or []]
+    floor, cap = sweep_cfg.get("lr_search_min"), sweep_cfg.get("lr_search_max")
+    floor = float(floor) if floor is not None else min([defaults.min_lr, *lrs])
+    cap = float(cap) if cap is not None else max([defaults.max_lr, *lrs])
+    return floor, cap
+
+
+def _best_lr_problems(values: Mapping) -> list[str]:
+    """The best_lr mode's rules: tuning seeds apart from the fresh ones, and an initial grid within the bounds."""
+    tune_seeds, seeds = values["tune_seeds"], values["seeds"]
+    if not tune_seeds:
+        given = "sweep.tune_seeds=[] is empty" if tune_seeds == [] else "sweep.tune_seeds is not set"
+        return [f"{given}: sweep.mode=best_lr tunes each variant's lr on these seeds; e.g. sweep.tune_seeds=[100] "
+                "(+sweep.tune_seeds=[100] where the sweep config leaves the key out)"]
+    problems = []
+    if shared := sorted(set(tune_seeds) & set(seeds)):
+        problems.append(f"sweep.tune_seeds and sweep.seeds share {_show(shared)}: the fresh seeds at the best lr "
+                        "must not be the seeds that chose it (selection bias); e.g. sweep.tune_seeds=[100] "
+                        "sweep.seeds=[0,1,2]")
+    floor, cap = best_lr_range(values)
+    outside = [lr for lr in values["lrs"] if not floor <= lr <= cap]
+    if outside:
+        problems.append(f"sweep.lrs holds {_show(outside)}, outside the tuning's bounds sweep.lr_search_min="
+                        f"{floor:g} and sweep.lr_search_max={cap:g}; widen the bounds or move the lrs")
+    return problems
+
+
 def _cross_key_problems(values: Mapping) -> list[str]:
     """Rules between keys, checked once every key is valid on its own."""
     problems = []
-    if values["mode"] == "grid" and not values["lrs"]:
-        problems.append("sweep.lrs=[] is empty: the grid needs at least one lr; e.g. sweep.lrs=[0.05,0.2,0.8]")
+    if values["mode"] in ("grid", "best_lr") and not values["lrs"]:
+        needs = "the grid needs" if values["mode"] == "grid" else "sweep.mode=best_lr tunes over"
+        problems.append(f"sweep.lrs=[] is empty: {needs} at least one lr; e.g. sweep.lrs=[0.05,0.2,0.8]")
     unknown = [label for label in values["only_variants"] or [] if label not in values["variants"]]
     if unknown:
         problems.append(f"sweep.only_variants names unknown variants {unknown}; known: {list(values['variants'])}")
@@ -210,11 +251,13 @@ def _cross_key_problems(values: Mapping) -> list[str]:
         problems.append(f"sweep.slurm.timeout_min={slurm_limit} would end a job before sweep.timeout_s={timeout_s:g} "
                         "ends its run; e.g. sweep.slurm.timeout_min="
                         f"{math.ceil((timeout_s + SLURM_START_MARGIN_S) / 60)} (or null, which derives it)")
-    start, floor, cap = edge_lr_range(values)
+    if values["mode"] == "best_lr":
+        return problems + _best_lr_problems(values)
+    start, floor, cap = lr_search_range(values)
     if not floor <= start <= cap:
-        problems.append(f"sweep.edge_min_lr, edge_start_lr and edge_max_lr come to {floor:g}, {start:g} and "
-                        f"{cap:g}; the search needs edge_min_lr <= edge_start_lr <= edge_max_lr, "
-                        "e.g. sweep.edge_min_lr=0.001 sweep.edge_start_lr=0.05 sweep.edge_max_lr=12.8")
+        problems.append(f"sweep.lr_search_min, lr_search_start and lr_search_max come to {floor:g}, {start:g} and "
+                        f"{cap:g}; the search needs lr_search_min <= lr_search_start <= lr_search_max, "
+                        "e.g. sweep.lr_search_min=0.001 sweep.lr_search_start=0.05 sweep.lr_search_max=12.8")
     return problems
 
 
@@ -226,7 +269,7 @@ def check_sweep_config(sweep_cfg: Any) -> tuple[dict, list[str]]:
     values = OmegaConf.to_container(sweep_cfg, resolve=True) if isinstance(sweep_cfg, DictConfig) else sweep_cfg
     if not isinstance(values, Mapping):
         return {}, [f"the sweep config is {_show(values)}, not a mapping of keys (see conf/sweep/smoke.yaml)"]
-    problems: list[str] = []
+    problems, values = renamed_problems(values)
     filled = _check_node(values, SweepConfig, "sweep.", problems)
     if not problems:
         problems.extend(_cross_key_problems(filled))
@@ -355,6 +398,10 @@ def describe_missing_key(dotted_key: str, override: str) -> str:
     """Why an override of a key that the composed sweep config does not have failed, in one line: a key of the
     schema wants a `+` (the sweep config leaves it out), any other gets a did-you-mean."""
     *parents, leaf = dotted_key.split(".")
+    if parents == ["sweep"] and leaf in RENAMED_KEYS:
+        return renamed_key_line(dotted_key, override)
+    if dotted_key == "sweep.mode" and override.partition("=")[2].strip("'\"") in RENAMED_MODES:
+        return renamed_mode_line(override.partition("=")[2].strip("'\""))
     schema, prefix = None, ""
     for index, part in enumerate(parents):
         hint = SweepConfig if index == 0 and part == "sweep" else _type_hints(schema).get(part) if schema else None

@@ -68,6 +68,7 @@ def final_accuracies(runs: list[RunRecord]) -> list[float]:
 def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
               interval_method: str = DEFAULT_INTERVAL_METHOD) -> list[GroupStats]:
     targets = accuracy_targets(runs)
+    with_roles = any(run.role for run in runs)
     groups = []
     for (model, variant, lr), members in group_by(runs, lambda run: (run.model, run.variant, run.lr)).items():
         members.sort(key=lambda run: (run.seed is None, run.seed))
@@ -107,6 +108,9 @@ def aggregate(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC,
         values["grad_norm_last_mean"] = _mean(last)
         for key in ("train_loss_auc", "wall_time_s", "images_per_s"):
             values[f"{key}_mean"] = _mean(_summary_numbers(finished, key))
+        if with_roles:  # a best_lr sweep's runs: how many tuned the lr, how many are fresh seeds
+            values["n_tuning_runs"] = sum(run.role == "tune" for run in members)
+            values["n_fresh_runs"] = sum(run.role == "final" for run in members)
         groups.append(GroupStats(model, variant, lr, members, values))
     groups.sort(key=lambda g: (g.model, variant_sort_key(g.variant), g.lr))
     return groups

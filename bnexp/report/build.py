@@ -10,11 +10,14 @@ to --out:
                          --interval bootstrap) and n, fraction diverged, steps to the accuracy targets, the global
                          grad norm at step 0, its peak after step 0 and its last value, ...
   stable_lr.csv          the largest lr per variant at which every seed finished without diverging
-  edge_of_stability.csv  per variant: the largest lr that trains, with its bracket (last that trains, first that
-                         does not), and the channels each statistic pools
+  largest_trainable_lr.csv  per variant: the largest lr that trains, with its bracket (last that trains, first
+                         that does not), the channels each statistic pools and, where runs measured sharpness, the
+                         lowest lr at which it reached the optimiser's threshold (the edge of stability)
   differences.csv        per lr, each variant's accuracy minus the reference's, with its Welch interval and verdict,
                          its p-value and its p-value after Holm's correction over all the comparisons
   trend.csv              per lr, Kendall's τ-b between group size and final accuracy over the runs, with its p-value
+  best_vs_best.csv       runs of a sweep.mode=best_lr sweep: per variant its tuned lr (interior or at the bound),
+                         the fresh seeds' accuracy there with its interval, and the difference to the reference's
   *.png                  plots (see bnexp/report/plots.py)
   report.md              all of the above with the config, the data source and the versions that made the runs
 Optional fields (instrumentation) may be missing in older runs; the affected plot is skipped with a note.
@@ -29,6 +32,7 @@ import math
 import sys
 from pathlib import Path
 
+from bnexp.report import best_vs_best as report_best
 from bnexp.report import csv_files
 from bnexp.report import mechanism as report_mechanism
 from bnexp.report import plots as report_plots
@@ -41,7 +45,7 @@ from bnexp.report.run_records import RunRecord, load_runs, variant_sort_key
 from bnexp.report.selection import counted_runs
 from bnexp.report.sections import ReportContent, report_markdown
 from bnexp.report.series import choose_shared_lr
-from bnexp.report.trainable_lr import edges_of_stability
+from bnexp.report.trainable_lr import largest_trainable_lrs
 from bnexp.report.trend import group_size_trends
 from bnexp.runs.files import first_line
 from bnexp.runs.outcome import DEFAULT_MIN_ACC
@@ -112,7 +116,8 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     make_out_dir(out_dir)
     groups = aggregate(runs, min_acc, interval_method)
     stable = largest_stable_lrs(groups, min_acc)
-    edges = edges_of_stability(runs, min_acc)
+    largest_trainable = largest_trainable_lrs(runs, min_acc)
+    threshold_lrs = report_sharpness.lowest_lrs_at_threshold(runs)
     comparisons = compare_to_reference(groups, reference)
     trends = group_size_trends(runs)
     show_model = len({run.model for run in runs}) > 1
@@ -121,7 +126,7 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     csv_files.write_runs_csv(runs + unplaced, out_dir / "runs.csv")
     csv_files.write_summary_csv(groups, out_dir / "summary.csv")
     csv_files.write_stable_csv(stable, out_dir / "stable_lr.csv")
-    csv_files.write_edge_csv(edges, out_dir / "edge_of_stability.csv")
+    csv_files.write_largest_trainable_lr_csv(largest_trainable, out_dir / "largest_trainable_lr.csv", threshold_lrs)
     csv_files.write_differences_csv(comparisons, out_dir / "differences.csv")
     csv_files.write_trend_csv(trends, out_dir / "trend.csv")
     summary_table = summary_markdown(groups, accuracy_targets(runs), show_model, interval_method)
@@ -131,16 +136,18 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
              report_plots.plot_loss_curves(runs, chosen_lr, out_dir),
              report_plots.plot_grad_norm_heatmaps(runs, chosen_lr, out_dir),
              report_plots.plot_init_grad_norms(runs, out_dir),
-             report_plots.plot_edge_of_stability(edges, out_dir)]
+             report_plots.plot_largest_trainable_lr(largest_trainable, out_dir)]
     mechanism = _section_or_note(report_mechanism.SECTION_HEADING,
                                  lambda: report_mechanism.mechanism_section(runs, out_dir, chosen_lr, interval_method))
     sharpness = _section_or_note(report_sharpness.SECTION_HEADING,
                                  lambda: report_sharpness.sharpness_section(runs, out_dir, interval_method))
+    best_vs_best = _section_or_note(report_best.SECTION_HEADING, lambda: report_best.best_vs_best_section(
+        runs, out_dir, reference, interval_method))
     content = ReportContent(paths=paths, runs=runs, unplaced=unplaced, repeats=repeats, skipped=skipped,
-                            groups=groups, stable=stable, edges=edges, comparisons=comparisons, trends=trends,
-                            summary_table=summary_table, plots=plots, mechanism=mechanism, sharpness=sharpness,
-                            min_acc=min_acc,
-                            interval_method=interval_method, reference=reference)
+                            groups=groups, stable=stable, largest_trainable=largest_trainable,
+                            comparisons=comparisons, trends=trends, summary_table=summary_table, plots=plots,
+                            mechanism=mechanism, sharpness=sharpness, best_vs_best=best_vs_best, min_acc=min_acc,
+                            interval_method=interval_method, reference=reference, threshold_lrs=threshold_lrs)
     report_path = out_dir / "report.md"
     report_path.write_text(report_markdown(content))
     return report_path
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # the out dir became unwritable, or the disk filled, while the report was written
         print(f"bnexp.report: error: could not write the report in {args.out}: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {report_path} (+ summary.csv, summary.md, stable_lr.csv, edge_of_stability.csv, "
-          f"differences.csv, trend.csv, runs.csv, plots) in {args.out}")
+    print(f"wrote {report_path} (+ summary.csv, summary.md, stable_lr.csv, largest_trainable_lr.csv, "
+          f"differences.csv, trend.csv, runs.csv, best_vs_best.csv for a best_lr sweep, plots) in {args.out}")
     return 0
 

@@ -1,5 +1,5 @@
-"""The report's result tables as markdown: per variant x lr, the stable lrs, the edges, the differences and the
-trend with group size."""
+"""The report's result tables as markdown: per variant x lr, the stable lrs, the largest trainable lrs, the
+differences and the trend with group size."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +9,7 @@ from typing import Any
 from bnexp.report.aggregation import DEFAULT_INTERVAL_METHOD, GroupStats, StableLr
 from bnexp.report.comparisons import Comparison
 from bnexp.report.tables import model_table
-from bnexp.report.trainable_lr import EdgeOfStability
+from bnexp.report.trainable_lr import LargestTrainableLr
 from bnexp.report.trend import GroupSizeTrend
 from bnexp.runs.files import as_float
 from bnexp.runs.outcome import DEFAULT_MIN_ACC
@@ -39,8 +39,10 @@ def _lr_text(lr: float | None, missing: str = "none") -> str:
 def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: bool,
                      interval_method: str = DEFAULT_INTERVAL_METHOD) -> str:
     show_incomplete = any(group.values["n_incomplete"] for group in groups)  # a column of blanks says nothing
+    show_roles = any("n_tuning_runs" in group.values for group in groups)  # a best_lr sweep's runs
     header = ["model", "variant", "lr", f"test acc % (mean [95% {INTERVAL_NAMES[interval_method]} interval])",
               "n", "diverged"]
+    header += (["tuning / fresh"] if show_roles else [])
     header += (["incomplete"] if show_incomplete else [])
     header += [f"steps to {float(t):.0%}" for t in targets]
     header += ["grad norm at step 0", "peak grad norm after step 0", "last grad norm"]
@@ -51,6 +53,8 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
         row = [group.model, group.variant, f"{group.lr:g}",
                _fmt_acc(v["final_test_acc_mean"], v["final_test_acc_ci_low"], v["final_test_acc_ci_high"]),
                str(v["final_test_acc_n"]), f"{v['n_diverged']}/{completed}" if completed else "–"]
+        if show_roles:
+            row.append(f"{v['n_tuning_runs']} / {v['n_fresh_runs']}")
         if show_incomplete:
             row.append(str(v["n_incomplete"]) if v["n_incomplete"] else "")
         for target in targets:
@@ -71,13 +75,24 @@ def stable_markdown(stable: list[StableLr], show_model: bool, min_acc: float = D
     return model_table(header, rows, show_model)
 
 
-def edge_markdown(edges: list[EdgeOfStability], show_model: bool) -> str:
-    header = ["model", "variant", "channels per statistic", "max stable lr", "bracket", "lrs tried", "seeds per lr"]
+def largest_trainable_lr_markdown(found: list[LargestTrainableLr], show_model: bool,
+                                  threshold_lrs: dict[tuple[str, str], float | None] | None = None) -> str:
+    """The largest trainable lr per variant; with `threshold_lrs` (where runs measured sharpness) a last column: the
+    lowest lr at which sharpness reached the optimiser's threshold, the edge of stability."""
+    header = ["model", "variant", "channels per statistic", "largest trainable lr", "bracket", "lrs tried",
+              "seeds per lr"]
+    if threshold_lrs:
+        header.append("edge of stability: lowest lr where sharpness reached the threshold")
     rows = []
-    for edge in edges:
-        channels = "–" if edge.channels_per_statistic is None else str(edge.channels_per_statistic)
-        rows.append([edge.model, edge.variant, channels, _lr_text(edge.max_stable_lr), edge.bracket.describe(),
-                     ", ".join(f"{lr:g}" for lr in edge.lrs_tried), edge.seeds_per_lr or "–"])
+    for item in found:
+        channels = "–" if item.channels_per_statistic is None else str(item.channels_per_statistic)
+        row = [item.model, item.variant, channels, _lr_text(item.largest_trainable_lr), item.bracket.describe(),
+               ", ".join(f"{lr:g}" for lr in item.lrs_tried), item.seeds_per_lr or "–"]
+        if threshold_lrs:
+            key = (item.model, item.variant)
+            row.append("not measured" if key not in threshold_lrs else _lr_text(threshold_lrs[key],
+                                                                                missing="not reached"))
+        rows.append(row)
     return model_table(header, rows, show_model)
 
 

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from bnexp.report.aggregation import GroupStats, final_accuracies  # noqa: E402
 from bnexp.report.run_records import RunRecord, group_by  # noqa: E402
 from bnexp.report.series import runs_at_lr, runs_by_series, series_labeller  # noqa: E402
-from bnexp.report.trainable_lr import ALL_CHANNELS, NO_NORM, EdgeOfStability  # noqa: E402
+from bnexp.report.trainable_lr import ALL_CHANNELS, NO_NORM, LargestTrainableLr  # noqa: E402
 from bnexp.runs.files import as_float  # noqa: E402
 
 LAYER_PREFIX = "grad_norm/"
@@ -268,17 +268,17 @@ def plot_init_grad_norms(runs: list[RunRecord], out_dir: Path) -> PlotResult:
                                    "the variant (all lrs and seeds: at initialisation the lr has not acted yet).")
 
 
-def _channel_axis_order(edges: list[EdgeOfStability]) -> list[int | str]:
-    sizes = sorted({e.channels_per_statistic for e in edges if isinstance(e.channels_per_statistic, int)})
-    return [*sizes, *(c for c in (ALL_CHANNELS, NO_NORM) if any(e.channels_per_statistic == c for e in edges))]
+def _channel_axis_order(found: list[LargestTrainableLr]) -> list[int | str]:
+    sizes = sorted({item.channels_per_statistic for item in found if isinstance(item.channels_per_statistic, int)})
+    return [*sizes, *(c for c in (ALL_CHANNELS, NO_NORM) if any(item.channels_per_statistic == c for item in found))]
 
 
-@never_raises("Max stable learning rate vs channels per statistic")
-def plot_edge_of_stability(edges: list[EdgeOfStability], out_dir: Path) -> PlotResult:
-    """Max stable lr against the channels one statistic pools, the bracket drawn as a bar up to the first lr that
-    does not train."""
-    title = "Edge of stability against channels per statistic"
-    placed = [e for e in edges if e.channels_per_statistic is not None]
+@never_raises("Largest trainable learning rate vs channels per statistic")
+def plot_largest_trainable_lr(found: list[LargestTrainableLr], out_dir: Path) -> PlotResult:
+    """The largest trainable lr against the channels one statistic pools, the bracket drawn as a bar up to the first
+    lr that does not train."""
+    title = "Largest trainable learning rate vs channels per statistic"
+    placed = [item for item in found if item.channels_per_statistic is not None]
     if not placed:
         return PlotResult(title, None, note="no variant with a known number of channels per statistic "
                                             "(per-channel, channels_per_group, one statistic per layer or no norm)")
@@ -288,18 +288,18 @@ def plot_edge_of_stability(edges: list[EdgeOfStability], out_dir: Path) -> PlotR
     colors = series_colors(names)
     figure, axes = plt.subplots(figsize=(8, 5))
     at_position: dict[int, int] = defaultdict(int)
-    floor_lr = min(lr for e in placed for lr in e.lrs_tried)
-    for edge, name in zip(placed, names):
-        x = position[edge.channels_per_statistic]
+    floor_lr = min(lr for item in placed for lr in item.lrs_tried)
+    for item, name in zip(placed, names):
+        x = position[item.channels_per_statistic]
         x_shifted = x + 0.12 * at_position[x]  # variants sharing a column (e.g. two with one statistic) side by side
         at_position[x] += 1
-        marker = "s" if edge.channels_per_statistic == NO_NORM else "o"
-        low, high = edge.max_stable_lr, edge.first_failing_lr
+        marker = "s" if item.channels_per_statistic == NO_NORM else "o"
+        low, high = item.largest_trainable_lr, item.first_failing_lr
         if low is None:  # nothing trained: the bar runs up to the lowest lr that failed
             axes.scatter([x_shifted], [high], marker="v", s=60, color=colors[name], label=f"{name} (none trains)")
             continue
         axes.scatter([x_shifted], [low], marker=marker, s=50, color=colors[name], zorder=3,
-                     label=name + (" (no norm)" if edge.channels_per_statistic == NO_NORM else ""))
+                     label=name + (" (no norm)" if item.channels_per_statistic == NO_NORM else ""))
         if high is not None:
             axes.vlines(x_shifted, low, high, color=colors[name], lw=2, alpha=0.6)
             axes.scatter([x_shifted], [high], marker="_", s=120, color=colors[name])
@@ -311,11 +311,11 @@ def plot_edge_of_stability(edges: list[EdgeOfStability], out_dir: Path) -> PlotR
     axes.set(yscale="log", ylim=(floor_lr / 2, None), xticks=range(len(order)),
              xticklabels=[str(value) for value in order], ylabel="learning rate",
              xlabel="channels per statistic (1 = per-channel, all = one statistic per layer)",
-             title="marker: max stable lr; bar up to the first lr that does not train")
+             title="marker: largest trainable lr; bar up to the first lr that does not train")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    path = save_figure(figure, out_dir / "edge_of_stability.png")
-    left_out = [e.variant for e in edges if e.channels_per_statistic is None]
+    path = save_figure(figure, out_dir / "largest_trainable_lr.png")
+    left_out = [item.variant for item in found if item.channels_per_statistic is None]
     caption = ("Per variant, the largest lr at which every seed trained (marker) and the bracket up to the first "
                "lr at which one did not (bar end); an arrow means it trained at every lr tried, a ▽ that none "
                "trained (at the lowest lr that failed). No normalisation stands apart, right of the dotted line.")

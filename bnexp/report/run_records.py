@@ -33,6 +33,7 @@ from bnexp.runs.files import (
 )
 
 UNKNOWN_MODEL = "default"
+RUN_ROLES = ("tune", "final")  # a best_lr sweep's runs: tuning the lr, or fresh seeds at the chosen one
 VARIANT_ORDER = ("correct_bn", "torch_bn", "grouped_bn", "shared_bn", "no_bn")
 
 
@@ -54,6 +55,10 @@ class RunRecord:
     model: str
     lr: float             # positive, but for a run that did not complete (nan when it had none): on_lr_axis
     seed: int | None
+    # a best_lr sweep's run: "tune" (it helped choose its variant's lr) or "final" (a fresh seed at the chosen lr),
+    # from its sweep_job.json; a final run's record of the tuning that chose its lr. None for any other run.
+    role: str | None = None
+    tuning: dict[str, Any] | None = None
 
     @property
     def completed(self) -> bool:
@@ -178,9 +183,11 @@ def load_run(run_dir: Path) -> RunRecord:
     if seed is not None and not (_is_finite_number(seed) and float(seed).is_integer()):
         raise SkippedRunDir(f"its seed ({seed!r}) is not an integer (status {status})")
     model = summary.get("model") or config_value(config, "model.name") or job.get("model") or UNKNOWN_MODEL
+    role = job.get("role") if job.get("role") in RUN_ROLES else None
+    tuning = job.get("tuning") if role == "final" and isinstance(job.get("tuning"), dict) else None
     return RunRecord(run_dir=run_dir, summary=summary, config=config, status=status,
                      variant=variant_label(config, summary), model=str(model), lr=math.nan if lr is None else lr,
-                     seed=int(seed) if seed is not None else None)
+                     seed=int(seed) if seed is not None else None, role=role, tuning=tuning)
 
 
 def summaries_that_are_not_files(paths: Iterable[Path]) -> list[Skipped]:

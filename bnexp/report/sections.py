@@ -1,15 +1,15 @@
 """report.md's prose: each section's text around the tables, from what build_report computed (ReportContent).
 
 `report_markdown` writes the sections in order: what was found and what is missing, the data source, the versions
-that made the runs, the config, the largest stable lr, the edge of stability, the results per variant and lr, the
-differences, the trend with group size, the plots, the mechanism, the runs that did not complete, the seeds run
-more than once and the run dirs skipped.
+that made the runs, the config, the largest stable lr, the largest trainable lr, the results per variant and lr, the
+differences, the trend with group size, best against best (a best_lr sweep's), the plots, the mechanism, the runs
+that did not complete, the seeds run more than once and the run dirs skipped.
 """
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -17,8 +17,8 @@ import yaml
 from bnexp.config.keys import config_value, flatten
 from bnexp.report.aggregation import GroupStats, StableLr
 from bnexp.report.comparisons import Comparison
-from bnexp.report.markdown_tables import (INTERVAL_NAMES, differences_markdown, edge_markdown, stable_markdown,
-                                          trend_markdown)
+from bnexp.report.markdown_tables import (INTERVAL_NAMES, differences_markdown, largest_trainable_lr_markdown,
+                                          stable_markdown, trend_markdown)
 from bnexp.report.plots import PlotResult
 from bnexp.report.provenance import ProvenanceCounts, provenance_counts
 from bnexp.report.run_records import RunRecord, Skipped
@@ -26,7 +26,7 @@ from bnexp.report.selection import RepeatedSeed
 from bnexp.report.shown_paths import portable_config, shown_path
 from bnexp.report.study_config import varying_config_keys
 from bnexp.report.tables import markdown_table
-from bnexp.report.trainable_lr import EdgeOfStability
+from bnexp.report.trainable_lr import LargestTrainableLr
 from bnexp.report.trend import GroupSizeTrend
 from bnexp.runs.files import COMPLETED_STATUSES, first_line
 
@@ -118,16 +118,19 @@ class ReportContent:
     skipped: list[Skipped]
     groups: list[GroupStats]
     stable: list[StableLr]
-    edges: list[EdgeOfStability]
+    largest_trainable: list[LargestTrainableLr]
     comparisons: list[Comparison]
     trends: list[GroupSizeTrend]
     summary_table: str          # summary.md, the results table
     plots: list[PlotResult]
     mechanism: list[str]        # the mechanism section's lines (it draws its own plots)
     sharpness: list[str]        # the sharpness section's lines (it draws its own plot)
+    best_vs_best: list[str]     # the best-against-best section's lines (it writes its own CSV and plot)
     min_acc: float
     interval_method: str
     reference: str
+    # (model, variant) -> the lowest lr at which sharpness reached the threshold; only variants that measured it
+    threshold_lrs: dict[tuple[str, str], float | None] = field(default_factory=dict)
 
     @property
     def show_model(self) -> bool:
@@ -183,19 +186,29 @@ def stable_section(content: ReportContent) -> list[str]:
         stable_markdown(content.stable, content.show_model, min_acc), ""]
 
 
-def edge_section(content: ReportContent) -> list[str]:
+def largest_trainable_lr_section(content: ReportContent) -> list[str]:
     min_acc = content.min_acc
+    sharpness = (" The last column is the other notion, the *edge of stability* in the field's sense (Cohen et "
+                 "al. 2021): the lowest lr at which some run's sharpness (the top Hessian eigenvalue) reached the "
+                 "optimiser's stability threshold (2/η for gradient descent, 2(1+β)/η with momentum β), of the lrs "
+                 "that measured it (see the sharpness section). Sharpness can reach the threshold well below the "
+                 "largest lr that trains: the two answer different questions."
+                 if content.threshold_lrs else
+                 " This is not the *edge of stability* in the field's sense (Cohen et al. 2021: sharpness, the top "
+                 "Hessian eigenvalue, reaching the optimiser's stability threshold 2/η): no run here measured "
+                 "sharpness (`instrument.sharpness_every` > 0 does).")
     return [
-        "## Edge of stability", "",
+        "## Largest trainable learning rate", "",
         "Per variant, the largest lr that trains, with its bracket: the last lr at which every seed trained and "
         "the first at which one did not. A run trains when it finished with a final test accuracy of at least "
         f"{100 * min_acc:g}% and a last `grad_norm/global` above 0; it *diverges* (non-finite or exploding loss), "
         f"*collapses* (finished, but below {100 * min_acc:g}% or with a gradient of exactly 0) or *fails* (crashed). "
-        "The bracket is as narrow as the lrs tried around it (an edge-mode sweep bisects it to √2, a dense grid "
-        "leaves its own spacing). Channels per statistic: 1 is per-channel, `all` one statistic per layer. Seeds "
-        "per lr: how many seeds each lr tried was run with (an edge search runs the next seed only while the "
-        "earlier ones trained).", "",
-        edge_markdown(content.edges, content.show_model), ""]
+        "It is decided by single seeds at an absolute bar, so it says where training stops working, not where it "
+        "works best. The bracket is as narrow as the lrs tried around it (a `sweep.mode=largest_lr` sweep bisects "
+        "it to √2, a dense grid leaves its own spacing). Channels per statistic: 1 is per-channel, `all` one "
+        "statistic per layer. Seeds per lr: how many seeds each lr tried was run with (the search runs the next "
+        "seed only while the earlier ones trained)." + sharpness, "",
+        largest_trainable_lr_markdown(content.largest_trainable, content.show_model, content.threshold_lrs), ""]
 
 
 def results_section(content: ReportContent) -> list[str]:
@@ -210,7 +223,19 @@ def results_section(content: ReportContent) -> list[str]:
         "`diverged` counts diverged seeds among completed ones; steps to a target average over the seeds that "
         "reached it. Grad norms are `grad_norm/global` from metrics.jsonl: at step 0 (set by the initialisation, "
         "mean over seeds), its peak after step 0 (max over seeds; inf once a norm went non-finite) and its last "
-        "logged value (mean over finished seeds; 0 means the network died).", "", content.summary_table, ""]
+        "logged value (mean over finished seeds; 0 means the network died)." + roles_note(content.runs), "",
+        content.summary_table, ""]
+
+
+def roles_note(runs: list[RunRecord]) -> str:
+    """For a best_lr sweep's runs: the per-lr tables pool its tuning runs with its fresh seeds, and say how many."""
+    roles = Counter(run.role for run in runs if run.role)
+    if not roles:
+        return ""
+    return (f" These runs include {roles['tune']} tuning runs and {roles['final']} fresh seeds of a "
+            "`sweep.mode=best_lr` sweep: the tables per lr (and the differences and trend below) pool them "
+            "(column `tuning / fresh`), and a tuning run at its variant's chosen lr was picked for doing well; "
+            "\"Best against best\" keeps the fresh seeds apart.")
 
 
 def differences_section(content: ReportContent) -> list[str]:
@@ -315,9 +340,9 @@ def report_markdown(content: ReportContent) -> str:
              "## Data source", "", *describe_data_sources(content.listed_runs), "",
              "## Made from", "",
              *provenance_markdown(provenance_counts(content.listed_runs), len(content.listed_runs)), "",
-             *config_section(content), *stable_section(content), *edge_section(content),
+             *config_section(content), *stable_section(content), *largest_trainable_lr_section(content),
              *results_section(content), *differences_section(content), *trend_section(content),
-             *plots_section(content),
+             *content.best_vs_best, *plots_section(content),
              *content.mechanism, *content.sharpness, *incomplete_section(content), *repeats_section(content),
              *skipped_section(content)]
     return "\n".join(lines)

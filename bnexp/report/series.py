@@ -24,7 +24,7 @@ def choose_shared_lr(groups: list[GroupStats], requested: float | None) -> float
 
 
 def series_labeller(items: list) -> Callable[[Any], str]:
-    """How the plots label the series of a run, group or edge among `items`: its variant, or model/variant when
+    """How the plots label the series of a run, group or bracket among `items`: its variant, or model/variant when
     the items span several models."""
     if len({item.model for item in items}) > 1:
         return lambda item: f"{item.model}/{item.variant}"

@@ -7,7 +7,9 @@ From the probe's keys in metrics.jsonl (bnexp/instrument/sharpness.py, runs with
 The field calls sharpness that rises to the threshold and hovers there the *edge of stability* (Cohen et al.
 2021). The section draws sharpness over training per variant at up to three lrs (`sharpness.png`), and tables per
 variant x lr the largest ratio of sharpness to threshold and whether, and at which step, it reached the threshold
-(`sharpness.csv`); per variant it names the lowest lr at which any run's sharpness reached it.
+(`sharpness.csv`); per variant it names the lowest lr at which any run's sharpness reached it. That lr is not the
+largest trainable lr (bnexp/report/trainable_lr.py, the largest lr at which every seed trains), which the report
+gives apart, with this one beside it.
 """
 from __future__ import annotations
 
@@ -101,6 +103,12 @@ def lowest_lr_at_threshold(rows: list[dict]) -> dict[tuple[str, str], float | No
     return lowest
 
 
+def lowest_lrs_at_threshold(runs: list[RunRecord]) -> dict[tuple[str, str], float | None]:
+    """lowest_lr_at_threshold over the runs as they are: per model x variant that measured sharpness with a
+    threshold, the lowest lr at which it reached it (None: at no lr measured)."""
+    return lowest_lr_at_threshold(sharpness_table({run.run_dir: sharpness_points(run) for run in runs}, runs))
+
+
 def _plot_lrs(rows: list[dict]) -> list[float]:
     """Up to MAX_PLOT_LRS lrs, those measured for the most variants, then spread over the range."""
     variants_at = {lr: len({row["variant"] for row in rows if row["lr"] == lr}) for lr in {row["lr"] for row in rows}}
@@ -178,7 +186,9 @@ def sharpness_section(runs: list[RunRecord], out_dir: Path, interval_method: str
     lines += [model_table(header, table, show_model), ""]
     lowest = lowest_lr_at_threshold(rows)
     if lowest:
-        lines += ["The lowest lr at which sharpness reached the threshold, per variant (of the lrs measured): "
+        lines += ["The edge of stability per variant, the lowest lr at which sharpness reached the threshold (of the "
+                  "lrs measured; not the largest trainable lr, the largest lr at which every seed trains, which its "
+                  "own section gives with this lr beside it): "
                   + "; ".join(f"{variant}{f' ({model})' if show_model else ''}: "
                               + ("none" if lr is None else f"{lr:g}")
                               for (model, variant), lr in sorted(lowest.items(),

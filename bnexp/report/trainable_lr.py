@@ -1,6 +1,8 @@
-"""The edge of stability per variant (the largest lr that trains, with its bracket), from whatever runs exist: a
-dense grid, an edge search, or both; the bracket is bnexp/lr_search.py's, as the sweep's edge mode computes it.
-Also the channels each statistic pools (`channels_per_statistic`), the axis the edges are plotted against."""
+"""The largest trainable lr per variant (the largest lr at which every seed trains, with its bracket), from
+whatever runs exist: a dense grid, a largest_lr search, or both; the bracket is bnexp/lr_search/largest_trainable.py's,
+as the sweep's largest_lr mode computes it. (Not the edge of stability, which is sharpness reaching the optimiser's
+threshold: bnexp/report/sharpness.py.) Also the channels each statistic pools (`channels_per_statistic`), the axis
+the brackets are plotted against."""
 from __future__ import annotations
 
 import math
@@ -8,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from bnexp import lr_search as edge_search
+from bnexp.lr_search import largest_trainable
 from bnexp.config.keys import config_value
 from bnexp.report.aggregation import count_range
 from bnexp.report.run_records import RunRecord, group_by, variant_sort_key
@@ -19,11 +21,12 @@ ALL_CHANNELS = "all"
 NO_NORM = "no norm"
 
 
-def run_outcome(run: RunRecord, min_acc: float = DEFAULT_MIN_ACC) -> edge_search.Outcome | None:
-    """How the run ended for the edge of stability: trains, diverged, collapsed, failed; None while unknown.
+def run_outcome(run: RunRecord, min_acc: float = DEFAULT_MIN_ACC) -> largest_trainable.Outcome | None:
+    """How the run ended for the largest trainable lr: trains, diverged, collapsed, failed; None while unknown.
     A finished run's last `grad_norm/global` of exactly 0 (the network died) makes it collapsed."""
     last_grad_norm = run.grad_norms.last if run.status == "finished" else None
-    return edge_search.classify_run(run.status, as_float(run.summary.get("final_test_acc")), last_grad_norm, min_acc)
+    final_acc = as_float(run.summary.get("final_test_acc"))
+    return largest_trainable.classify_run(run.status, final_acc, last_grad_norm, min_acc)
 
 
 def channels_per_statistic(config: dict[str, Any]) -> int | str | None:
@@ -45,46 +48,47 @@ def channels_per_statistic(config: dict[str, Any]) -> int | str | None:
 
 
 @dataclass
-class EdgeOfStability:
-    """One variant's edge: the last lr where every seed trained and the first where one did not."""
+class LargestTrainableLr:
+    """One variant's largest trainable lr: the last lr where every seed trained and the first where one did
+    not."""
     model: str
     variant: str
-    bracket: edge_search.EdgeBracket
+    bracket: largest_trainable.TrainableLrBracket
     channels_per_statistic: int | str | None
     lrs_tried: list[float]
     seeds_per_lr: str = ""   # how many seeds each lr tried was run with: "3", or "1-3" when they differ
 
     @property
-    def max_stable_lr(self) -> float | None:
-        return self.bracket.max_stable_lr
+    def largest_trainable_lr(self) -> float | None:
+        return self.bracket.largest_trainable_lr
 
     @property
     def first_failing_lr(self) -> float | None:
         return self.bracket.first_fails.lr if self.bracket.first_fails else None
 
 
-def edges_of_stability(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) -> list[EdgeOfStability]:
-    """Per model x variant, the edge bracket from its runs, however they were laid out.
+def largest_trainable_lrs(runs: list[RunRecord], min_acc: float = DEFAULT_MIN_ACC) -> list[LargestTrainableLr]:
+    """Per model x variant, the bracket of its largest trainable lr from its runs, however they were laid out.
 
     Each lr is decided on every seed the variant was run with: it trains when each of them trained, fails when
     one diverged, collapsed (below `min_acc`, or a last grad norm of exactly 0) or failed; otherwise it is open.
     The lrs tried bound the bracket: training at the largest says 'up to the cap', failing at the smallest
-    'no stable lr down to' it. No bisection is asked for here (the ratio is unbounded): the bracket is what the
+    'no trainable lr down to' it. No bisection is asked for here (the ratio is unbounded): the bracket is what the
     runs show, as wide as their lr spacing.
     """
-    edges = []
+    found = []
     seeded = [run for run in runs if run.seed is not None]
     for (model, variant), members in group_by(seeded, lambda run: (run.model, run.variant)).items():
-        outcomes: dict[float, dict[int, edge_search.Outcome]] = defaultdict(dict)
+        outcomes: dict[float, dict[int, largest_trainable.Outcome]] = defaultdict(dict)
         for run in members:
             if (outcome := run_outcome(run, min_acc)) is not None:
                 outcomes[run.lr][run.seed] = outcome
         lrs = sorted({run.lr for run in members})
-        settings = edge_search.EdgeSearchSettings(start_lr=lrs[0], seeds=sorted({run.seed for run in members}),
+        settings = largest_trainable.LrSearchSettings(start_lr=lrs[0], seeds=sorted({run.seed for run in members}),
                                                   ratio=math.inf, min_lr=lrs[0], max_lr=lrs[-1])
-        bracket = edge_search.find_bracket(settings, outcomes)
+        bracket = largest_trainable.find_bracket(settings, outcomes)
         config = next((run.config for run in members if run.config), {})
         seeds = count_range([len(runs_at) for runs_at in group_by(members, lambda run: run.lr).values()])
-        edges.append(EdgeOfStability(model, variant, bracket, channels_per_statistic(config), lrs, seeds))
-    edges.sort(key=lambda e: (e.model, variant_sort_key(e.variant)))
-    return edges
+        found.append(LargestTrainableLr(model, variant, bracket, channels_per_statistic(config), lrs, seeds))
+    found.sort(key=lambda item: (item.model, variant_sort_key(item.variant)))
+    return found

@@ -1,6 +1,6 @@
 """How a run ended, as the search for the largest trainable lr counts it: trains, diverged, collapsed or failed.
 
-The sweep's edge mode asks this of each run dir it planned; the report asks the same of the runs it aggregates
+The sweep's largest_lr mode asks this of each run dir it planned; the report asks the same of the runs it aggregates
 (through its run records, which read the same files).
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bnexp.lr_search import Outcome, classify_run
+from bnexp.lr_search.largest_trainable import Outcome, classify_run
 from bnexp.runs.files import as_float, read_metrics, read_summary, run_status
 
 # The final test accuracy a run must reach to count as trained: twice chance on CIFAR-10's 10 classes.

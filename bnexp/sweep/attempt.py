@@ -41,6 +41,7 @@ def prepare_run_dir(job: SweepJob, command: list[str], job_id: str | None = None
     write_json_atomic(job.run_dir / SWEEP_JOB_FILE,
                       {"run_id": job.run_id, "variant": job.variant, "model": job.model, "lr": job.lr,
                        "seed": job.seed, "overrides": list(job.overrides), "command": command,
+                       **({"role": job.role} if job.role else {}), **({"tuning": job.tuning} if job.tuning else {}),
                        **({"job_id": job_id} if job_id is not None else {})})
 
 

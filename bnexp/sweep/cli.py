@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example: python -m bnexp.sweep sweep=smoke sweep.workers=2 data=synthetic train.epochs=1")
     parser.add_argument("overrides", nargs="*", help="sweep=<name>, sweep.<key>=<value>, or train overrides")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the commands and exit (edge mode: the first round)")
+                        help="print the commands and exit (largest_lr mode: the first round)")
     parser.add_argument("--print-config", action="store_true", help="print the composed sweep config and exit")
     args = parser.parse_intermixed_args(argv)
     from hydra.errors import HydraException

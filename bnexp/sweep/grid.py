@@ -11,7 +11,7 @@ import itertools
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -69,6 +69,11 @@ class SweepJob:
     seed: int
     overrides: tuple[str, ...]
     run_dir: Path
+    # best_lr mode: "tune" (a run that helps choose the lr) or "final" (a fresh seed at the chosen lr); recorded in
+    # the run dir's sweep_job.json. Not part of the run id: the recipe alone names the run dir.
+    role: str | None = None
+    # a final run's record of the tuning that chose its lr (chosen lr, whether interior, the lrs tuned)
+    tuning: dict | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         model = f"{self.model} " if self.model else ""

@@ -23,7 +23,7 @@ from bnexp.sweep.grid import SweepJob
 STATUS_FILE = "sweep_status.json"
 RUNS_CSV = "runs.csv"
 SWEEP_LOCK_FILE = "sweep.lock"
-RUN_FIELDS = ["run_id", "status", "variant", "model", "lr", "seed", "returncode", "wall_time_s",
+RUN_FIELDS = ["run_id", "status", "variant", "model", "lr", "seed", "role", "returncode", "wall_time_s",
               "final_test_acc", "attempted", "run_dir", "error"]
 
 
@@ -45,13 +45,15 @@ class SweepLedger:
     """The sweep-level view of every run; only the main thread touches it."""
 
     def __init__(self, sweep_cfg: DictConfig, jobs: Iterable[SweepJob], out_dir: Path,
-                 edge_status: Callable[[], dict] | None = None):
+                 planner_status: Callable[[], dict] | None = None):
         self.out_dir = out_dir
         self.name = str(sweep_cfg.name)
         self.config = OmegaConf.to_container(sweep_cfg)
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.rows: dict[str, dict[str, Any]] = {}
-        self.edge_status = edge_status  # the edge mode's brackets, asked for at each save
+        self.mode = str(sweep_cfg.mode)
+        # a planning mode's state per search (largest_lr: its bracket), asked for at each save
+        self.planner_status = planner_status
         self.add_jobs(jobs)
 
     def add_jobs(self, jobs: Iterable[SweepJob]) -> None:
@@ -62,7 +64,8 @@ class SweepLedger:
                 # a stale 'running'/'failed' from an earlier sweep is 'pending' until this sweep redoes it
                 "run_id": job.run_id, "status": status if status in COMPLETED_STATUSES else "pending",
                 "previous_status": None if status in COMPLETED_STATUSES else status, "variant": job.variant,
-                "model": job.model, "lr": job.lr, "seed": job.seed, "returncode": summary.get("returncode"),
+                "model": job.model, "lr": job.lr, "seed": job.seed, "role": job.role,
+                "returncode": summary.get("returncode"),
                 "wall_time_s": summary.get("wall_time_s"), "final_test_acc": summary.get("final_test_acc"),
                 "attempted": False, "run_dir": str(job.run_dir), "error": summary.get("error"),
                 "overrides": list(job.overrides), "job_id": None,
@@ -106,7 +109,7 @@ class SweepLedger:
         write_json_atomic(self.out_dir / STATUS_FILE, {
             "sweep": self.name, "state": state, "started_at": self.started_at,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": self.counts(),
-            "config": self.config, **({"edge": self.edge_status()} if self.edge_status else {}),
+            "config": self.config, **({self.mode: self.planner_status()} if self.planner_status else {}),
             "runs": list(self.rows.values())})
         with atomic_write(self.out_dir / RUNS_CSV, newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=RUN_FIELDS, extrasaction="ignore")

@@ -1,4 +1,4 @@
-"""One sweep from its checked config to its exit code: the jobs to do (the grid, or the edge searches' first round),
+"""One sweep from its checked config to its exit code: the jobs to do (the grid, or the lr searches' first round),
 a dry run's listing, the out_dir lock, the first line, the scheduler, and the closing account of what did not finish.
 
 Resuming is running again: the jobs are rebuilt from the config, and a run whose dir says finished or diverged is
@@ -9,33 +9,44 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig
 
 from bnexp.config.compose import ConfigError
 from bnexp.runs.fileio import read_json
 from bnexp.runs.files import COMPLETED_STATUSES, first_line, run_status
-from bnexp.sweep.edge import EdgePlanner
+from bnexp.sweep.best_lr import BestLrPlanner
+from bnexp.sweep.largest_lr import LargestLrPlanner
 from bnexp.sweep.executors import Executor, LocalExecutor
 from bnexp.sweep.grid import SweepJob, build_jobs, train_command
 from bnexp.sweep.ledger import STATUS_FILE, SweepLedger, lock_sweep_dir
 from bnexp.sweep.processes import WorkerPlan, plan_workers
+from bnexp.sweep.planning import RunDirPlanner
 from bnexp.sweep.scheduler import Scheduler
+
+
+# the planning modes: their next runs depend on how the earlier ones ended
+PLANNERS: dict[str, Callable[[DictConfig, list[str]], RunDirPlanner]] = {
+    "largest_lr": lambda sweep_cfg, overrides: LargestLrPlanner(sweep_cfg, overrides, one_at_a_time=False),
+    "best_lr": BestLrPlanner,
+}
 
 
 def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bool = False) -> int:
     """Run (or resume) the sweep of a checked config (bnexp.sweep.grid.compose_sweep_config); returns the process
     exit code."""
     planner = plan = None
-    if sweep_cfg.mode == "edge":
-        planner = EdgePlanner(sweep_cfg, cli_train_overrides, one_at_a_time=False)
+    if sweep_cfg.mode in PLANNERS:
+        planner = PLANNERS[sweep_cfg.mode](sweep_cfg, cli_train_overrides)
         if sweep_cfg.executor != "slurm":  # SLURM places the runs itself
-            plan = plan_workers(sweep_cfg, len(planner.searches) * len(sweep_cfg.seeds))
-        # one run at a time runs an lr's seeds one by one, so that an lr whose first seed fails costs one run
-        planner.one_at_a_time = (plan.count if plan else sweep_cfg.slurm.array_parallelism) == 1
+            plan = plan_workers(sweep_cfg, planner.max_parallel_runs())
+        if isinstance(planner, LargestLrPlanner):
+            # one run at a time runs an lr's seeds one by one, so that an lr whose first seed fails costs one run
+            planner.one_at_a_time = (plan.count if plan else sweep_cfg.slurm.array_parallelism) == 1
 
     def jobs_and_pending() -> tuple[list[SweepJob], list[SweepJob]]:
-        """The jobs (edge mode: those known and the first round) and those not finished/diverged yet."""
+        """The jobs (a planning mode: those known and the first round) and those not finished/diverged yet."""
         jobs = planner.known_jobs() + planner.next_jobs() if planner else build_jobs(sweep_cfg, cli_train_overrides)
         return jobs, [job for job in jobs if run_status(job.run_dir) not in COMPLETED_STATUSES]
 
@@ -55,11 +66,11 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     # Job statuses are read after taking the lock: another sweep may have just finished some of them.
     jobs, pending = jobs_and_pending()
     skipped = len(jobs) - len(pending)
-    if sweep_cfg.executor != "slurm":  # SLURM places the runs itself (the edge mode's plan is made above)
+    if sweep_cfg.executor != "slurm":  # SLURM places the runs itself (a planning mode's plan is made above)
         plan = plan or plan_workers(sweep_cfg, len(pending))
     executor = _make_executor(sweep_cfg, plan, out_dir)
     followed = executor.adopt(pending)
-    ledger = SweepLedger(sweep_cfg, jobs, out_dir, edge_status=planner.status if planner else None)
+    ledger = SweepLedger(sweep_cfg, jobs, out_dir, planner_status=planner.status if planner else None)
     for run_id, job_id in followed.items():
         ledger.note_job_id(run_id, job_id)
     ledger.save("running")
@@ -73,8 +84,8 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
             print(f"sweep {ledger.name}: {len(jobs)} runs ({skipped} already finished/diverged, {len(pending)} to "
                   f"run{redoing}) {executor.describe()} -> {out_dir}", flush=True)
         else:
-            print(f"sweep {ledger.name} (edge mode): {len(planner.searches)} searches, {skipped} runs already "
-                  f"finished/diverged, {len(pending)} to run first{redoing}, {executor.describe()} -> "
+            print(f"sweep {ledger.name} ({sweep_cfg.mode} mode): {len(planner.searches)} searches, {skipped} runs "
+                  f"already finished/diverged, {len(pending)} to run first{redoing}, {executor.describe()} -> "
                   f"{out_dir}\n{planner.describe_settings()}", flush=True)
         scheduler = Scheduler(ledger, executor, planner, skipped)
         completed = scheduler.run(pending)
@@ -90,7 +101,7 @@ def run_sweep(sweep_cfg: DictConfig, cli_train_overrides: list[str], dry_run: bo
     print(f"sweep {ledger.name}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
           + f" -> {out_dir / STATUS_FILE}")
     if planner is not None:
-        _print_brackets(planner)
+        _print_summary(planner)
     if failures:
         print(f"{len(failures)} run(s) did not finish; re-run the same command to redo only these:",
               file=sys.stderr)
@@ -118,7 +129,7 @@ def _make_executor(sweep_cfg: DictConfig, plan: WorkerPlan | None, out_dir: Path
     return SubmititExecutor(sweep_cfg.executor, sweep_cfg, plan, previous_jobs)
 
 
-def _print_dry_run(jobs: list[SweepJob], pending: list[SweepJob], planner: EdgePlanner | None, train_module: str,
+def _print_dry_run(jobs: list[SweepJob], pending: list[SweepJob], planner: RunDirPlanner | None, train_module: str,
                    out_dir: Path) -> None:
     skipped = len(jobs) - len(pending)
     for job in jobs:
@@ -126,13 +137,13 @@ def _print_dry_run(jobs: list[SweepJob], pending: list[SweepJob], planner: EdgeP
         print(f"[{state}] {' '.join(train_command(job, train_module))}")
     if planner is not None:
         print(f"{planner.describe_settings()}; so far:")
-        _print_brackets(planner)
-        print(f"edge mode: {len(pending)} run(s) in the first round, {skipped} known; later rounds depend on "
+        _print_summary(planner)
+        print(f"{planner.mode} mode: {len(pending)} run(s) in the first round, {skipped} known; later rounds depend on "
               f"their outcomes; out_dir={out_dir}")
     else:
         print(f"{len(jobs)} runs, {len(pending)} to run, {skipped} already done; out_dir={out_dir}")
 
 
-def _print_brackets(planner: EdgePlanner) -> None:
-    for search, bracket in planner.brackets().items():
-        print(f"  {search.describe()}: {bracket.describe()}")
+def _print_summary(planner: RunDirPlanner) -> None:
+    for line in planner.summary_lines():
+        print(f"  {line}")

@@ -1,6 +1,6 @@
 """The scheduler: hands the sweep's runs to an executor and follows them to their end, keeping the ledger, the
-progress bar and (edge mode) the planner up to date as runs start and end. Ctrl-C or SIGTERM stops it: queued runs
-are not started, running ones are stopped and recorded.
+progress bar and (a planning mode: largest_lr, best_lr) the planner up to date as runs start and end. Ctrl-C or
+SIGTERM stops it: queued runs are not started, running ones are stopped and recorded.
 
 Everything here runs on the sweep's main thread; an executor's workers only ever touch their own Launch.
 """
@@ -12,10 +12,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bnexp.runs.files import first_line
-from bnexp.sweep.edge import EdgePlanner
 from bnexp.sweep.executors import Executor, Launch
 from bnexp.sweep.grid import SweepJob
 from bnexp.sweep.ledger import SweepLedger
+from bnexp.sweep.planning import RunDirPlanner
 
 POLL_S = 0.5
 
@@ -24,11 +24,11 @@ class Scheduler:
     """The runs of one sweep, from the first submitted to the last recorded.
 
     State: `in_flight` (run id -> Launch handed to the executor and not recorded yet), `ran_here` (run ids started
-    in this sweep: edge mode never asks for one again), `logs` (run id -> the stderr log of what ran, for the runs
+    in this sweep: a planning mode never asks for one again), `logs` (run id -> the stderr log of what ran, for the runs
     that got that far), `stopping` (set by Ctrl-C/SIGTERM), the ledger and the bar.
     """
 
-    def __init__(self, ledger: SweepLedger, executor: Executor, planner: EdgePlanner | None, skipped: int):
+    def __init__(self, ledger: SweepLedger, executor: Executor, planner: RunDirPlanner | None, skipped: int):
         self.ledger = ledger
         self.executor = executor
         self.planner = planner
@@ -42,7 +42,7 @@ class Scheduler:
                         mininterval=1.0 if sys.stderr.isatty() else 30.0, smoothing=0.1)
 
     def run(self, pending: list[SweepJob]) -> bool:
-        """Run `pending` (and, in edge mode, whatever the searches ask for next) to the end; False when stopped by
+        """Run `pending` (and, in a planning mode, whatever the searches ask for next) to the end; False when stopped by
         Ctrl-C or SIGTERM."""
         interrupted = False
         try:
@@ -118,9 +118,9 @@ class Scheduler:
         self.bar.update(1)
 
     def _plan_more(self) -> None:
-        """Edge mode: start the runs the searches need now, given what has ended."""
-        for search, bracket in self.planner.newly_done():
-            self.bar.write(f"    edge: {search.describe()}: {bracket.describe()}")
+        """A planning mode: start the runs the searches need now, given what has ended."""
+        for line in self.planner.progress_lines():
+            self.bar.write(f"    {line}")
         in_flight = [launch.job for launch in self.in_flight.values()]
         # a run is started once per sweep: one that ended here has an outcome, so asking again would be a loop
         more = [job for job in self.planner.next_jobs(in_flight) if job.run_id not in self.ran_here]

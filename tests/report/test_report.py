@@ -293,7 +293,7 @@ def test_report_shows_run_dirs_below_the_current_dir_relative(tmp_path: Path, mo
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Uncertainty: intervals over seeds, differences, per-seed points; the edge of stability
+# Uncertainty: intervals over seeds, differences, per-seed points; the largest trainable lr
 # ----------------------------------------------------------------------------------------------------------------
 
 T_975_DF1 = 12.706204736174707   # published two-sided 95% Student-t quantiles
@@ -381,7 +381,7 @@ def write_grad_norms(run_dir: Path, norms: list[float]) -> None:
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
-def test_edge_of_stability_per_variant_with_its_bracket_and_plot(tmp_path: Path):
+def test_largest_trainable_lr_per_variant_with_its_bracket_and_plot(tmp_path: Path):
     root = tmp_path / "runs"
     by_size = {"variant": {"name": "grouped_bn_4ch", "norm": "grouped", "stat_groups": None,
                            "channels_per_group": 4}}
@@ -402,23 +402,29 @@ def test_edge_of_stability_per_variant_with_its_bracket_and_plot(tmp_path: Path)
             make_run_dir(root / f"n_{lr}_{seed}", "no_bn", lr, seed, status="diverged", final_test_acc=None)
     out = tmp_path / "report"
     assert report.main([str(root), "--out", str(out)]) == 0
-    edges = {r["variant"]: r for r in read_csv(out / "edge_of_stability.csv")}
-    assert edges["correct_bn"]["bracket"] == "max stable lr 0.4 (0.4 trains, 1.6 diverges)"
-    assert edges["shared_bn"]["bracket"] == "max stable lr 0.1 (0.1 trains, 0.4 collapses)"
-    assert edges["grouped_bn_4ch"]["bracket"] == "max stable lr 0.4 (0.4 trains, 1.6 collapses)"
-    assert edges["no_bn"]["bracket"] == "no stable lr down to 0.1 (0.1 diverges)"
-    assert edges["no_bn"]["max_stable_lr"] == "" and edges["no_bn"]["floored"] == "True"
-    assert {v: r["channels_per_statistic"] for v, r in edges.items()} == {
+    found = {r["variant"]: r for r in read_csv(out / "largest_trainable_lr.csv")}
+    assert found["correct_bn"]["bracket"] == "largest trainable lr 0.4 (0.4 trains, 1.6 diverges)"
+    assert found["shared_bn"]["bracket"] == "largest trainable lr 0.1 (0.1 trains, 0.4 collapses)"
+    assert found["grouped_bn_4ch"]["bracket"] == "largest trainable lr 0.4 (0.4 trains, 1.6 collapses)"
+    assert found["no_bn"]["bracket"] == "no trainable lr down to 0.1 (0.1 diverges)"
+    assert found["no_bn"]["largest_trainable_lr"] == "" and found["no_bn"]["floored"] == "True"
+    assert {v: r["channels_per_statistic"] for v, r in found.items()} == {
         "correct_bn": "1", "grouped_bn_4ch": "4", "shared_bn": "all", "no_bn": "no norm"}
-    assert float(edges["correct_bn"]["max_stable_lr"]) == 0.4 and float(edges["correct_bn"]["first_failing_lr"]) == 1.6
-    assert_png(out / "edge_of_stability.png")
+    assert float(found["correct_bn"]["largest_trainable_lr"]) == 0.4
+    assert float(found["correct_bn"]["first_failing_lr"]) == 1.6
+    assert_png(out / "largest_trainable_lr.png")
     text = (out / "report.md").read_text()
-    assert "| correct_bn | 1 | 0.4 | max stable lr 0.4 (0.4 trains, 1.6 diverges) | 0.1, 0.4, 1.6 |" in text
-    assert "](edge_of_stability.png)" in text
+    assert "| correct_bn | 1 | 0.4 | largest trainable lr 0.4 (0.4 trains, 1.6 diverges) | 0.1, 0.4, 1.6 |" in text
+    assert "](largest_trainable_lr.png)" in text
+    # the old name is gone, and the section says how it differs from the edge of stability (no sharpness here)
+    assert "## Largest trainable learning rate" in text and "Edge of stability" not in text
+    assert "This is not the *edge of stability* in the field's sense" in text
+    assert not (out / "edge_of_stability.csv").exists()
+    assert found["correct_bn"]["lowest_lr_sharpness_at_threshold"] == ""
 
     only_low = tmp_path / "low"
     for seed in (0, 1):
         make_run_dir(only_low / f"c_{seed}", "correct_bn", 0.1, seed)
     assert report.main([str(only_low), "--out", str(tmp_path / "low_report")]) == 0
-    (edge,) = read_csv(tmp_path / "low_report" / "edge_of_stability.csv")
-    assert edge["capped"] == "True" and edge["bracket"].startswith("max stable lr >= 0.1")
+    (capped,) = read_csv(tmp_path / "low_report" / "largest_trainable_lr.csv")
+    assert capped["capped"] == "True" and capped["bracket"].startswith("largest trainable lr >= 0.1")

@@ -216,13 +216,13 @@ def test_differences_give_p_and_holm_over_every_comparison(trend_runs: Path, tmp
     assert float(grouped["p_holm"]) < 0.05 and "(holds after Holm)" in text
 
 
-def test_stable_and_edge_tables_say_how_many_seeds_each_lr_had(trend_runs: Path, tmp_path: Path):
+def test_stable_and_largest_trainable_lr_tables_say_how_many_seeds_each_lr_had(trend_runs: Path, tmp_path: Path):
     out = tmp_path / "report"
     assert report.main([str(trend_runs), "--out", str(out)]) == 0
     stable = {row["variant"]: row["seeds_per_lr"] for row in read_csv(out / "stable_lr.csv")}
     assert stable["correct_bn"] == "3" and stable["no_bn"] == "1"
-    edges = {row["variant"]: row["seeds_per_lr"] for row in read_csv(out / "edge_of_stability.csv")}
-    assert edges["shared_bn"] == "3" and edges["grouped_bn_g8"] == "1"
+    searched = {row["variant"]: row["seeds_per_lr"] for row in read_csv(out / "largest_trainable_lr.csv")}
+    assert searched["shared_bn"] == "3" and searched["grouped_bn_g8"] == "1"
     text = (out / "report.md").read_text()
     assert "| largest lr that trains (acc ≥ 20%) | seeds per lr |" in text
     assert "| lrs tried | seeds per lr |" in text and "| 0.1, 0.4 | 3 |" in text

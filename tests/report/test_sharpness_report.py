@@ -48,6 +48,14 @@ def test_sharpness_section_tables_the_peak_ratio_and_the_lowest_lr_at_the_thresh
     assert "correct_bn: 1; shared_bn: 0.1." in text
     assert (out / "sharpness.png").read_bytes().startswith(PNG_SIGNATURE)
     assert "5 of 6 runs measured the sharpness" in text
+    # the largest trainable lr (a different notion) is given with the edge of stability beside it
+    beside = {row["variant"]: row["lowest_lr_sharpness_at_threshold"]
+              for row in csv.DictReader(open(out / "largest_trainable_lr.csv"))}
+    assert beside == {"correct_bn": "1.0", "shared_bn": "0.1", "no_bn": ""}
+    assert "| edge of stability: lowest lr where sharpness reached the threshold |" in text
+    assert "| 0.1, 1 | 1-2 | 1 |" in text and "| shared_bn | all | 0.1 |" in text
+    assert text.count("| not measured |") == 1
+    assert "The last column is the other notion, the *edge of stability* in the field's sense" in text
 
 
 def test_without_sharpness_the_section_says_how_to_turn_it_on(tmp_path):

@@ -7,13 +7,18 @@ variant, so a sweep can mix healthy, diverging, crashing and slow runs:
                    (an env var, not an override, so it does not change the sweep's run dir)
   +variant=diverge ends with status diverged
   anything else    finishes with final_test_acc = 0.5 + lr/10 + seed/100
-An edge of stability per variant, for the sweep's edge mode: $FAKE_TRAIN_EDGES = "label=threshold[:collapse],..."
+An instability threshold per variant, for the sweep's largest_lr mode: $FAKE_TRAIN_LR_LIMITS =
+"label=threshold[:collapse],..."
 (label as the sweep names it: correct_bn, grouped_bn_4ch for +variant=grouped_bn_by_size
 variant.channels_per_group=4, grouped_bn_g1 for +variant=grouped_bn variant.stat_groups=1). A run of that variant at
 lr >= threshold diverges, or with `:collapse` finishes at chance (test acc 0.1) with a last grad norm of 0.
+An accuracy that peaks at an lr per variant, for the sweep's best_lr mode: $FAKE_TRAIN_PEAKS = "label=peak_lr,...";
+a run of that variant that trains finishes at peaked_accuracy(lr, peak_lr, seed): 0.1 lower per doubling away from
+the peak (at least chance, 0.1), plus 0.001 x seed.
 $FAKE_TRAIN_RUN_SLEEP: seconds every run sleeps while "running" (to stop a sweep midway).
 """
 import json
+import math
 import os
 import sys
 import time
@@ -47,14 +52,27 @@ def variant_label(args):
                    "channels_per_group": None if channels_per_group is None else int(channels_per_group)}
 
 
-def edge_of(label):
-    """(threshold, 'diverge' | 'collapse') of this variant from $FAKE_TRAIN_EDGES, or None."""
-    for entry in filter(None, os.environ.get("FAKE_TRAIN_EDGES", "").split(",")):
+def lr_limit_of(label):
+    """(threshold, 'diverge' | 'collapse') of this variant from $FAKE_TRAIN_LR_LIMITS, or None."""
+    for entry in filter(None, os.environ.get("FAKE_TRAIN_LR_LIMITS", "").split(",")):
         name, _, rule = entry.partition("=")
         threshold, _, how = rule.partition(":")
         if name == label:
             return float(threshold), how or "diverge"
     return None
+
+
+def peak_of(label):
+    """The lr at which this variant's accuracy peaks, from $FAKE_TRAIN_PEAKS, or None."""
+    for entry in filter(None, os.environ.get("FAKE_TRAIN_PEAKS", "").split(",")):
+        name, _, peak = entry.partition("=")
+        if name == label:
+            return float(peak)
+    return None
+
+
+def peaked_accuracy(lr, peak_lr, seed):
+    return max(0.1, 0.8 - 0.1 * abs(math.log2(lr / peak_lr))) + 0.001 * seed
 
 
 def main():
@@ -66,9 +84,9 @@ def main():
     label, variant_config = variant_label(args)
     lr = float(args.get("optim.lr", 0.1))
     seed = int(args.get("seed", 0))
-    edge = edge_of(label)
-    unstable = edge is not None and lr >= edge[0]
-    collapses = unstable and edge[1] == "collapse"
+    limit = lr_limit_of(label)
+    unstable = limit is not None and lr >= limit[0]
+    collapses = unstable and limit[1] == "collapse"
     config = {"variant": variant_config, "model": {"name": "fake", "width": 1.0},
               "data": {"name": "synthetic"}, "optim": {"name": "sgd", "lr": lr}, "seed": seed}
     (run_dir / "config.yaml").write_text(json.dumps(config))  # JSON is valid YAML
@@ -86,7 +104,8 @@ def main():
         time.sleep(float(os.environ.get("FAKE_TRAIN_SLEEP", 30)))
     if variant == "crash":
         raise ValueError("stat_groups=3 must divide the channel count 8 of layer block1.norm")
-    accuracy = 0.1 if collapses else 0.5 + lr / 10 + seed / 100
+    peak = peak_of(label)
+    accuracy = 0.1 if collapses else 0.5 + lr / 10 + seed / 100 if peak is None else peaked_accuracy(lr, peak, seed)
     status = "diverged" if variant == "diverge" or (unstable and not collapses) else "finished"
     summary.update(status=status, final_test_acc=None if status == "diverged" else accuracy,
                    diverged_step=2 if status == "diverged" else None, steps_done=3, epochs_done=1)

@@ -1,11 +1,11 @@
-"""The edge-of-stability search on fake trainers whose instability threshold is known."""
+"""The search for the largest trainable lr on fake trainers whose instability threshold is known."""
 import math
 import random
 
 import pytest
 
-from bnexp.lr_search import (EdgeSearchSettings, Outcome, classify_run, find_bracket, next_runs,
-                               run_edge_search)
+from bnexp.lr_search.largest_trainable import (LrSearchSettings, Outcome, classify_run, find_bracket, next_runs,
+                                               run_lr_search)
 
 SQRT2 = math.sqrt(2.0)
 
@@ -26,19 +26,19 @@ class ThresholdTrainer:
 
 
 def dense_grid_runs(low, high, ratio, seeds):
-    """Runs a grid with the search's resolution needs to bracket an edge anywhere in [low, high]."""
+    """Runs a grid with the search's resolution needs to bracket a largest trainable lr anywhere in [low, high]."""
     return (math.floor(math.log(high / low) / math.log(ratio)) + 1) * seeds
 
 
 @pytest.mark.parametrize("threshold", [0.03, 0.5, 0.63, 0.8, 1.3, 5.0])
 def test_search_brackets_a_known_threshold_within_the_ratio(threshold):
-    settings = EdgeSearchSettings(start_lr=0.1, seeds=(0, 1, 2), min_lr=1e-3, max_lr=20)
+    settings = LrSearchSettings(start_lr=0.1, seeds=(0, 1, 2), min_lr=1e-3, max_lr=20)
     trainer = ThresholdTrainer(lambda seed: threshold)
-    bracket, outcomes = run_edge_search(settings, trainer)
+    bracket, outcomes = run_lr_search(settings, trainer)
     assert bracket.done and not bracket.capped and not bracket.floored
     assert bracket.last_trains.lr < threshold <= bracket.first_fails.lr
     assert bracket.first_fails.lr / bracket.last_trains.lr <= SQRT2 * 1.001
-    assert bracket.max_stable_lr == bracket.last_trains.lr
+    assert bracket.largest_trainable_lr == bracket.last_trains.lr
     assert bracket.runs == len(trainer.calls) == sum(len(by_seed) for by_seed in outcomes.values())
     # a failing lr stops at its first seed; each training lr needs every seed
     assert all(len(outcomes[lr]) == 1 for lr in outcomes if outcomes[lr][0] != Outcome.TRAINS)
@@ -48,45 +48,45 @@ def test_search_brackets_a_known_threshold_within_the_ratio(threshold):
 
 def test_search_path_doubles_then_bisects_in_log_space():
     trainer = ThresholdTrainer(lambda seed: 0.7, collapse_from=0.7)
-    bracket, _ = run_edge_search(EdgeSearchSettings(start_lr=0.1, seeds=(0, 1)), trainer)
+    bracket, _ = run_lr_search(LrSearchSettings(start_lr=0.1, seeds=(0, 1)), trainer)
     lrs = list(dict.fromkeys(lr for lr, _ in trainer.calls))
     assert lrs == [0.1, 0.2, 0.4, 0.8, 0.5657]  # 0.5657 = sqrt(0.4 * 0.8), rounded to 4 digits
     assert len(trainer.calls) == 2 + 2 + 2 + 1 + 2
-    assert bracket.describe() == "max stable lr 0.5657 (0.5657 trains, 0.8 collapses)"
+    assert bracket.describe() == "largest trainable lr 0.5657 (0.5657 trains, 0.8 collapses)"
 
 
 def test_ratio_is_configurable():
-    bracket, _ = run_edge_search(EdgeSearchSettings(start_lr=0.1, ratio=1.1), ThresholdTrainer(lambda seed: 0.7))
+    bracket, _ = run_lr_search(LrSearchSettings(start_lr=0.1, ratio=1.1), ThresholdTrainer(lambda seed: 0.7))
     assert bracket.last_trains.lr < 0.7 <= bracket.first_fails.lr
     assert bracket.first_fails.lr / bracket.last_trains.lr <= 1.1 * 1.001
 
 
 def test_first_lr_failing_halves_downward():
     trainer = ThresholdTrainer(lambda seed: 0.03)
-    bracket, _ = run_edge_search(EdgeSearchSettings(start_lr=0.1), trainer)
+    bracket, _ = run_lr_search(LrSearchSettings(start_lr=0.1), trainer)
     assert [lr for lr, _ in trainer.calls][:3] == [0.1, 0.05, 0.025]
     assert bracket.last_trains.lr == 0.025 and bracket.first_fails.lr == pytest.approx(0.03536)
-    assert bracket.describe() == "max stable lr 0.025 (0.025 trains, 0.03536 diverges)"
+    assert bracket.describe() == "largest trainable lr 0.025 (0.025 trains, 0.03536 diverges)"
 
 
 def test_floor_and_cap_end_the_search_and_say_so():
     trainer = ThresholdTrainer(lambda seed: 1e-5)
-    floored, _ = run_edge_search(EdgeSearchSettings(start_lr=0.1, min_lr=0.01), trainer)
+    floored, _ = run_lr_search(LrSearchSettings(start_lr=0.1, min_lr=0.01), trainer)
     assert [lr for lr, _ in trainer.calls] == [0.1, 0.05, 0.025, 0.0125, 0.01]  # the floor itself is tried
-    assert floored.done and floored.floored and floored.max_stable_lr is None
-    assert floored.describe() == "no stable lr down to 0.01 (0.01 diverges)"
+    assert floored.done and floored.floored and floored.largest_trainable_lr is None
+    assert floored.describe() == "no trainable lr down to 0.01 (0.01 diverges)"
 
     trainer = ThresholdTrainer(lambda seed: math.inf)
-    capped, _ = run_edge_search(EdgeSearchSettings(start_lr=0.1, max_lr=1.0), trainer)
+    capped, _ = run_lr_search(LrSearchSettings(start_lr=0.1, max_lr=1.0), trainer)
     assert [lr for lr, _ in trainer.calls] == [0.1, 0.2, 0.4, 0.8, 1.0]
-    assert capped.done and capped.capped and capped.max_stable_lr == 1.0
-    assert capped.describe() == "max stable lr >= 1 (trains at every lr tried, up to the cap 1)"
+    assert capped.done and capped.capped and capped.largest_trainable_lr == 1.0
+    assert capped.describe() == "largest trainable lr >= 1 (trains at every lr tried, up to the cap 1)"
 
 
 def test_seed_dependent_threshold_brackets_the_least_stable_seed():
     thresholds = {0: 0.9, 1: 0.45, 2: 0.7}
     trainer = ThresholdTrainer(thresholds.__getitem__)
-    bracket, outcomes = run_edge_search(EdgeSearchSettings(start_lr=0.1, seeds=(0, 1, 2)), trainer)
+    bracket, outcomes = run_lr_search(LrSearchSettings(start_lr=0.1, seeds=(0, 1, 2)), trainer)
     assert bracket.last_trains.lr < 0.45 <= bracket.first_fails.lr
     # the failing lr was decided by the first seed that failed there, not by running all three
     assert Outcome.DIVERGED in outcomes[bracket.first_fails.lr].values()
@@ -94,14 +94,14 @@ def test_seed_dependent_threshold_brackets_the_least_stable_seed():
 
 @pytest.mark.parametrize("noise_seed", range(8))
 def test_noisy_outcomes_give_a_bracket_the_runs_support(noise_seed):
-    """Near the edge each run's fate is random; the bracket still agrees with what the runs showed."""
+    """Near the threshold each run's fate is random; the bracket still agrees with what the runs showed."""
     noise = random.Random(noise_seed)
 
     def noisy(lr, seed):
         threshold = 0.5 * math.exp(noise.gauss(0, 0.3))  # each run draws its own threshold
         return Outcome.TRAINS if lr < threshold else Outcome.COLLAPSED
 
-    bracket, outcomes = run_edge_search(EdgeSearchSettings(start_lr=0.05, seeds=(0, 1, 2), min_lr=1e-3), noisy)
+    bracket, outcomes = run_lr_search(LrSearchSettings(start_lr=0.05, seeds=(0, 1, 2), min_lr=1e-3), noisy)
     assert bracket.done
     assert all(outcome == Outcome.TRAINS for outcome in outcomes[bracket.last_trains.lr].values())
     assert len(outcomes[bracket.last_trains.lr]) == 3
@@ -111,9 +111,9 @@ def test_noisy_outcomes_give_a_bracket_the_runs_support(noise_seed):
 
 
 def test_search_resumes_from_outcomes_read_back_from_run_dirs():
-    settings = EdgeSearchSettings(start_lr=0.1, seeds=(0, 1, 2))
+    settings = LrSearchSettings(start_lr=0.1, seeds=(0, 1, 2))
     full_trainer = ThresholdTrainer(lambda seed: 0.63)
-    full_bracket, full_outcomes = run_edge_search(settings, full_trainer)
+    full_bracket, full_outcomes = run_lr_search(settings, full_trainer)
 
     for stop_after in range(1, len(full_trainer.calls)):
         # a killed sweep: the first runs finished, and their configs hold the lr as text (6 significant digits)
@@ -121,13 +121,13 @@ def test_search_resumes_from_outcomes_read_back_from_run_dirs():
         for lr, seed in full_trainer.calls[:stop_after]:
             partial.setdefault(float(f"{lr:.6g}"), {})[str(seed) if seed % 2 else seed] = full_outcomes[lr][seed].value
         resumed_trainer = ThresholdTrainer(lambda seed: 0.63)
-        bracket, _ = run_edge_search(settings, resumed_trainer, outcomes=partial)
+        bracket, _ = run_lr_search(settings, resumed_trainer, outcomes=partial)
         assert resumed_trainer.calls == full_trainer.calls[stop_after:]
         assert bracket.describe() == full_bracket.describe() and bracket.runs == full_bracket.runs
 
 
 def test_next_runs_lists_all_missing_seeds_for_parallel_workers():
-    settings = EdgeSearchSettings(start_lr=0.1, seeds=(0, 1, 2))
+    settings = LrSearchSettings(start_lr=0.1, seeds=(0, 1, 2))
     assert next_runs(settings, {}) == [(0.1, 0), (0.1, 1), (0.1, 2)]
     assert next_runs(settings, {}, one_at_a_time=True) == [(0.1, 0)]
     assert next_runs(settings, {0.1: {1: "trains"}}) == [(0.1, 0), (0.1, 2)]
@@ -140,15 +140,16 @@ def test_next_runs_lists_all_missing_seeds_for_parallel_workers():
 
 
 def test_known_grid_runs_shorten_the_search_and_non_monotone_lrs_are_reported():
-    settings = EdgeSearchSettings(start_lr=0.1)
+    settings = LrSearchSettings(start_lr=0.1)
     grid = {0.1: {0: "trains"}, 0.4: {0: "trains"}, 1.6: {0: "diverged"}, 0.8: {0: "failed"}, 3.2: {0: "trains"},
             0.2: {5: "diverged"}}  # seed 5 is not one of the search's seeds: ignored
     bracket = find_bracket(settings, grid)
     assert (bracket.last_trains.lr, bracket.first_fails.lr, bracket.next_lr) == (0.4, 0.8, 0.5657)
     assert bracket.non_monotone == (3.2,)
-    assert bracket.describe() == ("max stable lr 0.4 (0.4 trains, 0.8 fails); search not finished, next lr 0.5657; "
-                                  "not monotone: 3.2 trained above the edge")
-    mixed = find_bracket(EdgeSearchSettings(start_lr=0.1, seeds=(0, 1)),
+    assert bracket.describe() == ("largest trainable lr 0.4 (0.4 trains, 0.8 fails); search not finished, next lr "
+                                  "0.5657; "
+                                  "not monotone: 3.2 trained above the first lr that failed")
+    mixed = find_bracket(LrSearchSettings(start_lr=0.1, seeds=(0, 1)),
                          {0.1: {0: "trains", 1: "trains"}, 0.2: {0: "collapsed", 1: "diverged"}})
     assert mixed.first_fails.describe() == "0.2 diverges/collapses"
     assert find_bracket(settings, {}).describe() == "no lr decided yet; search not finished, next lr 0.1"
@@ -184,4 +185,4 @@ def test_classify_run_min_acc_is_the_training_bar():
 ])
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        EdgeSearchSettings(**kwargs)
+        LrSearchSettings(**kwargs)

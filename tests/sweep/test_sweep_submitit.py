@@ -1,10 +1,10 @@
 """bnexp.sweep through submitit, without a cluster.
 
 submitit's local executor (`sweep.executor=submitit_local`) runs the jobs the SLURM executor would submit, on this
-machine: a grid and an edge search end to end on the fake trainer, a stop that cancels queued and running jobs, and a
-sweep killed outright whose resume follows the job still running and redoes only what is missing. For SLURM, the
-sbatch script is rendered through submitit itself and its resources checked, and a sweep is run against stand-in
-sbatch/sacct/scancel commands (tests/support/fake_slurm): SLURM submission is rendered, not submitted.
+machine: a grid and a largest_lr search end to end on the fake trainer, a stop that cancels queued and running jobs,
+and a sweep killed outright whose resume follows the job still running and redoes only what is missing. For SLURM,
+the sbatch script is rendered through submitit itself and its resources checked, and a sweep is run against
+stand-in sbatch/sacct/scancel commands (tests/support/fake_slurm): SLURM submission is rendered, not submitted.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bnexp.lr_search import EdgeSearchSettings, Outcome, run_edge_search
+from bnexp.lr_search.largest_trainable import LrSearchSettings, Outcome, run_lr_search
 from tests.helpers import REPO, background_sweep, read_status, run_sweep_cli, wait_for
 
 submitit = pytest.importorskip("submitit")
@@ -88,30 +88,31 @@ def test_a_grid_runs_end_to_end_through_submitits_local_executor(tmp_path: Path)
 
 
 THRESHOLDS = {"correct_bn": (0.9, "diverge"), "shared_bn": (0.15, "collapse")}
-EDGES_ENV = {"FAKE_TRAIN_EDGES": "correct_bn=0.9,shared_bn=0.15:collapse"}
+LR_LIMITS_ENV = {"FAKE_TRAIN_LR_LIMITS": "correct_bn=0.9,shared_bn=0.15:collapse"}
 
 
 @pytest.mark.slow
-def test_an_edge_search_runs_end_to_end_through_submitits_local_executor(tmp_path: Path):
+def test_a_largest_lr_search_runs_end_to_end_through_submitits_local_executor(tmp_path: Path):
     arguments = ["sweep=cpu_mechanism", "sweep.train_module=tests.support.fake_train", "sweep.gpus=[]",
-                 "sweep.executor=submitit_local", "sweep.mode=edge", "sweep.workers=2", "sweep.seeds=[0]",
-                 "sweep.only_variants=[correct_bn,shared_bn]", "sweep.edge_start_lr=0.4", f"sweep.out_dir={tmp_path}"]
-    result = run_sweep_cli(arguments, env_extra=EDGES_ENV, timeout=300)
+                 "sweep.executor=submitit_local", "sweep.mode=largest_lr", "sweep.workers=2", "sweep.seeds=[0]",
+                 "sweep.only_variants=[correct_bn,shared_bn]", "sweep.lr_search_start=0.4", f"sweep.out_dir={tmp_path}"]
+    result = run_sweep_cli(arguments, env_extra=LR_LIMITS_ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    edge = read_status(tmp_path)["edge"]
-    settings = EdgeSearchSettings(start_lr=0.4, seeds=(0,), ratio=1.414, min_lr=0.001, max_lr=12.8)
+    searches = read_status(tmp_path)["largest_lr"]
+    settings = LrSearchSettings(start_lr=0.4, seeds=(0,), ratio=1.414, min_lr=0.001, max_lr=12.8)
     for label, (threshold, how) in THRESHOLDS.items():
         def train(lr, seed):
             return Outcome.TRAINS if lr < threshold else (Outcome.COLLAPSED if how == "collapse" else Outcome.DIVERGED)
 
-        bracket, outcomes = run_edge_search(settings, train)
-        found = edge[label]
-        assert found["done"] and found["max_stable_lr"] < threshold <= found["first_failing_lr"], found
-        assert (found["max_stable_lr"], found["first_failing_lr"]) == (bracket.last_trains.lr, bracket.first_fails.lr)
+        bracket, outcomes = run_lr_search(settings, train)
+        found = searches[label]
+        assert found["done"] and found["largest_trainable_lr"] < threshold <= found["first_failing_lr"], found
+        assert (found["largest_trainable_lr"], found["first_failing_lr"]) == (bracket.last_trains.lr,
+                                                                             bracket.first_fails.lr)
         rows = [row for row in read_status(tmp_path)["runs"] if row["variant"] == label]
         assert len(rows) == sum(len(by_seed) for by_seed in outcomes.values())
         assert all(row["job_id"] and row["status"] in ("finished", "diverged") for row in rows)
-    assert "correct_bn: max stable lr 0.8 (0.8 trains, 1.131 diverges)" in result.stdout
+    assert "correct_bn: largest trainable lr 0.8 (0.8 trains, 1.131 diverges)" in result.stdout
 
 
 @pytest.mark.slow

@@ -1,4 +1,6 @@
-"""The edge of stability: the largest lr that trains, found with few runs and given with its bracket.
+"""The largest trainable lr: the largest lr at which every seed trains, found with few runs and given with its
+bracket. (Not the *edge of stability* of Cohen et al. 2021, the sharpness reaching the optimiser's threshold 2/η:
+bnexp measures that in bnexp/instrument/sharpness.py.)
 
 The search doubles the lr from a start until an lr does not train, then bisects in log space until the last lr
 that trains and the first that does not are within `ratio` (√2 by default) of each other. When the start lr
@@ -9,8 +11,8 @@ did not die. A run that diverged, collapsed (accuracy at chance, or a last gradi
 decides that the lr does not train, so the remaining seeds of that lr need not run.
 
 Everything here is a pure function of the outcomes known so far: a sweep rebuilds the search from its finished run
-dirs and asks for the next runs, so a killed search resumes where it stopped. Candidate lrs are rounded to
-`LR_DIGITS` significant digits so they survive being written into a config and read back.
+dirs and asks for the next runs, so a killed search resumes where it stopped. Candidate lrs are rounded as
+bnexp/lr_search/lrs.py says, so they survive being written into a config and read back.
 """
 from __future__ import annotations
 
@@ -19,15 +21,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Iterable, Mapping
 
-LR_DIGITS = 4
-# two lrs are the same lr when they differ by less than this fraction (configs and dir names round them)
-SAME_LR_TOLERANCE = 1e-6
+from bnexp.lr_search.lrs import SAME_LR_TOLERANCE, format_lr, round_lr, same_lr
+
 # the stopping ratio is met up to this fraction, so that rounded candidate lrs cannot force one more bisection
 RATIO_SLACK = 1e-3
 
 
 class Outcome(str, Enum):
-    """How one run ended, as far as the edge of stability is concerned."""
+    """How one run ended, as far as the largest trainable lr is concerned."""
     TRAINS = "trains"
     DIVERGED = "diverged"
     COLLAPSED = "collapsed"
@@ -52,7 +53,7 @@ def classify_run(status: str | None, final_test_acc: float | None, last_grad_nor
 
 
 @dataclass(frozen=True)
-class EdgeSearchSettings:
+class LrSearchSettings:
     start_lr: float
     seeds: tuple[int, ...] = (0,)
     ratio: float = math.sqrt(2.0)   # stop when first-fails / last-trains is at most this
@@ -61,32 +62,20 @@ class EdgeSearchSettings:
     max_lr: float = 100.0           # the cap when searching upward
 
     def __post_init__(self):
-        # The guard for a Python caller: a sweep's edge_* keys meet these rules in its schema first
+        # The guard for a Python caller: a sweep's lr_search_* keys meet these rules in its schema first
         # (bnexp/config/sweep_schema.py), where the messages name the sweep's keys.
         object.__setattr__(self, "seeds", tuple(self.seeds))
         if not self.seeds:
-            raise ValueError("edge search needs at least one seed, e.g. seeds=[0, 1, 2]")
+            raise ValueError("lr search needs at least one seed, e.g. seeds=[0, 1, 2]")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"edge search seeds {list(self.seeds)} repeat a seed; list each once")
+            raise ValueError(f"lr search seeds {list(self.seeds)} repeat a seed; list each once")
         if not 0 < self.min_lr <= self.start_lr <= self.max_lr:
-            raise ValueError(f"edge search needs 0 < min_lr <= start_lr <= max_lr, got min_lr={self.min_lr}, "
+            raise ValueError(f"lr search needs 0 < min_lr <= start_lr <= max_lr, got min_lr={self.min_lr}, "
                              f"start_lr={self.start_lr}, max_lr={self.max_lr}")
         if not self.ratio > 1:
-            raise ValueError(f"edge search ratio={self.ratio} must be above 1 (e.g. 1.414 for √2)")
+            raise ValueError(f"lr search ratio={self.ratio} must be above 1 (e.g. 1.414 for √2)")
         if not self.growth > 1:
-            raise ValueError(f"edge search growth={self.growth} must be above 1 (e.g. 2 to double)")
-
-
-def format_lr(lr: float) -> str:
-    return f"{lr:.{LR_DIGITS}g}"
-
-
-def round_lr(lr: float) -> float:
-    return float(format_lr(lr))
-
-
-def same_lr(first: float, second: float) -> bool:
-    return math.isclose(first, second, rel_tol=SAME_LR_TOLERANCE)
+            raise ValueError(f"lr search growth={self.growth} must be above 1 (e.g. 2 to double)")
 
 
 @dataclass(frozen=True)
@@ -138,7 +127,7 @@ def lr_verdicts(outcomes: Mapping[float, Mapping[int, Outcome | str]], seeds: It
 
 
 @dataclass(frozen=True)
-class EdgeBracket:
+class TrainableLrBracket:
     """Where the search stands: the last lr that trains and the first that does not, and whether it is done."""
     last_trains: LrVerdict | None
     first_fails: LrVerdict | None
@@ -153,34 +142,35 @@ class EdgeBracket:
         return self.next_lr is None
 
     @property
-    def max_stable_lr(self) -> float | None:
+    def largest_trainable_lr(self) -> float | None:
         return self.last_trains.lr if self.last_trains else None
 
     def describe(self) -> str:
-        """'max stable lr 0.4 (0.4 trains, 0.8 collapses)', or what is known so far."""
+        """'largest trainable lr 0.4 (0.4 trains, 0.8 collapses)', or what is known so far."""
         if self.capped:
-            text = (f"max stable lr >= {format_lr(self.last_trains.lr)} (trains at every lr tried, up to the cap "
-                    f"{format_lr(self.last_trains.lr)})")
+            text = (f"largest trainable lr >= {format_lr(self.last_trains.lr)} (trains at every lr tried, up to "
+                    f"the cap {format_lr(self.last_trains.lr)})")
         elif self.floored:
-            text = f"no stable lr down to {format_lr(self.first_fails.lr)} ({self.first_fails.describe()})"
+            text = f"no trainable lr down to {format_lr(self.first_fails.lr)} ({self.first_fails.describe()})"
         elif self.last_trains and self.first_fails:
-            text = (f"max stable lr {format_lr(self.last_trains.lr)} "
+            text = (f"largest trainable lr {format_lr(self.last_trains.lr)} "
                     f"({self.last_trains.describe()}, {self.first_fails.describe()})")
         elif self.last_trains:
-            text = f"max stable lr >= {format_lr(self.last_trains.lr)} ({self.last_trains.describe()})"
+            text = f"largest trainable lr >= {format_lr(self.last_trains.lr)} ({self.last_trains.describe()})"
         elif self.first_fails:
-            text = f"max stable lr < {format_lr(self.first_fails.lr)} ({self.first_fails.describe()})"
+            text = f"largest trainable lr < {format_lr(self.first_fails.lr)} ({self.first_fails.describe()})"
         else:
             text = "no lr decided yet"
         if not self.done:
             text += f"; search not finished, next lr {format_lr(self.next_lr)}"
         if self.non_monotone:
-            text += f"; not monotone: {', '.join(format_lr(lr) for lr in self.non_monotone)} trained above the edge"
+            above = ", ".join(format_lr(lr) for lr in self.non_monotone)
+            text += f"; not monotone: {above} trained above the first lr that failed"
         return text
 
 
-def find_bracket(settings: EdgeSearchSettings,
-                 outcomes: Mapping[float, Mapping[int, Outcome | str]]) -> EdgeBracket:
+def find_bracket(settings: LrSearchSettings,
+                 outcomes: Mapping[float, Mapping[int, Outcome | str]]) -> TrainableLrBracket:
     """The bracket and the next lr to try, from the outcomes known so far (lr -> seed -> outcome).
 
     Every known lr is used, also ones the search did not ask for (a dense grid's runs shorten the search).
@@ -193,8 +183,8 @@ def find_bracket(settings: EdgeSearchSettings,
                         if verdict.trains and verdict.lr < lowest_failing_lr), None)
     non_monotone = tuple(verdict.lr for verdict in verdicts if verdict.trains and verdict.lr > lowest_failing_lr)
 
-    def bracket(next_lr: float | None, **flags) -> EdgeBracket:
-        return EdgeBracket(last_trains, first_fails, next_lr, non_monotone=non_monotone, runs=runs, **flags)
+    def bracket(next_lr: float | None, **flags) -> TrainableLrBracket:
+        return TrainableLrBracket(last_trains, first_fails, next_lr, non_monotone=non_monotone, runs=runs, **flags)
 
     if last_trains is None and first_fails is None:
         return bracket(round_lr(settings.start_lr))
@@ -211,7 +201,7 @@ def find_bracket(settings: EdgeSearchSettings,
     return bracket(round_lr(math.sqrt(first_fails.lr * last_trains.lr)))
 
 
-def next_runs(settings: EdgeSearchSettings, outcomes: Mapping[float, Mapping[int, Outcome | str]],
+def next_runs(settings: LrSearchSettings, outcomes: Mapping[float, Mapping[int, Outcome | str]],
               one_at_a_time: bool = False) -> list[tuple[float, int]]:
     """The (lr, seed) runs to do next; empty when the search is done.
 
@@ -228,9 +218,9 @@ def next_runs(settings: EdgeSearchSettings, outcomes: Mapping[float, Mapping[int
     return runs[:1] if one_at_a_time else runs
 
 
-def run_edge_search(settings: EdgeSearchSettings, train: Callable[[float, int], Outcome | str],
+def run_lr_search(settings: LrSearchSettings, train: Callable[[float, int], Outcome | str],
                     outcomes: Mapping[float, Mapping[int, Outcome | str]] | None = None,
-                    max_runs: int = 1000) -> tuple[EdgeBracket, dict[float, dict[int, Outcome]]]:
+                    max_runs: int = 1000) -> tuple[TrainableLrBracket, dict[float, dict[int, Outcome]]]:
     """Run the search sequentially with `train(lr, seed) -> outcome`, from the known `outcomes` on.
 
     Returns the final bracket and every outcome (the known ones and the new ones).
@@ -243,4 +233,4 @@ def run_edge_search(settings: EdgeSearchSettings, train: Callable[[float, int], 
             return find_bracket(settings, known), known
         lr, seed = pending[0]
         known.setdefault(lr, {})[seed] = Outcome(train(lr, seed))
-    raise RuntimeError(f"edge search did not finish within {max_runs} runs: {find_bracket(settings, known).describe()}")
+    raise RuntimeError(f"lr search did not finish within {max_runs} runs: {find_bracket(settings, known).describe()}")
