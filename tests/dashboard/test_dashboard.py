@@ -69,6 +69,7 @@ def check(spec, logged, history=None, summary=None, config=None, run=None):
                         logged["run"] if run is None else run)
 
 
+@pytest.mark.slow
 def test_every_dashboard_key_exists_in_what_a_real_run_logs(logged_run):
     spec = full_spec()
     assert check(spec, logged_run) == []
@@ -352,6 +353,7 @@ def test_missing_runs_dir_exits_2(tmp_path, capsys):
 # Imports and the network
 # ---------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_only_the_dashboard_command_imports_wandb_workspaces():
     script = ("import sys\n"
               "import bnexp.train, bnexp.train.run, bnexp.sweep, bnexp.report, bnexp.train.wandb_sink, bnexp.dashboard\n"
@@ -395,6 +397,7 @@ def test_unreachable_host_fails_fast_pointing_to_dry_run(tmp_path):
     assert "Traceback" not in result.stderr and elapsed < 120
 
 
+@pytest.mark.slow
 def test_host_that_never_answers_is_given_up_after_the_timeout(tmp_path):
     """A server that accepts connections and never replies (a proxy or firewall that swallows traffic): wandb's
     own retries would take minutes; the command gives up after --timeout."""

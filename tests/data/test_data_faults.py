@@ -157,6 +157,7 @@ def test_a_kill_while_the_cache_is_written_leaves_no_temporary_file(tmp_path, mo
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_parallel_decode_is_recorded_as_a_kill(tmp_path):
     """The real command line, decoding 2100 images with 2 worker processes (slowed to 10 ms an image, ~10 s in
     all), stopped by SIGTERM a moment into the decode: status failed 'killed', exit code 143, no dataset error,

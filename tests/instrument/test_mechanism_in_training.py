@@ -1,12 +1,14 @@
 """The run records the statistic groups each norm layer got: in summary.json and in the saved config."""
 import json
 
+import pytest
 import yaml
 
 from bnexp.train.run import train
 from tests.helpers import TINY_RUN, compose_config
 
 
+@pytest.mark.slow
 def test_grouped_by_size_run_records_each_layers_groups(tmp_path):
     # width 0.125: layers of 8, 8, 32 and 32 channels; 4 channels per statistic -> 2, 2, 8 and 8 groups
     cfg = compose_config(["+variant=grouped_bn_by_size", "variant.channels_per_group=4", *TINY_RUN])
@@ -20,6 +22,7 @@ def test_grouped_by_size_run_records_each_layers_groups(tmp_path):
     assert saved["variant"]["name"] == "grouped_bn_4ch"
 
 
+@pytest.mark.slow
 def test_shared_and_unnormalised_runs_record_their_groups_and_mechanism_metrics(tmp_path):
     shared = train(compose_config(["+variant=shared_bn", *TINY_RUN]), str(tmp_path / "shared"))
     assert set(shared["stat_groups_by_layer"].values()) == {1} and len(shared["stat_groups_by_layer"]) == 7

@@ -83,6 +83,7 @@ def full_hessian(model: nn.Module, loss_of_forward, train_mode: bool = True) -> 
     return torch.autograd.functional.hessian(loss, flat, vectorize=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["per_channel", "grouped", "shared", "torch", "none"])
 def test_top_eigenvalue_matches_the_full_hessian_in_float64(norm):
     model, _, _, loss_of_forward = tiny_problem(norm)
@@ -134,6 +135,7 @@ def test_hessian_products_through_the_triton_layer_match_the_pytorch_layer(norm)
     torch.testing.assert_close(products["triton"], products["torch"], rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.slow
 def test_the_tolerance_stops_early_and_bounds_the_error():
     """Lanczos' residual estimate r stops the loop; the Ritz value's error is then far below r (about r^2 / gap)."""
     model, _, _, loss_of_forward = tiny_problem("grouped")
@@ -145,6 +147,7 @@ def test_the_tolerance_stops_early_and_bounds_the_error():
     assert values["sharpness/top_eig"].item() <= true_top * (1 + 1e-12)  # a Ritz value is never above the top
 
 
+@pytest.mark.slow
 def test_fp32_measurement_agrees_with_the_float64_oracle():
     """Training runs in fp32: the same measurement on an fp32 copy of the model is within fp32 noise of the
     float64 top eigenvalue."""
@@ -178,6 +181,7 @@ def test_a_measurement_leaves_buffers_gradients_and_random_state_alone():
     assert model.training
 
 
+@pytest.mark.slow
 def test_the_warm_start_converges_in_two_steps_where_a_cold_start_does_not():
     model, _, _, loss_of_forward = tiny_problem("per_channel")
     true_top = torch.linalg.eigvalsh(full_hessian(model, loss_of_forward))[-1].item()

@@ -222,11 +222,13 @@ def run_both_backends(overrides: list[str], tmp_path: Path, compile_options: dic
 
 # Every variant of the layer runs once with each backend: three in NCHW fp32 eager here, the others below with
 # the CUDA settings (grouped_4 with channels_last, grouped_2_affine_per_group compiled, shared again with bf16).
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["per_channel", "grouped_2", "shared"])
 def test_triton_and_torch_backends_train_alike(variant, tmp_path):
     assert_backends_agree(*run_both_backends(VARIANTS[variant], tmp_path))
 
 
+@pytest.mark.slow
 def test_channels_last_trains_alike(tmp_path):
     """train.channels_last=true: the kernels read NHWC activations through their strides."""
     triton_run, torch_run = run_both_backends([*VARIANTS["grouped_4"], "train.channels_last=true"], tmp_path)
@@ -244,6 +246,7 @@ BF16_REPLAY_RTOL = 2e-2
 BF16_FIRST_LOSS_RTOL = 1e-2
 
 
+@pytest.mark.slow
 def test_bf16_autocast_with_channels_last_trains_alike(tmp_path):
     """The trainer's CUDA settings: bf16 activations in NHWC reach the kernels, statistics stay fp32."""
     triton_run, torch_run = run_both_backends([*VARIANTS["shared"], *CUDA_PATH], tmp_path)
@@ -258,6 +261,7 @@ def test_bf16_autocast_with_channels_last_trains_alike(tmp_path):
 COMPILE_BACKEND = "inductor" if torch.cuda.is_available() else "aot_eager"
 
 
+@pytest.mark.slow
 def test_compiled_trains_like_eager_torch(tmp_path):
     """train.compile=true (with channels_last, as on CUDA): torch.compile reaches the kernels through the bnexp::
     custom ops, with no graph break (fullgraph=True turns one into an error). Compared with the eager PyTorch path

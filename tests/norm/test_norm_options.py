@@ -216,6 +216,7 @@ def _kernels_available() -> bool:
     return kernels_interpreted() if DEVICE == "cpu" else triton_status()[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _kernels_available(), reason="Triton cannot run here (no interpreter, no CUDA)")
 @pytest.mark.parametrize("grouping", GROUPINGS)
 @settings(max_examples=10, **FIXED_EXAMPLES)

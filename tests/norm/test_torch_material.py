@@ -451,6 +451,7 @@ def layer_function(layer: BatchNorm2d):
     return function
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("stat_groups", [None, 2], ids=["per_channel", "grouped"])

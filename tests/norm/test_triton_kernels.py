@@ -148,6 +148,7 @@ def path(request, tbn, monkeypatch):
     return request.param
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=_case_id)
 def test_training_matches_float64_and_torch_path(tbn, case):
     _check_training_case(tbn, case)

@@ -36,6 +36,7 @@ def add_mechanism(run_dir: Path, final: dict, earlier: dict | None = None) -> No
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in lines))
 
 
+@pytest.mark.slow
 def test_mechanism_section_tables_and_plots(tmp_path):
     runs = tmp_path / "runs"
     values = {  # (variant, seed): final dead fractions, x_hat spreads, output spreads, head zero inputs, accuracy
@@ -92,6 +93,7 @@ def test_runs_without_mechanism_keys_are_skipped_with_a_note(tmp_path):
     assert not list((tmp_path / "out").glob("mechanism*.png"))
 
 
+@pytest.mark.slow
 def test_a_diverged_runs_last_accuracy_is_not_in_the_mechanism_table(tmp_path):
     """The trainer leaves a diverged run's last test accuracy in its summary; like the summary table, the mechanism
     table's accuracy is over the runs that finished."""

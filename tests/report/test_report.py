@@ -174,6 +174,7 @@ def test_two_models_are_separate_rows_and_series(tmp_path: Path):
         assert_png(out / name)
 
 
+@pytest.mark.slow
 def test_stuck_at_chance_is_stable_but_does_not_train(tmp_path: Path):
     for lr in (0.1, 1.0):
         for seed in (0, 1):
@@ -300,6 +301,7 @@ T_975_DF1 = 12.706204736174707   # published two-sided 95% Student-t quantiles
 T_975_DF4 = 2.7764451051977987
 
 
+@pytest.mark.slow
 def test_summary_gives_each_mean_its_95_interval_and_n(sweep_like_dir: Path, tmp_path: Path):
     out = tmp_path / "report"
     assert report.main([str(sweep_like_dir), "--out", str(out)]) == 0
@@ -326,6 +328,7 @@ def test_summary_gives_each_mean_its_95_interval_and_n(sweep_like_dir: Path, tmp
     assert "percentile bootstrap" in (bootstrap / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_differences_hold_only_beyond_their_interval(tmp_path: Path):
     root = tmp_path / "runs"
     accs = {"correct_bn": (0.80, 0.81, 0.82), "shared_bn": (0.50, 0.51, 0.52), "no_bn": (0.60, 0.95, 0.75)}

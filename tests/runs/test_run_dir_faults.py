@@ -54,6 +54,7 @@ def _json_lines(path: Path) -> list[dict]:
 # One writer per run dir
 # ----------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_runs_started_together_into_one_dir_one_is_refused_and_the_dir_is_one_runs(tmp_path):
     run_dir = tmp_path / "shared"
     processes = {seed: _train_process(run_dir, *LONG_RUN, f"seed={seed}") for seed in (1, 2)}
@@ -90,6 +91,7 @@ def test_two_runs_started_together_into_one_dir_one_is_refused_and_the_dir_is_on
     assert run_status(run_dir) == "failed"
 
 
+@pytest.mark.slow
 def test_a_locked_dir_is_refused_in_process_and_left_untouched(tmp_path):
     (tmp_path / "summary.json").write_text('{"status": "finished", "seed": 7}\n')
     with RunDirLock(tmp_path):
@@ -103,6 +105,7 @@ def test_a_locked_dir_is_refused_in_process_and_left_untouched(tmp_path):
     assert run_status(tmp_path) == "finished"
 
 
+@pytest.mark.slow
 def test_the_cli_refused_by_a_held_dir_leaves_its_hydra_copy_alone_too(tmp_path):
     # the live run's own record, .hydra/ included: Hydra used to write the refused run's copy over it
     (tmp_path / ".hydra").mkdir()
@@ -127,6 +130,7 @@ def test_the_cli_refused_by_a_held_dir_leaves_its_hydra_copy_alone_too(tmp_path)
 # A run that died without writing its end
 # ----------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_sigkilled_run_is_killed_in_status_report_and_sweep_and_resume_redoes_it(tmp_path):
     from bnexp.report import build as report
     from bnexp.sweep import grid as sweep

@@ -17,6 +17,7 @@ import pytest
 from tests.helpers import REPO
 
 
+@pytest.mark.slow
 def test_bench_bn_dry_run_writes_every_case(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
@@ -47,6 +48,7 @@ def test_bench_bn_dry_run_writes_every_case(tmp_path):
     assert report["summary"]["cases"] == 2 and report["summary"]["all_output_layouts_ok"]
 
 
+@pytest.mark.slow
 def test_kernel_sass_report_compiles_for_sm90_without_a_gpu(tmp_path):
     """The static report compiles every kernel of one forward + backward for an H100 and reads the cubins.
 

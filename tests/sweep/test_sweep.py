@@ -64,6 +64,7 @@ def test_grid_is_variants_x_models_x_lrs_x_seeds_with_deterministic_dirs(tmp_pat
     assert not {j.run_dir for j in jobs} & {j.run_dir for j in other}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sweep_name", sorted(p.stem for p in (REPO / "conf" / "sweep").glob("*.yaml")))
 def test_every_sweep_config_composes_into_valid_runs(sweep_name: str, tmp_path: Path):
     """Each conf/sweep/*.yaml: every variant x model of its grid composes a train config that builds its model."""

@@ -81,6 +81,7 @@ def _multirun(launcher_overrides: list[str], sweep_dir: Path) -> subprocess.Comp
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher, plugin", [
     (["hydra/launcher=bnexp_joblib"], "hydra_plugins.hydra_joblib_launcher"),
     (["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"], "hydra_plugins.hydra_submitit_launcher"),
@@ -109,6 +110,7 @@ def _agent_command(sweep_file: dict, values: dict) -> list[str]:
     return argv
 
 
+@pytest.mark.slow
 def test_wandb_sweep_file_renders_commands_that_compose():
     pytest.importorskip("wandb")
     sweep_file = yaml.safe_load((CONF_DIR / "wandb" / "sweep.yaml").read_text())

@@ -16,6 +16,7 @@ SUMMARY_FIELDS = {"status", "variant", "model", "lr", "seed", "data_source", "fi
                   "epochs_done", "steps_done", "wall_time_s", "images_per_s", "diverged_step", "error", "provenance"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["correct_bn", "shared_bn", "grouped_bn", "no_bn", "torch_bn"])
 def test_each_variant_runs_and_writes_files(variant, tmp_path):
     cfg = compose_config([f"+variant={variant}", *TINY_RUN])
@@ -36,6 +37,7 @@ def test_each_variant_runs_and_writes_files(variant, tmp_path):
     assert {"train/loss", "train/acc", "test/loss", "test/acc", "train/images_per_s"} <= set(epochs[0])
 
 
+@pytest.mark.slow
 def test_same_seed_reproduces_the_run(tmp_path):
     cfg = compose_config(["+variant=shared_bn", *TINY_RUN, "seed=5"])
     first = train(cfg, str(tmp_path / "a"))
@@ -62,6 +64,7 @@ def test_missing_dataset_is_a_clear_error_and_a_failed_summary(tmp_path):
     assert summary["status"] == "failed" and "does not exist" in summary["error"]
 
 
+@pytest.mark.slow
 def test_cli_runs_and_reports_errors_without_traceback(tmp_path):
     env = repo_env()
     ok = subprocess.run([sys.executable, "-m", "bnexp.train", "+variant=grouped_bn", "variant.stat_groups=2",
@@ -85,6 +88,7 @@ def _multirun(sweep_dir: Path, lrs: str, subdir: str) -> subprocess.CompletedPro
                           env=repo_env(), capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_multirun_runs_every_job_then_exits_2_naming_the_failed_ones(tmp_path):
     """A job with a user error does not stop the others (basic launcher: jobs in this process), but the
     multirun's exit code says that not all went well, with the count and the failed jobs' run dirs."""
@@ -99,6 +103,7 @@ def test_multirun_runs_every_job_then_exits_2_naming_the_failed_ones(tmp_path):
     assert str(failed) in last_line and str(finished) not in last_line
 
 
+@pytest.mark.slow
 def test_multirun_counts_jobs_not_run_dirs(tmp_path):
     """Jobs that share a run dir (a subdir without the job number) are still counted one by one."""
     result = _multirun(tmp_path, "-1,-2", "same")
@@ -107,6 +112,7 @@ def test_multirun_counts_jobs_not_run_dirs(tmp_path):
     assert re.search(r"^bnexp\.train: error: 2 of 2 multirun jobs failed", last_line), last_line
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.xz")
 def test_short_run_on_the_jpeg_archive(tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("cache")
@@ -119,6 +125,7 @@ def test_short_run_on_the_jpeg_archive(tmp_path_factory):
     assert list(cache_dir.glob("*.npz"))  # decoded once, cached
 
 
+@pytest.mark.slow
 def test_correct_bn_trains_exactly_like_the_torch_bn_control(tmp_path):
     """Our per-channel layer changes nothing: same seed, same losses as stock nn.BatchNorm2d."""
     summaries = {}
@@ -141,6 +148,7 @@ def test_non_finite_values_nested_in_the_summary_are_written_as_null(tmp_path):
     assert on_disk == {"status": "diverged", "init_grad_norms": {"stem.0": None, "head": 1.5}, "history": [None, 2.0]}
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_run_cleanly_and_keeps_its_files(tmp_path):
     import signal
     import time
@@ -163,6 +171,7 @@ def test_sigterm_stops_a_run_cleanly_and_keeps_its_files(tmp_path):
     assert step_and_epoch_records(run_dir)[0]  # the steps logged before the kill are kept
 
 
+@pytest.mark.slow
 def test_forced_bf16_autocast_and_channels_last_reach_the_norm_layers(tmp_path, monkeypatch):
     """The CUDA defaults (bf16 autocast, channels_last) run the same code on the CPU when forced on."""
     import torch
@@ -203,6 +212,7 @@ def test_bad_device_feature_setting_is_a_clear_error(tmp_path):
         train(cfg, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_torch_compile_run_matches_the_eager_run(tmp_path):
     """train.compile=true with inductor (C++ on the CPU): same losses as eager, throughput without compile time."""
     eager = compose_config(["+variant=grouped_bn", "variant.stat_groups=2", *TINY_RUN, "train.epochs=2"])
@@ -250,6 +260,7 @@ def test_bad_config_values_name_the_key_and_leave_a_failed_summary(override, mes
     assert summary["status"] == "failed" and override.split("=")[0] in summary["error"]
 
 
+@pytest.mark.slow
 def test_divergence_at_the_end_of_an_epoch_is_pinned_to_its_step(tmp_path):
     """The last, partial log window of an epoch is read back at the epoch's end: with log_every longer than
     the epoch, the diverged step is still the step whose loss blew up, and its step records are kept."""
@@ -263,6 +274,7 @@ def test_divergence_at_the_end_of_an_epoch_is_pinned_to_its_step(tmp_path):
     assert [r["step"] for r in steps] == [0]  # the one window, from step 0
 
 
+@pytest.mark.slow
 def test_a_second_run_in_the_same_dir_replaces_the_first_runs_metrics(tmp_path, capsys):
     cfg = compose_config(["+variant=shared_bn", *TINY_RUN])
     train(cfg, str(tmp_path))
@@ -274,6 +286,7 @@ def test_a_second_run_in_the_same_dir_replaces_the_first_runs_metrics(tmp_path, 
     assert len(first.splitlines()) == len((tmp_path / "metrics.jsonl").read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_every_log_window_record_has_the_global_grad_norm_when_epochs_do_not_divide_into_windows(tmp_path):
     """5 steps per epoch, windows of 2: windows restart at each epoch end (steps 0, 2, 4, 5, 7, 9), and each
     window's record carries grad_norm/global measured at its first step."""
@@ -289,6 +302,7 @@ def test_every_log_window_record_has_the_global_grad_norm_when_epochs_do_not_div
         sum(size * r["train/loss"] for size, r in zip(window_sizes, steps)) / 10, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_logger_none_runs_without_wandb_installed(tmp_path):
     """A fresh process where `import wandb` fails before any bnexp module loads: logger=none must still train."""
     script = (
@@ -386,6 +400,7 @@ def test_git_state_of_a_checkout_a_dirty_one_and_none(tmp_path, monkeypatch):
     assert git_state(tmp_path) == (None, None)  # no git at all: no error either
 
 
+@pytest.mark.slow
 def test_the_overhead_benchmark_runs_the_trainers_step(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_train.py"), "--width", "0.125",
                              "--batch-size", "8", "--every", "2", "--log-every", "2", "--blocks", "1", "--warmup", "2",

@@ -157,6 +157,7 @@ def test_failed_online_init_falls_back_to_offline(tmp_path, monkeypatch):
     assert len(offline_runs(tmp_path / "wandb_dir")) == 1
 
 
+@pytest.mark.slow
 def test_unreachable_wandb_host_falls_back_to_offline_within_the_timeout(tmp_path):
     """The real thing, not a mock: credentials, mode online, and a W&B host that refuses connections (what a
     machine without network sees). The run must go offline after logger.init_timeout, not hang or crash.
@@ -216,6 +217,7 @@ def local_records(run_dir: Path):
     return [{k: v for k, v in record.items() if k != "train/images_per_s"} for record in records]
 
 
+@pytest.mark.slow
 def test_trainer_run_with_wandb_matches_local_files(offline_env, tmp_path):
     overrides = ["+variant=shared_bn", *TINY_RUN, "seed=3", "instrument.every=2"]
     train(compose_config([*overrides, "logger=wandb"]), str(tmp_path / "with_wandb"))
@@ -261,6 +263,7 @@ class ExplodingSink:
         pass
 
 
+@pytest.mark.slow
 def test_exception_mid_run_finishes_wandb_and_writes_failed_summary(offline_env, tmp_path):
     cfg = compose_config(["+variant=correct_bn", *TINY_RUN, "logger=wandb"])
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -273,6 +276,7 @@ def test_exception_mid_run_finishes_wandb_and_writes_failed_summary(offline_env,
     assert wandb.run is None
 
 
+@pytest.mark.slow
 def test_hydra_multirun_makes_one_wandb_run_per_job(tmp_path):
     env = repo_env({"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb_dir")})
     env.pop("WANDB_API_KEY", None)
