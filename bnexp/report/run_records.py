@@ -87,7 +87,7 @@ class RunRecord:
 
     @functools.cached_property
     def grad_norms(self) -> GradNormTrajectory:
-        """grad_norm/global's trajectory (worked out once: the summary table and the edge of stability use it)."""
+        """grad_norm/global's trajectory (worked out once: the summary table and the largest trainable lr use it)."""
         values = []
         for record in sorted(self.step_records, key=lambda r: r["step"]):
             if "grad_norm/global" in record:
