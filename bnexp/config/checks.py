@@ -137,23 +137,14 @@ def _type_ok(value: Any, kind: str) -> bool:
 
 def _value_problem(value: Any, kind: str, rules: Mapping, with_torch: bool = True) -> str | None:
     """What is wrong with one value (already known to be of its type), or None."""
-    if kind == "float" and not math.isfinite(value):
-        return "is not a finite number"
     if kind == "list:float" and not all(math.isfinite(item) for item in value):
         return "holds a number that is not finite"
     if kind == "int" and abs(value) > LARGEST_INT:
-        return f"is too large (at most {_number(rules.get('at_most', LARGEST_INT))})"
-    if "at_least" in rules and value < rules["at_least"]:
-        return f"is too small (at least {_number(rules['at_least'])})"
-    if "above" in rules and value <= rules["above"]:
-        return f"is too small (must be above {_number(rules['above'])})"
-    if "at_most" in rules and value > rules["at_most"]:
-        return f"is too large (at most {_number(rules['at_most'])})"
-    if "choices" in rules:
-        choices = rules["choices"]() if callable(rules["choices"]) else rules["choices"]
-        # compared with their types, so that 1 is not taken for true
-        if not any(type(value) is type(choice) and value == choice for choice in choices):
-            return f"is not one of {', '.join(_spell(choice) for choice in choices)}"
+        return f"is too large (at most {number_text(rules.get('at_most', LARGEST_INT))})"
+    if not kind.startswith("list:"):
+        problem = bound_problem(value, rules)
+        if problem:
+            return problem
     for rule in ("check", "check_with_torch") if with_torch else ("check",):
         problem = rules[rule](value) if rule in rules else None
         if problem:
@@ -310,15 +301,40 @@ def describe_type_error(dotted_key: str, value: Any) -> str:
         (f"; e.g. {dotted_key}={example}" if example else "")
 
 
-def _show(value: Any) -> str:
-    """A value as the command line writes it: true/false/null, repr for strings and numbers."""
+def bound_problem(value: Any, rules: Mapping) -> str | None:
+    """What is wrong with one scalar of its type against the rules every schema shares (finite, at_least / above /
+    at_most, choices), in their one wording; None when nothing is. The train and the sweep schema both use it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is not a finite number"
+    if "at_least" in rules and value < rules["at_least"]:
+        return f"is too small (at least {number_text(rules['at_least'])})"
+    if "above" in rules and value <= rules["above"]:
+        return f"is too small (must be above {number_text(rules['above'])})"
+    if "at_most" in rules and value > rules["at_most"]:
+        return f"is too large (at most {number_text(rules['at_most'])})"
+    if "choices" in rules:
+        choices = rules["choices"]() if callable(rules["choices"]) else rules["choices"]
+        # compared with their types, so that 1 is not taken for true
+        if not any(type(value) is type(choice) and value == choice for choice in choices):
+            return f"is not one of {', '.join(_spell(choice) for choice in choices)}"
+    return None
+
+
+def show_value(value: Any) -> str:
+    """A value as the command line writes it: true/false/null, repr for strings and numbers, [a,b] for lists,
+    {k:v} for mappings."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_show(item) for item in value) + "]"
+        return "[" + ",".join(show_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{key}:{show_value(item)}" for key, item in value.items()) + "}"
     return repr(value)
+
+
+_show = show_value
 
 
 def _spell(value: Any) -> str:
@@ -326,6 +342,6 @@ def _spell(value: Any) -> str:
     return value if isinstance(value, str) else _show(value)
 
 
-def _number(bound: int | float) -> str:
+def number_text(bound: int | float) -> str:
     """A bound as it is typed: an integer in full (4294967295, not 4.29497e+09), a float short (0.5, 1e-06)."""
     return str(bound) if isinstance(bound, int) else f"{bound:g}"

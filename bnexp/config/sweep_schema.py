@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.lr_search import best_lr, largest_trainable
+from bnexp.config.checks import bound_problem
+from bnexp.config.checks import show_value as _show
 from bnexp.config.compose import CONF_DIR, ConfigError
 from bnexp.config.sweep_renames import (RENAMED_KEYS, RENAMED_MODES, renamed_key_line, renamed_mode_line,
                                         renamed_problems)
@@ -363,7 +365,7 @@ def _value_problem(value: Any, annotation: Any, rules: Mapping) -> str | None:
     else:
         items = []
     for item in items:
-        problem = _item_problem(item, rules)
+        problem = bound_problem(item, rules)
         if problem:
             # a list names its bad item: 'sweep.lrs=[0.1,-1] holds -1, which is too small (must be above 0)'
             return f"holds {_show(item)}, which {problem}" if origin is list else problem
@@ -372,26 +374,6 @@ def _value_problem(value: Any, annotation: Any, rules: Mapping) -> str | None:
     return None
 
 
-def _item_problem(item: Any, rules: Mapping) -> str | None:
-    """What is wrong with one value of its type (a scalar, or an item of a list), or None."""
-    if isinstance(item, float) and not math.isfinite(item):
-        return "is not a finite number"
-    if "at_least" in rules and item < rules["at_least"]:
-        return f"is too small (at least {_number(rules['at_least'])})"
-    if "above" in rules and item <= rules["above"]:
-        return f"is too small (must be above {_number(rules['above'])})"
-    if "at_most" in rules and item > rules["at_most"]:
-        return f"is too large (at most {_number(rules['at_most'])})"
-    if "choices" in rules:
-        choices = rules["choices"]() if callable(rules["choices"]) else rules["choices"]
-        if item not in choices:
-            return f"is not one of {', '.join(map(str, choices))}"
-    return None
-
-
-def _number(value: float) -> str:
-    """A bound as it is written: 4294967295, not 4.29497e+09; 0.5, not 0.500000."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def describe_missing_key(dotted_key: str, override: str) -> str:
@@ -422,14 +404,3 @@ def _describe_unknown_key(prefix: str, key: str, known: list[str]) -> str:
     return f"{prefix}{key} is not a sweep config key; the keys are {', '.join(known)}"
 
 
-def _show(value: Any) -> str:
-    """A value as the command line writes it: true/false/null, repr for strings and numbers, [a,b] for lists."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_show(item) for item in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{key}:{_show(item)}" for key, item in value.items()) + "}"
-    return repr(value)
