@@ -94,6 +94,10 @@ def torch_grouped_batch_norm(
     if stat_groups == channels and x.dtype == compute_dtype and fused_running_update:
         # Per-channel statistics are F.batch_norm itself: one fused call, in x's own layout, with no view,
         # no separate affine passes and no layout copies.
+        if weight is None and bias is not None:
+            # torch's double backward of batch_norm fails for a bias without a weight (a frozen gamma): the same
+            # function with a weight of ones keeps Hessian-vector products (the sharpness) working
+            weight = torch.ones_like(bias)
         return F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum or 0.0, eps)
 
     was_channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

@@ -1,5 +1,8 @@
 """The intervention variants (conf/variant/pooled_*_bn, frozen_gamma_*): each composes, builds the layers it says,
 gets a distinct report label, and trains; their options are refused where they cannot apply."""
+import json
+import math
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -57,9 +60,13 @@ def test_intervention_labels_differ_from_each_other_and_from_the_plain_variants(
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(INTERVENTIONS))
 def test_each_intervention_trains_a_tiny_run(variant, tmp_path):
-    cfg = compose_config([f"+variant={variant}", "data=synthetic", "+preset=tiny"])
+    # with the sharpness on: it differentiates each variant's layers twice
+    cfg = compose_config([f"+variant={variant}", "data=synthetic", "+preset=tiny", "instrument.sharpness_every=1"])
     summary = train(cfg, str(tmp_path))
     assert summary["status"] == "finished" and summary["variant"] == variant
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    top_eigs = [record["sharpness/top_eig"] for record in records if "sharpness/top_eig" in record]
+    assert len(top_eigs) == 3 and all(math.isfinite(value) for value in top_eigs), top_eigs
     assert summary["steps_done"] == 3 and 0.0 <= summary["final_test_acc"] <= 1.0
     pooled = INTERVENTIONS[variant][0]
     # the probe's x_hat: channel scales equal when each channel has its own variance, no offsets with its own mean
