@@ -38,7 +38,9 @@ DECAYS = {"cosine": _cosine_decay, "linear": _linear_decay}
 
 def lr_multiplier(step: int, total_steps: int, warmup_frac: float, schedule: str) -> float:
     """Linear warmup from 0, then cosine or linear decay to 0."""
-    decay = DECAYS[schedule]  # looked up first: LambdaLR calls this for step 0 when it is built
+    decay = DECAYS.get(schedule)  # looked up first: LambdaLR calls this for step 0 when it is built
+    if decay is None:  # as for the optimizer: a caller may pass a config the schema never saw
+        raise ValueError(f"unknown schedule {schedule!r}; use optim.schedule=cosine or linear")
     warmup_steps = max(1, int(round(total_steps * warmup_frac)))
     if step < warmup_steps:
         return (step + 1) / warmup_steps
