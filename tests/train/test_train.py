@@ -1,7 +1,9 @@
 """End-to-end runs: every variant trains a few steps and leaves complete run files."""
 import json
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -352,6 +354,48 @@ def test_a_sink_failing_to_finish_a_good_run_is_raised_and_noted(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["error"] is None
     assert "simulated upload failure" in summary["sink_error"]
+
+
+class SinkKilledWhileFinishing:
+    """A sink whose finish() is where a SIGTERM lands: after the run trained, while its end is being written."""
+
+    def log_step(self, record):
+        pass
+
+    def log_epoch(self, record):
+        pass
+
+    def finish(self, summary):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_kill_while_the_end_is_written_leaves_a_failed_run_not_a_finished_one(tmp_path):
+    from bnexp.train.run import RunInterrupted
+
+    cfg = compose_config(["+variant=no_bn", *TINY_RUN])
+    with pytest.raises(RunInterrupted):
+        train(cfg, str(tmp_path), extra_sinks=[SinkKilledWhileFinishing()])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("killed: RunInterrupted"), summary
+    assert summary["steps_done"] == 256 // 64  # the training itself ran through (TINY_RUN: one epoch)
+
+
+def test_images_per_s_is_each_epochs_own_rate_and_the_summary_the_runs(tmp_path, monkeypatch, capsys):
+    """An epoch record's rate is its images over its own seconds; the summary's is all images over all seconds.
+    The loop's clock is replaced by one that makes epoch 1 last 2 s and epoch 2 last 8 s."""
+    import types
+
+    ticks = iter([0.0, 2.0, 10.0, 18.0])  # epoch 1 from 0 to 2, epoch 2 from 10 to 18
+    monkeypatch.setattr("bnexp.train.loop.time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    cfg = compose_config(["+variant=no_bn", *TINY_RUN, "train.epochs=2"])
+    summary = train(cfg, str(tmp_path))
+    _, epochs = step_and_epoch_records(tmp_path)
+    images_per_epoch = 256  # TINY_RUN: 256 training images, 64 a batch, no partial batch
+    assert [epoch["train/images_per_s"] for epoch in epochs] == [images_per_epoch / 2.0, images_per_epoch / 8.0]
+    assert summary["images_per_s"] == round(2 * images_per_epoch / 10.0, 1)
+    console = capsys.readouterr().out  # the epoch lines name their epoch and its rate
+    assert re.search(r"^epoch 1/2: .* 128 img/s$", console, re.M)
+    assert re.search(r"^epoch 2/2: .* 32 img/s$", console, re.M)
 
 
 def test_provenance_says_what_produced_the_run(tmp_path):
