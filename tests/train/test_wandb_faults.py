@@ -51,23 +51,34 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
+def run_fallback_script(base_url: str, run_dir, init_timeout: float):
+    """FALLBACK_SCRIPT in a process of its own against `base_url`, with an API key but no mode, dir or run id set;
+    it must exit 0. Returns the process result, the mode the run got and the seconds it took to fall back."""
+    env = repo_env({"WANDB_BASE_URL": base_url, "WANDB_API_KEY": "b" * 40})
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(run_dir), str(init_timeout)], env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, mode, _, fallback_after = next(line for line in result.stdout.splitlines() if line.startswith("MODE")).split()
+    return result, mode, fallback_after
+
+
+def wandb_run_dirs(run_dir) -> list[str]:
+    """The W&B run dirs (online or offline) the run left under its wandb/ folder."""
+    return sorted(path.name for path in (run_dir / "wandb").iterdir() if path.is_dir() and not path.is_symlink())
+
+
 def test_an_unreachable_host_falls_back_at_the_init_timeout_and_leaves_one_run_dir(tmp_path):
     """Before: two account lookups of 5 s each ran before the init timeout started, and the failed online attempt
     left its own run-* dir beside the offline one."""
     init_timeout = 3.0
-    env = repo_env({"WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}", "WANDB_API_KEY": "b" * 40})
-    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID"):
-        env.pop(name, None)
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(run_dir), str(init_timeout)], env=env,
-                            capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    mode_line = next(line for line in result.stdout.splitlines() if line.startswith("MODE"))
-    _, mode, _, fallback_after = mode_line.split()
+    result, mode, fallback_after = run_fallback_script(f"http://127.0.0.1:{closed_port()}", run_dir, init_timeout)
     assert mode == "offline"
     # the timeout, plus starting wandb's service process (about a second; more on a busy machine)
     assert float(fallback_after) < init_timeout + 5, f"fell back after {fallback_after} s"
-    runs = sorted(path.name for path in (run_dir / "wandb").iterdir() if path.is_dir() and not path.is_symlink())
+    runs = wandb_run_dirs(run_dir)
     assert len(runs) == 1 and runs[0].startswith("offline-run-"), runs
 
 
@@ -75,18 +86,12 @@ def test_a_host_name_that_does_not_resolve_falls_back_at_once(tmp_path):
     """Before: a failed DNS lookup still waited the whole init timeout (60 s here) inside W&B's start-up. A name
     under .invalid never resolves, with a network or without one."""
     init_timeout = 60.0
-    env = repo_env({"WANDB_BASE_URL": "http://bnexp-test-host.invalid", "WANDB_API_KEY": "b" * 40})
-    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID"):
-        env.pop(name, None)
     run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(run_dir), str(init_timeout)], env=env,
-                            capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, mode, fallback_after = run_fallback_script("http://bnexp-test-host.invalid", run_dir, init_timeout)
     assert "cannot reach http://bnexp-test-host.invalid: its host name does not resolve" in result.stderr, \
         result.stderr[-3000:]
-    _, mode, _, fallback_after = next(line for line in result.stdout.splitlines() if line.startswith("MODE")).split()
     assert mode == "offline" and float(fallback_after) < init_timeout / 2, f"fell back after {fallback_after} s"
-    runs = sorted(path.name for path in (run_dir / "wandb").iterdir() if path.is_dir() and not path.is_symlink())
+    runs = wandb_run_dirs(run_dir)
     assert len(runs) == 1 and runs[0].startswith("offline-run-"), runs
 
 
