@@ -262,11 +262,12 @@ def test_gradcheck_and_gradgradcheck_in_float64(pooled, stat_groups):
     assert torch.autograd.gradgradcheck(forward, (x, weight, bias))
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("stat_groups", [4, 2])  # 4 of 4 channels: the fused per-channel path
-def test_frozen_gamma_has_a_second_derivative(stat_groups):
+def test_frozen_gamma_has_a_second_derivative(stat_groups, backend):
     """The sharpness differentiates the loss twice: with gamma frozen (a bias but no weight), torch's own
     batch_norm double backward raised on the per-channel path."""
-    layer = BatchNorm2d(4, stat_groups=stat_groups, freeze_weight=True, backend="torch", dtype=torch.float64,
+    layer = BatchNorm2d(4, stat_groups=stat_groups, freeze_weight=True, backend=backend, dtype=torch.float64,
                         track_running_stats=False)
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(2, 4, 2, 3, generator=generator, dtype=torch.float64).requires_grad_()
