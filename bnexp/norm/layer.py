@@ -243,8 +243,10 @@ class BatchNorm2d(nn.Module):
         check_eps(self.eps, use_batch_stats, self._describe())
 
     def _per_channel_affine(self) -> tuple[Tensor | None, Tensor | None]:
-        # a frozen gamma is exactly 1: no weight at all is the same function, one multiply fewer
-        weight = None if self.freeze_weight else self.weight
+        # a frozen gamma is exactly 1: no weight at all is the same function, one multiply fewer; but per channel,
+        # where F.batch_norm fuses the scale anyway, its buffer of ones goes in (torch's double backward needs a
+        # weight beside a bias)
+        weight = None if self.freeze_weight and self.stat_groups != self.num_features else self.weight
         if not self.affine or self.affine_per_channel:
             return weight, self.bias
         channels_per_group = self.num_features // self.stat_groups
