@@ -28,13 +28,13 @@ from bnexp.lr_search.lrs import same_lr
 from bnexp.report import intervals
 from bnexp.report.aggregation import final_accuracies
 from bnexp.report.comparisons import Comparison, with_holm
-from bnexp.report.intervals import holm_adjusted
 from bnexp.report.markdown_tables import INTERVAL_NAMES
 from bnexp.report.plots import PlotResult, never_raises, plt, save_figure, series_colors
 from bnexp.report.run_records import RunRecord, group_by, variant_sort_key
 from bnexp.report.tables import model_table, write_csv
 from bnexp.report.trainable_lr import channels_per_statistic
 from bnexp.report.trend import GroupSizeTrend, trend_at
+from bnexp.report.trend import with_holm as trend_with_holm
 from bnexp.runs.files import as_float
 
 SECTION_HEADING = "## Best against best"
@@ -124,12 +124,9 @@ def compare_best(found: list[BestLr], reference: str) -> None:
 
 def best_trends(found: list[BestLr]) -> list[GroupSizeTrend]:
     """Per model, the trend with group size over the fresh seeds (each variant at its own lr; `lr` is nan)."""
-    trends = [trend for model, items in group_by(found, lambda item: item.model).items()
-              if (trend := trend_at(model, math.nan, [run for item in items for run in item.finals])) is not None]
-    tested = [trend for trend in trends if trend.p_value is not None]
-    for trend, adjusted in zip(tested, holm_adjusted([trend.p_value for trend in tested])):
-        trend.p_holm = adjusted
-    return trends
+    return trend_with_holm([trend for model, items in group_by(found, lambda item: item.model).items()
+                            if (trend := trend_at(model, math.nan, [run for item in items for run in item.finals]))
+                            is not None])
 
 
 def _points(value: float | None) -> str:

@@ -87,8 +87,12 @@ def trend_at(model: str, lr: float, runs: list[RunRecord]) -> GroupSizeTrend | N
 
 def group_size_trends(runs: list[RunRecord]) -> list[GroupSizeTrend]:
     """Per model and lr with at least two group sizes, the trend; p-values Holm-adjusted over all of them."""
-    trends = [trend for (model, lr), members in sorted(group_by(runs, lambda run: (run.model, run.lr)).items())
-              if (trend := trend_at(model, lr, members)) is not None]
+    return with_holm([trend for (model, lr), members in sorted(group_by(runs, lambda run: (run.model, run.lr)).items())
+                      if (trend := trend_at(model, lr, members)) is not None])
+
+
+def with_holm(trends: list[GroupSizeTrend]) -> list[GroupSizeTrend]:
+    """The trends, each tested one given its p-value Holm-adjusted over all that were tested."""
     tested = [trend for trend in trends if trend.p_value is not None]
     for trend, adjusted in zip(tested, holm_adjusted([trend.p_value for trend in tested])):
         trend.p_holm = adjusted
