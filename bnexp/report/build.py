@@ -117,7 +117,8 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     groups = aggregate(runs, min_acc, interval_method)
     stable = largest_stable_lrs(groups, min_acc)
     largest_trainable = largest_trainable_lrs(runs, min_acc)
-    threshold_lrs = report_sharpness.lowest_lrs_at_threshold(runs)
+    sharpness_measured = report_sharpness.measured_sharpness(runs)
+    threshold_lrs = report_sharpness.lowest_lr_at_threshold(sharpness_measured.rows)
     comparisons = compare_to_reference(groups, reference)
     trends = group_size_trends(runs)
     show_model = len({run.model for run in runs}) > 1
@@ -140,7 +141,8 @@ def build_report(paths: list[Path], out_dir: Path, shared_lr: float | None = Non
     mechanism = _section_or_note(report_mechanism.SECTION_HEADING,
                                  lambda: report_mechanism.mechanism_section(runs, out_dir, chosen_lr, interval_method))
     sharpness = _section_or_note(report_sharpness.SECTION_HEADING,
-                                 lambda: report_sharpness.sharpness_section(runs, out_dir, interval_method))
+                                 lambda: report_sharpness.sharpness_section(runs, out_dir, interval_method,
+                                                                           sharpness_measured))
     best_vs_best = _section_or_note(report_best.SECTION_HEADING, lambda: report_best.best_vs_best_section(
         runs, out_dir, reference, interval_method))
     content = ReportContent(paths=paths, runs=runs, unplaced=unplaced, repeats=repeats, skipped=skipped,

@@ -103,10 +103,16 @@ def lowest_lr_at_threshold(rows: list[dict]) -> dict[tuple[str, str], float | No
     return lowest
 
 
-def lowest_lrs_at_threshold(runs: list[RunRecord]) -> dict[tuple[str, str], float | None]:
-    """lowest_lr_at_threshold over the runs as they are: per model x variant that measured sharpness with a
-    threshold, the lowest lr at which it reached it (None: at no lr measured)."""
-    return lowest_lr_at_threshold(sharpness_table({run.run_dir: sharpness_points(run) for run in runs}, runs))
+@dataclass
+class MeasuredSharpness:
+    """The runs' sharpness read once for the whole report: each run's points and the variant x lr table."""
+    points_of: dict[Path, list[SharpnessPoint]]
+    rows: list[dict]
+
+
+def measured_sharpness(runs: list[RunRecord]) -> MeasuredSharpness:
+    points_of = {run.run_dir: sharpness_points(run) for run in runs}
+    return MeasuredSharpness(points_of, sharpness_table(points_of, runs))
 
 
 def _plot_lrs(rows: list[dict]) -> list[float]:
@@ -155,11 +161,13 @@ def plot_sharpness(runs: list[RunRecord], points_of: dict[Path, list[SharpnessPo
                       "Sharpness that climbs to the threshold and stays there is the edge of stability.")
 
 
-def sharpness_section(runs: list[RunRecord], out_dir: Path, interval_method: str = "t") -> list[str]:
-    """The report's markdown lines for sharpness (sharpness.png and sharpness.csv are written to out_dir)."""
+def sharpness_section(runs: list[RunRecord], out_dir: Path, interval_method: str = "t",
+                      measured: MeasuredSharpness | None = None) -> list[str]:
+    """The report's markdown lines for sharpness (sharpness.png and sharpness.csv are written to out_dir);
+    `measured` is measured_sharpness(runs) when the caller has it already."""
     lines = [SECTION_HEADING, ""]
-    points_of = {run.run_dir: sharpness_points(run) for run in runs}
-    rows = sharpness_table(points_of, runs)
+    measured = measured or measured_sharpness(runs)
+    points_of, rows = measured.points_of, measured.rows
     if not rows:
         return lines + ["_Not shown: no run measured sharpness (`instrument.sharpness_every` > 0 turns it on)._", ""]
     columns = ["model", "variant", "lr", "n_runs", "peak_top_eig", "peak_ratio", "runs_reaching_threshold",
