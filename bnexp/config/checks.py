@@ -40,7 +40,7 @@ def check_train_config(cfg: Any, *, with_torch: bool = True) -> list[str]:
 
 # ---------------------------------------------------------------- one key at a time
 
-_type_hints = functools.cache(typing.get_type_hints)  # a schema's annotations, resolved once
+type_hints = functools.cache(typing.get_type_hints)  # a schema's annotations, resolved once
 
 # Top-level keys that are not the run's: Hydra's own settings, in the config a Hydra callback is given.
 _NOT_THE_RUNS = {"hydra"}
@@ -49,7 +49,7 @@ _NOT_THE_RUNS = {"hydra"}
 def _check_node(node: Any, schema: type, prefix: str, problems: list[str], with_torch: bool = True,
                 unknown_keys: bool = True) -> None:
     """Each key of one node against its schema field, then (with unknown_keys) the node's keys the schema lacks."""
-    hints = _type_hints(schema)
+    hints = type_hints(schema)
     for schema_field in dataclasses.fields(schema):
         name, key = schema_field.name, prefix + schema_field.name
         example = f"; e.g. {key}={schema_field.metadata['example']}" if schema_field.metadata.get("example") else ""
@@ -246,7 +246,7 @@ def _schemas_at(prefix: str) -> list[type]:
     `logger` the fields of every option count. [] when the prefix is no config group."""
     if not prefix:
         return [TrainConfig]
-    group = _type_hints(TrainConfig).get(prefix)  # groups hold no groups: a dotted prefix is none
+    group = type_hints(TrainConfig).get(prefix)  # groups hold no groups: a dotted prefix is none
     if not (isinstance(group, type) and dataclasses.is_dataclass(group)):
         return []
     return [group, *GROUP_OPTION_SCHEMAS.get(prefix, {}).values()]
@@ -285,7 +285,7 @@ def key_kind(dotted_key: str) -> str | None:
     if located is None:
         return None
     schema_field, schema = located
-    return _kind_of(_type_hints(schema)[schema_field.name], schema_field.metadata)[0]
+    return _kind_of(type_hints(schema)[schema_field.name], schema_field.metadata)[0]
 
 
 def describe_type_error(dotted_key: str, value: Any) -> str:
@@ -295,7 +295,7 @@ def describe_type_error(dotted_key: str, value: Any) -> str:
     if located is None:
         return f"{dotted_key}={_show(value)} has the wrong type"
     schema_field, schema = located
-    kind, _ = _kind_of(_type_hints(schema)[schema_field.name], schema_field.metadata)
+    kind, _ = _kind_of(type_hints(schema)[schema_field.name], schema_field.metadata)
     example = schema_field.metadata.get("example")
     return f"{dotted_key}={_show(value)} is not {_KIND_WORDS.get(kind, 'of its type')}" + \
         (f"; e.g. {dotted_key}={example}" if example else "")

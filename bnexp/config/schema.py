@@ -48,7 +48,7 @@ def _model_name_problem(value: str) -> str | None:
     return None if value in MODELS else f"is not one of {', '.join(sorted(MODELS))}"
 
 
-def _non_empty(value: str) -> str | None:
+def non_empty(value: str) -> str | None:
     return None if value.strip() else "is empty"
 
 
@@ -145,15 +145,15 @@ class DataConfig:
 class Cifar10DataConfig(DataConfig):
     train_size: Optional[int] = setting("5000", at_least=1, at_most=CIFAR10_TRAIN_IMAGES)
     test_size: Optional[int] = setting("1000", at_least=1, at_most=CIFAR10_TEST_IMAGES)
-    data_dir: str = setting("data", check=_non_empty)
+    data_dir: str = setting("data", check=non_empty)
     download: Any = setting("true", kind="bool")
 
 
 @dataclass
 class FolderDataConfig(DataConfig):
     # train_size/test_size are checked against the images found, once the source is read
-    path: str = setting("/path/to/cifar10-jpeg.tar.xz", check=_non_empty)
-    data_dir: str = setting("data", check=_non_empty)
+    path: str = setting("/path/to/cifar10-jpeg.tar.xz", check=non_empty)
+    data_dir: str = setting("data", check=non_empty)
     decode_workers: Optional[int] = setting("4", at_least=1, at_most=1024)
 
 
@@ -196,7 +196,7 @@ class NoLoggerConfig(LoggerConfig):
 
 @dataclass
 class WandbLoggerConfig(LoggerConfig):
-    project: str = setting("bnexp", check=_non_empty)
+    project: str = setting("bnexp", check=non_empty)
     entity: Optional[str] = setting("my-team")
     mode: str = setting("auto", choices=("auto", "online", "offline", "disabled"))
     tags: List[str] = setting("[study1]")

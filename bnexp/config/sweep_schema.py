@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import math
 import re
 import typing
@@ -22,12 +21,12 @@ from typing import Any, Dict, List, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from bnexp.lr_search import best_lr, largest_trainable
-from bnexp.config.checks import bound_problem
+from bnexp.config.checks import bound_problem, type_hints
 from bnexp.config.checks import show_value as _show
 from bnexp.config.compose import CONF_DIR, ConfigError
 from bnexp.config.sweep_renames import (RENAMED_KEYS, RENAMED_MODES, renamed_key_line, renamed_mode_line,
                                         renamed_problems)
-from bnexp.config.schema import MAX_SEED
+from bnexp.config.schema import MAX_SEED, non_empty
 
 REQUIRED = object()  # a key every sweep config must set
 SWEEP_MODES = ("grid", "largest_lr", "best_lr")
@@ -66,10 +65,6 @@ def count_setting(sweep_cfg: Mapping, key: str) -> int | None:
     if problem:
         raise ConfigError(f"sweep.{key}={_show(value)} {problem}; e.g. sweep.{key}=2")
     return None if value in (None, "auto") else int(value)
-
-
-def _non_empty(value: str) -> str | None:
-    return None if value.strip() else "is empty"
 
 
 def _module_problem(value: str) -> str | None:
@@ -136,9 +131,9 @@ def _seeds_problem(seeds: list[int]) -> str | None:
 class SlurmConfig:
     """One run's SLURM resources (conf/sweep/slurm/default.yaml holds the defaults; the same keys as the Hydra
     launcher conf/hydra/launcher/bnexp_slurm.yaml, plus job_arrays)."""
-    partition: Optional[str] = setting("gpu", check=_non_empty)
-    account: Optional[str] = setting("my-lab", check=_non_empty)
-    qos: Optional[str] = setting("normal", check=_non_empty)
+    partition: Optional[str] = setting("gpu", check=non_empty)
+    account: Optional[str] = setting("my-lab", check=non_empty)
+    qos: Optional[str] = setting("normal", check=non_empty)
     timeout_min: Optional[int] = setting("60", at_least=1)   # null: sweep.timeout_s + SLURM_START_MARGIN_S
     gpus_per_node: int = setting("1", at_least=0)
     cpus_per_task: int = setting("8", at_least=1)
@@ -156,8 +151,8 @@ def _slurm_defaults() -> dict:
 @dataclass
 class SweepConfig:
     """The composed `sweep` node of `python -m bnexp.sweep sweep=<name>` (conf/sweep/<name>.yaml)."""
-    name: str = setting("my_sweep", check=_non_empty)
-    out_dir: str = setting("outputs/sweeps/my_sweep", check=_non_empty)   # run dirs go to <out_dir>/runs/<run id>
+    name: str = setting("my_sweep", check=non_empty)
+    out_dir: str = setting("outputs/sweeps/my_sweep", check=non_empty)   # run dirs go to <out_dir>/runs/<run id>
     # one run per visible GPU, else 1 (a CPU run already uses every core)
     workers: Any = setting("2", "auto", check=count_problem)
     threads_per_worker: Any = setting("2", "auto", check=count_problem)     # auto: the cores split between workers
@@ -286,7 +281,6 @@ def validate_sweep_config(sweep_cfg: Any) -> DictConfig:
     return OmegaConf.create(filled)
 
 
-_type_hints = functools.cache(typing.get_type_hints)
 
 
 def _check_node(values: Mapping, schema: type, prefix: str, problems: list[str]) -> dict:
@@ -294,7 +288,7 @@ def _check_node(values: Mapping, schema: type, prefix: str, problems: list[str])
     for key in values:
         if key not in known:
             problems.append(_describe_unknown_key(prefix, str(key), list(known)))
-    hints = _type_hints(schema)
+    hints = type_hints(schema)
     filled: dict[str, Any] = {}
     for name, schema_field in known.items():
         key, rules = prefix + name, schema_field.metadata
@@ -386,7 +380,7 @@ def describe_missing_key(dotted_key: str, override: str) -> str:
         return renamed_mode_line(override.partition("=")[2].strip("'\""))
     schema, prefix = None, ""
     for index, part in enumerate(parents):
-        hint = SweepConfig if index == 0 and part == "sweep" else _type_hints(schema).get(part) if schema else None
+        hint = SweepConfig if index == 0 and part == "sweep" else type_hints(schema).get(part) if schema else None
         if not dataclasses.is_dataclass(hint):
             schema = None
             break

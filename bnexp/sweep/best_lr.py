@@ -113,9 +113,10 @@ class BestLrPlanner(RunDirPlanner):
             record = read_json(run_dir / SWEEP_JOB_FILE) or {}
             write_json_atomic(run_dir / SWEEP_JOB_FILE, {**record, "role": role})
 
-    def states(self) -> dict[Search, SearchState]:
+    def states(self, scores: dict | None = None) -> dict[Search, SearchState]:
+        """Each search's tuning and fresh seeds, from `scores` (self.scores() when not given: the run dirs read)."""
         states = {}
-        for search, by_lr in self.scores().items():
+        for search, by_lr in (self.scores() if scores is None else scores).items():
             tuning = tune(self.settings, by_lr)
             finals: dict[int, float] = {}
             if tuning.done:
@@ -139,7 +140,8 @@ class BestLrPlanner(RunDirPlanner):
         its tuning is done, the fresh seeds at its chosen lr that have not run. Empty for every search that is
         done."""
         busy = self.busy(in_flight)
-        scores, states = self.scores(), self.states()
+        scores = self.scores()  # the run dirs, read once for both
+        states = self.states(scores)
         jobs = []
         for search in self.searches:
             if search in busy:
@@ -156,10 +158,11 @@ class BestLrPlanner(RunDirPlanner):
         """The finished or diverged runs the searches use: the tuning seeds' at every lr, the fresh seeds' at the
         chosen lr."""
         runs = []
-        for search, by_lr in self.scores().items():
+        scores = self.scores()
+        for search, by_lr in scores.items():
             for lr, by_seed in sorted(by_lr.items()):
                 runs += [(search, lr, seed) for seed in sorted(by_seed) if seed in self.settings.seeds]
-        for search, state in self.states().items():
+        for search, state in self.states(scores).items():
             runs += [(search, state.chosen_lr, seed) for seed in sorted(state.finals)]
         return self.completed_jobs(runs)
 

@@ -43,7 +43,7 @@ def composed():
 
 def leaf_fields(node: DictConfig, schema: type, prefix: str = ""):
     """(dotted key, schema field, kind, optional) for every leaf of a composed config, with the schema its node has."""
-    hints = config_checks._type_hints(schema)
+    hints = config_checks.type_hints(schema)
     for schema_field in dataclasses.fields(schema):
         annotation = hints[schema_field.name]
         key = prefix + schema_field.name
@@ -118,7 +118,7 @@ def bad_values(schema_field, kind: str, optional: bool):
         options += [st.lists(st.integers(), min_size=1, max_size=2)]
         if "choices" in rules:
             options += [WRONG_TEXT, st.booleans()]
-        if rules.get("check") in (config_schema._non_empty, config_schema._path_component_problem):
+        if rules.get("check") in (config_schema.non_empty, config_schema._path_component_problem):
             options.append(st.sampled_from(["", " ", "\t"]))
         if rules.get("check") is config_schema._path_component_problem:
             options.append(st.sampled_from(["..", ".", "a/b", "../../x", "a\\b", "/abs"]))
