@@ -8,6 +8,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from bnexp.config.keys import config_value
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
@@ -19,6 +21,12 @@ def default_instrument_cfg() -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "instrument" / "default.yaml"))
+
+
+def instrument_setting(instrument_cfg: Any, key: str) -> Any:
+    """`instrument.<key>` of the run's config, or its default (no config: tests and benchmarks)."""
+    value = config_value(instrument_cfg, key)
+    return default_instrument_cfg()[key] if value is None else value
 
 
 def compose_train_config(overrides: list[str]):

@@ -11,10 +11,11 @@
 
 bnexp/train/step.py is the caller: TrainStep runs the probe around each step, LogWindow reads its measurements back.
 """
+from bnexp.config.compose import default_instrument_cfg
 from bnexp.instrument.history import steps_to_accuracy
 from bnexp.instrument.hooks import ForwardHooks, ForwardStat
 from bnexp.instrument.loss import LossCurve
-from bnexp.instrument.probe import StabilityProbe, default_instrument_cfg, to_host
+from bnexp.instrument.probe import StabilityProbe, to_host
 from bnexp.instrument.sharpness import SharpnessProbe, stability_threshold
 
 __all__ = ["ForwardHooks", "ForwardStat", "LossCurve", "SharpnessProbe", "StabilityProbe", "default_instrument_cfg",

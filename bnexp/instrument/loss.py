@@ -6,7 +6,7 @@ import statistics
 from collections import deque
 from typing import Any
 
-from bnexp.instrument.probe import instrument_setting
+from bnexp.config.compose import instrument_setting
 
 
 class LossCurve:

@@ -18,18 +18,11 @@ from typing import Any, Iterable, Mapping, NamedTuple
 import torch
 from torch import nn
 
-from bnexp.config.compose import default_instrument_cfg
-from bnexp.config.keys import config_value
+from bnexp.config.compose import instrument_setting
 from bnexp.instrument.history import GradNormHistory, MechanismHistory, steps_to_accuracy
 from bnexp.instrument.hooks import ForwardHooks
 from bnexp.instrument.layers import ParameterLayers, unwrap_model
 from bnexp.instrument.sharpness import SharpnessProbe
-
-
-def instrument_setting(instrument_cfg: Any, key: str) -> Any:
-    """`instrument.<key>` of the run's config, or its default (no config: tests and benchmarks)."""
-    value = config_value(instrument_cfg, key)
-    return default_instrument_cfg()[key] if value is None else value
 
 
 class Measurement(NamedTuple):

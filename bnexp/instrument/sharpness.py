@@ -38,9 +38,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from bnexp.config.compose import default_instrument_cfg
+from bnexp.config.compose import instrument_setting
 from bnexp.instrument.layers import unwrap_model
-from bnexp.config.keys import config_value
 
 # forward -> the loss of the measurement batch computed through that forward (a module or a callable like one)
 LossOfForward = Callable[[Callable[[Tensor], Tensor]], Tensor]
@@ -201,9 +200,8 @@ class SharpnessProbe:
         `instrument.sharpness_batch_size` images (null: the training batch size, so norm statistics pool as many
         images as in a step) of the training split, drawn with the run's seed; `batch_loss(images, labels)` gives
         its loss as a function of the forward."""
-        def setting(key: str) -> Any:  # as probe.instrument_setting, which imports this module
-            value = config_value(instrument_cfg, key)
-            return default_instrument_cfg()[key] if value is None else value
+        def setting(key: str) -> Any:
+            return instrument_setting(instrument_cfg, key)
 
         every = int(setting("sharpness_every"))
         if every <= 0:
