@@ -28,7 +28,7 @@ from bnexp.lr_search.lrs import same_lr
 from bnexp.report import intervals
 from bnexp.report.aggregation import final_accuracies
 from bnexp.report.comparisons import Comparison, with_holm
-from bnexp.report.markdown_tables import INTERVAL_NAMES
+from bnexp.report.markdown_tables import INTERVAL_NAMES, accuracy_text
 from bnexp.report.plots import PlotResult, never_raises, plt, save_figure, series_colors
 from bnexp.report.run_records import RunRecord, group_by, variant_sort_key
 from bnexp.report.tables import model_table, write_csv
@@ -136,9 +136,9 @@ def _points(value: float | None) -> str:
 def _interval_text(interval: intervals.Interval | None) -> str:
     if interval is None:
         return "–"
-    if not interval.has_interval:
-        return f"{100 * interval.mean:.2f}"
-    return f"{100 * interval.mean:.2f} [{100 * interval.low:.2f}, {100 * interval.high:.2f}]"
+    no_interval = not interval.has_interval
+    return accuracy_text(interval.mean, math.nan if no_interval else interval.low,
+                         math.nan if no_interval else interval.high)
 
 
 def _curve_text(item: BestLr) -> str:

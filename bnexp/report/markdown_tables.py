@@ -22,7 +22,7 @@ def _fmt(value: Any) -> str:
     return "inf" if math.isinf(number) else f"{number:.3g}"
 
 
-def _fmt_acc(mean: float, low: float, high: float) -> str:
+def accuracy_text(mean: float, low: float, high: float) -> str:
     """'55.40 [53.10, 57.70]' in percent; the mean alone when there is no interval (one seed)."""
     if math.isnan(mean):
         return "–"
@@ -51,7 +51,7 @@ def summary_markdown(groups: list[GroupStats], targets: list[str], show_model: b
         v = group.values
         completed = v["n_finished"] + v["n_diverged"]
         row = [group.model, group.variant, f"{group.lr:g}",
-               _fmt_acc(v["final_test_acc_mean"], v["final_test_acc_ci_low"], v["final_test_acc_ci_high"]),
+               accuracy_text(v["final_test_acc_mean"], v["final_test_acc_ci_low"], v["final_test_acc_ci_high"]),
                str(v["final_test_acc_n"]), f"{v['n_diverged']}/{completed}" if completed else "–"]
         if show_roles:
             row.append(f"{v['n_tuning_runs']} / {v['n_fresh_runs']}")
