@@ -56,7 +56,7 @@ class Scheduler:
                 for launch in ended:
                     self._note_done(launch)
                 if self.planner is not None and ended and not self.stopping:
-                    self._plan_more()
+                    self._plan_more(save=False)  # saved just below, with the ended runs
                 if news or ended:
                     self._update_bar(refresh=False)
                     self.ledger.save("running")
@@ -76,12 +76,13 @@ class Scheduler:
                 row.update(status="failed", error="sweep interrupted before the run ended")
         return not interrupted
 
-    def _submit(self, jobs: list[SweepJob]) -> None:
+    def _submit(self, jobs: list[SweepJob], save: bool = True) -> None:
         self.bar.total += len(jobs)
         self.bar.refresh()
         self.ran_here.update(job.run_id for job in jobs)
         self.in_flight.update((launch.job.run_id, launch) for launch in self.executor.submit(jobs))
-        if self._note_started():  # a submitted job's id on disk at once: a killed sweep's next one follows it
+        # a submitted job's id on disk at once (or by the caller's save next): a killed sweep's next one follows it
+        if self._note_started() and save:
             self.ledger.save("running")
 
     def _update_bar(self, refresh: bool = True) -> None:
@@ -117,8 +118,9 @@ class Scheduler:
         self._update_bar(refresh=False)
         self.bar.update(1)
 
-    def _plan_more(self) -> None:
-        """A planning mode: start the runs the searches need now, given what has ended."""
+    def _plan_more(self, save: bool = True) -> None:
+        """A planning mode: start the runs the searches need now, given what has ended (`save`: write the job ids
+        of what it submits at once; False when the caller saves right after)."""
         for line in self.planner.progress_lines():
             self.bar.write(f"    {line}")
         in_flight = [launch.job for launch in self.in_flight.values()]
@@ -126,4 +128,4 @@ class Scheduler:
         more = [job for job in self.planner.next_jobs(in_flight) if job.run_id not in self.ran_here]
         if more:
             self.ledger.add_jobs(more)
-            self._submit(more)
+            self._submit(more, save)
